@@ -1,0 +1,325 @@
+"""AgentSession: everything an agent does with a ticket, without touching Temporal directly.
+
+    async with AgentSession(client, "login", name="alice") as agent:
+        while (task := await agent.claim()) is not None:
+            await agent.progress(task.id, "started")
+            await agent.complete(task.id, "# done", "implementation")
+
+Each call is a Temporal update (refusable) or signal (fire-and-forget) with a fresh request
+id, used as the update id too, so a retried call is never applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
+
+from pydantic import BaseModel
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from models.messages import (
+    AgentInbox,
+    ClaimReply,
+    ClaimTask,
+    CompleteReply,
+    CompleteTask,
+    CreateTask,
+    FailTask,
+    Heartbeat,
+    RegisterAgent,
+    Registration,
+    ReportProgress,
+    ReviewReply,
+    ReviewResult,
+    SubmitReply,
+    SubmitResult,
+    TaskView,
+)
+from models.spec import AgentKind, Priority, ResultType, TaskType
+
+log = logging.getLogger("unstuck.agent")
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Refused(Exception):
+    """The ticket refused the message; ``field`` and ``rule`` say why."""
+
+    def __init__(self, message: str, field: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+
+
+class TicketClosed(Exception):
+    """The ticket's workflow is no longer running (finished, cancelled or unknown)."""
+
+
+class AgentSession:
+    """One agent's connection to one ticket."""
+
+    def __init__(
+        self,
+        client: Client,
+        ticket_id: str,
+        *,
+        name: str,
+        kind: AgentKind = "worker",
+        capabilities: list[str] | None = None,
+        heartbeat_interval_s: float | None = None,
+        on_inbox: Callable[[AgentInbox], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.ticket_id = ticket_id
+        self.name = name
+        self.kind: AgentKind = kind
+        self.capabilities = capabilities or []
+        self.handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(ticket_id)
+        self.agent_id: str | None = None
+        self._token: str | None = None
+        self._interval_override = heartbeat_interval_s
+        self.heartbeat_interval_s = heartbeat_interval_s or 5.0
+        self.inbox = AgentInbox()
+        self.stop_requested = asyncio.Event()
+        self.current_task_id: str | None = None
+        self._on_inbox = on_inbox
+        self._seq = 0
+        self._beats: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.register()
+        self.start_heartbeats()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_heartbeats()
+
+    async def register(self) -> Registration:
+        reply = await self._update(
+            "register",
+            RegisterAgent(
+                name=self.name,
+                kind=self.kind,
+                capabilities=self.capabilities,
+                request_id=_request_id(),
+            ),
+            Registration,
+        )
+        self.agent_id, self._token = reply.agent_id, reply.token
+        if self._interval_override is None:
+            self.heartbeat_interval_s = reply.heartbeat_interval_s
+        return reply
+
+    def resume(self, agent_id: str, token: str) -> None:
+        """Act as an already registered agent (e.g. after the agent process restarted)."""
+        self.agent_id, self._token = agent_id, token
+
+    def start_heartbeats(self) -> None:
+        if self._beats is None:
+            self._beats = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.name}")
+
+    async def stop_heartbeats(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beats
+            self._beats = None
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+                await self.refresh_inbox()
+            except TicketClosed:
+                self.stop_requested.set()
+                return
+            except Exception as exc:  # a missed beat is the ticket's business, not a crash
+                log.warning("%s: heartbeat failed: %s", self.name, exc)
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    # ---- messages ------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        self._seq += 1
+        await self._signal(
+            "heartbeat",
+            Heartbeat(
+                **self._auth(),
+                seq=self._seq,
+                status="running" if self.current_task_id else "idle",
+                current_task_id=self.current_task_id,
+            ),
+        )
+
+    async def refresh_inbox(self) -> AgentInbox:
+        try:
+            box = await self.handle.query("inbox", self.agent_id, result_type=AgentInbox)
+        except RPCError as exc:
+            raise _closed_or(exc) from None
+        self._set_inbox(box)
+        return box
+
+    async def claim(self, phases: list[str] | None = None) -> TaskView | None:
+        """The next task for this agent, or None (see ``last_claim_reason``)."""
+        reply = await self._update(
+            "claim", ClaimTask(**self._auth(), phases=phases), ClaimReply
+        )
+        return self._took(reply)
+
+    async def progress(self, task_id: str, note: str) -> None:
+        await self._signal("progress", ReportProgress(**self._auth(), task_id=task_id, note=note))
+
+    async def complete(
+        self,
+        task_id: str,
+        result: str,
+        result_type: ResultType = "implementation",
+        *,
+        claim_next: bool = False,
+    ) -> CompleteReply:
+        reply = await self._update(
+            "complete",
+            CompleteTask(
+                **self._auth(),
+                task_id=task_id,
+                result=result,
+                result_type=result_type,
+                claim_next=claim_next,
+            ),
+            CompleteReply,
+        )
+        if self.current_task_id == task_id:
+            self.current_task_id = None
+        if reply.next is not None:
+            self._took(reply.next)
+        return reply
+
+    async def fail(self, task_id: str, reason: str) -> TaskView:
+        reply = await self._update(
+            "fail", FailTask(**self._auth(), task_id=task_id, reason=reason), TaskView
+        )
+        if self.current_task_id == task_id:
+            self.current_task_id = None
+        return reply
+
+    async def create_task(
+        self,
+        phase: str,
+        title: str,
+        *,
+        description: str = "",
+        type: TaskType = "implementation",
+        depends_on: list[str] | None = None,
+        priority: Priority = "normal",
+        validation: bool = False,
+    ) -> TaskView:
+        return await self._update(
+            "create_task",
+            CreateTask(
+                **self._auth(),
+                phase=phase,
+                title=title,
+                description=description,
+                type=type,
+                depends_on=depends_on or [],
+                priority=priority,
+                validation=validation,
+            ),
+            TaskView,
+        )
+
+    async def submit_result(
+        self, content: str | None = None, *, file_ref: str | None = None
+    ) -> SubmitReply:
+        return await self._update(
+            "submit_result",
+            SubmitResult(**self._auth(), content=content, file_ref=file_ref),
+            SubmitReply,
+        )
+
+    async def review_result(
+        self, version: int, passed: bool, feedback: str = "", evidence: list[str] | None = None
+    ) -> ReviewReply:
+        return await self._update(
+            "review_result",
+            ReviewResult(
+                **self._auth(),
+                version=version,
+                passed=passed,
+                feedback=feedback,
+                evidence=evidence or [],
+            ),
+            ReviewReply,
+        )
+
+    async def result_content(self, version: int) -> str | None:
+        """A result version's content while it awaits a verdict (what a validator reviews)."""
+        try:
+            content: str | None = await self.handle.query("result_content", version)
+        except RPCError as exc:
+            raise _closed_or(exc) from None
+        return content
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    last_claim_reason: str = ""
+
+    def _took(self, reply: ClaimReply) -> TaskView | None:
+        self._set_inbox(reply.inbox)
+        self.last_claim_reason = reply.reason
+        if reply.task is not None:
+            self.current_task_id = reply.task.id
+        return reply.task
+
+    def _set_inbox(self, box: AgentInbox) -> None:
+        self.inbox = box
+        if box.stop:
+            self.stop_requested.set()
+        if self._on_inbox is not None:
+            self._on_inbox(box)
+
+    def _auth(self) -> dict[str, Any]:
+        if self.agent_id is None or self._token is None:
+            raise RuntimeError(f"agent {self.name!r} is not registered; call register() first")
+        return {"agent_id": self.agent_id, "token": self._token, "request_id": _request_id()}
+
+    async def _update(self, name: str, msg: BaseModel, result_type: type[R]) -> R:
+        request_id = getattr(msg, "request_id", None) or _request_id()
+        try:
+            return await self.handle.execute_update(
+                name, msg, id=request_id, result_type=result_type
+            )
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError):
+                details = cause.details[0] if cause.details else {}
+                field = details.get("field") if isinstance(details, dict) else None
+                rule = details.get("rule") if isinstance(details, dict) else None
+                raise Refused(cause.message, field, rule) from None
+            raise Refused(str(cause or exc)) from None
+        except RPCError as exc:
+            raise _closed_or(exc) from None
+
+    async def _signal(self, name: str, msg: BaseModel) -> None:
+        try:
+            await self.handle.signal(name, msg)
+        except RPCError as exc:
+            raise _closed_or(exc) from None
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _closed_or(exc: RPCError) -> Exception:
+    if exc.status == RPCStatusCode.NOT_FOUND or "already completed" in str(exc).lower():
+        return TicketClosed(f"ticket is closed: {exc.message}")
+    return exc

@@ -1,0 +1,145 @@
+"""The ticket's state: plain pydantic models, carried whole through continue-as-new."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from models.ledger import LedgerBatch
+from models.spec import TicketSpec
+
+TaskStatus = Literal[
+    "pending",
+    "assigned",
+    "running",
+    "under_review",
+    "validation_in_progress",
+    "needs_work",
+    "done",
+    "failed",
+    "cancelled",
+]
+ACTIVE_STATUSES: frozenset[str] = frozenset(
+    {"pending", "assigned", "running", "under_review", "validation_in_progress", "needs_work"}
+)
+HELD_STATUSES: frozenset[str] = frozenset({"assigned", "running", "needs_work"})
+FINAL_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+AgentState = Literal[
+    "spawning",
+    "idle",
+    "running",
+    "degraded",
+    "unresponsive",
+    "restarting",
+    "quarantined",
+    "terminated",
+]
+TicketStatus = Literal["open", "completed", "cancelled"]
+
+#: How much of each list the state keeps; older entries live in the ledger and history.
+TIMELINE_LIMIT = 500
+NOTES_LIMIT = 20
+REPLY_CACHE_LIMIT = 2_000
+PREVIEW_CHARS = 500
+
+
+class Task(BaseModel):
+    id: str
+    key: str | None = None
+    phase: str
+    title: str
+    description: str = ""
+    type: str = "implementation"
+    priority: str = "normal"
+    depends_on: list[str] = Field(default_factory=list)
+    validation: bool = False
+    status: TaskStatus = "pending"
+    assigned_agent: str | None = None
+    attempt: int = 0
+    failures: int = 0
+    created_by: str = "spec"
+    created_at: datetime
+    updated_at: datetime
+    seq: int = Field(description="creation order, the tie-breaker in claiming")
+    result_preview: str | None = None
+    result_type: str | None = None
+    result_sha256: str | None = None
+    failure_reason: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class Agent(BaseModel):
+    id: str
+    name: str
+    kind: str
+    capabilities: list[str] = Field(default_factory=list)
+    token_sha256: str
+    state: AgentState = "idle"
+    registered_at: datetime
+    last_heartbeat_at: datetime | None = None
+    last_seq: int | None = None
+    heartbeats: int = 0
+    seq_gaps: int = 0
+    out_of_order: int = 0
+    stop: bool = False
+    stop_reason: str | None = None
+    feedback: list[str] = Field(default_factory=list)
+
+
+class ResultVersion(BaseModel):
+    version: int
+    agent_id: str
+    source: Literal["content", "file"]
+    file_ref: str | None = None
+    sha256: str
+    size_bytes: int
+    preview: str
+    content: str | None = Field(
+        default=None, description="kept only while awaiting a verdict; the ledger keeps it all"
+    )
+    submitted_at: datetime
+    criteria: list[str]
+    status: Literal["pending_validation", "validated", "rejected"] = "pending_validation"
+    validator_id: str | None = None
+    feedback: str | None = None
+    evidence: list[str] = Field(default_factory=list)
+    verdict_at: datetime | None = None
+
+
+class TimelineEvent(BaseModel):
+    at: datetime
+    kind: str
+    message: str
+    agent_id: str | None = None
+    task_id: str | None = None
+
+
+class TicketState(BaseModel):
+    """Everything the ticket knows. The workflow holds exactly one of these."""
+
+    spec: TicketSpec
+    status: TicketStatus = "open"
+    created_at: datetime
+    last_activity_at: datetime
+    finished_at: datetime | None = None
+    outcome: str | None = None
+    tasks: dict[str, Task] = Field(default_factory=dict)
+    agents: dict[str, Agent] = Field(default_factory=dict)
+    results: list[ResultVersion] = Field(default_factory=list)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    timeline_dropped: int = 0
+    next_task_number: int = 1
+    next_agent_number: int = 1
+    replies: dict[str, str] = Field(
+        default_factory=dict, description="request key -> JSON reply, for idempotent retries"
+    )
+    operator_token_sha256: str | None = None
+    ignored_messages: int = Field(default=0, description="signals from unknown/unauthenticated")
+    outbox: LedgerBatch = Field(description="ledger rows not yet confirmed written")
+
+    @property
+    def ticket_id(self) -> str:
+        return self.spec.id

@@ -1,0 +1,87 @@
+"""Read-only views of the ticket state, as queries return them (tokens never leave)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from core.state import HELD_STATUSES, Agent, ResultVersion, TicketState
+from core.ticket import current_phase, open_tasks, validated_version
+from models.messages import AgentView, ResultVersionView, StatusView, TimelineEntry
+
+
+def status_view(state: TicketState) -> StatusView:
+    by_status = Counter(t.status for t in state.tasks.values())
+    by_phase: dict[str, dict[str, int]] = {p.name: {} for p in state.spec.phases}
+    for task in state.tasks.values():
+        phase = by_phase.setdefault(task.phase, {})
+        phase[task.status] = phase.get(task.status, 0) + 1
+    return StatusView(
+        ticket_id=state.ticket_id,
+        title=state.spec.title,
+        status=state.status,
+        phase=current_phase(state),
+        counts_by_status=dict(sorted(by_status.items())),
+        counts_by_phase=by_phase,
+        open_tasks=open_tasks(state),
+        agents=sum(1 for a in state.agents.values() if a.state != "terminated"),
+        results=len(state.results),
+        validated_version=validated_version(state),
+        last_activity_at=state.last_activity_at.isoformat(),
+        created_at=state.created_at.isoformat(),
+        finished_at=state.finished_at.isoformat() if state.finished_at else None,
+        outcome=state.outcome,
+        ignored_messages=state.ignored_messages,
+    )
+
+
+def agent_view(state: TicketState, agent: Agent) -> AgentView:
+    return AgentView(
+        id=agent.id,
+        name=agent.name,
+        kind=agent.kind,
+        state=agent.state,
+        registered_at=agent.registered_at.isoformat(),
+        last_heartbeat_at=agent.last_heartbeat_at.isoformat() if agent.last_heartbeat_at else None,
+        last_seq=agent.last_seq,
+        tasks=[
+            t.id
+            for t in state.tasks.values()
+            if t.assigned_agent == agent.id and t.status in HELD_STATUSES
+        ],
+        heartbeats=agent.heartbeats,
+        seq_gaps=agent.seq_gaps,
+        out_of_order=agent.out_of_order,
+    )
+
+
+def result_view(version: ResultVersion) -> ResultVersionView:
+    return ResultVersionView(
+        version=version.version,
+        agent_id=version.agent_id,
+        source=version.source,
+        file_ref=version.file_ref,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        preview=version.preview,
+        submitted_at=version.submitted_at.isoformat(),
+        status=version.status,
+        criteria=list(version.criteria),
+        validator_id=version.validator_id,
+        feedback=version.feedback,
+        evidence=list(version.evidence),
+        verdict_at=version.verdict_at.isoformat() if version.verdict_at else None,
+    )
+
+
+def timeline_view(state: TicketState, limit: int | None = None) -> list[TimelineEntry]:
+    events = state.timeline if limit is None else state.timeline[-limit:]
+    return [
+        TimelineEntry(
+            at=e.at.isoformat(),
+            kind=e.kind,
+            message=e.message,
+            agent_id=e.agent_id,
+            task_id=e.task_id,
+        )
+        for e in events
+    ]

@@ -1,0 +1,404 @@
+"""The ledger store: idempotent, transactional writes of a :class:`LedgerBatch`.
+
+Rules (DESIGN §2.4, §4, §8):
+
+* One batch = one transaction: either every record of it is stored or none.
+* At-least-once delivery: the same batch may be written any number of times, in any order
+  with other batches. Records are keyed by their deterministic id, so a redelivery is a
+  no-op (``already_present``).
+* Workflow results and reviews are insert-only: a stored version never changes. The same id
+  with different content raises :class:`LedgerConflict` (and the transaction rolls back).
+* Task results: inserted if absent; afterwards only the mutable columns ``verification``
+  and ``review_id`` are updated. A change to any other column is a :class:`LedgerConflict`.
+  A stale redelivery (``unverified``) never overwrites a reviewed row.
+
+Each kind is written with a dialect-specific ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING id``; the ids that were not inserted are read back in one ``SELECT`` and compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from sqlalchemy import Table, bindparam, create_engine, event, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import SQLModel
+
+from ledger.tables import LEDGER_TABLES, TaskResultRow, ValidationReviewRow, WorkflowResultRow
+from ledger.tables import table_of as _table_of
+from models.ledger import (
+    LedgerBatch,
+    LedgerRecord,
+    LedgerWriteReport,
+    TableWriteCounts,
+    TaskResultRecord,
+    ValidationReviewRecord,
+    WorkflowResultRecord,
+)
+
+__all__ = ["Ledger", "LedgerConflict", "normalise_url"]
+
+#: Ids per ``IN (...)`` list: well under SQLite's and PostgreSQL's parameter limits.
+_IN_CHUNK = 500
+#: Execution option read by the SQLite ``begin`` hook: the BEGIN mode of a transaction.
+_SQLITE_BEGIN = "ledger_sqlite_begin"
+
+
+class LedgerConflict(Exception):
+    """A record id is already stored with different immutable content.
+
+    A stored version never changes, so this is a bug in the caller (the same id derived
+    for two different records), not a transient failure: retrying cannot help.
+    """
+
+    def __init__(
+        self, table: str, record_id: str, fields: Sequence[str] = (), reason: str = ""
+    ) -> None:
+        self.table = table
+        self.record_id = record_id
+        self.fields = tuple(fields)
+        self.reason = reason or "already stored with different content"
+        detail = f" (differs in: {', '.join(self.fields)})" if self.fields else ""
+        super().__init__(
+            f"{table} row {record_id!r} {self.reason}{detail}; a stored ledger record never changes"
+        )
+
+
+# ----------------------------------------------------------------- record kinds
+
+
+R = TypeVar("R", bound=LedgerRecord)
+
+
+def _task_result_is_stale(stored: TaskResultRecord, incoming: TaskResultRecord) -> bool:
+    """An ``unverified`` delivery arriving after the review must not undo it."""
+    return incoming.verification == "unverified" and stored.verification != "unverified"
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind(Generic[R]):
+    """How one record kind maps to its table and batch/report fields."""
+
+    table: Table
+    record_type: type[R]
+    batch_field: str
+    order_by: tuple[str, ...]
+    #: Columns an existing row may change; empty = insert-only.
+    mutable: tuple[str, ...] = ()
+    #: (stored, incoming) -> True when incoming is an outdated redelivery to ignore.
+    is_stale: Callable[[R, R], bool] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+
+_TASK_RESULTS: _Kind[TaskResultRecord] = _Kind(
+    table=_table_of(TaskResultRow),
+    record_type=TaskResultRecord,
+    batch_field="task_results",
+    order_by=("submitted_at", "task_id", "attempt", "iteration", "id"),
+    mutable=("verification", "review_id"),
+    is_stale=_task_result_is_stale,
+)
+_WORKFLOW_RESULTS: _Kind[WorkflowResultRecord] = _Kind(
+    table=_table_of(WorkflowResultRow),
+    record_type=WorkflowResultRecord,
+    batch_field="workflow_results",
+    order_by=("version", "id"),
+)
+_REVIEWS: _Kind[ValidationReviewRecord] = _Kind(
+    table=_table_of(ValidationReviewRow),
+    record_type=ValidationReviewRecord,
+    batch_field="reviews",
+    order_by=("created_at", "id"),
+)
+
+#: Every kind, in write order. The report has one counts field per table name.
+_KINDS: tuple[_Kind[Any], ...] = (_TASK_RESULTS, _WORKFLOW_RESULTS, _REVIEWS)
+
+
+# ------------------------------------------------------------------------ engine
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse a database URL; plain ``postgresql://`` / ``postgres://`` use psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_is_memory(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or (
+        database.startswith("file:") and "mode=memory" in database
+    )
+
+
+def _create_sqlite_engine(url: URL, echo: bool) -> Engine:
+    memory = _sqlite_is_memory(url)
+    if not memory and url.database and not url.database.startswith("file:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": 30.0},
+        # One shared connection for an in-memory database, or every thread sees its own.
+        poolclass=StaticPool if memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy emits BEGIN itself (below), so sqlite3 must not.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _differing_fields(a: LedgerRecord, b: LedgerRecord) -> list[str]:
+    left, right = a.model_dump(), b.model_dump()
+    return [name for name in type(a).model_fields if left.get(name) != right.get(name)]
+
+
+# ------------------------------------------------------------------------ ledger
+
+
+class Ledger:
+    """The durable audit trail of tickets, in SQLite (default) or PostgreSQL.
+
+    Thread-safe; every method blocks (call it from a thread in async code).
+    """
+
+    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine = _create_sqlite_engine(self.url, echo)
+        elif self.dialect == "postgresql":
+            self.engine = create_engine(self.url, echo=echo, pool_pre_ping=True)
+        else:
+            raise ValueError(
+                f"unsupported ledger database {self.url.drivername!r}: use sqlite or postgresql"
+            )
+        # Writers take SQLite's write lock up front (waiting on busy_timeout) instead of
+        # failing when a read transaction has to be upgraded.
+        self._write_engine = self.engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.url.render_as_string(hide_password=True)!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.dispose()
+
+    # -------------------------------------------------------------- schema
+
+    def create_all(self) -> None:
+        """Create the ledger tables and indexes that do not exist yet."""
+        with self._write_engine.begin() as conn:
+            SQLModel.metadata.create_all(conn, tables=list(LEDGER_TABLES))
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    # --------------------------------------------------------------- write
+
+    def write(self, batch: LedgerBatch) -> LedgerWriteReport:
+        """Store a batch in one transaction, idempotently (see the module docstring).
+
+        Raises :class:`LedgerConflict` (nothing of the batch is stored) when a record
+        contradicts a stored one.
+        """
+        counts: dict[str, TableWriteCounts] = {}
+        if not batch.is_empty():
+            recorded_at = datetime.now(UTC)
+            with self._write_engine.begin() as conn:
+                for kind in _KINDS:
+                    records: list[LedgerRecord] = list(getattr(batch, kind.batch_field))
+                    if records:
+                        counts[kind.name] = self._write_kind(conn, kind, records, recorded_at)
+        return LedgerWriteReport(ticket_id=batch.ticket_id, **counts)
+
+    def _insert(self, table: Table) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def _write_kind(
+        self,
+        conn: Connection,
+        kind: _Kind[R],
+        records: list[R],
+        recorded_at: datetime,
+    ) -> TableWriteCounts:
+        incoming = _dedupe(kind, records)
+        table = kind.table
+
+        # 1. Insert everything that is new; RETURNING tells which ids that was.
+        rows = [{**r.model_dump(), "recorded_at": recorded_at} for r in incoming.values()]
+        if conn.dialect.insert_returning:
+            stmt = self._insert(table).returning(table.c.id)
+            inserted = set(conn.execute(stmt, rows).scalars())
+        else:
+            # SQLite < 3.35 has no RETURNING. The IMMEDIATE transaction already holds the
+            # write lock, so "which ids exist" cannot change before the insert.
+            existing: set[str] = set()
+            for chunk in _chunks(list(incoming)):
+                existing.update(
+                    conn.execute(select(table.c.id).where(table.c.id.in_(chunk))).scalars()
+                )
+            new_rows = [row for row in rows if row["id"] not in existing]
+            if new_rows:
+                try:
+                    conn.execute(insert(table), new_rows)
+                except IntegrityError as err:
+                    raise LedgerConflict(
+                        kind.name,
+                        str(new_rows[0]["id"]) if len(new_rows) == 1 else f"<{len(new_rows)} rows>",
+                        reason="collides with a stored row of another id on a unique key",
+                    ) from err
+            inserted = {row["id"] for row in new_rows}
+
+        # 2. One read of the rows that were already there, and compare.
+        present = [record_id for record_id in incoming if record_id not in inserted]
+        already_present = 0
+        updates: list[R] = []
+        for chunk in _chunks(present):
+            query = select(table).where(table.c.id.in_(chunk))
+            if kind.mutable:
+                query = query.with_for_update()  # PostgreSQL row locks; no-op on SQLite
+            stored_by_id = {
+                row.id: kind.record_type.model_validate(dict(row._mapping))
+                for row in conn.execute(query)
+            }
+            for record_id in chunk:
+                new = incoming[record_id]
+                stored = stored_by_id.get(record_id)
+                if stored is None:
+                    # Not inserted, yet no row with this id: another unique key collided.
+                    raise LedgerConflict(
+                        kind.name,
+                        record_id,
+                        reason="collides with a stored row of another id on a unique key "
+                        "(the same result version or review stored twice)",
+                    )
+                diff = _differing_fields(stored, new)
+                if not diff:
+                    already_present += 1
+                elif kind.mutable and set(diff) <= set(kind.mutable):
+                    if kind.is_stale is not None and kind.is_stale(stored, new):
+                        already_present += 1
+                    else:
+                        updates.append(new)
+                else:
+                    raise LedgerConflict(kind.name, record_id, diff)
+
+        # 3. Update the mutable columns of the rows that changed.
+        if updates:
+            stmt = (
+                update(table)
+                .where(table.c.id == bindparam("_id"))
+                .values({column: bindparam(f"_{column}") for column in kind.mutable})
+            )
+            params = [
+                {"_id": r.id, **{f"_{column}": getattr(r, column) for column in kind.mutable}}
+                for r in updates
+            ]
+            conn.execute(stmt, params)
+
+        return TableWriteCounts(
+            inserted=len(inserted), already_present=already_present, updated=len(updates)
+        )
+
+    # ---------------------------------------------------------------- read
+
+    def task_results(self, ticket_id: str, task_id: str | None = None) -> list[TaskResultRecord]:
+        """A ticket's task results (optionally of one task), oldest first."""
+        filters = {"task_id": task_id} if task_id is not None else {}
+        return self._read(_TASK_RESULTS, ticket_id, filters)
+
+    def workflow_results(self, ticket_id: str) -> list[WorkflowResultRecord]:
+        """A ticket's final-result versions, v1 first."""
+        return self._read(_WORKFLOW_RESULTS, ticket_id, {})
+
+    def reviews(
+        self,
+        ticket_id: str,
+        subject_kind: str | None = None,
+        subject_id: str | None = None,
+    ) -> list[ValidationReviewRecord]:
+        """A ticket's reviews (optionally of one subject), oldest first."""
+        filters = {
+            name: value
+            for name, value in (("subject_kind", subject_kind), ("subject_id", subject_id))
+            if value is not None
+        }
+        return self._read(_REVIEWS, ticket_id, filters)
+
+    def _read(self, kind: _Kind[R], ticket_id: str, filters: dict[str, str]) -> list[R]:
+        table = kind.table
+        query = select(table).where(table.c.ticket_id == ticket_id)
+        for column, value in filters.items():
+            query = query.where(table.c[column] == value)
+        query = query.order_by(*(table.c[column] for column in kind.order_by))
+        with self.engine.connect() as conn:
+            return [
+                kind.record_type.model_validate(dict(row._mapping)) for row in conn.execute(query)
+            ]
+
+
+def _dedupe(kind: _Kind[R], records: list[R]) -> dict[str, R]:
+    """Collapse repeated ids inside one batch (same rules as against stored rows)."""
+    unique: dict[str, R] = {}
+    for record in records:
+        previous = unique.get(record.id)
+        if previous is None:
+            unique[record.id] = record
+            continue
+        diff = _differing_fields(previous, record)
+        if not diff:
+            continue
+        if not (kind.mutable and set(diff) <= set(kind.mutable)):
+            raise LedgerConflict(
+                kind.name,
+                record.id,
+                diff,
+                reason="appears twice in one batch with different content",
+            )
+        if kind.is_stale is None or not kind.is_stale(previous, record):
+            unique[record.id] = record  # the later state wins
+    return unique

@@ -1,0 +1,288 @@
+"""Messages agents and operators send to a ticket, and the replies they get.
+
+Each message is one plain-JSON object, so the ``temporal`` CLI or an SDK in any language can
+act as an agent. ``schema`` exports their JSON Schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.spec import AgentKind, Priority, ResultType, Slug, TaskType
+
+AgentStatus = Literal["idle", "running"]
+
+#: Hard caps on free text the workflow keeps, so no message can bloat history or state.
+MAX_NOTE = 4_000
+MAX_REASON = 4_000
+MAX_FEEDBACK = 20_000
+MAX_REQUEST_ID = 128
+
+
+class Message(BaseModel):
+    """Base of every inbound message: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Authenticated(Message):
+    """A message from a registered agent: its id and the token issued at registration."""
+
+    agent_id: str = Field(min_length=1, max_length=100)
+    token: str = Field(min_length=1, max_length=200, repr=False)
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REQUEST_ID,
+        description="idempotency key: a retried request with the same id gets the same reply",
+    )
+
+
+# ---- updates -----------------------------------------------------------------------------
+
+
+class RegisterAgent(Message):
+    name: Slug
+    kind: AgentKind = "worker"
+    capabilities: list[str] = Field(default_factory=list, max_length=50)
+    request_id: str | None = Field(default=None, min_length=1, max_length=MAX_REQUEST_ID)
+
+
+class Registration(BaseModel):
+    agent_id: str
+    token: str = Field(description="secret for every later message; shown once")
+    ticket_id: str
+    heartbeat_interval_s: float
+
+
+class ClaimTask(Authenticated):
+    phases: list[Slug] | None = Field(default=None, description="only claim tasks of these phases")
+
+
+class TaskView(BaseModel):
+    """A task as agents and operators see it."""
+
+    id: str
+    key: str | None = None
+    phase: str
+    title: str
+    description: str
+    type: str
+    priority: str
+    status: str
+    depends_on: list[str]
+    assigned_agent: str | None
+    attempt: int
+    failures: int
+    validation: bool
+    created_by: str
+    result_preview: str | None = None
+    result_type: str | None = None
+    failure_reason: str | None = None
+    updated_at: str
+
+
+class AgentInbox(BaseModel):
+    """What the ticket has to tell an agent: returned with replies and by query."""
+
+    stop: bool = False
+    stop_reason: str | None = None
+    feedback: list[str] = Field(default_factory=list)
+
+
+class ClaimReply(BaseModel):
+    task: TaskView | None
+    reason: str = Field(description="why no task was given, when task is None")
+    inbox: AgentInbox
+
+
+class ReportProgress(Authenticated):
+    task_id: str = Field(min_length=1, max_length=50)
+    note: str = Field(min_length=1, max_length=MAX_NOTE)
+
+
+class Heartbeat(Authenticated):
+    seq: int = Field(ge=0)
+    status: AgentStatus = "idle"
+    current_task_id: str | None = Field(default=None, max_length=50)
+
+
+class CompleteTask(Authenticated):
+    task_id: str = Field(min_length=1, max_length=50)
+    result: str = Field(min_length=1, description="markdown, at most 100 KB (policy)")
+    result_type: ResultType
+    claim_next: bool = Field(default=False, description="claim the next task in the same call")
+
+
+class CompleteReply(BaseModel):
+    task: TaskView
+    next: ClaimReply | None = None
+
+
+class FailTask(Authenticated):
+    task_id: str = Field(min_length=1, max_length=50)
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+
+
+class CreateTask(Authenticated):
+    phase: Slug
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    type: TaskType = "implementation"
+    depends_on: list[str] = Field(default_factory=list, max_length=50)
+    priority: Priority = "normal"
+    validation: bool = False
+
+
+class SubmitResult(Authenticated):
+    """The ticket's final result: markdown content or a reference to a ``.md`` file."""
+
+    content: str | None = None
+    file_ref: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SubmitResult:
+        if (self.content is None) == (self.file_ref is None):
+            raise ValueError("give exactly one of content or file_ref")
+        return self
+
+
+class ResultFile(BaseModel):
+    """What the worker found at a result's file reference (read by an activity)."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    content: str
+
+
+class ReviewResult(Authenticated):
+    """A validator's verdict on one result version."""
+
+    version: int = Field(ge=1)
+    passed: bool
+    feedback: str = Field(default="", max_length=MAX_FEEDBACK)
+    evidence: list[str] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _feedback_on_fail(self) -> ReviewResult:
+        if not self.passed and not self.feedback.strip():
+            raise ValueError("feedback is required when passed is false")
+        return self
+
+
+class ResultVersionView(BaseModel):
+    version: int
+    agent_id: str
+    source: Literal["content", "file"]
+    file_ref: str | None
+    sha256: str
+    size_bytes: int
+    preview: str
+    submitted_at: str
+    status: Literal["pending_validation", "validated", "rejected"]
+    criteria: list[str]
+    validator_id: str | None = None
+    feedback: str | None = None
+    evidence: list[str] = Field(default_factory=list)
+    verdict_at: str | None = None
+
+
+class SubmitReply(BaseModel):
+    version: int
+    status: str
+
+
+class ReviewReply(BaseModel):
+    version: int
+    status: str
+    ticket_status: str
+
+
+class CancelTicket(Message):
+    """Operator: stop the ticket now."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+    operator: str = Field(default="operator", min_length=1, max_length=100)
+    operator_token: str = Field(min_length=1, max_length=200, repr=False)
+
+
+class Ack(BaseModel):
+    ok: bool = True
+    message: str = ""
+
+
+# ---- query replies ---------------------------------------------------------------------
+
+
+class AgentView(BaseModel):
+    id: str
+    name: str
+    kind: str
+    state: str
+    registered_at: str
+    last_heartbeat_at: str | None
+    last_seq: int | None
+    tasks: list[str]
+    heartbeats: int
+    seq_gaps: int
+    out_of_order: int
+
+
+class TimelineEntry(BaseModel):
+    at: str
+    kind: str
+    message: str
+    agent_id: str | None = None
+    task_id: str | None = None
+
+
+class StatusView(BaseModel):
+    ticket_id: str
+    title: str
+    status: str
+    phase: str | None
+    counts_by_status: dict[str, int]
+    counts_by_phase: dict[str, dict[str, int]]
+    open_tasks: int
+    agents: int
+    results: int
+    validated_version: int | None
+    last_activity_at: str
+    created_at: str
+    finished_at: str | None
+    outcome: str | None
+    ignored_messages: int
+
+
+#: Every inbound message type, by the update/signal name it travels under.
+INBOUND: dict[str, type[Message]] = {
+    "register": RegisterAgent,
+    "claim": ClaimTask,
+    "complete": CompleteTask,
+    "fail": FailTask,
+    "create_task": CreateTask,
+    "submit_result": SubmitResult,
+    "review_result": ReviewResult,
+    "cancel": CancelTicket,
+    "heartbeat": Heartbeat,
+    "progress": ReportProgress,
+}
+
+#: Replies and query results, by name.
+OUTBOUND: dict[str, type[BaseModel]] = {
+    "Registration": Registration,
+    "ClaimReply": ClaimReply,
+    "CompleteReply": CompleteReply,
+    "TaskView": TaskView,
+    "SubmitReply": SubmitReply,
+    "ReviewReply": ReviewReply,
+    "AgentView": AgentView,
+    "TimelineEntry": TimelineEntry,
+    "StatusView": StatusView,
+    "ResultVersionView": ResultVersionView,
+    "AgentInbox": AgentInbox,
+    "Ack": Ack,
+}

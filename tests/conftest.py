@@ -1,0 +1,95 @@
+"""Shared fixtures: one fresh Temporal dev server per test session, settings and a client."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from infra.client import connect
+from infra.devserver import DevServer, ensure_server, free_port
+from infra.settings import Settings
+from ledger.store import Ledger
+from worker import build_worker
+
+
+def two_free_ports() -> tuple[int, int]:
+    """Two distinct free ports (frontend, Web UI)."""
+    frontend = free_port()
+    ui = free_port()
+    while ui == frontend:
+        ui = free_port()
+    return frontend, ui
+
+
+@pytest.fixture(scope="session")
+def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Where the session's dev server runs: free ports, its own data directory."""
+    port, ui_port = two_free_ports()
+    return Settings(
+        temporal_address=f"127.0.0.1:{port}",
+        ui_port=ui_port,
+        data_dir=tmp_path_factory.mktemp("temporal"),
+        start_dev_server=True,
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_server(server_settings: Settings) -> AsyncIterator[DevServer]:
+    """A fresh Temporal dev server for this session, stopped at the end."""
+    server = await ensure_server(server_settings, startup_timeout=60)
+    assert server.owned, f"expected a fresh dev server at {server.address}"
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    temporal_server: DevServer,
+    server_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """Settings for the session server; the ledger is a SQLite file in a temp dir."""
+    data_dir = tmp_path_factory.mktemp("unstuck")
+    return server_settings.model_copy(
+        update={
+            "temporal_address": temporal_server.address,
+            "task_queue": "unstuck-test",
+            "database_url": f"sqlite:///{data_dir / 'ledger.db'}",
+            "data_dir": data_dir,
+            "start_dev_server": False,
+        }
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def client(settings: Settings) -> Client:
+    """A client (pydantic data converter) connected to the session server."""
+    return await connect(settings)
+
+
+@pytest.fixture(scope="session")
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    """The session's ledger (SQLite), tables created."""
+    store = Ledger(settings.ledger_url)
+    store.create_all()
+    yield store
+    store.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def worker(client: Client, settings: Settings, ledger: Ledger) -> AsyncIterator[Worker]:
+    """One Unstuck worker for the session, on the settings' task queue."""
+    async with build_worker(client, settings, ledger) as running:
+        yield running
+
+
+def unique_id(prefix: str) -> str:
+    """A ticket id no other test (or earlier run against the same server) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

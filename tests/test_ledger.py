@@ -1,0 +1,696 @@
+"""The ledger: records, the SQL store on SQLite and PostgreSQL, and the activity.
+
+PostgreSQL cases (marked ``postgres``) use ``UNSTUCK_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``), each in a schema of its own that is
+dropped afterwards. Without a reachable server they are skipped, but fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.ledger import LedgerActivities
+from ledger.store import Ledger, LedgerConflict, normalise_url
+from ledger.tables import LEDGER_TABLES, TaskResultRow, WorkflowResultRow, table_of
+from models.ledger import (
+    WRITE_LEDGER_ACTIVITY,
+    LedgerBatch,
+    LedgerWriteReport,
+    TableWriteCounts,
+    TaskResultRecord,
+    ValidationReviewRecord,
+    WorkflowResultRecord,
+    review_record_id,
+    task_result_record_id,
+    workflow_result_record_id,
+)
+
+PG_URL = os.environ.get("UNSTUCK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ backends
+
+_pg_error: list[str] = []  # cached probe result: [] = not probed, [""] = reachable
+
+
+def _require_postgres() -> None:
+    if not _pg_error:
+        try:
+            with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            _pg_error.append("")
+        except psycopg.Error as err:
+            _pg_error.append(f"PostgreSQL at {PG_URL} is unreachable: {err}".strip())
+    if _pg_error[0]:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{_pg_error[0]} (CI=true: the postgres tests must run)", pytrace=False)
+        pytest.skip(_pg_error[0])
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A fresh, empty ledger on each backend."""
+    if request.param == "sqlite":
+        # A directory that does not exist yet: the Ledger creates it.
+        with Ledger(f"sqlite:///{tmp_path / 'data' / 'ledger.db'}") as led:
+            led.create_all()
+            yield led
+        return
+
+    _require_postgres()
+    schema = f"ledger_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        with Ledger(url) as led:
+            led.create_all()
+            yield led
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def sqlite_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
+    """One SQLite ledger shared by the property test's examples (unique tickets each)."""
+    with Ledger(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'ledger.db'}") as led:
+        led.create_all()
+        yield led
+
+
+# ------------------------------------------------------------------ builders
+
+
+def new_ticket() -> str:
+    return f"T-{uuid.uuid4().hex[:10]}"
+
+
+def task_result(
+    ticket: str,
+    task: str = "task-1",
+    attempt: int = 1,
+    iteration: int = 1,
+    *,
+    at: datetime = T0,
+    content: str | None = None,
+    verification: str = "unverified",
+    review: str | None = None,
+) -> TaskResultRecord:
+    return TaskResultRecord.model_validate(
+        {
+            "id": task_result_record_id(ticket, task, attempt, iteration),
+            "ticket_id": ticket,
+            "task_id": task,
+            "attempt": attempt,
+            "iteration": iteration,
+            "agent_id": "worker-1",
+            "result_type": "implementation",
+            "content": content if content is not None else f"# {task}\n\nDone: ✓ `code`\n",
+            "verification": verification,
+            "review_id": review,
+            "submitted_at": at,
+        }
+    )
+
+
+def workflow_result(
+    ticket: str, version: int = 1, *, content: str = "# Result\n\nAll criteria met.\n"
+) -> WorkflowResultRecord:
+    return WorkflowResultRecord(
+        id=workflow_result_record_id(ticket, version),
+        ticket_id=ticket,
+        version=version,
+        agent_id="worker-2",
+        content=content,
+        content_sha256=hashlib.sha256(content.encode()).hexdigest(),
+        size_bytes=len(content.encode()),
+        criteria_snapshot=["login works", "tests pass"],
+        submitted_at=T0 + timedelta(minutes=version),
+    )
+
+
+def review(
+    ticket: str,
+    kind: str = "task",
+    subject: str = "task-1",
+    iteration: int = 1,
+    *,
+    passed: bool = True,
+    feedback: str = "",
+    at: datetime = T0,
+) -> ValidationReviewRecord:
+    return ValidationReviewRecord.model_validate(
+        {
+            "id": review_record_id(ticket, kind, subject, iteration),  # type: ignore[arg-type]
+            "ticket_id": ticket,
+            "subject_kind": kind,
+            "subject_id": subject,
+            "iteration": iteration,
+            "validator_id": "validator-1",
+            "passed": passed,
+            "feedback": feedback,
+            "evidence": ["pytest: 12 passed", "file_exists: README.md"],
+            "created_at": at,
+        }
+    )
+
+
+def stored_recorded_at(led: Ledger, ticket: str) -> list[tuple[str, datetime]]:
+    """(id, recorded_at) of every row of a ticket, over all tables."""
+    out: list[tuple[str, datetime]] = []
+    with led.engine.connect() as conn:
+        for table in LEDGER_TABLES:
+            query = select(table.c.id, table.c.recorded_at).where(table.c.ticket_id == ticket)
+            out.extend((row.id, row.recorded_at) for row in conn.execute(query))
+    return sorted(out)
+
+
+def dump_all(
+    led: Ledger, ticket: str
+) -> tuple[list[TaskResultRecord], list[WorkflowResultRecord], list[ValidationReviewRecord]]:
+    return (led.task_results(ticket), led.workflow_results(ticket), led.reviews(ticket))
+
+
+# ------------------------------------------------------------------ models
+
+
+def test_records_normalise_datetimes_to_utc_and_refuse_naive() -> None:
+    ticket = new_ticket()
+    plus2 = timezone(timedelta(hours=2))
+    record = task_result(ticket, at=datetime(2025, 3, 1, 14, 0, tzinfo=plus2))
+    assert record.submitted_at == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    assert record.submitted_at.tzinfo is UTC
+    with pytest.raises(ValidationError, match="timezone"):
+        task_result(ticket, at=datetime(2025, 3, 1, 12, 0))
+
+
+def test_batch_validation() -> None:
+    ticket = new_ticket()
+    with pytest.raises(ValidationError, match="belongs to ticket"):
+        LedgerBatch(ticket_id=ticket, task_results=[task_result("other")])
+    with pytest.raises(ValidationError, match="content or a file_ref"):
+        WorkflowResultRecord.model_validate(
+            {**workflow_result(ticket).model_dump(), "content": None, "file_ref": None}
+        )
+    with pytest.raises(ValidationError):
+        task_result(ticket, verification="approved")
+    batch = LedgerBatch(ticket_id=ticket)
+    assert batch.is_empty() and batch.size == 0
+    batch = LedgerBatch(ticket_id=ticket, reviews=[review(ticket)])
+    assert not batch.is_empty() and batch.size == 1
+
+
+def test_ids_are_deterministic() -> None:
+    assert task_result_record_id("T", "k", 2, 3) == "T/k/a2/i3"
+    assert workflow_result_record_id("T", 4) == "T/v4"
+    assert review_record_id("T", "result", "4", 4) == "T/review/result/4/i4"
+    assert WRITE_LEDGER_ACTIVITY == "write_ledger"
+
+
+async def test_batch_and_report_survive_the_pydantic_data_converter() -> None:
+    ticket = new_ticket()
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[task_result(ticket)],
+        workflow_results=[workflow_result(ticket)],
+        reviews=[review(ticket)],
+    )
+    report = LedgerWriteReport(ticket_id=ticket, task_results=TableWriteCounts(inserted=1))
+    payloads = await pydantic_data_converter.encode([batch, report])
+    decoded = await pydantic_data_converter.decode(payloads, [LedgerBatch, LedgerWriteReport])
+    assert decoded == [batch, report]
+    assert decoded[0].task_results[0].submitted_at.tzinfo is not None
+
+
+def test_models_module_does_not_import_the_orm() -> None:
+    """Workflow code imports models.ledger: it must not pull SQLAlchemy into the sandbox."""
+    code = (
+        "import sys, models.ledger\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'sqlmodel', 'psycopg', 'ledger', 'activities'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_urls_are_normalised() -> None:
+    assert normalise_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("sqlite:///x.db").drivername == "sqlite"
+    with pytest.raises(ValueError, match="unsupported"):
+        Ledger("mysql://u@h/db")
+    assert "secret" not in repr(Ledger("postgresql://u:secret@h/db"))
+
+
+# ------------------------------------------------------------------ store
+
+
+def test_round_trip_every_kind(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    plus5 = timezone(timedelta(hours=5, minutes=30))
+    by_ref = WorkflowResultRecord(
+        id=workflow_result_record_id(ticket, 2),
+        ticket_id=ticket,
+        version=2,
+        agent_id="worker-3",
+        file_ref="docs/result.md",
+        content_sha256="0" * 64,
+        size_bytes=2048,
+        criteria_snapshot=[],
+        submitted_at=datetime(2025, 3, 1, 18, 0, tzinfo=plus5),
+    )
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[
+            task_result(ticket, "task-2", at=T0 + timedelta(seconds=5)),
+            task_result(ticket, "task-1", verification="verified", review="r-1"),
+        ],
+        workflow_results=[by_ref, workflow_result(ticket, 1)],
+        reviews=[
+            review(ticket, "result", "1", 1, at=T0 + timedelta(hours=1)),
+            review(ticket, "task", "task-1", 1, passed=False, feedback="missing tests"),
+        ],
+    )
+    report = ledger.write(batch)
+    assert report.ticket_id == ticket
+    for counts in report.tables().values():
+        assert counts == TableWriteCounts(inserted=2)
+    assert (report.inserted, report.already_present, report.updated) == (6, 0, 0)
+
+    tasks, results, reviews = dump_all(ledger, ticket)
+    assert tasks == [batch.task_results[1], batch.task_results[0]]  # by submitted_at
+    assert results == [batch.workflow_results[1], by_ref]  # by version
+    assert reviews == [batch.reviews[1], batch.reviews[0]]  # by created_at
+    assert by_ref.submitted_at == datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+    for when in (
+        *(r.submitted_at for r in tasks),
+        *(r.submitted_at for r in results),
+        *(r.created_at for r in reviews),
+    ):
+        assert when.tzinfo is not None and when.utcoffset() == timedelta(0)
+    for _, recorded in stored_recorded_at(ledger, ticket):
+        assert recorded.utcoffset() == timedelta(0)
+
+    assert ledger.task_results(ticket, task_id="task-2") == [batch.task_results[0]]
+    assert ledger.reviews(ticket, subject_kind="result") == [batch.reviews[0]]
+    assert ledger.reviews(ticket, subject_kind="task", subject_id="task-1") == [batch.reviews[1]]
+    assert dump_all(ledger, new_ticket()) == ([], [], [])
+
+
+def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[task_result(ticket), task_result(ticket, "task-2")],
+        workflow_results=[workflow_result(ticket)],
+        reviews=[review(ticket)],
+    )
+    first = ledger.write(batch)
+    before = (dump_all(ledger, ticket), stored_recorded_at(ledger, ticket))
+
+    second = ledger.write(batch)
+
+    assert first.inserted == 4
+    assert second.task_results == TableWriteCounts(already_present=2)
+    assert second.workflow_results == TableWriteCounts(already_present=1)
+    assert second.validation_reviews == TableWriteCounts(already_present=1)
+    assert (second.inserted, second.updated) == (0, 0)
+    assert (dump_all(ledger, ticket), stored_recorded_at(ledger, ticket)) == before
+
+
+def test_empty_batch(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    report = ledger.write(LedgerBatch(ticket_id=ticket))
+    assert report == LedgerWriteReport(ticket_id=ticket)
+    assert report.inserted == report.already_present == report.updated == 0
+
+
+def test_changed_workflow_result_conflicts_and_nothing_is_written(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    original = workflow_result(ticket, 1)
+    ledger.write(LedgerBatch(ticket_id=ticket, workflow_results=[original]))
+    changed = workflow_result(ticket, 1, content="# Result\n\nRewritten.\n")
+
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[task_result(ticket, "task-new")],  # would be new: must roll back
+        workflow_results=[changed],
+    )
+    with pytest.raises(LedgerConflict) as caught:
+        ledger.write(batch)
+
+    err = caught.value
+    assert (err.table, err.record_id) == ("workflow_results", original.id)
+    assert set(err.fields) == {"content", "content_sha256", "size_bytes"}
+    assert "never changes" in str(err)
+    assert ledger.workflow_results(ticket) == [original]
+    assert ledger.task_results(ticket) == []
+
+
+def test_changed_review_conflicts(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    original = review(ticket, passed=False, feedback="no tests")
+    ledger.write(LedgerBatch(ticket_id=ticket, reviews=[original]))
+    flipped = original.model_copy(update={"passed": True})
+    with pytest.raises(LedgerConflict, match="passed"):
+        ledger.write(LedgerBatch(ticket_id=ticket, reviews=[flipped]))
+    assert ledger.reviews(ticket) == [original]
+
+
+def test_a_result_version_is_stored_and_validated_once(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    v1 = workflow_result(ticket, 1)
+    verdict = review(ticket, "result", "1", 1)
+    ledger.write(LedgerBatch(ticket_id=ticket, workflow_results=[v1], reviews=[verdict]))
+
+    same_version = v1.model_copy(update={"id": f"{ticket}/other-v1"})
+    with pytest.raises(LedgerConflict, match="unique key"):
+        ledger.write(LedgerBatch(ticket_id=ticket, workflow_results=[same_version]))
+    second_verdict = verdict.model_copy(update={"id": f"{ticket}/second-verdict"})
+    with pytest.raises(LedgerConflict, match="unique key"):
+        ledger.write(LedgerBatch(ticket_id=ticket, reviews=[second_verdict]))
+    assert ledger.workflow_results(ticket) == [v1]
+    assert ledger.reviews(ticket) == [verdict]
+
+
+def test_task_result_immutable_columns_conflict(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    original = task_result(ticket)
+    ledger.write(LedgerBatch(ticket_id=ticket, task_results=[original]))
+    changed = original.model_copy(update={"content": "other", "verification": "verified"})
+    with pytest.raises(LedgerConflict) as caught:
+        ledger.write(LedgerBatch(ticket_id=ticket, task_results=[changed]))
+    assert caught.value.fields == ("content", "verification")
+    assert ledger.task_results(ticket) == [original]
+
+
+def test_task_result_verification_update(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    unverified = task_result(ticket)
+    other = task_result(ticket, "task-2")
+    ledger.write(LedgerBatch(ticket_id=ticket, task_results=[unverified, other]))
+    before = stored_recorded_at(ledger, ticket)
+
+    verified = unverified.model_copy(update={"verification": "verified", "review_id": "rv-1"})
+    report = ledger.write(LedgerBatch(ticket_id=ticket, task_results=[verified, other]))
+    assert report.task_results == TableWriteCounts(updated=1, already_present=1)
+    assert ledger.task_results(ticket) == [verified, other]
+    assert stored_recorded_at(ledger, ticket) == before  # an update, not a new row
+
+    # The same update again is a no-op; a late redelivery of the unreviewed state does not
+    # undo the review.
+    assert ledger.write(LedgerBatch(ticket_id=ticket, task_results=[verified])).task_results == (
+        TableWriteCounts(already_present=1)
+    )
+    late = ledger.write(LedgerBatch(ticket_id=ticket, task_results=[unverified]))
+    assert late.task_results == TableWriteCounts(already_present=1)
+    assert ledger.task_results(ticket, "task-1") == [verified]
+
+    disputed = unverified.model_copy(update={"verification": "disputed", "review_id": "rv-2"})
+    report = ledger.write(LedgerBatch(ticket_id=ticket, task_results=[disputed]))
+    assert report.task_results == TableWriteCounts(updated=1)
+    assert ledger.task_results(ticket, "task-1") == [disputed]
+
+
+def test_duplicate_ids_inside_one_batch(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    unverified = task_result(ticket)
+    verified = unverified.model_copy(update={"verification": "verified", "review_id": "rv"})
+    result = workflow_result(ticket)
+    report = ledger.write(
+        LedgerBatch(
+            ticket_id=ticket,
+            task_results=[unverified, verified, unverified],
+            workflow_results=[result, result],
+        )
+    )
+    assert report.task_results == TableWriteCounts(inserted=1)
+    assert report.workflow_results == TableWriteCounts(inserted=1)
+    assert ledger.task_results(ticket) == [verified]
+
+    with pytest.raises(LedgerConflict, match="twice in one batch"):
+        ledger.write(
+            LedgerBatch(
+                ticket_id=ticket,
+                workflow_results=[
+                    workflow_result(ticket, 7),
+                    workflow_result(ticket, 7, content="other"),
+                ],
+            )
+        )
+
+
+def test_many_rows_in_one_batch(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    tasks = [
+        task_result(ticket, f"task-{i:04d}", at=T0 + timedelta(seconds=i)) for i in range(1500)
+    ]
+    results = [workflow_result(ticket, v) for v in range(1, 41)]
+    reviews = [
+        review(ticket, "task", f"task-{i:04d}", at=T0 + timedelta(seconds=i)) for i in range(600)
+    ]
+    batch = LedgerBatch(
+        ticket_id=ticket, task_results=tasks, workflow_results=results, reviews=reviews
+    )
+
+    first = ledger.write(batch)
+    assert first.task_results == TableWriteCounts(inserted=1500)
+    assert first.workflow_results == TableWriteCounts(inserted=40)
+    assert first.validation_reviews == TableWriteCounts(inserted=600)
+
+    verified = [
+        t.model_copy(update={"verification": "verified", "review_id": f"rv-{t.task_id}"})
+        for t in tasks[:600]
+    ]
+    second = ledger.write(
+        LedgerBatch(ticket_id=ticket, task_results=verified + tasks[600:], reviews=reviews)
+    )
+    assert second.task_results == TableWriteCounts(updated=600, already_present=900)
+    assert second.validation_reviews == TableWriteCounts(already_present=600)
+
+    stored = ledger.task_results(ticket)
+    assert stored == verified + tasks[600:]
+    assert ledger.workflow_results(ticket) == results
+    assert len(ledger.reviews(ticket)) == 600
+
+
+def test_concurrent_redeliveries(ledger: Ledger) -> None:
+    """Overlapping attempts of one activity (e.g. after a timeout) write the batch once."""
+    ticket = new_ticket()
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[task_result(ticket, f"task-{i}") for i in range(50)],
+        workflow_results=[workflow_result(ticket)],
+        reviews=[review(ticket, "task", f"task-{i}") for i in range(20)],
+    )
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        reports = list(pool.map(ledger.write, [batch] * 6))
+    assert sum(r.inserted for r in reports) == batch.size
+    assert all(r.inserted + r.already_present == batch.size for r in reports)
+    assert len(ledger.task_results(ticket)) == 50
+
+
+def test_sqlite_settings(tmp_path: Path) -> None:
+    with Ledger(f"sqlite:///{tmp_path / 'a' / 'b' / 'ledger.db'}") as led:
+        led.create_all()
+        led.create_all()  # idempotent
+        with led.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    assert (tmp_path / "a" / "b" / "ledger.db").exists()
+
+
+async def test_sqlite_in_memory_is_shared_across_threads() -> None:
+    with Ledger("sqlite://") as led:
+        led.create_all()
+        ticket = new_ticket()
+        report = await ActivityEnvironment().run(
+            LedgerActivities(led).write_ledger,
+            LedgerBatch(ticket_id=ticket, reviews=[review(ticket)]),
+        )
+        assert report.validation_reviews.inserted == 1
+        assert led.reviews(ticket) == [review(ticket)]
+
+
+def test_sqlite_without_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback for SQLite < 3.35 (no RETURNING) gives the same answers."""
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as led:
+        led.create_all()
+        monkeypatch.setattr(led.engine.dialect, "insert_returning", False)
+        ticket = new_ticket()
+        batch = LedgerBatch(
+            ticket_id=ticket,
+            task_results=[task_result(ticket)],
+            workflow_results=[workflow_result(ticket)],
+        )
+        assert led.write(batch).inserted == 2
+        again = led.write(batch)
+        assert (again.inserted, again.already_present) == (0, 2)
+        other_id = workflow_result(ticket).model_copy(update={"id": "other"})
+        with pytest.raises(LedgerConflict, match="unique key"):
+            led.write(LedgerBatch(ticket_id=ticket, workflow_results=[other_id]))
+
+
+# ------------------------------------------------------------------ activity
+
+
+async def test_activity_writes_and_reports(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    batch = LedgerBatch(
+        ticket_id=ticket,
+        task_results=[task_result(ticket)],
+        workflow_results=[workflow_result(ticket)],
+        reviews=[review(ticket)],
+    )
+    acts = LedgerActivities(ledger)
+    assert acts.activities() == [acts.write_ledger]
+    env = ActivityEnvironment()
+
+    report = await env.run(acts.write_ledger, batch)
+    assert isinstance(report, LedgerWriteReport)
+    assert (report.inserted, report.already_present) == (3, 0)
+    report = await env.run(acts.write_ledger, batch)
+    assert (report.inserted, report.already_present) == (0, 3)
+
+
+async def test_activity_turns_a_conflict_into_a_non_retryable_error(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    acts = LedgerActivities(ledger)
+    env = ActivityEnvironment()
+    await env.run(
+        acts.write_ledger, LedgerBatch(ticket_id=ticket, workflow_results=[workflow_result(ticket)])
+    )
+    changed = workflow_result(ticket, content="changed")
+
+    with pytest.raises(ApplicationError) as caught:
+        await env.run(acts.write_ledger, LedgerBatch(ticket_id=ticket, workflow_results=[changed]))
+
+    err = caught.value
+    assert err.type == "LedgerConflict"
+    assert err.non_retryable
+    assert isinstance(err.__cause__, LedgerConflict)
+    assert err.details[0] == {
+        "table": "workflow_results",
+        "record_id": changed.id,
+        "fields": ["content", "content_sha256", "size_bytes"],
+    }
+    assert ledger.workflow_results(ticket) == [workflow_result(ticket)]
+
+
+async def test_activity_lets_other_errors_retry(tmp_path: Path) -> None:
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")  # tables never created
+    ticket = new_ticket()
+    with pytest.raises(Exception) as caught:
+        await ActivityEnvironment().run(
+            LedgerActivities(led).write_ledger,
+            LedgerBatch(ticket_id=ticket, reviews=[review(ticket)]),
+        )
+    assert not isinstance(caught.value, ApplicationError)
+    led.dispose()
+
+
+# ------------------------------------------------------------------ property
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[str, list[LedgerBatch], list[int]]:
+    """A ticket's records split into batches, and a shuffled delivery order in which
+    every batch arrives at least once and some arrive again."""
+    ticket = new_ticket()
+    n_tasks = draw(st.integers(1, 6))
+    n_results = draw(st.integers(0, 3))
+    n_reviews = draw(st.integers(0, 4))
+    n_batches = draw(st.integers(1, 4))
+
+    tasks = [task_result(ticket, f"task-{i}", at=T0 + timedelta(seconds=i)) for i in range(n_tasks)]
+    verified = [
+        t.model_copy(update={"verification": "verified", "review_id": f"rv-{t.task_id}"})
+        for t in tasks
+        if draw(st.booleans())
+    ]
+    results = [workflow_result(ticket, v) for v in range(1, n_results + 1)]
+    reviews = [review(ticket, "task", f"task-{i}") for i in range(n_reviews)]
+
+    slots: list[dict[str, list[object]]] = [
+        {"task_results": [], "workflow_results": [], "reviews": []} for _ in range(n_batches)
+    ]
+    for field, records in (
+        ("task_results", [*tasks, *verified]),
+        ("workflow_results", results),
+        ("reviews", reviews),
+    ):
+        for record in records:
+            slots[draw(st.integers(0, n_batches - 1))][field].append(record)
+    batches = [LedgerBatch.model_validate({"ticket_id": ticket, **slot}) for slot in slots]
+
+    extra = draw(st.lists(st.integers(0, n_batches - 1), max_size=6))
+    order = draw(st.permutations([*range(n_batches), *extra]))
+    return ticket, batches, list(order)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=deliveries())
+def test_any_delivery_order_stores_each_id_exactly_once(
+    sqlite_ledger: Ledger, case: tuple[str, list[LedgerBatch], list[int]]
+) -> None:
+    ticket, batches, order = case
+    expected: dict[str, dict[str, object]] = {
+        "task_results": {},
+        "workflow_results": {},
+        "reviews": {},
+    }
+    for batch in batches:
+        for field in expected:
+            for record in getattr(batch, field):
+                current = expected[field].get(record.id)
+                # A reviewed task result wins over its unreviewed delivery, in any order.
+                if current is None or getattr(record, "verification", "") == "verified":
+                    expected[field][record.id] = record
+
+    inserted = 0
+    for index in order:
+        inserted += sqlite_ledger.write(batches[index]).inserted
+
+    stored = dump_all(sqlite_ledger, ticket)
+    for field, rows in zip(expected, stored, strict=True):
+        ids = [row.id for row in rows]  # type: ignore[attr-defined]
+        assert len(ids) == len(set(ids))
+        assert {row.id: row for row in rows} == expected[field]  # type: ignore[attr-defined]
+    assert inserted == sum(len(v) for v in expected.values())
+    with sqlite_ledger.engine.connect() as conn:
+        for model in (TaskResultRow, WorkflowResultRow):
+            table = table_of(model)
+            per_id = select(table.c.id, func.count()).where(table.c.ticket_id == ticket)
+            counts = conn.execute(per_id.group_by(table.c.id)).all()
+            assert all(count == 1 for _, count in counts)

@@ -1,0 +1,57 @@
+"""The ticket's live markdown dashboard (the Web UI's "current details")."""
+
+from __future__ import annotations
+
+from core import ticket as core
+from core.state import HELD_STATUSES, TicketState
+
+STATUS_ORDER = (
+    "pending",
+    "assigned",
+    "running",
+    "under_review",
+    "validation_in_progress",
+    "needs_work",
+    "done",
+    "failed",
+    "cancelled",
+)
+
+
+def render_dashboard(state: TicketState, timeline_lines: int = 8) -> str:
+    """Markdown: status line, tasks by phase and status, agents, results, latest events."""
+    lines = [
+        f"## {state.spec.title}",
+        f"**{state.status}** · phase **{core.current_phase(state) or '-'}** · "
+        f"{core.open_tasks(state)} open task(s) · last activity "
+        f"{state.last_activity_at:%Y-%m-%d %H:%M:%S} UTC",
+        "",
+        "| phase | " + " | ".join(STATUS_ORDER) + " |",
+        "|---|" + "---|" * len(STATUS_ORDER),
+    ]
+    for phase in state.spec.phases:
+        counts = {s: 0 for s in STATUS_ORDER}
+        for task in state.tasks.values():
+            if task.phase == phase.name:
+                counts[task.status] += 1
+        lines.append(f"| {phase.name} | " + " | ".join(str(counts[s]) for s in STATUS_ORDER) + " |")
+    live = [a for a in state.agents.values() if a.state != "terminated"]
+    if live:
+        lines += ["", "| agent | kind | state | tasks |", "|---|---|---|---|"]
+        for agent in live:
+            held = [
+                t.id
+                for t in state.tasks.values()
+                if t.assigned_agent == agent.id and t.status in HELD_STATUSES
+            ]
+            lines.append(
+                f"| {agent.id} | {agent.kind} | {agent.state} | {', '.join(held) or '-'} |"
+            )
+    if state.results:
+        lines += ["", "Results: " + ", ".join(f"v{r.version} {r.status}" for r in state.results)]
+    if state.timeline:
+        lines += ["", "Latest:"]
+        lines += [
+            f"- {e.at:%H:%M:%S} {e.kind}: {e.message}" for e in state.timeline[-timeline_lines:]
+        ]
+    return "\n".join(lines)
