@@ -249,10 +249,11 @@ def claim(
     Eligible: pending, every dependency done, in the requested phases. Order: priority
     (highest first), then phase order, then creation order.
     """
+    # Authenticate before the reply cache: a cached reply is only for its own sender.
+    agent = _authenticate(state, msg)
     key = _reply_key("claim", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, ClaimReply)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg)
     _require_open(state)
     phase_names = [p.name for p in state.spec.phases]
     for phase in msg.phases or []:
@@ -269,10 +270,10 @@ def complete(
     state: TicketState, msg: CompleteTask, now: datetime, *, apply: bool = True
 ) -> Step[CompleteReply]:
     """The agent finished its task: store the result, mark it done, optionally claim the next."""
+    agent = _authenticate(state, msg)
     key = _reply_key("complete", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, CompleteReply)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg)
     _require_open(state)
     task = _own_held_task(state, agent, msg.task_id, "complete")
     limit = state.spec.policy.tasks.max_result_bytes
@@ -318,10 +319,10 @@ def complete(
 
 def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True) -> Step[TaskView]:
     """The agent gave up on its task: retry it (back to pending) or, past the limit, fail it."""
+    agent = _authenticate(state, msg)
     key = _reply_key("fail", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, TaskView)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg)
     _require_open(state)
     task = _own_held_task(state, agent, msg.task_id, "fail")
     if not apply:
@@ -361,10 +362,10 @@ def create_task(
     state: TicketState, msg: CreateTask, now: datetime, *, apply: bool = True
 ) -> Step[TaskView]:
     """An agent discovered work: add a task in any phase, depending only on existing tasks."""
+    agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     key = _reply_key("create_task", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, TaskView)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     _require_open(state)
     phase_names = [p.name for p in state.spec.phases]
     if msg.phase not in phase_names:
@@ -409,10 +410,10 @@ def submit_result(
 
     ``file`` is what the worker read at ``msg.file_ref`` (required to apply a file reference).
     """
+    agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     key = _reply_key("submit_result", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, SubmitReply)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     _require_open(state)
     for version in state.results:
         if version.status == "validated":
@@ -489,10 +490,10 @@ def review_result(
     state: TicketState, msg: ReviewResult, now: datetime, *, apply: bool = True
 ) -> Step[ReviewReply]:
     """A validator's verdict on one result version; each version gets exactly one."""
+    agent = _authenticate(state, msg, kinds=("validator",))
     key = _reply_key("review_result", msg.agent_id, msg.request_id)
     if (cached := _cached(state, key, ReviewReply)) is not None:
         return Step(cached)
-    agent = _authenticate(state, msg, kinds=("validator",))
     _require_open(state)
     if not 1 <= msg.version <= len(state.results):
         known = f"v1..v{len(state.results)}" if state.results else "none yet"
@@ -636,9 +637,14 @@ def _own_held_task(state: TicketState, agent: Agent, task_id: str, verb: str) ->
     task = state.tasks.get(task_id)
     if task is None:
         raise Refused("task_id", f"unknown task {task_id!r}")
+    if task.assigned_agent is None:
+        raise Refused(
+            "task_id", f"{task.id} is {task.status}; only a claimed task can {verb} (claim it)"
+        )
     if task.assigned_agent != agent.id:
-        holder = task.assigned_agent or "nobody"
-        raise Refused("task_id", f"{task.id} is assigned to {holder}, not to {agent.id}")
+        raise Refused(
+            "task_id", f"{task.id} is assigned to {task.assigned_agent}, not to {agent.id}"
+        )
     if task.status not in HELD_STATUSES:
         raise Refused("task_id", f"{task.id} is {task.status}; only a claimed task can {verb}")
     return task

@@ -269,7 +269,11 @@ class Ledger:
         table = kind.table
 
         # 1. Insert everything that is new; RETURNING tells which ids that was.
-        rows = [{**r.model_dump(), "recorded_at": recorded_at} for r in incoming.values()]
+        # Sorted by id: concurrent writers lock rows in the same order (no deadlocks).
+        rows = [
+            {**incoming[record_id].model_dump(), "recorded_at": recorded_at}
+            for record_id in sorted(incoming)
+        ]
         if conn.dialect.insert_returning:
             stmt = self._insert(table).returning(table.c.id)
             inserted = set(conn.execute(stmt, rows).scalars())
@@ -294,11 +298,11 @@ class Ledger:
             inserted = {row["id"] for row in new_rows}
 
         # 2. One read of the rows that were already there, and compare.
-        present = [record_id for record_id in incoming if record_id not in inserted]
+        present = [record_id for record_id in sorted(incoming) if record_id not in inserted]
         already_present = 0
         updates: list[R] = []
         for chunk in _chunks(present):
-            query = select(table).where(table.c.id.in_(chunk))
+            query = select(table).where(table.c.id.in_(chunk)).order_by(table.c.id)
             if kind.mutable:
                 query = query.with_for_update()  # PostgreSQL row locks; no-op on SQLite
             stored_by_id = {

@@ -277,6 +277,10 @@ def load_spec(path: str | Path) -> TicketSpec:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{p}: no such file") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise SpecError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: not valid YAML/JSON: {exc}") from None
     if not isinstance(raw, dict):

@@ -1,0 +1,65 @@
+"""Helpers for tests that run tickets on the session's Temporal server."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+
+from core.state import TicketState
+from infra.settings import Settings
+from models.spec import parse_spec
+from models.workflow_io import TicketInput
+
+
+@dataclass
+class Launched:
+    handle: WorkflowHandle[Any, Any]
+    ticket_id: str
+    operator_token: str
+
+    async def state(self) -> TicketState:
+        return await self.handle.query("state", result_type=TicketState)
+
+    async def state_dump(self) -> dict[str, Any]:
+        return (await self.state()).model_dump(mode="json")
+
+
+def spec_dict(ticket_id: str, **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": ticket_id,
+        "title": "Build login system",
+        "goal": "Users can log in",
+        "result_criteria": ["login works", "tests pass"],
+        "tasks": [
+            {"key": "reqs", "phase": "requirements", "title": "Write requirements"},
+            {"key": "impl", "phase": "implementation", "title": "Implement", "depends_on": ["reqs"]},
+        ],
+    }
+    base.update(overrides)
+    return base
+
+
+async def launch(
+    client: Client,
+    settings: Settings,
+    spec: dict[str, Any],
+    *,
+    continue_as_new_after_events: int | None = None,
+) -> Launched:
+    token = secrets.token_urlsafe(16)
+    ticket = parse_spec(spec)
+    handle = await client.start_workflow(
+        "Ticket",
+        TicketInput(
+            spec=ticket,
+            operator_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            continue_as_new_after_events=continue_as_new_after_events,
+        ),
+        id=ticket.id,
+        task_queue=settings.task_queue,
+    )
+    return Launched(handle, ticket.id, token)
