@@ -1,0 +1,16 @@
+# The Unstuck worker image (docker-compose.yml builds it).
+FROM python:3.11.10-slim
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY core ./core
+COPY workflows ./workflows
+COPY activities ./activities
+COPY ledger ./ledger
+COPY agent_client ./agent_client
+COPY infra ./infra
+COPY worker.py starter.py ./
+RUN pip install --no-cache-dir .
+USER nobody
+CMD ["python", "worker.py", "--no-dev-server"]

@@ -1,0 +1,65 @@
+"""docker-compose.yml and the Dockerfile agree with the code (Docker cannot run here)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from infra.settings import SEARCH_ATTRIBUTES, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in SERVICES.items():
+        image = service.get("image")
+        assert image, f"{name} has no image"
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+        assert re.match(r"^\d", tag), f"{name}: tag {tag!r} is not a version"
+
+
+def test_worker_settings_agree_with_the_code() -> None:
+    env = SERVICES["worker"]["environment"]
+    known = {f"UNSTUCK_{f.upper()}" for f in Settings.model_fields}
+    assert set(env) <= known, f"unknown settings: {set(env) - known}"
+    settings = Settings.model_validate(
+        {k.removeprefix("UNSTUCK_").lower(): v for k, v in env.items()}
+    )
+    assert settings.host == "temporal" and settings.port == Settings().port
+    assert settings.task_queue == Settings().task_queue
+    assert settings.start_dev_server is False
+    assert settings.ledger_url.startswith("postgresql://")
+    db = settings.ledger_url.rsplit("/", 1)[1]
+    init = (ROOT / "deploy/postgres-init/01-unstuck-ledger.sql").read_text()
+    assert f"CREATE DATABASE {db};" in init
+    pg = SERVICES["postgresql"]["environment"]
+    assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgresql:5432" in settings.ledger_url
+
+
+def test_ports_and_addresses() -> None:
+    assert "7233:7233" in SERVICES["temporal"]["ports"]
+    assert SERVICES["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert SERVICES["temporal-setup"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert SERVICES["temporal"]["environment"]["POSTGRES_SEEDS"] == "postgresql"
+
+
+def test_search_attributes_registered_in_production_match_the_code() -> None:
+    script = (ROOT / "deploy/register-search-attributes.sh").read_text()
+    pairs = dict(p.split("=") for p in re.search(r"for pair in ([^;]+);", script)[1].split())
+    assert pairs == SEARCH_ATTRIBUTES
+
+
+def test_dockerfile_runs_the_worker_against_an_external_server() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.1[1-9]\.\d+", dockerfile, re.M)
+    assert 'CMD ["python", "worker.py", "--no-dev-server"]' in dockerfile
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in packages["packages"]:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    assert SERVICES["worker"]["build"] == "."
