@@ -1,0 +1,100 @@
+"""Replay: recorded ticket histories must replay on the current workflow code.
+
+``tests/histories/*.json`` are histories recorded from real runs. If a change to
+``TicketWorkflow`` makes one of them fail to replay, running tickets would break on deploy:
+guard the change with ``workflow.patched(...)`` instead. When a change is intended to be
+incompatible (and no ticket of the old shape is running), re-record:
+
+    UNSTUCK_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/test_replay.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from agent_client.session import AgentSession
+from infra.settings import Settings
+from tests.conftest import unique_id
+from tests.ticketkit import launch, spec_dict
+from workflows.ticket import TicketWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+RECORD = os.environ.get("UNSTUCK_RECORD_HISTORIES") == "1"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[TicketWorkflow], data_converter=pydantic_data_converter)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem
+)
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+def test_histories_are_recorded() -> None:
+    names = {p.stem for p in HISTORIES.glob("*.json")}
+    assert {"ticket-happy-path", "ticket-continue-as-new-run1"} <= names
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
+    """Scenarios run now replay cleanly (and are written out when recording)."""
+    happy = await launch(client, settings, spec_dict(unique_id("replay-happy")))
+    async with (
+        AgentSession(client, happy.ticket_id, name="alice") as alice,
+        AgentSession(client, happy.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        task = await alice.claim()
+        assert task is not None
+        await alice.progress(task.id, "on it")
+        await alice.create_task("testing", "Test it", depends_on=["T2"])
+        await alice.fail(task.id, "flaky disk")
+        task = await alice.claim()
+        assert task is not None
+        await alice.complete(task.id, "# reqs", "design", claim_next=True)
+        await alice.submit_result("# v1")
+        await vera.review_result(1, passed=False, feedback="too short")
+        await alice.submit_result("# v2, longer")
+        await vera.review_result(2, passed=True)
+    await happy.handle.result()
+
+    can = await launch(client, settings, spec_dict(unique_id("replay-can"), tasks=[]),
+                       continue_as_new_after_events=100)
+    async with (
+        AgentSession(client, can.ticket_id, name="alice") as alice,
+        AgentSession(client, can.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        for i in range(30):
+            created = await alice.create_task("implementation", f"piece {i}")
+            await alice.claim()
+            await alice.complete(created.id, "# piece", "implementation")
+        await alice.submit_result("# done")
+        await vera.review_result(1, passed=True)
+    await can.handle.result()
+
+    histories = {"ticket-happy-path": await happy.handle.fetch_history()}
+    runs = []
+    async for execution in client.list_workflows(f'WorkflowId = "{can.ticket_id}"'):
+        runs.append(execution)
+    runs.sort(key=lambda e: e.start_time)
+    assert len(runs) >= 2, "the ticket should have continued as new"
+    for i, execution in enumerate(runs[:2], start=1):
+        handle = client.get_workflow_handle(can.ticket_id, run_id=execution.run_id)
+        histories[f"ticket-continue-as-new-run{i}"] = await handle.fetch_history()
+
+    for name, history in histories.items():
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
+        assert result.replay_failure is None, name
+        if RECORD:
+            HISTORIES.mkdir(exist_ok=True)
+            (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
