@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from models.diagnosis import Hypothesis
 from models.ledger import LedgerBatch
 from models.spec import TicketSpec
 
@@ -69,6 +70,9 @@ class Task(BaseModel):
     result_sha256: str | None = None
     failure_reason: str | None = None
     notes: list[str] = Field(default_factory=list)
+    diagnosis_run_id: str | None = Field(
+        default=None, description="the diagnosis that created this recovery task"
+    )
 
 
 class Agent(BaseModel):
@@ -109,6 +113,39 @@ class ResultVersion(BaseModel):
     verdict_at: datetime | None = None
 
 
+class DiagnosisRun(BaseModel):
+    """One diagnosis of the ticket, from trigger to the outcome of its recovery tasks."""
+
+    run_id: str
+    number: int
+    trigger: str
+    reason: str = ""
+    status: Literal["created", "running", "completed", "failed", "skipped"] = "running"
+    outcome: Literal["pending", "recovered", "failed"] | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    counts_at_trigger: dict[str, int] = Field(default_factory=dict)
+    idle_seconds: float = 0.0
+    task_ids: list[str] = Field(default_factory=list)
+    hypotheses: list[Hypothesis] = Field(default_factory=list)
+    generator: str | None = None
+    evidence_summary: str = ""
+    error: str | None = None
+
+
+class Escalation(BaseModel):
+    """A problem handed to a person."""
+
+    id: str
+    severity: str
+    source: str
+    reason: str
+    created_at: datetime
+    agent_id: str | None = None
+    diagnosis_run_id: str | None = None
+    acknowledged: bool = False
+
+
 class TimelineEvent(BaseModel):
     at: datetime
     kind: str
@@ -137,6 +174,11 @@ class TicketState(BaseModel):
         default_factory=dict, description="request key -> JSON reply, for idempotent retries"
     )
     operator_token_sha256: str | None = None
+    diagnoses: list[DiagnosisRun] = Field(default_factory=list)
+    consecutive_failed_diagnoses: int = 0
+    last_diagnosis_at: datetime | None = None
+    stuck_since: datetime | None = None
+    escalations: list[Escalation] = Field(default_factory=list)
     ignored_messages: int = Field(default=0, description="signals from unknown/unauthenticated")
     outbox: LedgerBatch = Field(description="ledger rows not yet confirmed written")
 

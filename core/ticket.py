@@ -11,26 +11,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
+from core import diagnosis
+from core.common import (
+    Effect,
+    add_task,
+    log,
+)
+
+# Re-exported: callers use ``core.ticket`` as the one entry point of the ticket core.
+from core.common import FinishTicket as FinishTicket
+from core.common import Refused as Refused
+from core.common import StartDiagnosis as StartDiagnosis
+from core.common import Step as Step
+from core.common import StopAgents as StopAgents
+from core.common import check_operator as check_operator
+from core.common import current_phase as current_phase
+from core.common import hash_token as hash_token
+from core.common import note as note
+from core.common import open_tasks as open_tasks
+from core.common import validated_version as validated_version
 from core.state import (
     ACTIVE_STATUSES,
-    FINAL_STATUSES,
     HELD_STATUSES,
     NOTES_LIMIT,
     PREVIEW_CHARS,
     REPLY_CACHE_LIMIT,
-    TIMELINE_LIMIT,
     Agent,
     ResultVersion,
     Task,
     TicketState,
-    TimelineEvent,
 )
 from models.ledger import (
     LedgerBatch,
@@ -69,46 +84,10 @@ MAX_TASKS = 5_000
 MAX_AGENTS = 500
 
 
-class Refused(Exception):
-    """A message the ticket will not accept: which field, which rule."""
-
-    def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field}: {rule}")
-        self.field = field
-        self.rule = rule
-
-
 # ---- effects: what the workflow must do after a transition -------------------------------
 
 
-@dataclass(frozen=True)
-class StopAgents:
-    """Tell these agents to stop (and, for managed runtimes, stop their processes)."""
-
-    agent_ids: tuple[str, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class FinishTicket:
-    """The ticket is over; the workflow completes once its handlers and ledger are done."""
-
-    outcome: str
-    reason: str
-
-
-Effect = StopAgents | FinishTicket
-
 R = TypeVar("R", bound=BaseModel)
-ReplyT = TypeVar("ReplyT")
-
-
-@dataclass
-class Step(Generic[ReplyT]):
-    """The result of a transition: the reply to the sender and the effects to perform."""
-
-    reply: ReplyT
-    effects: list[Effect] = field(default_factory=list)
 
 
 # ---- construction ------------------------------------------------------------------------
@@ -126,7 +105,7 @@ def new_ticket(spec: TicketSpec, now: datetime) -> TicketState:
     for seed in spec.tasks:
         ids_by_key[seed.key] = f"T{state.next_task_number + len(ids_by_key)}"
     for seed in spec.tasks:
-        _add_task(
+        add_task(
             state,
             now,
             key=seed.key,
@@ -139,12 +118,8 @@ def new_ticket(spec: TicketSpec, now: datetime) -> TicketState:
             validation=seed.validation,
             created_by="spec",
         )
-    _log(state, now, "ticket_started", f"ticket {spec.id!r} started with {len(spec.tasks)} tasks")
+    log(state, now, "ticket_started", f"ticket {spec.id!r} started with {len(spec.tasks)} tasks")
     return state
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 # ---- agent messages ----------------------------------------------------------------------
@@ -177,7 +152,7 @@ def register(
         token_sha256=hash_token(token),
         registered_at=now,
     )
-    _log(state, now, "agent_registered", f"{msg.kind} {agent_id} registered", agent_id=agent_id)
+    log(state, now, "agent_registered", f"{msg.kind} {agent_id} registered", agent_id=agent_id)
     reply = Registration(
         agent_id=agent_id,
         token=token,
@@ -237,7 +212,7 @@ def progress(state: TicketState, msg: ReportProgress, now: datetime) -> bool:
     task.notes = [*task.notes, msg.note][-NOTES_LIMIT:]
     task.updated_at = now
     state.last_activity_at = now
-    _log(state, now, "progress", msg.note[:200], agent_id=agent.id, task_id=task.id)
+    log(state, now, "progress", msg.note[:200], agent_id=agent.id, task_id=task.id)
     return True
 
 
@@ -289,6 +264,7 @@ def complete(
     task.status = "done"
     task.updated_at = now
     state.last_activity_at = now
+    diagnosis.recovery_task_done(state, task, now)
     state.outbox.task_results.append(
         TaskResultRecord(
             id=task_result_record_id(state.ticket_id, task.id, task.attempt, 0),
@@ -302,7 +278,7 @@ def complete(
             submitted_at=now,
         )
     )
-    _log(
+    log(
         state,
         now,
         "task_done",
@@ -327,6 +303,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
     task = _own_held_task(state, agent, msg.task_id, "fail")
     if not apply:
         return Step(task_view(task))
+    effects: list[Effect] = []
     task.failures += 1
     task.failure_reason = msg.reason
     task.assigned_agent = None
@@ -335,7 +312,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
     retries = state.spec.policy.tasks.max_retries
     if task.failures > retries:
         task.status = "failed"
-        _log(
+        log(
             state,
             now,
             "task_failed",
@@ -343,9 +320,16 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
             agent_id=agent.id,
             task_id=task.id,
         )
+        diagnosis.recovery_task_failed(state, task, now)
+        effects = diagnosis.request_diagnosis(
+            state,
+            "task_failed",
+            now,
+            reason=f"{task.id} failed {task.failures} times: {msg.reason[:200]}",
+        )
     else:
         task.status = "pending"
-        _log(
+        log(
             state,
             now,
             "task_retry",
@@ -355,7 +339,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
         )
     reply = task_view(task)
     _remember(state, key, reply)
-    return Step(reply)
+    return Step(reply, effects)
 
 
 def create_task(
@@ -379,7 +363,7 @@ def create_task(
         raise Refused("ticket", f"already holds {MAX_TASKS} tasks (the limit)")
     if not apply:
         return Step(_placeholder_task(state, msg, now))
-    task = _add_task(
+    task = add_task(
         state,
         now,
         key=None,
@@ -474,7 +458,7 @@ def submit_result(
             submitted_at=now,
         )
     )
-    _log(
+    log(
         state,
         now,
         "result_submitted",
@@ -530,7 +514,7 @@ def review_result(
     )
     effects: list[Effect] = []
     if msg.passed:
-        _log(
+        log(
             state,
             now,
             "result_validated",
@@ -540,7 +524,7 @@ def review_result(
         if state.spec.policy.results.on_result_found == "stop_all":
             effects = _finish(state, now, "completed", f"result v{version.version} validated")
         else:
-            _log(
+            log(
                 state,
                 now,
                 "result_found",
@@ -548,7 +532,7 @@ def review_result(
                 agent_id=agent.id,
             )
     else:
-        _log(
+        log(
             state,
             now,
             "result_rejected",
@@ -573,19 +557,6 @@ def cancel(
 
 
 # ---- checks shared by transitions --------------------------------------------------------
-
-
-def check_operator(state: TicketState, token: str) -> None:
-    """Operator messages carry the token ``starter.py launch`` created for the ticket."""
-    if state.operator_token_sha256 is None:
-        raise Refused("operator_token", "this ticket was launched without an operator token")
-    if not hmac.compare_digest(hash_token(token), state.operator_token_sha256):
-        raise Refused("operator_token", "does not match the ticket's operator token")
-
-
-def note(state: TicketState, now: datetime, kind: str, message: str) -> None:
-    """Add a line to the ticket's timeline (for facts the shell learns, e.g. ledger errors)."""
-    _log(state, now, kind, message)
 
 
 def check_file_ref(ref: str) -> None:
@@ -677,13 +648,13 @@ def _claim_for(
         )
     task = next_eligible(state, phases)
     if task is None:
-        return ClaimReply(task=None, reason=_why_nothing(state), inbox=box)
+        return ClaimReply(task=None, reason=_why_nothing(state, phases), inbox=box)
     task.status = "assigned"
     task.assigned_agent = agent.id
     task.attempt += 1
     task.updated_at = now
     state.last_activity_at = now
-    _log(
+    log(
         state,
         now,
         "task_claimed",
@@ -710,10 +681,14 @@ def next_eligible(state: TicketState, phases: list[str] | None = None) -> Task |
     return best
 
 
-def _why_nothing(state: TicketState) -> str:
-    pending = [t for t in state.tasks.values() if t.status == "pending"]
+def _why_nothing(state: TicketState, phases: list[str] | None = None) -> str:
+    pending = [
+        t
+        for t in state.tasks.values()
+        if t.status == "pending" and (not phases or t.phase in phases)
+    ]
     if not pending:
-        return "no pending task"
+        return f"no pending task in phases {phases}" if phases else "no pending task"
     return f"{len(pending)} pending task(s) wait for their dependencies"
 
 
@@ -733,75 +708,13 @@ def _finish(state: TicketState, now: datetime, outcome: str, reason: str) -> lis
     state.status = "completed" if outcome == "completed" else "cancelled"
     state.finished_at = now
     state.outcome = reason
-    _log(
+    log(
         state,
         now,
         "ticket_finished",
         f"{reason}; {cancelled} open task(s) cancelled, {len(stopping)} agent(s) told to stop",
     )
     return [StopAgents(tuple(stopping), reason), FinishTicket(state.status, reason)]
-
-
-def _add_task(
-    state: TicketState,
-    now: datetime,
-    *,
-    key: str | None,
-    phase: str,
-    title: str,
-    description: str,
-    type: str,
-    priority: str,
-    depends_on: list[str],
-    validation: bool,
-    created_by: str,
-) -> Task:
-    number = state.next_task_number
-    state.next_task_number += 1
-    task = Task(
-        id=f"T{number}",
-        key=key,
-        phase=phase,
-        title=title,
-        description=description,
-        type=type,
-        priority=priority,
-        depends_on=depends_on,
-        validation=validation,
-        created_by=created_by,
-        created_at=now,
-        updated_at=now,
-        seq=number,
-    )
-    state.tasks[task.id] = task
-    if created_by != "spec":
-        _log(
-            state,
-            now,
-            "task_created",
-            f"{task.id} {title!r} created in {phase}",
-            agent_id=created_by,
-            task_id=task.id,
-        )
-    return task
-
-
-def _log(
-    state: TicketState,
-    now: datetime,
-    kind: str,
-    message: str,
-    *,
-    agent_id: str | None = None,
-    task_id: str | None = None,
-) -> None:
-    state.timeline.append(
-        TimelineEvent(at=now, kind=kind, message=message, agent_id=agent_id, task_id=task_id)
-    )
-    if len(state.timeline) > TIMELINE_LIMIT:
-        drop = len(state.timeline) - TIMELINE_LIMIT
-        del state.timeline[:drop]
-        state.timeline_dropped += drop
 
 
 def _reply_key(kind: str, sender: str, request_id: str | None) -> str | None:
@@ -881,23 +794,3 @@ def inbox(state: TicketState, agent_id: str) -> AgentInbox:
     if agent is None:
         return AgentInbox()
     return AgentInbox(stop=agent.stop, stop_reason=agent.stop_reason, feedback=list(agent.feedback))
-
-
-def open_tasks(state: TicketState) -> int:
-    return sum(1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES)
-
-
-def current_phase(state: TicketState) -> str | None:
-    """The first phase (in order) with unfinished tasks; else the last phase that had tasks."""
-    last = None
-    for phase in state.spec.phases:
-        statuses = [t.status for t in state.tasks.values() if t.phase == phase.name]
-        if any(s not in FINAL_STATUSES for s in statuses):
-            return phase.name
-        if statuses:
-            last = phase.name
-    return last
-
-
-def validated_version(state: TicketState) -> int | None:
-    return next((r.version for r in state.results if r.status == "validated"), None)

@@ -11,6 +11,10 @@ Rules (DESIGN §2.4, §4, §8):
 * Task results: inserted if absent; afterwards only the mutable columns ``verification``
   and ``review_id`` are updated. A change to any other column is a :class:`LedgerConflict`.
   A stale redelivery (``unverified``) never overwrites a reviewed row.
+* Diagnostic runs and escalations progress monotonically: the stored row and a redelivery
+  are merged (see ``_merge_diagnostic_run`` / ``_merge_escalation``), so a late, duplicate
+  or out-of-order delivery never takes a row back. Their fixed columns differing is a
+  :class:`LedgerConflict`.
 
 Each kind is written with a dialect-specific ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING id``; the ids that were not inserted are read back in one ``SELECT`` and compared.
@@ -32,9 +36,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
-from ledger.tables import LEDGER_TABLES, TaskResultRow, ValidationReviewRow, WorkflowResultRow
+from ledger.tables import (
+    LEDGER_TABLES,
+    DiagnosticRunRow,
+    EscalationRow,
+    TaskResultRow,
+    ValidationReviewRow,
+    WorkflowResultRow,
+)
 from ledger.tables import table_of as _table_of
 from models.ledger import (
+    RUN_OUTCOME_RANK,
+    RUN_STATUS_RANK,
+    DiagnosticRunRecord,
+    EscalationRecord,
     LedgerBatch,
     LedgerRecord,
     LedgerWriteReport,
@@ -78,9 +93,55 @@ class LedgerConflict(Exception):
 R = TypeVar("R", bound=LedgerRecord)
 
 
-def _task_result_is_stale(stored: TaskResultRecord, incoming: TaskResultRecord) -> bool:
-    """An ``unverified`` delivery arriving after the review must not undo it."""
-    return incoming.verification == "unverified" and stored.verification != "unverified"
+def _merge_task_result(stored: TaskResultRecord, incoming: TaskResultRecord) -> TaskResultRecord:
+    """The later state wins, except that an ``unverified`` delivery arriving after the
+    review must not undo it."""
+    if incoming.verification == "unverified" and stored.verification != "unverified":
+        return stored
+    return incoming
+
+
+#: Columns of a diagnostic run that follow its status (taken from the more advanced state).
+_RUN_PROGRESS_COLUMNS = (
+    "evidence_summary",
+    "hypotheses",
+    "generator",
+    "created_task_ids",
+    "finished_at",
+)
+
+
+def _merge_diagnostic_run(
+    stored: DiagnosticRunRecord, incoming: DiagnosticRunRecord
+) -> DiagnosticRunRecord:
+    """The most advanced state of a run, whatever order its deliveries arrive in.
+
+    * ``status`` only moves up ``created < running < completed|failed|skipped``; a terminal
+      status never changes (another terminal status arriving later is ignored).
+    * ``outcome`` only moves up ``None < pending < recovered|failed``, terminal stays.
+    * The progress columns are taken from ``incoming`` when its status is the stored one or
+      a more advanced one, but an empty value (``None``, ``""``, ``[]``) never erases a
+      stored one.
+    """
+    update: dict[str, Any] = {}
+    if incoming.status == stored.status or (
+        RUN_STATUS_RANK[incoming.status] > RUN_STATUS_RANK[stored.status]
+    ):
+        update["status"] = incoming.status
+        for column in _RUN_PROGRESS_COLUMNS:
+            value = getattr(incoming, column)
+            if value is not None and value != "" and value != []:
+                update[column] = value
+    if RUN_OUTCOME_RANK[incoming.outcome] > RUN_OUTCOME_RANK[stored.outcome]:
+        update["outcome"] = incoming.outcome
+    return stored.model_copy(update=update) if update else stored
+
+
+def _merge_escalation(stored: EscalationRecord, incoming: EscalationRecord) -> EscalationRecord:
+    """The first acknowledgement wins; nothing un-acknowledges an escalation."""
+    if stored.acknowledged or not incoming.acknowledged:
+        return stored
+    return incoming
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +154,9 @@ class _Kind(Generic[R]):
     order_by: tuple[str, ...]
     #: Columns an existing row may change; empty = insert-only.
     mutable: tuple[str, ...] = ()
-    #: (stored, incoming) -> True when incoming is an outdated redelivery to ignore.
-    is_stale: Callable[[R, R], bool] | None = None
+    #: (stored, incoming) -> the record to keep, when they differ only in ``mutable``
+    #: columns. ``None`` = the incoming record wins.
+    merge: Callable[[R, R], R] | None = None
 
     @property
     def name(self) -> str:
@@ -107,7 +169,7 @@ _TASK_RESULTS: _Kind[TaskResultRecord] = _Kind(
     batch_field="task_results",
     order_by=("submitted_at", "task_id", "attempt", "iteration", "id"),
     mutable=("verification", "review_id"),
-    is_stale=_task_result_is_stale,
+    merge=_merge_task_result,
 )
 _WORKFLOW_RESULTS: _Kind[WorkflowResultRecord] = _Kind(
     table=_table_of(WorkflowResultRow),
@@ -122,8 +184,31 @@ _REVIEWS: _Kind[ValidationReviewRecord] = _Kind(
     order_by=("created_at", "id"),
 )
 
+_DIAGNOSTIC_RUNS: _Kind[DiagnosticRunRecord] = _Kind(
+    table=_table_of(DiagnosticRunRow),
+    record_type=DiagnosticRunRecord,
+    batch_field="diagnostic_runs",
+    order_by=("number", "id"),
+    mutable=("status", "outcome", *_RUN_PROGRESS_COLUMNS),
+    merge=_merge_diagnostic_run,
+)
+_ESCALATIONS: _Kind[EscalationRecord] = _Kind(
+    table=_table_of(EscalationRow),
+    record_type=EscalationRecord,
+    batch_field="escalations",
+    order_by=("created_at", "id"),
+    mutable=("acknowledged", "acknowledged_at", "acknowledged_by"),
+    merge=_merge_escalation,
+)
+
 #: Every kind, in write order. The report has one counts field per table name.
-_KINDS: tuple[_Kind[Any], ...] = (_TASK_RESULTS, _WORKFLOW_RESULTS, _REVIEWS)
+_KINDS: tuple[_Kind[Any], ...] = (
+    _TASK_RESULTS,
+    _WORKFLOW_RESULTS,
+    _REVIEWS,
+    _DIAGNOSTIC_RUNS,
+    _ESCALATIONS,
+)
 
 
 # ------------------------------------------------------------------------ engine
@@ -318,16 +403,17 @@ class Ledger:
                         kind.name,
                         record_id,
                         reason="collides with a stored row of another id on a unique key "
-                        "(the same result version or review stored twice)",
+                        "(the same result version, review or diagnosis number stored twice)",
                     )
                 diff = _differing_fields(stored, new)
                 if not diff:
                     already_present += 1
                 elif kind.mutable and set(diff) <= set(kind.mutable):
-                    if kind.is_stale is not None and kind.is_stale(stored, new):
-                        already_present += 1
+                    merged = new if kind.merge is None else kind.merge(stored, new)
+                    if _differing_fields(stored, merged):
+                        updates.append(merged)
                     else:
-                        updates.append(new)
+                        already_present += 1  # an outdated redelivery: keep the row
                 else:
                     raise LedgerConflict(kind.name, record_id, diff)
 
@@ -373,6 +459,50 @@ class Ledger:
         }
         return self._read(_REVIEWS, ticket_id, filters)
 
+    def diagnostic_runs(self, ticket_id: str) -> list[DiagnosticRunRecord]:
+        """A ticket's diagnoses, by number (the first first)."""
+        return self._read(_DIAGNOSTIC_RUNS, ticket_id, {})
+
+    def escalations(self, ticket_id: str) -> list[EscalationRecord]:
+        """A ticket's escalations, oldest first."""
+        return self._read(_ESCALATIONS, ticket_id, {})
+
+    # ----------------------------------------------------------- operators
+
+    def acknowledge_escalation(self, escalation_id: str, by: str, at: datetime) -> EscalationRecord:
+        """Mark an escalation acknowledged by ``by`` at ``at`` (timezone-aware) and return it.
+
+        Idempotent: an escalation that is already acknowledged is returned unchanged (the
+        first acknowledgement wins). Raises :class:`KeyError` for an unknown id.
+        """
+        table = _ESCALATIONS.table
+        with self._write_engine.begin() as conn:
+            query = select(table).where(table.c.id == escalation_id).with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise KeyError(f"no escalation {escalation_id!r} in the ledger")
+            stored = EscalationRecord.model_validate(dict(row._mapping))
+            if stored.acknowledged:
+                return stored
+            acknowledged = EscalationRecord.model_validate(
+                {
+                    **stored.model_dump(),
+                    "acknowledged": True,
+                    "acknowledged_at": at,
+                    "acknowledged_by": by,
+                }
+            )
+            conn.execute(
+                update(table)
+                .where(table.c.id == escalation_id)
+                .values(
+                    acknowledged=True,
+                    acknowledged_at=acknowledged.acknowledged_at,
+                    acknowledged_by=acknowledged.acknowledged_by,
+                )
+            )
+            return acknowledged
+
     def _read(self, kind: _Kind[R], ticket_id: str, filters: dict[str, str]) -> list[R]:
         table = kind.table
         query = select(table).where(table.c.ticket_id == ticket_id)
@@ -403,6 +533,6 @@ def _dedupe(kind: _Kind[R], records: list[R]) -> dict[str, R]:
                 diff,
                 reason="appears twice in one batch with different content",
             )
-        if kind.is_stale is None or not kind.is_stale(previous, record):
-            unique[record.id] = record  # the later state wins
+        # The later state wins, as far as the kind's merge allows.
+        unique[record.id] = record if kind.merge is None else kind.merge(previous, record)
     return unique

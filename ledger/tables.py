@@ -6,7 +6,7 @@ the time the ledger first stored the row. Primary key = the record's determinist
 
 Portable between SQLite (default) and PostgreSQL (production):
 
-* lists are JSON columns (``jsonb`` on PostgreSQL);
+* lists and mappings are JSON columns (``jsonb`` on PostgreSQL);
 * datetimes are :class:`UtcDateTime`: ``timestamptz`` on PostgreSQL, ISO text holding UTC
   on SQLite, and always read back as timezone-aware UTC.
 """
@@ -16,7 +16,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, String, Table, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -26,6 +37,8 @@ from sqlmodel import Field, SQLModel
 _ID = String()
 #: Lists of strings: ``jsonb`` on PostgreSQL (queryable, indexable), JSON text on SQLite.
 _JSON_LIST = JSON().with_variant(JSONB(), "postgresql")
+#: JSON objects (and lists of them): the same column type.
+_JSON = _JSON_LIST
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -151,6 +164,74 @@ class ValidationReviewRow(SQLModel, table=True):
     )
 
 
+_RUN_STATUSES = "'created', 'running', 'completed', 'failed', 'skipped'"
+
+
+class DiagnosticRunRow(SQLModel, table=True):
+    """``diagnostic_runs``: one row per diagnosis of a ticket, updated as it progresses.
+
+    ``trigger`` is not constrained here (new triggers need no migration); the record model
+    validates it.
+    """
+
+    __tablename__ = "diagnostic_runs"
+    __table_args__ = (
+        Index("uq_diagnostic_runs_ticket_number", "ticket_id", "number", unique=True),
+        CheckConstraint("number >= 1", name="ck_diagnostic_runs_number"),
+        CheckConstraint(f"status IN ({_RUN_STATUSES})", name="ck_diagnostic_runs_status"),
+        CheckConstraint(
+            "outcome IS NULL OR outcome IN ('pending', 'recovered', 'failed')",
+            name="ck_diagnostic_runs_outcome",
+        ),
+    )
+
+    id: str = Field(primary_key=True, sa_type=_ID)
+    ticket_id: str = Field(sa_type=_ID)
+    number: int
+    trigger: str = Field(sa_type=String(64))
+    reason: str = Field(default="", sa_type=Text)
+    status: str = Field(default="created", sa_type=String(16))
+    outcome: str | None = Field(default=None, sa_type=String(16))
+    counts_at_trigger: dict[str, int] = Field(default_factory=dict, sa_type=_JSON)
+    idle_seconds: float = Field(sa_type=Float)
+    evidence_summary: str = Field(default="", sa_type=Text)
+    hypotheses: list[dict[str, Any]] = Field(default_factory=list, sa_type=_JSON)
+    generator: str | None = Field(default=None, sa_type=Text)
+    created_task_ids: list[str] = Field(default_factory=list, sa_type=_JSON_LIST)
+    started_at: datetime = Field(sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    recorded_at: datetime = Field(
+        default_factory=_utc_now, sa_type=UtcDateTime, sa_column_kwargs={"default": _utc_now}
+    )
+
+
+class EscalationRow(SQLModel, table=True):
+    """``escalations``: calls for a person; only the acknowledgement changes, once."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (
+        Index("ix_escalations_ticket_created", "ticket_id", "created_at"),
+        CheckConstraint(
+            "severity IN ('SEV-1', 'SEV-2', 'SEV-3', 'SEV-4')", name="ck_escalations_severity"
+        ),
+    )
+
+    id: str = Field(primary_key=True, sa_type=_ID)
+    ticket_id: str = Field(sa_type=_ID)
+    severity: str = Field(sa_type=String(8))
+    source: str = Field(sa_type=String(64))
+    reason: str = Field(sa_type=Text)
+    agent_id: str | None = Field(default=None, sa_type=_ID)
+    diagnosis_run_id: str | None = Field(default=None, sa_type=_ID)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    acknowledged: bool = Field(default=False, sa_type=Boolean)
+    acknowledged_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    acknowledged_by: str | None = Field(default=None, sa_type=_ID)
+    recorded_at: datetime = Field(
+        default_factory=_utc_now, sa_type=UtcDateTime, sa_column_kwargs={"default": _utc_now}
+    )
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The SQLAlchemy ``Table`` behind a SQLModel table class."""
     return cast(Table, cast(Any, model).__table__)
@@ -161,4 +242,6 @@ LEDGER_TABLES: tuple[Table, ...] = (
     table_of(TaskResultRow),
     table_of(WorkflowResultRow),
     table_of(ValidationReviewRow),
+    table_of(DiagnosticRunRow),
+    table_of(EscalationRow),
 )

@@ -10,7 +10,7 @@ These are plain pydantic v2 models, serialised as plain JSON by the pydantic dat
 converter. This module is imported by Temporal workflow code and must stay free of ORM,
 database and I/O imports.
 
-Adding a record kind (diagnostic runs, restart events, escalations) = a record model here,
+Adding a record kind (e.g. restart events) = a record model here,
 a list field on :class:`LedgerBatch`, a counts field on :class:`LedgerWriteReport`, a table
 in ``ledger/tables.py`` and one entry in the store's kind registry.
 """
@@ -20,7 +20,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
+
+from models.diagnosis import RunOutcome, RunStatus, Trigger
 
 #: Name of the ledger activity, for workflow code that must not import ``activities``.
 WRITE_LEDGER_ACTIVITY = "write_ledger"
@@ -28,6 +38,18 @@ WRITE_LEDGER_ACTIVITY = "write_ledger"
 ResultType = Literal["implementation", "analysis", "fix", "design", "test", "documentation"]
 Verification = Literal["unverified", "verified", "disputed"]
 SubjectKind = Literal["task", "result"]
+Severity = Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
+
+#: Progress rank of a diagnostic run's status; the three terminal statuses share the top.
+RUN_STATUS_RANK: dict[str, int] = {
+    "created": 0,
+    "running": 1,
+    "completed": 2,
+    "failed": 2,
+    "skipped": 2,
+}
+#: Progress rank of a diagnostic run's outcome (``None`` = not known yet).
+RUN_OUTCOME_RANK: dict[str | None, int] = {None: 0, "pending": 1, "recovered": 2, "failed": 2}
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -65,6 +87,21 @@ def review_record_id(
     version number.
     """
     return f"{ticket_id}/review/{subject_kind}/{subject_id}/i{iteration}"
+
+
+def diagnostic_run_id(ticket_id: str, number: int) -> str:
+    """Id of a ticket's ``number``-th diagnosis (also its child workflow's run id):
+    ``<ticket>-diagnosis-<number>``."""
+    return f"{ticket_id}-diagnosis-{number}"
+
+
+def escalation_record_id(ticket_id: str, source: str, key: str) -> str:
+    """Deterministic id of an escalation: ``<ticket>/escalation/<source>/<key>``.
+
+    ``key`` tells escalations of one source apart (e.g. the diagnosis run id, or the agent
+    lineage and restart count); the same escalation raised again must reuse it.
+    """
+    return f"{ticket_id}/escalation/{source}/{key}"
 
 
 # ----------------------------------------------------------------------- records
@@ -131,6 +168,73 @@ class ValidationReviewRecord(LedgerRecord):
     created_at: UtcDatetime
 
 
+class DiagnosticRunRecord(LedgerRecord):
+    """One diagnosis of a ticket (DESIGN §5), written as it progresses.
+
+    Fixed once stored: ``ticket_id``, ``number``, ``trigger``, ``reason``,
+    ``counts_at_trigger``, ``idle_seconds``, ``started_at``. The rest only moves forward
+    (see :data:`RUN_STATUS_RANK`): the ledger keeps the most advanced state it has seen,
+    whatever order the deliveries arrive in.
+    """
+
+    number: int = Field(ge=1, description="1 for the ticket's first diagnosis, 2, …")
+    trigger: Trigger
+    reason: str = ""
+    status: RunStatus = "created"
+    outcome: RunOutcome | None = Field(
+        default=None, description="pending while recovery tasks run; then recovered or failed"
+    )
+    counts_at_trigger: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Task counts by status when the diagnosis fired"
+    )
+    idle_seconds: float = Field(ge=0.0, description="Time since the last task activity")
+    evidence_summary: str = ""
+    hypotheses: list[dict[str, JsonValue]] = Field(
+        default_factory=list,
+        description="Serialised hypotheses (statement, likelihood, evidence, counterpoints, "
+        "signature), ranked",
+    )
+    generator: str | None = Field(default=None, description="rules, or llm:<model>")
+    created_task_ids: list[str] = Field(default_factory=list)
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _finished_after_start(self) -> DiagnosticRunRecord:
+        if self.finished_at is not None and self.finished_at < self.started_at:
+            raise ValueError("a diagnostic run cannot finish before it started")
+        return self
+
+
+class EscalationRecord(LedgerRecord):
+    """A call for a person (DESIGN §5, §6). Only the acknowledgement changes, and only once:
+    an acknowledged escalation stays acknowledged."""
+
+    severity: Severity
+    source: str = Field(
+        min_length=1,
+        max_length=63,
+        description="What escalated: diagnosis_guard, restart_quarantine, manual, …",
+    )
+    reason: str
+    agent_id: str | None = None
+    diagnosis_run_id: str | None = None
+    created_at: UtcDatetime
+    acknowledged: bool = False
+    acknowledged_at: UtcDatetime | None = None
+    acknowledged_by: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _acknowledgement(self) -> EscalationRecord:
+        if self.acknowledged and self.acknowledged_at is None:
+            raise ValueError("an acknowledged escalation needs acknowledged_at")
+        if not self.acknowledged and (
+            self.acknowledged_at is not None or self.acknowledged_by is not None
+        ):
+            raise ValueError("acknowledged_at/acknowledged_by need acknowledged=True")
+        return self
+
+
 # ------------------------------------------------------------------ batch/report
 
 
@@ -143,6 +247,8 @@ class LedgerBatch(BaseModel):
     task_results: list[TaskResultRecord] = Field(default_factory=list)
     workflow_results: list[WorkflowResultRecord] = Field(default_factory=list)
     reviews: list[ValidationReviewRecord] = Field(default_factory=list)
+    diagnostic_runs: list[DiagnosticRunRecord] = Field(default_factory=list)
+    escalations: list[EscalationRecord] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _same_ticket(self) -> LedgerBatch:
@@ -156,15 +262,27 @@ class LedgerBatch(BaseModel):
 
     def records(self) -> list[LedgerRecord]:
         """All records of the batch, of every kind."""
-        return [*self.task_results, *self.workflow_results, *self.reviews]
+        return [
+            *self.task_results,
+            *self.workflow_results,
+            *self.reviews,
+            *self.diagnostic_runs,
+            *self.escalations,
+        ]
 
     def is_empty(self) -> bool:
-        return not (self.task_results or self.workflow_results or self.reviews)
+        return self.size == 0
 
     @property
     def size(self) -> int:
         """Number of records in the batch."""
-        return len(self.task_results) + len(self.workflow_results) + len(self.reviews)
+        return (
+            len(self.task_results)
+            + len(self.workflow_results)
+            + len(self.reviews)
+            + len(self.diagnostic_runs)
+            + len(self.escalations)
+        )
 
 
 class TableWriteCounts(BaseModel):
@@ -188,6 +306,8 @@ class LedgerWriteReport(BaseModel):
     task_results: TableWriteCounts = Field(default_factory=TableWriteCounts)
     workflow_results: TableWriteCounts = Field(default_factory=TableWriteCounts)
     validation_reviews: TableWriteCounts = Field(default_factory=TableWriteCounts)
+    diagnostic_runs: TableWriteCounts = Field(default_factory=TableWriteCounts)
+    escalations: TableWriteCounts = Field(default_factory=TableWriteCounts)
 
     def tables(self) -> dict[str, TableWriteCounts]:
         """Counts keyed by table name."""

@@ -209,6 +209,37 @@ class CancelTicket(Message):
     operator_token: str = Field(min_length=1, max_length=200, repr=False)
 
 
+class DiagnoseTicket(Message):
+    """Operator: diagnose the ticket now (skips the cooldown and the stuck window)."""
+
+    reason: str = Field(default="requested by an operator", min_length=1, max_length=MAX_REASON)
+    operator: str = Field(default="operator", min_length=1, max_length=100)
+    operator_token: str = Field(min_length=1, max_length=200, repr=False)
+
+
+class DiagnoseReply(BaseModel):
+    run_id: str
+    trigger: str
+
+
+class DiagnosisView(BaseModel):
+    run_id: str
+    number: int
+    trigger: str
+    reason: str
+    status: str
+    outcome: str | None
+    started_at: str
+    finished_at: str | None
+    idle_seconds: float
+    counts_at_trigger: dict[str, int]
+    task_ids: list[str]
+    generator: str | None
+    hypotheses: list[dict[str, object]]
+    evidence_summary: str
+    error: str | None
+
+
 class Ack(BaseModel):
     ok: bool = True
     message: str = ""
@@ -267,6 +298,7 @@ INBOUND: dict[str, type[Message]] = {
     "submit_result": SubmitResult,
     "review_result": ReviewResult,
     "cancel": CancelTicket,
+    "diagnose": DiagnoseTicket,
     "heartbeat": Heartbeat,
     "progress": ReportProgress,
 }
@@ -285,4 +317,6 @@ OUTBOUND: dict[str, type[BaseModel]] = {
     "ResultVersionView": ResultVersionView,
     "AgentInbox": AgentInbox,
     "Ack": Ack,
+    "DiagnoseReply": DiagnoseReply,
+    "DiagnosisView": DiagnosisView,
 }

@@ -41,6 +41,8 @@ INDEX_FILE = "index.json"
 SIGNALS: frozenset[str] = frozenset({"heartbeat", "progress"})
 
 #: The reply (an OUTBOUND name) of each update, as the ``Ticket`` workflow declares it.
+#: Kept by hand (models do not import workflows); tests/test_starter.py checks it against
+#: the workflow's handlers, so a new update fails a test until it is listed here.
 UPDATE_REPLIES: dict[str, str] = {
     "register": "Registration",
     "claim": "ClaimReply",
@@ -50,6 +52,7 @@ UPDATE_REPLIES: dict[str, str] = {
     "submit_result": "SubmitReply",
     "review_result": "ReviewReply",
     "cancel": "StatusView",
+    "diagnose": "DiagnoseReply",
 }
 
 Role = Literal["spec", "input", "inbound", "outbound"]

@@ -8,6 +8,7 @@ dropped afterwards. Without a reachable server they are skipped, but fail under 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -33,12 +34,16 @@ from ledger.store import Ledger, LedgerConflict, normalise_url
 from ledger.tables import LEDGER_TABLES, TaskResultRow, WorkflowResultRow, table_of
 from models.ledger import (
     WRITE_LEDGER_ACTIVITY,
+    DiagnosticRunRecord,
+    EscalationRecord,
     LedgerBatch,
     LedgerWriteReport,
     TableWriteCounts,
     TaskResultRecord,
     ValidationReviewRecord,
     WorkflowResultRecord,
+    diagnostic_run_id,
+    escalation_record_id,
     review_record_id,
     task_result_record_id,
     workflow_result_record_id,
@@ -182,6 +187,81 @@ def review(
     )
 
 
+HYPOTHESES = [
+    {
+        "signature": "missing_result_submission",
+        "statement": "The worker finished but never submitted the final result.",
+        "likelihood": 0.8,
+        "evidence": ["all tasks done", "no result version"],
+        "counterpoints": [],
+    },
+    {
+        "signature": "other",
+        "statement": "Validator unavailable",
+        "likelihood": 0.15,
+        "evidence": [],
+        "counterpoints": ["validator heartbeats fine"],
+    },
+]
+
+
+def diagnostic_run(
+    ticket: str,
+    number: int = 1,
+    stage: str = "created",
+    *,
+    trigger: str = "no_result",
+    at: datetime = T0,
+) -> DiagnosticRunRecord:
+    """A run as the workflow reports it at ``stage``: created, running, completed (outcome
+    pending), recovered (completed, outcome recovered) or skipped."""
+    done = stage in ("completed", "recovered")
+    return DiagnosticRunRecord.model_validate(
+        {
+            "id": diagnostic_run_id(ticket, number),
+            "ticket_id": ticket,
+            "number": number,
+            "trigger": trigger,
+            "reason": "no task activity for 61 s",
+            "status": "completed" if done else stage,
+            "outcome": {"completed": "pending", "recovered": "recovered"}.get(stage),
+            "counts_at_trigger": {"done": 3, "failed": 1},
+            "idle_seconds": 61.5,
+            "evidence_summary": "3 done, 1 failed; no result" if stage != "created" else "",
+            "hypotheses": HYPOTHESES if done else [],
+            "generator": "rules" if done else None,
+            "created_task_ids": [f"{ticket}-fix-{number}"] if done else [],
+            "started_at": at,
+            "finished_at": at + timedelta(seconds=2) if done or stage == "skipped" else None,
+        }
+    )
+
+
+def escalation(
+    ticket: str,
+    key: str = "1",
+    *,
+    severity: str = "SEV-2",
+    at: datetime = T0,
+    acked_by: str | None = None,
+) -> EscalationRecord:
+    return EscalationRecord.model_validate(
+        {
+            "id": escalation_record_id(ticket, "restart_quarantine", key),
+            "ticket_id": ticket,
+            "severity": severity,
+            "source": "restart_quarantine",
+            "reason": "agent worker-1 restarted 4 times in an hour",
+            "agent_id": "worker-1",
+            "diagnosis_run_id": diagnostic_run_id(ticket, 1),
+            "created_at": at,
+            "acknowledged": acked_by is not None,
+            "acknowledged_at": at + timedelta(minutes=5) if acked_by else None,
+            "acknowledged_by": acked_by,
+        }
+    )
+
+
 def stored_recorded_at(led: Ledger, ticket: str) -> list[tuple[str, datetime]]:
     """(id, recorded_at) of every row of a ticket, over all tables."""
     out: list[tuple[str, datetime]] = []
@@ -221,6 +301,19 @@ def test_batch_validation() -> None:
         )
     with pytest.raises(ValidationError):
         task_result(ticket, verification="approved")
+    run = diagnostic_run(ticket).model_dump()
+    for bad in ({"trigger": "boredom"}, {"number": 0}, {"status": "done"}, {"outcome": "ok"}):
+        with pytest.raises(ValidationError):
+            DiagnosticRunRecord.model_validate({**run, **bad})
+    with pytest.raises(ValidationError, match="finish before"):
+        DiagnosticRunRecord.model_validate({**run, "finished_at": T0 - timedelta(seconds=1)})
+    esc = escalation(ticket).model_dump()
+    with pytest.raises(ValidationError):
+        EscalationRecord.model_validate({**esc, "severity": "SEV-5"})
+    with pytest.raises(ValidationError, match="needs acknowledged_at"):
+        EscalationRecord.model_validate({**esc, "acknowledged": True})
+    with pytest.raises(ValidationError, match="need acknowledged=True"):
+        EscalationRecord.model_validate({**esc, "acknowledged_by": "ops"})
     batch = LedgerBatch(ticket_id=ticket)
     assert batch.is_empty() and batch.size == 0
     batch = LedgerBatch(ticket_id=ticket, reviews=[review(ticket)])
@@ -231,6 +324,8 @@ def test_ids_are_deterministic() -> None:
     assert task_result_record_id("T", "k", 2, 3) == "T/k/a2/i3"
     assert workflow_result_record_id("T", 4) == "T/v4"
     assert review_record_id("T", "result", "4", 4) == "T/review/result/4/i4"
+    assert diagnostic_run_id("T", 3) == "T-diagnosis-3"
+    assert escalation_record_id("T", "manual", "k") == "T/escalation/manual/k"
     assert WRITE_LEDGER_ACTIVITY == "write_ledger"
 
 
@@ -241,6 +336,8 @@ async def test_batch_and_report_survive_the_pydantic_data_converter() -> None:
         task_results=[task_result(ticket)],
         workflow_results=[workflow_result(ticket)],
         reviews=[review(ticket)],
+        diagnostic_runs=[diagnostic_run(ticket, stage="recovered")],
+        escalations=[escalation(ticket, acked_by="ops")],
     )
     report = LedgerWriteReport(ticket_id=ticket, task_results=TableWriteCounts(inserted=1))
     payloads = await pydantic_data_converter.encode([batch, report])
@@ -298,12 +395,21 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
             review(ticket, "result", "1", 1, at=T0 + timedelta(hours=1)),
             review(ticket, "task", "task-1", 1, passed=False, feedback="missing tests"),
         ],
+        diagnostic_runs=[
+            diagnostic_run(ticket, 2, "running", trigger="manual", at=T0 - timedelta(hours=1)),
+            diagnostic_run(ticket, 1, "recovered", at=datetime(2025, 3, 1, 9, tzinfo=plus5)),
+        ],
+        escalations=[
+            escalation(ticket, "2", severity="SEV-1", at=T0 + timedelta(seconds=1)),
+            escalation(ticket, "1", acked_by="ops@example.com"),
+        ],
     )
     report = ledger.write(batch)
     assert report.ticket_id == ticket
+    assert len(report.tables()) == len(LEDGER_TABLES)
     for counts in report.tables().values():
         assert counts == TableWriteCounts(inserted=2)
-    assert (report.inserted, report.already_present, report.updated) == (6, 0, 0)
+    assert (report.inserted, report.already_present, report.updated) == (10, 0, 0)
 
     tasks, results, reviews = dump_all(ledger, ticket)
     assert tasks == [batch.task_results[1], batch.task_results[0]]  # by submitted_at
@@ -324,6 +430,20 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
     assert ledger.reviews(ticket, subject_kind="task", subject_id="task-1") == [batch.reviews[1]]
     assert dump_all(ledger, new_ticket()) == ([], [], [])
 
+    runs, escalations = ledger.diagnostic_runs(ticket), ledger.escalations(ticket)
+    assert runs == [batch.diagnostic_runs[1], batch.diagnostic_runs[0]]  # by number
+    assert escalations == [batch.escalations[1], batch.escalations[0]]  # by created_at
+    assert runs[0].hypotheses == HYPOTHESES
+    assert runs[0].counts_at_trigger == {"done": 3, "failed": 1}
+    for moment in (
+        *(r.started_at for r in runs),
+        runs[0].finished_at,
+        *(e.created_at for e in escalations),
+        escalations[0].acknowledged_at,
+    ):
+        assert moment is not None and moment.utcoffset() == timedelta(0)
+    assert ledger.diagnostic_runs(new_ticket()) == ledger.escalations(new_ticket()) == []
+
 
 def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
     ticket = new_ticket()
@@ -332,18 +452,31 @@ def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
         task_results=[task_result(ticket), task_result(ticket, "task-2")],
         workflow_results=[workflow_result(ticket)],
         reviews=[review(ticket)],
+        diagnostic_runs=[diagnostic_run(ticket, 1, "recovered"), diagnostic_run(ticket, 2)],
+        escalations=[escalation(ticket), escalation(ticket, "2", acked_by="ops")],
     )
+
+    def everything() -> object:
+        return (
+            dump_all(ledger, ticket),
+            ledger.diagnostic_runs(ticket),
+            ledger.escalations(ticket),
+            stored_recorded_at(ledger, ticket),
+        )
+
     first = ledger.write(batch)
-    before = (dump_all(ledger, ticket), stored_recorded_at(ledger, ticket))
+    before = everything()
 
     second = ledger.write(batch)
 
-    assert first.inserted == 4
+    assert first.inserted == 8
     assert second.task_results == TableWriteCounts(already_present=2)
     assert second.workflow_results == TableWriteCounts(already_present=1)
     assert second.validation_reviews == TableWriteCounts(already_present=1)
+    assert second.diagnostic_runs == TableWriteCounts(already_present=2)
+    assert second.escalations == TableWriteCounts(already_present=2)
     assert (second.inserted, second.updated) == (0, 0)
-    assert (dump_all(ledger, ticket), stored_recorded_at(ledger, ticket)) == before
+    assert everything() == before
 
 
 def test_empty_batch(ledger: Ledger) -> None:
@@ -438,6 +571,155 @@ def test_task_result_verification_update(ledger: Ledger) -> None:
     report = ledger.write(LedgerBatch(ticket_id=ticket, task_results=[disputed]))
     assert report.task_results == TableWriteCounts(updated=1)
     assert ledger.task_results(ticket, "task-1") == [disputed]
+
+
+def test_diagnostic_run_progresses_monotonically(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    created, running, completed, recovered = (
+        diagnostic_run(ticket, 1, stage)
+        for stage in ("created", "running", "completed", "recovered")
+    )
+
+    def write(run: DiagnosticRunRecord) -> TableWriteCounts:
+        return ledger.write(LedgerBatch(ticket_id=ticket, diagnostic_runs=[run])).diagnostic_runs
+
+    assert write(created) == TableWriteCounts(inserted=1)
+    before = stored_recorded_at(ledger, ticket)
+    assert write(running) == TableWriteCounts(updated=1)
+    assert write(completed) == TableWriteCounts(updated=1)
+    assert ledger.diagnostic_runs(ticket) == [completed]
+    assert completed.outcome == "pending"
+
+    # Late redeliveries of earlier states change nothing.
+    assert write(running) == TableWriteCounts(already_present=1)
+    assert write(created) == TableWriteCounts(already_present=1)
+    assert ledger.diagnostic_runs(ticket) == [completed]
+
+    assert write(recovered) == TableWriteCounts(updated=1)
+    assert write(completed) == TableWriteCounts(already_present=1)  # outcome stays recovered
+    # A terminal status or outcome never changes to another one.
+    failed = recovered.model_copy(update={"status": "failed", "outcome": "failed"})
+    assert write(failed) == TableWriteCounts(already_present=1)
+    assert ledger.diagnostic_runs(ticket) == [recovered]
+    assert stored_recorded_at(ledger, ticket) == before  # updates, never a new row
+
+
+def test_diagnostic_runs_converge_in_any_delivery_order(ledger: Ledger) -> None:
+    """Every order of a run's states, one batch each or all in one batch, ends recovered."""
+    stages = ("created", "running", "completed", "recovered")
+    for order in itertools.permutations(stages):
+        one_by_one, together = new_ticket(), new_ticket()
+        for stage in order:
+            ledger.write(
+                LedgerBatch(
+                    ticket_id=one_by_one, diagnostic_runs=[diagnostic_run(one_by_one, 1, stage)]
+                )
+            )
+        ledger.write(
+            LedgerBatch(
+                ticket_id=together, diagnostic_runs=[diagnostic_run(together, 1, s) for s in order]
+            )
+        )
+        assert ledger.diagnostic_runs(one_by_one) == [diagnostic_run(one_by_one, 1, "recovered")]
+        assert ledger.diagnostic_runs(together) == [diagnostic_run(together, 1, "recovered")]
+
+
+def test_diagnostic_run_and_escalation_conflicts(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    run, esc = diagnostic_run(ticket, 1, "running"), escalation(ticket)
+    ledger.write(LedgerBatch(ticket_id=ticket, diagnostic_runs=[run], escalations=[esc]))
+
+    retriggered = diagnostic_run(ticket, 1, "completed", trigger="manual")
+    with pytest.raises(LedgerConflict) as caught:
+        ledger.write(
+            LedgerBatch(
+                ticket_id=ticket,
+                diagnostic_runs=[retriggered],
+                escalations=[escalation(ticket, "new")],  # would be new: must roll back
+            )
+        )
+    assert caught.value.table == "diagnostic_runs" and "trigger" in caught.value.fields
+    changes: list[dict[str, object]] = [
+        {"idle_seconds": 1.0},
+        {"counts_at_trigger": {}},
+        {"started_at": T0 + timedelta(1)},
+    ]
+    for change in changes:
+        with pytest.raises(LedgerConflict, match=next(iter(change))):
+            ledger.write(
+                LedgerBatch(ticket_id=ticket, diagnostic_runs=[run.model_copy(update=change)])
+            )
+    with pytest.raises(LedgerConflict, match="unique key"):
+        other_id = run.model_copy(update={"id": f"{ticket}/another-id"})
+        ledger.write(LedgerBatch(ticket_id=ticket, diagnostic_runs=[other_id]))
+
+    raised = esc.model_copy(
+        update={"severity": "SEV-1", "acknowledged": True, "acknowledged_at": T0}
+    )
+    with pytest.raises(LedgerConflict) as caught:
+        ledger.write(LedgerBatch(ticket_id=ticket, escalations=[raised]))
+    assert (caught.value.table, caught.value.fields) == (
+        "escalations",
+        ("severity", "acknowledged", "acknowledged_at"),
+    )
+    assert ledger.diagnostic_runs(ticket) == [run]
+    assert ledger.escalations(ticket) == [esc]
+
+
+def test_escalation_acknowledgement_is_monotone(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    open_, acked = escalation(ticket), escalation(ticket, acked_by="alice")
+
+    def write(*records: EscalationRecord) -> TableWriteCounts:
+        return ledger.write(LedgerBatch(ticket_id=ticket, escalations=list(records))).escalations
+
+    assert write(open_) == TableWriteCounts(inserted=1)
+    assert write(acked) == TableWriteCounts(updated=1)
+    assert write(open_) == TableWriteCounts(already_present=1)  # no un-acknowledging
+    assert write(escalation(ticket, acked_by="bob")) == TableWriteCounts(already_present=1)
+    assert ledger.escalations(ticket) == [acked]
+
+    other = new_ticket()
+    report = ledger.write(
+        LedgerBatch(
+            ticket_id=other,
+            escalations=[escalation(other, acked_by="carol"), escalation(other)],
+        )
+    )
+    assert report.escalations == TableWriteCounts(inserted=1)
+    assert ledger.escalations(other) == [escalation(other, acked_by="carol")]
+
+
+def test_acknowledge_escalation(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    open_ = escalation(ticket)
+    ledger.write(LedgerBatch(ticket_id=ticket, escalations=[open_]))
+    plus2 = timezone(timedelta(hours=2))
+
+    with pytest.raises(KeyError, match="no escalation 'nope'"):
+        ledger.acknowledge_escalation("nope", by="alice", at=T0)
+    with pytest.raises(ValidationError, match="timezone"):
+        ledger.acknowledge_escalation(open_.id, by="alice", at=datetime(2025, 3, 1, 12))
+    assert ledger.escalations(ticket) == [open_]
+
+    acked = ledger.acknowledge_escalation(
+        open_.id, by="alice", at=datetime(2025, 3, 1, 14, tzinfo=plus2)
+    )
+    assert (acked.acknowledged, acked.acknowledged_by) == (True, "alice")
+    assert acked.acknowledged_at == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert (
+        acked.model_copy(
+            update={"acknowledged": False, "acknowledged_at": None, "acknowledged_by": None}
+        )
+        == open_
+    )
+    assert ledger.escalations(ticket) == [acked]
+
+    # The first acknowledgement wins; the workflow's unacknowledged redelivery keeps it.
+    assert ledger.acknowledge_escalation(open_.id, by="bob", at=T0) == acked
+    report = ledger.write(LedgerBatch(ticket_id=ticket, escalations=[open_]))
+    assert report.escalations == TableWriteCounts(already_present=1)
+    assert ledger.escalations(ticket) == [acked]
 
 
 def test_duplicate_ids_inside_one_batch(ledger: Ledger) -> None:

@@ -9,20 +9,22 @@ as new when history grows, carrying the whole state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
+    from core import diagnosis, views
     from core import ticket as core
-    from core import views
     from core.state import TicketState
+    from models.diagnosis import DiagnosisInput, DiagnosisReport
     from models.ledger import WRITE_LEDGER_ACTIVITY, LedgerBatch
     from models.messages import (
         AgentInbox,
@@ -33,6 +35,9 @@ with workflow.unsafe.imports_passed_through():
         CompleteReply,
         CompleteTask,
         CreateTask,
+        DiagnoseReply,
+        DiagnoseTicket,
+        DiagnosisView,
         FailTask,
         Heartbeat,
         RegisterAgent,
@@ -57,6 +62,9 @@ READ_RESULT_FILE_ACTIVITY = "read_result_file"
 TICKET_STATUS = SearchAttributeKey.for_keyword("TicketStatus")
 PHASE = SearchAttributeKey.for_keyword("Phase")
 OPEN_TASKS = SearchAttributeKey.for_int("OpenTasks")
+STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
+DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
+DIAGNOSIS_WORKFLOW = "Diagnosis"
 
 T = TypeVar("T")
 
@@ -90,6 +98,8 @@ class TicketWorkflow:
             self._state.operator_token_sha256 = input.operator_token_sha256
         self._input = input
         self._flush: asyncio.Task[None] | None = None
+        self._diagnoses: dict[str, asyncio.Task[None]] = {}
+        self._armed: datetime | None = None
         self._finished = False
         self._search_attributes: dict[str, Any] = {}
         self._dashboard = ""
@@ -98,13 +108,10 @@ class TicketWorkflow:
 
     @workflow.run
     async def run(self, input: TicketInput) -> StatusView:
-        self._publish()
-        while True:
-            await workflow.wait_condition(
-                lambda: self._finished or self._ledger_due() or self._should_continue_as_new()
-            )
-            if self._ledger_due():
-                self._start_flush()
+        self._after_change()
+        while not self._finished:
+            # Deadlines that passed (the stuck check) produce effects like any message.
+            self._apply_effects(diagnosis.tick(self._state, workflow.now()))
             if self._finished:
                 break
             if self._should_continue_as_new():
@@ -118,21 +125,48 @@ class TicketWorkflow:
                         continue_as_new_after_events=input.continue_as_new_after_events,
                     )
                 )
+            await self._sleep_until_next_deadline()
         await self._drain()
-        self._publish()
+        self._after_change()
         return views.status_view(self._state)
 
-    async def _drain(self) -> None:
-        """Let running handlers finish and the ledger catch up, so nothing is left behind."""
-        while True:
+    async def _sleep_until_next_deadline(self) -> None:
+        """One durable timer to the ticket's next deadline; no polling.
+
+        Messages wake the loop only when they bring a deadline *earlier* than the armed
+        timer (or finish the ticket, or history asks to continue as new). A deadline that
+        moved later lets the timer fire; the loop then finds nothing due and re-arms. That
+        keeps timer churn (and history events) off the hot path of claim/complete.
+        """
+        deadline = diagnosis.next_deadline(self._state)
+        self._armed = deadline.at if deadline else None
+        if deadline is None:
+            await workflow.wait_condition(self._wake)
+            return
+        delay = (deadline.at - workflow.now()).total_seconds()
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):  # the deadline came: the loop ticks
             await workflow.wait_condition(
-                lambda: (
-                    workflow.all_handlers_finished() and (self._flush is None or self._flush.done())
-                )
+                self._wake, timeout=timedelta(seconds=delay), timeout_summary=deadline.label
             )
-            if not self._ledger_due():
-                return
-            self._start_flush()
+
+    def _wake(self) -> bool:
+        if self._finished or self._should_continue_as_new():
+            return True
+        deadline = diagnosis.next_deadline(self._state)
+        return deadline is not None and (self._armed is None or deadline.at < self._armed)
+
+    async def _drain(self) -> None:
+        """Let handlers, diagnoses and ledger writes finish, so nothing is left behind."""
+        await workflow.wait_condition(
+            lambda: (
+                workflow.all_handlers_finished()
+                and not self._diagnoses
+                and (self._flush is None or self._flush.done())
+                and self._state.outbox.is_empty()
+            )
+        )
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -143,54 +177,94 @@ class TicketWorkflow:
 
     # ---- ledger --------------------------------------------------------------------------
 
-    def _ledger_due(self) -> bool:
-        return not self._state.outbox.is_empty() and (self._flush is None or self._flush.done())
+    def _flush_ledger(self) -> None:
+        """Write the outbox: one activity at a time; rows arriving meanwhile form the next."""
+        if self._state.outbox.is_empty() or (self._flush is not None and not self._flush.done()):
+            return
+        self._flush = asyncio.create_task(self._write_ledger())
 
-    def _start_flush(self) -> None:
-        batch = self._state.outbox
-        self._state.outbox = LedgerBatch(ticket_id=self._state.ticket_id)
-        self._flush = asyncio.create_task(self._write_ledger(batch))
-        self._publish()
-
-    async def _write_ledger(self, batch: LedgerBatch) -> None:
-        try:
-            await workflow.execute_activity(
-                WRITE_LEDGER_ACTIVITY,
-                batch,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=LEDGER_RETRY,
-                summary=f"write ledger: {batch.size} row(s)",
-            )
-        except ActivityError as exc:
-            # Only a non-retryable conflict ends up here: the ledger holds a different row
-            # under the same id. The workflow state stays the truth; say so loudly.
-            workflow.logger.error("ledger write refused: %s", exc.cause or exc)
-            core.note(
-                self._state,
-                workflow.now(),
-                "ledger_error",
-                f"ledger write refused: {exc.cause or exc}",
-            )
+    async def _write_ledger(self) -> None:
+        while not self._state.outbox.is_empty():
+            batch = self._state.outbox
+            self._state.outbox = LedgerBatch(ticket_id=self._state.ticket_id)
+            try:
+                await workflow.execute_activity(
+                    WRITE_LEDGER_ACTIVITY,
+                    batch,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=LEDGER_RETRY,
+                    summary=f"write ledger: {batch.size} row(s)",
+                )
+            except ActivityError as exc:
+                # Only a non-retryable conflict ends up here: the ledger holds a different
+                # row under the same id. The workflow state stays the truth; say so loudly.
+                workflow.logger.error("ledger write refused: %s", exc.cause or exc)
+                core.note(
+                    self._state,
+                    workflow.now(),
+                    "ledger_error",
+                    f"ledger write refused: {exc.cause or exc}",
+                )
 
     # ---- effects -------------------------------------------------------------------------
 
     def _perform(self, step: core.Step[T]) -> T:
-        for effect in step.effects:
+        self._apply_effects(step.effects)
+        return step.reply
+
+    def _apply_effects(self, effects: list[core.Effect]) -> None:
+        for effect in effects:
             if isinstance(effect, core.FinishTicket):
                 self._finished = True
+                for task in self._diagnoses.values():
+                    task.cancel()  # the ticket is over; its diagnoses are moot
+            elif isinstance(effect, core.StartDiagnosis):
+                run_id = effect.input.run_id
+                self._diagnoses[run_id] = asyncio.create_task(self._diagnose(effect.input))
             # StopAgents: agents read it from their inbox (replies and the inbox query).
+        self._after_change()
+
+    async def _diagnose(self, input: DiagnosisInput) -> None:
+        try:
+            report = await workflow.execute_child_workflow(
+                DIAGNOSIS_WORKFLOW,
+                input,
+                id=input.run_id,
+                result_type=DiagnosisReport,
+                static_summary=f"{input.trigger} diagnosis of ticket {input.ticket_id}",
+            )
+            diagnosis.diagnosis_finished(self._state, report, workflow.now())
+        except asyncio.CancelledError:
+            diagnosis.diagnosis_failed(self._state, input.run_id, "ticket finished", workflow.now())
+        except ChildWorkflowError as exc:
+            diagnosis.diagnosis_failed(
+                self._state, input.run_id, str(exc.cause or exc), workflow.now()
+            )
+        finally:
+            del self._diagnoses[input.run_id]
+            self._after_change()
+
+    def _after_change(self) -> None:
+        """After every state change: ledger, stuck bookkeeping, the Web UI."""
+        diagnosis.note_activity(self._state)
+        self._flush_ledger()
         self._publish()
-        return step.reply
 
     def _publish(self) -> None:
         """Keep the Web UI current: search attributes when they change, the dashboard."""
         state = self._state
-        status, phase, open_tasks = (
-            state.status,
-            core.current_phase(state) or "",
-            core.open_tasks(state),
-        )
-        wanted = {"TicketStatus": status, "Phase": phase, "OpenTasks": open_tasks}
+        status = diagnosis.display_status(state)
+        phase = core.current_phase(state) or ""
+        open_tasks = core.open_tasks(state)
+        stuck_since = state.stuck_since
+        runs = len(state.diagnoses)
+        wanted = {
+            "TicketStatus": status,
+            "Phase": phase,
+            "OpenTasks": open_tasks,
+            "StuckSince": stuck_since,
+            "Diagnoses": runs,
+        }
         if wanted != self._search_attributes:
             self._search_attributes = wanted
             workflow.upsert_search_attributes(
@@ -198,6 +272,10 @@ class TicketWorkflow:
                     TICKET_STATUS.value_set(status),
                     PHASE.value_set(phase),
                     OPEN_TASKS.value_set(open_tasks),
+                    STUCK_SINCE.value_set(stuck_since)
+                    if stuck_since
+                    else STUCK_SINCE.value_unset(),
+                    DIAGNOSES.value_set(runs),
                 ]
             )
         # Current details are metadata, not history events: cheap to keep fresh.
@@ -306,6 +384,14 @@ class TicketWorkflow:
     def _validate_cancel(self, msg: CancelTicket) -> None:
         self._check(core.cancel, msg)
 
+    @workflow.update(name="diagnose")
+    async def diagnose(self, msg: DiagnoseTicket) -> DiagnoseReply:
+        return self._apply(diagnosis.manual, msg)
+
+    @diagnose.validator
+    def _validate_diagnose(self, msg: DiagnoseTicket) -> None:
+        self._check(diagnosis.manual, msg)
+
     # ---- signals (facts, never refused) --------------------------------------------------
 
     @workflow.signal(name="heartbeat")
@@ -341,6 +427,10 @@ class TicketWorkflow:
             if r.version == version:
                 return r.content
         return None
+
+    @workflow.query(name="diagnoses")
+    def diagnoses(self) -> list[DiagnosisView]:
+        return [diagnosis.diagnosis_view(d) for d in self._state.diagnoses]
 
     @workflow.query(name="timeline")
     def timeline(self) -> list[TimelineEntry]:

@@ -1,0 +1,164 @@
+"""Pieces every part of the ticket core shares: refusals, effects, steps, the timeline,
+task creation and the counters that several rules read."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from core.state import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    TIMELINE_LIMIT,
+    Task,
+    TicketState,
+    TimelineEvent,
+)
+from models.diagnosis import DiagnosisInput
+
+ReplyT = TypeVar("ReplyT")
+
+
+class Refused(Exception):
+    """A message the ticket will not accept: which field, which rule."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class StopAgents:
+    """Tell these agents to stop (and, for managed runtimes, stop their processes)."""
+
+    agent_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishTicket:
+    """The ticket is over; the workflow completes once its handlers and ledger are done."""
+
+    outcome: str
+    reason: str
+
+
+@dataclass
+class Step(Generic[ReplyT]):
+    """The result of a transition: the reply to the sender and the effects to perform."""
+
+    reply: ReplyT
+    effects: list[Effect] = field(default_factory=list)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_operator(state: TicketState, token: str) -> None:
+    """Operator messages carry the token ``starter.py launch`` created for the ticket."""
+    if state.operator_token_sha256 is None:
+        raise Refused("operator_token", "this ticket was launched without an operator token")
+    if not hmac.compare_digest(hash_token(token), state.operator_token_sha256):
+        raise Refused("operator_token", "does not match the ticket's operator token")
+
+
+def note(state: TicketState, now: datetime, kind: str, message: str) -> None:
+    """Add a line to the ticket's timeline (for facts the shell learns, e.g. ledger errors)."""
+    log(state, now, kind, message)
+
+
+def add_task(
+    state: TicketState,
+    now: datetime,
+    *,
+    key: str | None,
+    phase: str,
+    title: str,
+    description: str,
+    type: str,
+    priority: str,
+    depends_on: list[str],
+    validation: bool,
+    created_by: str,
+) -> Task:
+    number = state.next_task_number
+    state.next_task_number += 1
+    task = Task(
+        id=f"T{number}",
+        key=key,
+        phase=phase,
+        title=title,
+        description=description,
+        type=type,
+        priority=priority,
+        depends_on=depends_on,
+        validation=validation,
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+        seq=number,
+    )
+    state.tasks[task.id] = task
+    if created_by != "spec":
+        log(
+            state,
+            now,
+            "task_created",
+            f"{task.id} {title!r} created in {phase}",
+            agent_id=created_by,
+            task_id=task.id,
+        )
+    return task
+
+
+def log(
+    state: TicketState,
+    now: datetime,
+    kind: str,
+    message: str,
+    *,
+    agent_id: str | None = None,
+    task_id: str | None = None,
+) -> None:
+    state.timeline.append(
+        TimelineEvent(at=now, kind=kind, message=message, agent_id=agent_id, task_id=task_id)
+    )
+    if len(state.timeline) > TIMELINE_LIMIT:
+        drop = len(state.timeline) - TIMELINE_LIMIT
+        del state.timeline[:drop]
+        state.timeline_dropped += drop
+
+
+def open_tasks(state: TicketState) -> int:
+    return sum(1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES)
+
+
+def current_phase(state: TicketState) -> str | None:
+    """The first phase (in order) with unfinished tasks; else the last phase that had tasks."""
+    last = None
+    for phase in state.spec.phases:
+        statuses = [t.status for t in state.tasks.values() if t.phase == phase.name]
+        if any(s not in FINAL_STATUSES for s in statuses):
+            return phase.name
+        if statuses:
+            last = phase.name
+    return last
+
+
+def validated_version(state: TicketState) -> int | None:
+    return next((r.version for r in state.results if r.status == "validated"), None)
+
+
+@dataclass(frozen=True)
+class StartDiagnosis:
+    """Start the diagnostic child workflow for this run."""
+
+    input: DiagnosisInput
+
+
+Effect = StopAgents | FinishTicket | StartDiagnosis

@@ -1,0 +1,584 @@
+"""Stuck detection, diagnosis triggers, runaway guards and recovery outcomes (pure).
+
+A ticket is *stuck* when all of these hold (DESIGN §5):
+
+1. the ticket is not finished;
+2. it has at least one task;
+3. no task is active;
+4. no result version is validated;
+5. at least ``cooldown_s`` passed since the last diagnosis started (or since the ticket
+   started, when there was none: a fresh ticket gets the same grace);
+6. at least ``window_s`` passed since the last task activity.
+
+Conditions 1–4 are facts about the state; 5–6 give the *time* at which the ticket becomes
+stuck, :func:`stuck_at`. The workflow sleeps on one durable timer until the earliest such
+deadline (:func:`next_deadline`) and then calls :func:`tick`: detection happens at the end of
+the window, not a poll later.
+
+Other triggers (:data:`models.diagnosis.TRIGGERS`) go through :func:`request_diagnosis`,
+which applies the skip rules: never two diagnoses at once, none while a recovery task of an
+earlier one is active, and none once 3 consecutive diagnoses failed or 10 ran — then the
+ticket escalates to a person instead. ``manual`` skips cooldown, window and recovery-task
+rules (an operator decided), but not "one at a time".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.common import (
+    Effect,
+    Refused,
+    StartDiagnosis,
+    Step,
+    add_task,
+    check_operator,
+    log,
+    open_tasks,
+    validated_version,
+)
+from core.state import ACTIVE_STATUSES, HELD_STATUSES, DiagnosisRun, Escalation, Task, TicketState
+from models.diagnosis import (
+    DiagnosisInput,
+    DiagnosisReport,
+    SnapshotAgent,
+    SnapshotDiagnosis,
+    SnapshotPhase,
+    SnapshotResult,
+    SnapshotTask,
+    TicketSnapshot,
+)
+from models.ledger import (
+    DiagnosticRunRecord,
+    EscalationRecord,
+    diagnostic_run_id,
+    escalation_record_id,
+)
+from models.messages import DiagnoseReply, DiagnoseTicket, DiagnosisView
+from models.spec import boost
+
+RECENT_TASKS = 15
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The next moment the ticket must look at itself, and why (the timer's summary)."""
+
+    at: datetime
+    label: str
+
+
+# ---- detection ---------------------------------------------------------------------------
+
+
+def stuck_at(state: TicketState) -> datetime | None:
+    """When the ticket is (or will be, if nothing happens) stuck; None if it cannot be."""
+    if state.status != "open" or not state.tasks:
+        return None
+    if open_tasks(state) > 0 or validated_version(state) is not None:
+        return None
+    if running_diagnosis(state) is not None or guard_reason(state) is not None:
+        return None
+    policy = state.spec.policy.stuck
+    window_end = state.last_activity_at + timedelta(seconds=policy.window_s)
+    cooldown_from = state.last_diagnosis_at or state.created_at
+    cooldown_end = cooldown_from + timedelta(seconds=policy.cooldown_s)
+    return max(window_end, cooldown_end)
+
+
+def next_deadline(state: TicketState) -> Deadline | None:
+    """The earliest deadline of the ticket (the workflow keeps one timer on it)."""
+    at = stuck_at(state)
+    if at is None:
+        return None
+    policy = state.spec.policy.stuck
+    window_end = state.last_activity_at + timedelta(seconds=policy.window_s)
+    label = (
+        f"stuck window {policy.window_s:g}s"
+        if at == window_end
+        else (f"diagnosis cooldown {policy.cooldown_s:g}s")
+    )
+    return Deadline(at, label)
+
+
+def tick(state: TicketState, now: datetime) -> list[Effect]:
+    """Handle every deadline that has passed: today, the stuck check."""
+    at = stuck_at(state)
+    if at is None or at > now:
+        return []
+    if state.stuck_since is None:
+        state.stuck_since = now
+    idle = (now - state.last_activity_at).total_seconds()
+    log(state, now, "stuck", f"ticket stuck: no active task, no validated result, idle {idle:.0f}s")
+    return request_diagnosis(state, "no_result", now, reason=f"no task activity for {idle:.0f}s")
+
+
+def note_activity(state: TicketState) -> None:
+    """Work is moving again: the current stuck spell is over."""
+    if state.stuck_since is not None and open_tasks(state) > 0:
+        state.stuck_since = None
+
+
+# ---- triggers and guards -----------------------------------------------------------------
+
+
+def running_diagnosis(state: TicketState) -> DiagnosisRun | None:
+    return next((d for d in reversed(state.diagnoses) if d.status == "running"), None)
+
+
+def active_recovery_task(state: TicketState) -> Task | None:
+    return next(
+        (
+            t
+            for t in state.tasks.values()
+            if t.diagnosis_run_id is not None and t.status in ACTIVE_STATUSES
+        ),
+        None,
+    )
+
+
+def guard_reason(state: TicketState) -> str | None:
+    """Why no more automatic diagnoses may run, or None."""
+    policy = state.spec.policy.stuck
+    if state.consecutive_failed_diagnoses >= policy.max_consecutive_failures:
+        return f"{state.consecutive_failed_diagnoses} consecutive diagnoses failed"
+    started = sum(1 for d in state.diagnoses if d.status != "skipped")
+    if started >= policy.max_runs:
+        return f"{started} diagnoses ran (the limit is {policy.max_runs})"
+    return None
+
+
+def request_diagnosis(
+    state: TicketState,
+    trigger: str,
+    now: datetime,
+    *,
+    reason: str = "",
+    apply: bool = True,
+) -> list[Effect]:
+    """Start a diagnosis for ``trigger`` if the rules allow it; else skip or escalate.
+
+    ``manual`` raises :class:`Refused` when it cannot run (the operator gets an answer);
+    automatic triggers never raise: they are skipped (noted in the timeline) or escalated.
+    """
+    manual = trigger == "manual"
+    if state.status != "open":
+        if manual:
+            raise Refused("ticket", f"is {state.status}; there is nothing to diagnose")
+        return []
+    running = running_diagnosis(state)
+    if running is not None:
+        if manual:
+            raise Refused("ticket", f"diagnosis {running.run_id} is still running")
+        if apply:
+            log(
+                state,
+                now,
+                "diagnosis_skipped",
+                f"{trigger}: skipped, diagnosis {running.run_id} is still running",
+            )
+        return []
+    if not manual:
+        recovery = active_recovery_task(state)
+        if recovery is not None:
+            if apply:
+                log(
+                    state,
+                    now,
+                    "diagnosis_skipped",
+                    f"{trigger}: skipped, recovery task {recovery.id} of "
+                    f"{recovery.diagnosis_run_id} is still active",
+                    task_id=recovery.id,
+                )
+            return []
+        guard = guard_reason(state)
+        if guard is not None:
+            if apply:
+                escalate(
+                    state,
+                    now,
+                    source="diagnosis_guard",
+                    severity="SEV-2",
+                    reason=f"no more automatic diagnoses: {guard}; {trigger}: {reason}",
+                )
+            return []
+    if not apply:
+        return []
+    number = len(state.diagnoses) + 1
+    run_id = diagnostic_run_id(state.ticket_id, number)
+    counts: dict[str, int] = dict(Counter(str(t.status) for t in state.tasks.values()))
+    idle = max(0.0, (now - state.last_activity_at).total_seconds())
+    run = DiagnosisRun(
+        run_id=run_id,
+        number=number,
+        trigger=trigger,
+        reason=reason,
+        started_at=now,
+        counts_at_trigger=counts,
+        idle_seconds=idle,
+    )
+    state.diagnoses.append(run)
+    state.last_diagnosis_at = now
+    _record_run(state, run)
+    log(
+        state,
+        now,
+        "diagnosis_started",
+        f"{run_id} started ({trigger}){': ' + reason if reason else ''}",
+    )
+    return [
+        StartDiagnosis(
+            DiagnosisInput(
+                ticket_id=state.ticket_id,
+                run_id=run_id,
+                number=number,
+                trigger=trigger,  # type: ignore[arg-type]
+                reason=reason,
+                snapshot=snapshot(state, now),
+                history_window_min=state.spec.policy.stuck.history_window_min,
+                idle_seconds=idle,
+            )
+        )
+    ]
+
+
+def escalate(
+    state: TicketState,
+    now: datetime,
+    *,
+    source: str,
+    severity: str,
+    reason: str,
+    agent_id: str | None = None,
+    diagnosis_run_id: str | None = None,
+) -> Escalation | None:
+    """Hand a problem to a person; one open escalation per source and subject."""
+    for existing in state.escalations:
+        if (
+            not existing.acknowledged
+            and existing.source == source
+            and existing.agent_id == agent_id
+        ):
+            return None
+    key = f"{len(state.escalations) + 1}"
+    escalation = Escalation(
+        id=escalation_record_id(state.ticket_id, source, key),
+        severity=severity,
+        source=source,
+        reason=reason,
+        created_at=now,
+        agent_id=agent_id,
+        diagnosis_run_id=diagnosis_run_id,
+    )
+    state.escalations.append(escalation)
+    state.outbox.escalations.append(
+        EscalationRecord(
+            id=escalation.id,
+            ticket_id=state.ticket_id,
+            severity=severity,  # type: ignore[arg-type]
+            source=source,
+            reason=reason,
+            agent_id=agent_id,
+            diagnosis_run_id=diagnosis_run_id,
+            created_at=now,
+        )
+    )
+    log(state, now, "escalated", f"{severity} escalated to a person: {reason}", agent_id=agent_id)
+    return escalation
+
+
+# ---- the diagnosis finishes --------------------------------------------------------------
+
+
+def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetime) -> list[str]:
+    """Add the run's recovery tasks (priority boosted one level, linked to the run)."""
+    run = _run(state, report.run_id)
+    if run is None or run.status != "running":
+        return []
+    last_phase = state.spec.phases[-1].name
+    phases = {p.name for p in state.spec.phases}
+    created: list[str] = []
+    if state.status == "open":
+        for rec in report.plan.tasks:
+            task = add_task(
+                state,
+                now,
+                key=None,
+                phase=rec.phase if rec.phase in phases else last_phase,
+                title=rec.title,
+                description=rec.description,
+                type=rec.type,
+                priority=boost(rec.priority),
+                depends_on=[],
+                validation=False,
+                created_by=run.run_id,
+            )
+            task.diagnosis_run_id = run.run_id
+            created.append(task.id)
+    run.status = "completed"
+    run.finished_at = now
+    run.task_ids = created
+    run.outcome = "pending" if created else None
+    run.hypotheses = list(report.hypotheses.hypotheses)
+    run.generator = report.hypotheses.generator
+    run.evidence_summary = report.evidence_summary
+    if created:
+        state.last_activity_at = now
+    _record_run(state, run)
+    top = run.hypotheses[0].statement if run.hypotheses else "no hypothesis"
+    log(
+        state,
+        now,
+        "diagnosis_completed",
+        f"{run.run_id}: {top}; recovery tasks {', '.join(created) or 'none'}",
+    )
+    return created
+
+
+def diagnosis_failed(state: TicketState, run_id: str, error: str, now: datetime) -> None:
+    """The diagnosis itself failed: it counts as a failed diagnosis."""
+    run = _run(state, run_id)
+    if run is None or run.status != "running":
+        return
+    run.status = "failed"
+    run.outcome = "failed"
+    run.finished_at = now
+    run.error = error[:2000]
+    state.consecutive_failed_diagnoses += 1
+    _record_run(state, run)
+    log(state, now, "diagnosis_failed", f"{run_id} failed: {error[:200]}")
+    _escalate_if_guarded(state, now, run_id)
+
+
+def recovery_task_done(state: TicketState, task: Task, now: datetime) -> None:
+    """A completed recovery task resets the failure count; its run recovered the ticket."""
+    if task.diagnosis_run_id is None:
+        return
+    state.consecutive_failed_diagnoses = 0
+    run = _run(state, task.diagnosis_run_id)
+    if run is not None and run.outcome != "recovered":
+        run.outcome = "recovered"
+        _record_run(state, run)
+        log(
+            state,
+            now,
+            "diagnosis_recovered",
+            f"{run.run_id}: recovery task {task.id} done",
+            task_id=task.id,
+        )
+
+
+def recovery_task_failed(state: TicketState, task: Task, now: datetime) -> None:
+    """When every task of a run failed, the run failed: one more consecutive failure."""
+    if task.diagnosis_run_id is None:
+        return
+    run = _run(state, task.diagnosis_run_id)
+    if run is None or run.outcome != "pending":
+        return
+    statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
+    if statuses and all(s in ("failed", "cancelled") for s in statuses):
+        run.outcome = "failed"
+        state.consecutive_failed_diagnoses += 1
+        _record_run(state, run)
+        log(
+            state,
+            now,
+            "diagnosis_ineffective",
+            f"{run.run_id}: all its recovery tasks failed "
+            f"({state.consecutive_failed_diagnoses} consecutive)",
+        )
+        _escalate_if_guarded(state, now, run.run_id)
+
+
+def _escalate_if_guarded(state: TicketState, now: datetime, run_id: str) -> None:
+    guard = guard_reason(state)
+    if guard is not None:
+        escalate(
+            state,
+            now,
+            source="diagnosis_guard",
+            severity="SEV-2",
+            reason=f"no more automatic diagnoses: {guard}",
+            diagnosis_run_id=run_id,
+        )
+
+
+def _run(state: TicketState, run_id: str) -> DiagnosisRun | None:
+    return next((d for d in state.diagnoses if d.run_id == run_id), None)
+
+
+def _record_run(state: TicketState, run: DiagnosisRun) -> None:
+    state.outbox.diagnostic_runs.append(
+        DiagnosticRunRecord(
+            id=run.run_id,
+            ticket_id=state.ticket_id,
+            number=run.number,
+            trigger=run.trigger,  # type: ignore[arg-type]
+            reason=run.reason,
+            status=run.status,
+            outcome=run.outcome,
+            counts_at_trigger=dict(run.counts_at_trigger),
+            idle_seconds=run.idle_seconds,
+            evidence_summary=run.evidence_summary,
+            hypotheses=[h.model_dump(mode="json") for h in run.hypotheses],
+            generator=run.generator,
+            created_task_ids=list(run.task_ids),
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+        )
+    )
+
+
+# ---- the snapshot a diagnosis starts from -------------------------------------------------
+
+
+def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
+    """The ticket as evidence: counts, the last 15 tasks, problem tasks, agents, results."""
+    by_status = Counter(t.status for t in state.tasks.values())
+    by_phase: dict[str, dict[str, int]] = {p.name: {} for p in state.spec.phases}
+    for task in state.tasks.values():
+        phase = by_phase.setdefault(task.phase, {})
+        phase[task.status] = phase.get(task.status, 0) + 1
+    recent = sorted(state.tasks.values(), key=lambda t: (t.updated_at, t.seq))[-RECENT_TASKS:]
+    problems = [
+        t
+        for t in state.tasks.values()
+        if t.status == "failed" or t.failures > 0 or _blocked(state, t)
+    ][-RECENT_TASKS:]
+    return TicketSnapshot(
+        ticket_id=state.ticket_id,
+        title=state.spec.title,
+        goal=state.spec.goal,
+        result_criteria=state.spec.criteria_text(),
+        status=state.status,
+        phases=[
+            SnapshotPhase(
+                name=p.name,
+                required=p.required,
+                description=p.description,
+                done_definitions=list(p.done_definitions),
+            )
+            for p in state.spec.phases
+        ],
+        counts_by_status=dict(sorted(by_status.items())),
+        counts_by_phase=by_phase,
+        total_tasks=len(state.tasks),
+        recent_tasks=[_snapshot_task(t) for t in reversed(recent)],
+        problem_tasks=[_snapshot_task(t) for t in problems],
+        agents=[
+            SnapshotAgent(
+                id=a.id,
+                name=a.name,
+                kind=a.kind,
+                state=a.state,
+                last_heartbeat_at=a.last_heartbeat_at,
+                tasks=[
+                    t.id
+                    for t in state.tasks.values()
+                    if t.assigned_agent == a.id and t.status in HELD_STATUSES
+                ],
+            )
+            for a in state.agents.values()
+        ],
+        results=[
+            SnapshotResult(
+                version=r.version,
+                agent_id=r.agent_id,
+                status=r.status,
+                preview=r.preview,
+                feedback=r.feedback,
+                validator_id=r.validator_id,
+                submitted_at=r.submitted_at,
+            )
+            for r in state.results
+        ],
+        diagnoses=[
+            SnapshotDiagnosis(
+                run_id=d.run_id,
+                trigger=d.trigger,
+                status=d.status,
+                outcome=d.outcome,
+                started_at=d.started_at,
+                top_hypothesis=d.hypotheses[0].statement if d.hypotheses else None,
+                task_ids=list(d.task_ids),
+            )
+            for d in state.diagnoses
+        ],
+        validated_version=validated_version(state),
+        last_activity_at=state.last_activity_at,
+        taken_at=now,
+    )
+
+
+def _blocked(state: TicketState, task: Task) -> bool:
+    return task.status == "pending" and any(
+        state.tasks[d].status in ("failed", "cancelled") for d in task.depends_on
+    )
+
+
+def _snapshot_task(task: Task) -> SnapshotTask:
+    return SnapshotTask(
+        id=task.id,
+        phase=task.phase,
+        title=task.title,
+        type=task.type,
+        status=task.status,
+        priority=task.priority,
+        depends_on=list(task.depends_on),
+        assigned_agent=task.assigned_agent,
+        attempt=task.attempt,
+        failures=task.failures,
+        failure_reason=task.failure_reason,
+        result_preview=task.result_preview,
+        notes=list(task.notes[-5:]),
+        created_by=task.created_by,
+        diagnosis_run_id=task.diagnosis_run_id,
+        updated_at=task.updated_at,
+    )
+
+
+def manual(
+    state: TicketState, msg: DiagnoseTicket, now: datetime, *, apply: bool = True
+) -> Step[DiagnoseReply]:
+    """An operator asks for a diagnosis now: no cooldown, no stuck window."""
+    check_operator(state, msg.operator_token)
+    effects = request_diagnosis(
+        state, "manual", now, reason=f"{msg.operator}: {msg.reason}", apply=apply
+    )
+    run_id = effects[0].input.run_id if effects else ""  # type: ignore[union-attr]
+    return Step(DiagnoseReply(run_id=run_id, trigger="manual"), effects)
+
+
+def diagnosis_view(run: DiagnosisRun) -> DiagnosisView:
+    return DiagnosisView(
+        run_id=run.run_id,
+        number=run.number,
+        trigger=run.trigger,
+        reason=run.reason,
+        status=run.status,
+        outcome=run.outcome,
+        started_at=run.started_at.isoformat(),
+        finished_at=run.finished_at.isoformat() if run.finished_at else None,
+        idle_seconds=run.idle_seconds,
+        counts_at_trigger=dict(run.counts_at_trigger),
+        task_ids=list(run.task_ids),
+        generator=run.generator,
+        hypotheses=[h.model_dump(mode="json") for h in run.hypotheses],
+        evidence_summary=run.evidence_summary,
+        error=run.error,
+    )
+
+
+def display_status(state: TicketState) -> str:
+    """The status people filter on: open, stuck, diagnosing, escalated, completed, cancelled."""
+    if state.status != "open":
+        return state.status
+    if running_diagnosis(state) is not None:
+        return "diagnosing"
+    if any(not e.acknowledged for e in state.escalations) and guard_reason(state) is not None:
+        return "escalated"
+    if state.stuck_since is not None:
+        return "stuck"
+    return "open"

@@ -1,0 +1,254 @@
+"""Diagnosis: what a diagnosis gets (snapshot, evidence) and what it gives back (hypotheses,
+recommendations, recovery tasks). Plain pydantic: imported by workflows and activities."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Trigger = Literal[
+    "no_result",
+    "repeated_validation_failures",
+    "validation_timeout",
+    "restart_escalation",
+    "task_failed",
+    "manual",
+]
+TRIGGERS: tuple[str, ...] = (
+    "no_result",
+    "repeated_validation_failures",
+    "validation_timeout",
+    "restart_escalation",
+    "task_failed",
+    "manual",
+)
+RunStatus = Literal["created", "running", "completed", "failed", "skipped"]
+RunOutcome = Literal["pending", "recovered", "failed"]
+
+#: Known failure signatures the built-in rule engine recognises.
+Signature = Literal[
+    "missing_result_submission",
+    "premature_completion",
+    "validation_loop",
+    "crash_looping_agent",
+    "environment_error",
+    "dependency_deadlock",
+    "phase_without_tasks",
+    "validator_unavailable",
+    "other",
+]
+
+MAX_HYPOTHESES = 5
+MAX_RECOVERY_TASKS = 5
+
+#: Activity names of the diagnosis, for workflow code that must not import ``activities``.
+COLLECT_EVIDENCE_ACTIVITY = "collect_evidence"
+GENERATE_HYPOTHESES_ACTIVITY = "generate_hypotheses"
+PLAN_RECOVERY_ACTIVITY = "plan_recovery"
+
+
+# ---- the ticket as the diagnosis sees it (built by the pure core, deterministic) ----------
+
+
+class SnapshotTask(BaseModel):
+    id: str
+    phase: str
+    title: str
+    type: str
+    status: str
+    priority: str
+    depends_on: list[str] = Field(default_factory=list)
+    assigned_agent: str | None = None
+    attempt: int = 0
+    failures: int = 0
+    failure_reason: str | None = None
+    result_preview: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    created_by: str = "spec"
+    diagnosis_run_id: str | None = None
+    updated_at: datetime
+
+
+class SnapshotAgent(BaseModel):
+    id: str
+    name: str
+    kind: str
+    state: str
+    last_heartbeat_at: datetime | None = None
+    restarts: int = 0
+    tasks: list[str] = Field(default_factory=list)
+
+
+class SnapshotResult(BaseModel):
+    version: int
+    agent_id: str
+    status: str
+    preview: str
+    feedback: str | None = None
+    validator_id: str | None = None
+    submitted_at: datetime
+
+
+class SnapshotDiagnosis(BaseModel):
+    run_id: str
+    trigger: str
+    status: str
+    outcome: str | None = None
+    started_at: datetime
+    top_hypothesis: str | None = None
+    task_ids: list[str] = Field(default_factory=list)
+
+
+class SnapshotPhase(BaseModel):
+    name: str
+    required: bool
+    description: str = ""
+    done_definitions: list[str] = Field(default_factory=list)
+
+
+class TicketSnapshot(BaseModel):
+    """The ticket at trigger time: counts, the last 15 tasks, agents, results, diagnoses."""
+
+    ticket_id: str
+    title: str
+    goal: str
+    result_criteria: list[str]
+    status: str
+    phases: list[SnapshotPhase]
+    counts_by_status: dict[str, int]
+    counts_by_phase: dict[str, dict[str, int]]
+    total_tasks: int
+    recent_tasks: list[SnapshotTask] = Field(description="the 15 most recently updated tasks")
+    problem_tasks: list[SnapshotTask] = Field(
+        default_factory=list, description="failed, blocked or repeatedly failing tasks (≤ 15)"
+    )
+    agents: list[SnapshotAgent]
+    results: list[SnapshotResult]
+    diagnoses: list[SnapshotDiagnosis]
+    validated_version: int | None = None
+    last_activity_at: datetime
+    taken_at: datetime
+
+
+# ---- evidence and hypotheses -------------------------------------------------------------
+
+
+class HistorySummary(BaseModel):
+    """The ticket workflow's own event history in the evidence window, summarised."""
+
+    window_minutes: float
+    events_in_window: int
+    by_type: dict[str, int] = Field(default_factory=dict)
+    updates_by_name: dict[str, int] = Field(default_factory=dict)
+    signals_by_name: dict[str, int] = Field(default_factory=dict)
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
+    notable: list[str] = Field(default_factory=list, description="failures, timeouts, …")
+
+
+class ReviewEvidence(BaseModel):
+    """One validator verdict from the ledger (a task iteration or a result version)."""
+
+    subject_kind: str = Field(description="task or result")
+    subject_id: str = Field(description="the task id, or the result version as a string")
+    iteration: int = 0
+    validator_id: str = ""
+    passed: bool
+    feedback: str = ""
+    created_at: datetime
+
+
+class Evidence(BaseModel):
+    """Everything a hypothesis generator may look at; secrets redacted, size-capped."""
+
+    run_id: str
+    trigger: Trigger
+    reason: str = ""
+    snapshot: TicketSnapshot
+    history: HistorySummary | None = None
+    progress_notes: list[str] = Field(default_factory=list)
+    ledger: dict[str, int] = Field(default_factory=dict, description="rows per ledger table")
+    ledger_excerpts: list[str] = Field(default_factory=list)
+    reviews: list[ReviewEvidence] = Field(
+        default_factory=list, description="the latest reviews from the ledger, oldest first"
+    )
+    spans: list[str] = Field(default_factory=list, description="the ticket's trace spans")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    redactions: int = 0
+    truncated: bool = False
+    size_bytes: int = 0
+    collected_at: datetime
+
+
+class Recommendation(BaseModel):
+    """A recovery task to create."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=4000)
+    phase: str = Field(min_length=1, max_length=63)
+    priority: Literal["low", "normal", "high", "critical"] = "normal"
+    type: Literal[
+        "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
+    ] = "fix"
+
+
+class Hypothesis(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    signature: Signature = "other"
+    statement: str = Field(min_length=1, max_length=1000)
+    likelihood: float = Field(ge=0.0, le=1.0)
+    evidence: list[str] = Field(default_factory=list, max_length=20)
+    counterpoints: list[str] = Field(default_factory=list, max_length=20)
+    recommendations: list[Recommendation] = Field(default_factory=list, max_length=5)
+
+
+class HypothesisSet(BaseModel):
+    """What a generator returns: at most 5 hypotheses, ranked by likelihood (highest first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hypotheses: list[Hypothesis] = Field(max_length=MAX_HYPOTHESES)
+    generator: str = Field(default="rules", description="rules, or llm:<model>")
+    fallback_reason: str | None = Field(
+        default=None, description="why the rules were used although an LLM was configured"
+    )
+
+
+class RecoveryPlan(BaseModel):
+    tasks: list[Recommendation] = Field(min_length=1, max_length=MAX_RECOVERY_TASKS)
+
+
+class PlanRequest(BaseModel):
+    """Input of the ``plan_recovery`` activity."""
+
+    hypotheses: HypothesisSet
+    snapshot: TicketSnapshot
+
+
+# ---- the child workflow's input and output -------------------------------------------------
+
+
+class DiagnosisInput(BaseModel):
+    ticket_id: str
+    run_id: str
+    number: int
+    trigger: Trigger
+    reason: str = ""
+    snapshot: TicketSnapshot
+    history_window_min: float = 60.0
+    idle_seconds: float = 0.0
+
+
+class DiagnosisReport(BaseModel):
+    run_id: str
+    trigger: Trigger
+    hypotheses: HypothesisSet
+    plan: RecoveryPlan
+    evidence_summary: str
+    started_at: datetime
+    finished_at: datetime
