@@ -71,7 +71,9 @@ class HistoryStats:
         return out
 
 
-async def fetch_runs(client: Client, workflow_id: str, first_run_id: str) -> list[list[HistoryEvent]]:
+async def fetch_runs(
+    client: Client, workflow_id: str, first_run_id: str
+) -> list[list[HistoryEvent]]:
     """The events of every run of the chain that starts at ``first_run_id``."""
     runs: list[list[HistoryEvent]] = []
     run_id: str | None = first_run_id

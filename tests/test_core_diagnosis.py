@@ -180,7 +180,7 @@ def test_activity_moves_the_deadline() -> None:
 def test_never_two_diagnoses_at_once() -> None:
     state, agents = ticket(tasks=1)
     finish_all(state, agents, s(1))
-    [first] = diagnosis.tick(state, s(61))
+    [_first] = diagnosis.tick(state, s(61))
     assert diagnosis.stuck_at(state) is None  # running diagnosis: no second detection
     with pytest.raises(core.Refused, match="still running"):
         diagnosis.manual(state, DiagnoseTicket(operator_token=OPERATOR), s(62))
@@ -243,7 +243,7 @@ def test_three_failed_runs_escalate_and_stop_diagnosing() -> None:
     """A recovery task that always fails: three failed runs → escalation, no fourth run."""
     state, agents = ticket(tasks=1, window_s=5, cooldown_s=5)
     finish_all(state, agents, s(0))
-    [effect] = diagnosis.tick(state, s(100))  # the first run: the ticket is stuck
+    [_effect] = diagnosis.tick(state, s(100))  # the first run: the ticket is stuck
     now = 100.0
     for n in range(1, 4):
         run = diagnosis.running_diagnosis(state)
