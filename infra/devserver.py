@@ -256,7 +256,7 @@ async def _check_namespace(client: Client, namespace: str) -> None:
     await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
 
 
-async def _ensure_search_attributes(client: Client, namespace: str, log: Log) -> None:
+async def ensure_search_attributes(client: Client, namespace: str, log: Log = _noop) -> None:
     """Register every attribute of SEARCH_ATTRIBUTES that the namespace lacks."""
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
@@ -319,7 +319,7 @@ async def _attach(settings: Settings, host: str, port: int, log: Log) -> DevServ
             f"The Temporal server at {address} refused to describe namespace "
             f"{settings.namespace!r}: {exc}"
         ) from exc
-    await _ensure_search_attributes(client, settings.namespace, log)
+    await ensure_search_attributes(client, settings.namespace, log)
     ui_url = None
     if await _tcp_open(host, settings.ui_port):
         ui_url = f"http://{_fmt(host, settings.ui_port)}"
@@ -433,7 +433,7 @@ async def _start(
                 )
             await asyncio.sleep(POLL_INTERVAL)
         # Registered by --search-attribute already; this verifies the types.
-        await _ensure_search_attributes(client, settings.namespace, log)
+        await ensure_search_attributes(client, settings.namespace, log)
     except BaseException:
         await server.stop(grace=2)
         raise

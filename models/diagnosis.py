@@ -98,6 +98,9 @@ class SnapshotDiagnosis(BaseModel):
     outcome: str | None = None
     started_at: datetime
     top_hypothesis: str | None = None
+    top_signature: str | None = Field(
+        default=None, description="the top hypothesis's signature (rules avoid repeating it)"
+    )
     task_ids: list[str] = Field(default_factory=list)
 
 

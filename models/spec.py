@@ -214,6 +214,8 @@ class TicketSpec(_Strict):
         _unique([a.name for a in self.agents], "agents", "agent name")
         keys = {t.key for t in self.tasks}
         for i, task in enumerate(self.tasks):
+            if len(set(task.depends_on)) != len(task.depends_on):
+                raise ValueError(f"tasks[{i}].depends_on: lists a task key twice")
             if task.phase not in phase_names:
                 raise ValueError(
                     f"tasks[{i}].phase: unknown phase {task.phase!r} (phases: {phase_names})"

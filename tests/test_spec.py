@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import graphlib
+import itertools
 import json
 import textwrap
 from pathlib import Path
@@ -324,7 +325,7 @@ def test_cycle_detection_agrees_with_graphlib(edges: list[list[int]]) -> None:
     line = next(s for s in msg.splitlines() if "dependency cycle" in s)
     cycle = line.split("dependency cycle ", 1)[1].split(" -> ")
     assert cycle[0] == cycle[-1] and len(cycle) >= 3
-    for a, b in zip(cycle, cycle[1:], strict=False):
+    for a, b in itertools.pairwise(cycle):
         assert b in graph[a], f"{a} -> {b} is not an edge of {graph}"
 
 
@@ -383,9 +384,7 @@ def test_unknown_enum_values(tmp_path: Path) -> None:
         ("validation", "validator_timeout_s", 0, "greater than 0"),
     ],
 )
-def test_bad_policy_numbers(
-    tmp_path: Path, block: str, field: str, value: int, rule: str
-) -> None:
+def test_bad_policy_numbers(tmp_path: Path, block: str, field: str, value: int, rule: str) -> None:
     msg = spec_error(tmp_path, with_(policy={block: {field: value}}))
     assert f"policy.{block}.{field}: " in msg and rule in msg
 
@@ -405,7 +404,7 @@ def test_every_error_is_listed(tmp_path: Path) -> None:
 
 def test_file_not_found(tmp_path: Path) -> None:
     path = tmp_path / "missing.yaml"
-    with pytest.raises(SpecError, match="missing.yaml: no such file"):
+    with pytest.raises(SpecError, match=r"missing\.yaml: no such file"):
         load_spec(path)
 
 
@@ -442,3 +441,16 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path.write_bytes(b"id: t1\ntitle: caf\xe9\n")
     with pytest.raises(SpecError, match="not UTF-8 text"):
         load_spec(path)
+
+
+def test_a_dependency_listed_twice_is_refused() -> None:
+    raw = {
+        "id": "dup-deps",
+        "title": "t",
+        "tasks": [
+            {"key": "a", "phase": "requirements", "title": "A"},
+            {"key": "b", "phase": "requirements", "title": "B", "depends_on": ["a", "a"]},
+        ],
+    }
+    with pytest.raises(SpecError, match=r"tasks\[1\]\.depends_on: lists a task key twice"):
+        parse_spec(raw)

@@ -185,11 +185,16 @@ async def test_malformed_messages_are_rejected_before_history(
 
 async def test_duplicate_deliveries_are_idempotent(client: Client, settings: Settings) -> None:
     ticket = await launch(client, settings, spec_dict(unique_id("dup")))
-    reg = await ticket.handle.execute_update("register", RegisterAgent(name="alice",
-                                                                      request_id="reg-1"))
-    again = await ticket.handle.execute_update("register", RegisterAgent(name="alice",
-                                                                        request_id="reg-1"))
-    assert again == reg  # the same registration, not a refusal for a duplicate name
+    register = RegisterAgent(name="alice", request_id="reg-1")
+    reg = await ticket.handle.execute_update("register", register, id="u-reg-1")
+    again = await ticket.handle.execute_update("register", register, id="u-reg-1")
+    assert again == reg  # Temporal answers the same update id with the same reply
+    # Replayed under another update id (e.g. after continue-as-new), the ticket refuses:
+    # it never keeps tokens in clear, so it cannot hand the token out a second time.
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await ticket.handle.execute_update("register", register, id="u-reg-2")
+    assert "already registered agent alice-1" in str(info.value.cause)
+    assert reg["token"] not in (await ticket.handle.query("state")).__repr__()
     claim = {**_auth(reg), "request_id": "claim-1"}
     first = await ticket.handle.execute_update("claim", claim, id="u-claim-1")
     same_update_id = await ticket.handle.execute_update("claim", claim, id="u-claim-1")
