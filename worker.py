@@ -19,27 +19,43 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.diagnosis import DiagnosisActivities
 from activities.ledger import LedgerActivities
 from activities.results import read_result_file
 from infra.client import connect
 from infra.devserver import DevServerError, ensure_server
 from infra.settings import Settings
+from diagnosis.llm import LLMSettings
 from ledger.store import Ledger
+from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow
 
 log = logging.getLogger("unstuck.worker")
 
-WORKFLOWS: list[type] = [TicketWorkflow]
+WORKFLOWS: list[type] = [TicketWorkflow, DiagnosticWorkflow]
 
 
-def build_worker(client: Client, settings: Settings, ledger: Ledger) -> Worker:
-    """The one worker definition used by ``worker.py``, the demo and the tests."""
+def build_worker(
+    client: Client, settings: Settings, ledger: Ledger, *, llm: LLMSettings | None = None
+) -> Worker:
+    """The one worker definition used by ``worker.py``, the demo and the tests.
+
+    ``llm`` configures the optional LLM hypothesis provider (default: from the
+    ``UNSTUCK_LLM_*`` environment; unset = the built-in rules only).
+    """
     ledger_activities = LedgerActivities(ledger)
+    diagnosis_activities = DiagnosisActivities(
+        client, ledger, llm if llm is not None else LLMSettings.from_env()
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[*ledger_activities.activities(), read_result_file],
+        activities=[
+            *ledger_activities.activities(),
+            *diagnosis_activities.activities(),
+            read_result_file,
+        ],
         activity_executor=ThreadPoolExecutor(max_workers=16),
     )
 

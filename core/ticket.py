@@ -800,6 +800,7 @@ def task_view(task: Task) -> TaskView:
         result_preview=task.result_preview,
         result_type=task.result_type,
         failure_reason=task.failure_reason,
+        diagnosis_run_id=task.diagnosis_run_id,
         updated_at=task.updated_at.isoformat(),
     )
 

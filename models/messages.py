@@ -81,6 +81,9 @@ class TaskView(BaseModel):
     result_preview: str | None = None
     result_type: str | None = None
     failure_reason: str | None = None
+    diagnosis_run_id: str | None = Field(
+        default=None, description="set on recovery tasks: the diagnosis that created it"
+    )
     updated_at: str
 
 

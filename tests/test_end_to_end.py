@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -36,12 +37,23 @@ def fifteen_tasks() -> list[dict[str, Any]]:
     return tasks
 
 
-async def work(agent: AgentSession, log: list[tuple[str, str]]) -> None:
-    """Claim, do, complete (claiming the next in the same call) until nothing is left."""
+async def work(
+    agent: AgentSession,
+    log: list[tuple[str, str]],
+    *,
+    done: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """Claim, do, complete (claiming the next in the same call) until nothing is left.
+
+    With ``done``, the agent stops as soon as it finds nothing to claim and ``done()`` says
+    the work it was meant for is finished (instead of polling for a while longer).
+    """
     task = await agent.claim()
     idle_rounds = 0
     while idle_rounds < 40:
         if task is None:
+            if done is not None and await done():
+                return
             idle_rounds += 1
             await asyncio.sleep(0.05)
             try:

@@ -44,7 +44,7 @@ RETRY = RetryPolicy(
 class DiagnosticWorkflow:
     @workflow.run
     async def run(self, input: DiagnosisInput) -> DiagnosisReport:
-        started = workflow.now()
+        started = input.snapshot.taken_at  # the trigger time: the parent's ledger row has it
         evidence = await workflow.execute_activity(
             COLLECT_EVIDENCE,
             input,
