@@ -5,6 +5,7 @@ ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY core ./core
+COPY diagnosis ./diagnosis
 COPY workflows ./workflows
 COPY activities ./activities
 COPY ledger ./ledger

@@ -22,10 +22,10 @@ from temporalio.worker import Worker
 from activities.diagnosis import DiagnosisActivities
 from activities.ledger import LedgerActivities
 from activities.results import read_result_file
+from diagnosis.llm import LLMSettings
 from infra.client import connect
 from infra.devserver import DevServerError, ensure_server
 from infra.settings import Settings
-from diagnosis.llm import LLMSettings
 from ledger.store import Ledger
 from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow

@@ -293,12 +293,28 @@ class AgentSession:
 
     async def _update(self, name: str, msg: BaseModel, result_type: type[R]) -> R:
         request_id = getattr(msg, "request_id", None) or _request_id()
+        for attempt in range(UNPROCESSED_RETRIES + 1):
+            try:
+                return await self._update_once(name, msg, request_id, result_type)
+            except _Unprocessed:
+                # The ticket was continuing as new when this update reached it; the server
+                # gave it back unapplied. Same request id: a retry can never apply it twice.
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise Refused(
+            f"{name}: the ticket did not take the update after {UNPROCESSED_RETRIES} retries"
+        )
+
+    async def _update_once(
+        self, name: str, msg: BaseModel, request_id: str, result_type: type[R]
+    ) -> R:
         try:
             return await self.handle.execute_update(
                 name, msg, id=request_id, result_type=result_type
             )
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
+            if cause is not None and UNPROCESSED in str(cause):
+                raise _Unprocessed() from exc
             if isinstance(cause, ApplicationError):
                 details = cause.details[0] if cause.details else {}
                 field = details.get("field") if isinstance(details, dict) else None
@@ -313,6 +329,16 @@ class AgentSession:
             await self.handle.signal(name, msg)
         except RPCError as exc:
             raise _closed_or(exc) from None
+
+
+#: The server's words for an update it delivered to a workflow task that finished (continued
+#: as new) without answering it: the update was not applied and may be sent again.
+UNPROCESSED = "wasn't processed by worker"
+UNPROCESSED_RETRIES = 5
+
+
+class _Unprocessed(Exception):
+    pass
 
 
 def _request_id() -> str:

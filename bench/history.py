@@ -6,13 +6,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 _CONTINUED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
 _WFT_SCHEDULED = EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
 _WFT_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+_WFT_FAILED = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
 
 #: Which part of the workflow an event type is charged to in the summary.
 SOURCES: dict[str, str] = {
@@ -63,6 +64,8 @@ class HistoryStats:
     #: Events whose server time falls in [start, end) of a window given to :func:`analyse`.
     in_window: int = 0
     in_window_by_type: Counter[str] = field(default_factory=Counter)
+    #: The first few workflow task failures: "CAUSE: message".
+    wft_failures: list[str] = field(default_factory=list)
 
     def by_source(self) -> Counter[str]:
         out: Counter[str] = Counter()
@@ -133,6 +136,12 @@ def analyse(
                 if window[0] <= at < window[1]:
                     stats.in_window += 1
                     stats.in_window_by_type[name] += 1
+            if ev.event_type == _WFT_FAILED and len(stats.wft_failures) < 3:
+                attrs = ev.workflow_task_failed_event_attributes
+                cause = WorkflowTaskFailedCause.Name(attrs.cause).removeprefix(
+                    "WORKFLOW_TASK_FAILED_CAUSE_"
+                )
+                stats.wft_failures.append(f"{cause}: {attrs.failure.message[:300]}")
             if ev.event_type == _WFT_SCHEDULED:
                 stats.wft_triggers[_trigger(between)] += 1
                 between = []

@@ -502,6 +502,7 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
                 outcome=d.outcome,
                 started_at=d.started_at,
                 top_hypothesis=d.hypotheses[0].statement if d.hypotheses else None,
+                top_signature=d.hypotheses[0].signature if d.hypotheses else None,
                 task_ids=list(d.task_ids),
             )
             for d in state.diagnoses

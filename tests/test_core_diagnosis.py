@@ -28,7 +28,7 @@ from models.messages import (
     ReviewResult,
     SubmitResult,
 )
-from models.spec import parse_spec
+from models.spec import AgentKind, parse_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 OPERATOR = "op-token"
@@ -53,13 +53,21 @@ def ticket(tasks: int = 2, **policy: Any) -> tuple[TicketState, dict[str, str]]:
     state = core.new_ticket(spec, T0)
     state.operator_token_sha256 = core.hash_token(OPERATOR)
     agents = {}
-    for name, kind in (("w", "worker"), ("v", "validator")):
+    roles: tuple[tuple[str, AgentKind], ...] = (("w", "worker"), ("v", "validator"))
+    for name, kind in roles:
         reply = core.register(state, RegisterAgent(name=name, kind=kind), T0, token=name).reply
         agents[name] = reply.agent_id
     return state, agents
 
 
-def auth(agents: dict[str, str], who: str = "w") -> dict[str, str]:
+def started(effects: list[Any]) -> StartDiagnosis:
+    """The one effect of a transition that started a diagnosis."""
+    [effect] = effects
+    assert isinstance(effect, StartDiagnosis)
+    return effect
+
+
+def auth(agents: dict[str, str], who: str = "w") -> dict[str, Any]:
     return {"agent_id": agents[who], "token": who}
 
 
@@ -271,7 +279,7 @@ def test_a_completed_recovery_task_resets_the_failure_count() -> None:
     state, agents = ticket(tasks=1, window_s=5, cooldown_s=5)
     finish_all(state, agents, s(0))
     state.consecutive_failed_diagnoses = 2
-    [effect] = diagnosis.tick(state, s(10))
+    effect = started(diagnosis.tick(state, s(10)))
     diagnosis.diagnosis_finished(state, report(state, effect.input.run_id), s(11))
     finish_all(state, agents, s(12))
     assert state.consecutive_failed_diagnoses == 0
@@ -284,7 +292,7 @@ def test_ten_runs_in_total_escalate() -> None:
     finish_all(state, agents, s(now))
     for _ in range(10):
         now += 10
-        [effect] = diagnosis.tick(state, s(now))
+        effect = started(diagnosis.tick(state, s(now)))
         diagnosis.diagnosis_finished(state, report(state, effect.input.run_id), s(now))
         finish_all(state, agents, s(now))
     now += 10
@@ -298,7 +306,7 @@ def test_ten_runs_in_total_escalate() -> None:
 def test_a_failed_diagnosis_counts_as_a_failure() -> None:
     state, agents = ticket(tasks=1)
     finish_all(state, agents, s(0))
-    [effect] = diagnosis.tick(state, s(60))
+    effect = started(diagnosis.tick(state, s(60)))
     diagnosis.diagnosis_failed(state, effect.input.run_id, "evidence timed out", s(61))
     assert state.diagnoses[0].status == "failed"
     assert state.consecutive_failed_diagnoses == 1
@@ -316,7 +324,7 @@ def test_counters_survive_a_round_trip_through_json() -> None:
     """Continue-as-new carries the state as JSON: the counters must come back intact."""
     state, agents = ticket(tasks=1)
     finish_all(state, agents, s(0))
-    [effect] = diagnosis.tick(state, s(60))
+    effect = started(diagnosis.tick(state, s(60)))
     diagnosis.diagnosis_failed(state, effect.input.run_id, "x", s(61))
     carried = TicketState.model_validate_json(state.model_dump_json())
     assert carried.consecutive_failed_diagnoses == 1

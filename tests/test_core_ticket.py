@@ -1116,7 +1116,7 @@ def _prepare(name: str, state: TicketState, w: Creds, v: Creds) -> None:
 
 
 def test_a_replayed_registration_is_refused_and_never_reveals_the_token() -> None:
-    state, w, v = _ready()
+    state, _, _ = _ready()
     first = core.register(state, RegisterAgent(name="z", request_id="r1"), at(1), token="tok-z")
     assert first.reply.token == "tok-z"
     before = state.model_dump()

@@ -51,7 +51,9 @@ def test_ports_and_addresses() -> None:
 
 def test_search_attributes_registered_in_production_match_the_code() -> None:
     script = (ROOT / "deploy/register-search-attributes.sh").read_text()
-    pairs = dict(p.split("=") for p in re.search(r"for pair in ([^;]+);", script)[1].split())
+    found = re.search(r"for pair in ([^;]+);", script)
+    assert found, "the script must loop over NAME=TYPE pairs"
+    pairs = dict(tuple(p.split("=", 1)) for p in found[1].split())
     assert pairs == SEARCH_ATTRIBUTES
 
 

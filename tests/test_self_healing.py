@@ -128,7 +128,7 @@ async def test_seed_scenario_on_the_dev_server(
     child = await client.get_workflow_handle(run.run_id).describe()
     assert child.parent_id == ticket.ticket_id and child.workflow_type == "Diagnosis"
     described = await ticket.handle.describe()
-    attrs = {k.name: v for k, v in described.typed_search_attributes}  # type: ignore[misc]
+    attrs = {pair.key.name: pair.value for pair in described.typed_search_attributes}
     assert attrs["Diagnoses"] == 1 and attrs["TicketStatus"] == "completed"
 
 
@@ -188,7 +188,7 @@ async def test_a_recovery_task_that_always_fails_escalates_after_three_runs(
         status = await ticket.handle.query("status")
         assert status["status"] == "open"
     described = await ticket.handle.describe()
-    attrs = {k.name: v for k, v in described.typed_search_attributes}  # type: ignore[misc]
+    attrs = {pair.key.name: pair.value for pair in described.typed_search_attributes}
     assert attrs["TicketStatus"] == "escalated"
     await wait_for(lambda: _ledger_has_escalation(ledger, ticket.ticket_id), what="ledger row")
     [escalation] = ledger.escalations(ticket.ticket_id)
@@ -260,3 +260,6 @@ async def test_seed_scenario_with_production_windows_under_time_skipping(
         await recover(ticket, w, vera)
     outcome = await ticket.handle.result()
     assert outcome["status"] == "completed"
+    [row] = ledger.diagnostic_runs(ticket.ticket_id)
+    assert (row.trigger, row.status, row.outcome) == ("no_result", "completed", "recovered")
+    assert row.idle_seconds >= 60

@@ -241,7 +241,7 @@ async def test_do_nothing_keeps_the_ticket_going(client: Client, settings: Setti
 async def test_continue_as_new_loses_nothing(client: Client, settings: Settings) -> None:
     """Forced early continue-as-new, with updates in flight across the boundary."""
     ticket = await launch(client, settings, spec_dict(unique_id("can"), tasks=[]),
-                          continue_as_new_after_events=120)
+                          continue_as_new_after_events=250)
     async with (
         AgentSession(client, ticket.ticket_id, name="alice") as alice,
         AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
@@ -272,6 +272,8 @@ async def test_continue_as_new_loses_nothing(client: Client, settings: Settings)
         )
         assert replay == reg
         assert (await ticket.handle.describe()).run_id != first_run
+        runs = [e async for e in client.list_workflows(f'WorkflowId = "{ticket.ticket_id}"')]
+        assert len(runs) >= 3, f"expected several runs, got {len(runs)}"
         await alice.submit_result("# all pieces")
         await vera.review_result(1, passed=True)
     outcome = await ticket.handle.result()

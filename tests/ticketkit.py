@@ -36,7 +36,12 @@ def spec_dict(ticket_id: str, **overrides: Any) -> dict[str, Any]:
         "result_criteria": ["login works", "tests pass"],
         "tasks": [
             {"key": "reqs", "phase": "requirements", "title": "Write requirements"},
-            {"key": "impl", "phase": "implementation", "title": "Implement", "depends_on": ["reqs"]},
+            {
+                "key": "impl",
+                "phase": "implementation",
+                "title": "Implement",
+                "depends_on": ["reqs"],
+            },
         ],
     }
     base.update(overrides)

@@ -13,6 +13,9 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from models.diagnosis import (
+        COLLECT_EVIDENCE_ACTIVITY,
+        GENERATE_HYPOTHESES_ACTIVITY,
+        PLAN_RECOVERY_ACTIVITY,
         DiagnosisInput,
         DiagnosisReport,
         Evidence,
@@ -27,9 +30,6 @@ with workflow.unsafe.imports_passed_through():
         LedgerWriteReport,
     )
 
-COLLECT_EVIDENCE = "collect_evidence"
-GENERATE_HYPOTHESES = "generate_hypotheses"
-PLAN_RECOVERY = "plan_recovery"
 
 # Evidence and hypotheses may call slow services (Temporal's history API, an LLM): bounded
 # attempts with backoff; the ticket counts a diagnosis that still fails as a failed one.
@@ -46,7 +46,7 @@ class DiagnosticWorkflow:
     async def run(self, input: DiagnosisInput) -> DiagnosisReport:
         started = input.snapshot.taken_at  # the trigger time: the parent's ledger row has it
         evidence = await workflow.execute_activity(
-            COLLECT_EVIDENCE,
+            COLLECT_EVIDENCE_ACTIVITY,
             input,
             result_type=Evidence,
             start_to_close_timeout=timedelta(minutes=3),
@@ -55,7 +55,7 @@ class DiagnosticWorkflow:
             summary="collect evidence",
         )
         hypotheses = await workflow.execute_activity(
-            GENERATE_HYPOTHESES,
+            GENERATE_HYPOTHESES_ACTIVITY,
             evidence,
             result_type=HypothesisSet,
             start_to_close_timeout=timedelta(minutes=3),
@@ -63,7 +63,7 @@ class DiagnosticWorkflow:
             summary="generate hypotheses",
         )
         plan = await workflow.execute_activity(
-            PLAN_RECOVERY,
+            PLAN_RECOVERY_ACTIVITY,
             PlanRequest(hypotheses=hypotheses, snapshot=input.snapshot),
             result_type=RecoveryPlan,
             start_to_close_timeout=timedelta(minutes=1),

@@ -1,0 +1,1452 @@
+"""Operate Unstuck tickets from the command line.
+
+    python starter.py launch examples/login.yaml --id login-1
+    python starter.py list --status open
+    python starter.py status login-1            (--json for scripts)
+    python starter.py timeline login-1
+    python starter.py watch login-1             (live, until the ticket finishes)
+    python starter.py diagnose login-1 --reason "looks stuck"
+    python starter.py result login-1 --version 2
+    python starter.py cancel login-1 --reason "superseded"
+    python starter.py schema --out schemas
+    python starter.py demo                      (the whole story, end to end)
+
+Settings come from ``UNSTUCK_*`` environment variables; ``--address``, ``--namespace``,
+``--task-queue``, ``--database-url`` and ``--data-dir`` override them (as in ``worker.py``).
+Only ``demo`` starts a Temporal dev server; every other command talks to the server that
+answers at the address and needs a worker (``python worker.py``) for queries.
+
+Exit codes: 0 success; 1 failure (ticket not found, server unreachable, message refused);
+2 bad usage or an invalid ticket spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import hashlib
+import logging
+import os
+import random
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from agent_client.session import AgentSession, Refused, TicketClosed
+from infra.client import connect
+from infra.devserver import DevServer, DevServerError, ensure_server
+from infra.settings import Settings
+from ledger.store import Ledger
+from models.messages import (
+    AgentView,
+    CancelTicket,
+    DiagnoseReply,
+    DiagnoseTicket,
+    ResultVersionView,
+    StatusView,
+    TaskView,
+    TimelineEntry,
+)
+from models.schema import json_schemas, write_schemas
+from models.spec import AgentKind, ResultType, SpecError, TicketSpec, load_spec, parse_spec
+from models.workflow_io import TicketInput
+from workflows.dashboard import STATUS_ORDER
+from workflows.ticket import OPEN_TASKS, PHASE, TICKET_STATUS
+
+__all__ = [
+    "Launched",
+    "StarterError",
+    "TicketRow",
+    "TicketSnapshot",
+    "build_parser",
+    "cancel_ticket",
+    "diagnose_ticket",
+    "fetch_result",
+    "fetch_snapshot",
+    "launch_ticket",
+    "list_tickets",
+    "live_view",
+    "main",
+    "open_client",
+    "run",
+    "run_demo",
+    "token_path",
+    "ui_url",
+]
+
+WORKFLOW_TYPE = "Ticket"
+TICKET_STATUSES = ("open", "completed", "cancelled")
+#: How long connecting to Temporal, and a query (which needs a worker), may take.
+CONNECT_TIMEOUT = 10.0
+QUERY_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+# ==== errors ===============================================================================
+
+
+class StarterError(Exception):
+    """A failure to report as one clear line (no traceback) and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _rpc_failure(exc: RPCError, settings: Settings, ticket_id: str | None = None) -> StarterError:
+    """Turn a Temporal RPC error into a message that says what is wrong, in one line."""
+    where = f"namespace {settings.namespace!r} at {settings.temporal_address}"
+    message = exc.message or str(exc)
+    lowered = message.lower()
+    if exc.status == RPCStatusCode.NOT_FOUND and "namespace" in lowered:
+        return StarterError(
+            f"namespace {settings.namespace!r} does not exist at {settings.temporal_address}"
+        )
+    if exc.status == RPCStatusCode.NOT_FOUND and "already completed" in lowered:
+        return StarterError(f"ticket {ticket_id} is closed; it accepts no more messages")
+    if exc.status == RPCStatusCode.NOT_FOUND and ticket_id is not None:
+        return StarterError(f"ticket {ticket_id} not found in {where}")
+    if exc.status == RPCStatusCode.UNAVAILABLE:
+        return StarterError(
+            f"lost the Temporal server at {settings.temporal_address}: {_one_line(message)}"
+        )
+    if exc.status == RPCStatusCode.DEADLINE_EXCEEDED or (
+        exc.status == RPCStatusCode.CANCELLED and "timeout" in lowered
+    ):
+        if ticket_id is not None:
+            # Queries are answered by a worker; with none polling they wait until the timeout.
+            return StarterError(
+                f"no answer about ticket {ticket_id} within {QUERY_TIMEOUT:.0f} s from {where}: "
+                "is a worker (python worker.py) running on the ticket's task queue?"
+            )
+        return StarterError(f"the Temporal server at {settings.temporal_address} did not answer")
+    return StarterError(f"Temporal ({where}) refused the request: {_one_line(message)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ==== connection and ticket plumbing =======================================================
+
+
+async def open_client(settings: Settings) -> Client:
+    """A client for the settings' server; :class:`StarterError` when nothing answers."""
+    try:
+        return await asyncio.wait_for(connect(settings), CONNECT_TIMEOUT)
+    except TimeoutError:
+        reason = f"no answer within {CONNECT_TIMEOUT:.0f} s"
+    except (RuntimeError, RPCError) as exc:
+        text = str(exc)
+        reason = "connection refused" if "refused" in text.lower() else _one_line(text)
+    raise StarterError(
+        f"cannot reach the Temporal server at {settings.temporal_address} ({reason}); start one "
+        "(`temporal server start-dev`, or `python worker.py` which starts a dev server) or "
+        "pass --address"
+    )
+
+
+def ui_url(settings: Settings, ticket_id: str | None = None) -> str:
+    """The Temporal Web UI: the namespace's workflow list, or one ticket's page."""
+    host = settings.host.strip("[]")
+    host = f"[{host}]" if ":" in host else host
+    base = f"http://{host}:{settings.ui_port}/namespaces/{quote(settings.namespace, safe='')}"
+    return f"{base}/workflows/{quote(ticket_id, safe='')}" if ticket_id else f"{base}/workflows"
+
+
+def token_path(settings: Settings, ticket_id: str) -> Path:
+    """Where ``launch`` keeps a ticket's operator token (needed to cancel it)."""
+    return settings.data_dir / "operators" / f"{ticket_id}.token"
+
+
+async def _call(settings: Settings, ticket_id: str, call: Awaitable[T]) -> T:
+    """Await a query or update on a ticket, turning Temporal errors into StarterErrors."""
+    try:
+        return await call
+    except RPCError as exc:
+        raise _rpc_failure(exc, settings, ticket_id) from None
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        detail = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+        raise StarterError(f"ticket {ticket_id} refused: {_one_line(detail)}") from None
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError) as exc:
+        raise StarterError(f"query on ticket {ticket_id} failed: {_one_line(str(exc))}") from None
+
+
+async def _query(
+    settings: Settings,
+    handle: WorkflowHandle[Any, Any],
+    name: str,
+    result_type: type[T],
+    *args: Any,
+) -> T:
+    call = handle.query(
+        name,
+        args=list(args),
+        result_type=result_type,
+        rpc_timeout=timedelta(seconds=QUERY_TIMEOUT),
+    )
+    result: T = await _call(settings, handle.id, call)
+    return result
+
+
+# ==== launch ===============================================================================
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A started ticket: where to see it and where its operator token is."""
+
+    ticket_id: str
+    run_id: str | None
+    token_path: Path
+    ui_url: str
+    spec: TicketSpec
+
+
+def static_summary(spec: TicketSpec) -> str:
+    """One line for the Web UI's workflow list: title · N tasks · phases."""
+    phases = " → ".join(p.name for p in spec.phases)
+    count = len(spec.tasks)
+    return f"{spec.title} · {count} task{'s' if count != 1 else ''} · {phases}"
+
+
+def static_details(spec: TicketSpec) -> str:
+    """Markdown for the Web UI's workflow page: the goal and the result criteria."""
+    lines = [f"## {spec.title}", ""]
+    if spec.description.strip():
+        lines += [spec.description.strip(), ""]
+    lines += ["**Goal**", "", spec.goal.strip() or "_not stated_", "", "**Result criteria**", ""]
+    lines += [f"- {c}" for c in spec.criteria_text()] or ["- _none: any validated result_"]
+    lines += [
+        "",
+        f"Priority **{spec.priority}** · phases {' → '.join(p.name for p in spec.phases)} · "
+        f"on result: **{spec.policy.results.on_result_found}**",
+    ]
+    return "\n".join(lines)
+
+
+def with_ticket_id(spec: TicketSpec, ticket_id: str | None) -> TicketSpec:
+    """The spec under another id (validated like the file's own id)."""
+    if ticket_id is None or ticket_id == spec.id:
+        return spec
+    return parse_spec({**spec.model_dump(mode="json"), "id": ticket_id}, source="--id")
+
+
+async def launch_ticket(client: Client, settings: Settings, spec: TicketSpec) -> Launched:
+    """Start the ``Ticket`` workflow for ``spec`` (id = ticket id) with a new operator token.
+
+    The token file (mode 0600) takes its final name only once the workflow started, so a
+    refused launch never replaces the token of an existing ticket. Ticket ids are never
+    reused: the ledger keys every record by ticket id.
+    """
+    token = secrets.token_urlsafe(32)
+    final = token_path(settings, spec.id)
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pending = final.with_name(f".{final.name}.{secrets.token_hex(4)}")
+    _write_secret(pending, token)
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE,
+            TicketInput(
+                spec=spec, operator_token_sha256=hashlib.sha256(token.encode()).hexdigest()
+            ),
+            id=spec.id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # Visible in list filters before the worker's first workflow task runs.
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(TICKET_STATUS, "open"),
+                    SearchAttributePair(OPEN_TASKS, len(spec.tasks)),
+                ]
+            ),
+            static_summary=static_summary(spec),
+            static_details=static_details(spec),
+        )
+    except WorkflowAlreadyStartedError:
+        pending.unlink(missing_ok=True)
+        raise StarterError(
+            f"ticket {spec.id} already exists in namespace {settings.namespace!r} (ticket ids "
+            "are never reused); choose another id with --id"
+        ) from None
+    except RPCError as exc:
+        pending.unlink(missing_ok=True)
+        raise _rpc_failure(exc, settings) from None
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    pending.replace(final)
+    return Launched(
+        ticket_id=spec.id,
+        run_id=handle.result_run_id,
+        token_path=final,
+        ui_url=ui_url(settings, spec.id),
+        spec=spec,
+    )
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+
+
+def read_token(settings: Settings, ticket_id: str) -> str:
+    """The operator token ``launch`` saved for the ticket; StarterError when missing."""
+    path = token_path(settings, ticket_id)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise StarterError(
+            f"no operator token for ticket {ticket_id} at {path}: it is written by "
+            "`starter.py launch` (use the same --data-dir / UNSTUCK_DATA_DIR)"
+        ) from None
+    except OSError as exc:
+        raise StarterError(f"cannot read the operator token {path}: {exc.strerror}") from None
+    if not token:
+        raise StarterError(f"the operator token file {path} is empty")
+    return token
+
+
+# ==== list =================================================================================
+
+
+@dataclass(frozen=True)
+class TicketRow:
+    """One ticket as the visibility store sees it (search attributes, no query needed)."""
+
+    ticket_id: str
+    status: str | None
+    phase: str | None
+    open_tasks: int | None
+    execution: str
+    started: datetime | None
+    closed: datetime | None
+
+
+def list_query(status: str | None = None, query: str | None = None) -> str:
+    """The visibility query for Ticket workflows (latest run of each, optionally filtered)."""
+    parts = [f'WorkflowType="{WORKFLOW_TYPE}"', 'ExecutionStatus!="ContinuedAsNew"']
+    if status is not None:
+        parts.append(f'TicketStatus="{status}"')
+    if query:
+        parts.append(f"({query})")
+    return " AND ".join(parts)
+
+
+def _row(execution: WorkflowExecution) -> TicketRow:
+    attrs = execution.typed_search_attributes
+    return TicketRow(
+        ticket_id=execution.id,
+        status=attrs.get(TICKET_STATUS),
+        phase=attrs.get(PHASE) or None,
+        open_tasks=attrs.get(OPEN_TASKS),
+        execution=execution.status.name.lower() if execution.status is not None else "unknown",
+        started=execution.start_time,
+        closed=execution.close_time,
+    )
+
+
+async def list_tickets(
+    client: Client,
+    settings: Settings,
+    *,
+    status: str | None = None,
+    query: str | None = None,
+    limit: int = 50,
+) -> list[TicketRow]:
+    """Tickets, newest first as the server orders them, at most ``limit``."""
+    rows: list[TicketRow] = []
+    try:
+        async for execution in client.list_workflows(list_query(status, query), limit=limit):
+            rows.append(_row(execution))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise StarterError(f"invalid list query: {_one_line(exc.message)}") from None
+        raise _rpc_failure(exc, settings) from None
+    return rows
+
+
+# ==== status, timeline, result, cancel =====================================================
+
+
+@dataclass(frozen=True)
+class TicketSnapshot:
+    """Everything ``status`` shows, read with one round of queries."""
+
+    status: StatusView
+    tasks: list[TaskView]
+    agents: list[AgentView]
+    results: list[ResultVersionView]
+    timeline: list[TimelineEntry]
+
+
+async def fetch_snapshot(client: Client, settings: Settings, ticket_id: str) -> TicketSnapshot:
+    handle = client.get_workflow_handle(ticket_id)
+    # Every query is awaited even when one fails: an RPC still in flight when the event
+    # loop closes keeps the SDK's runtime threads (and so the process) from exiting.
+    status, tasks, agents, results, timeline = await asyncio.gather(
+        _query(settings, handle, "status", StatusView),
+        _query(settings, handle, "tasks", list[TaskView]),
+        _query(settings, handle, "agents", list[AgentView]),
+        _query(settings, handle, "results", list[ResultVersionView]),
+        _query(settings, handle, "timeline", list[TimelineEntry]),
+        return_exceptions=True,
+    )
+    return TicketSnapshot(
+        _unwrap(status), _unwrap(tasks), _unwrap(agents), _unwrap(results), _unwrap(timeline)
+    )
+
+
+def _unwrap(outcome: T | BaseException) -> T:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+async def fetch_timeline(client: Client, settings: Settings, ticket_id: str) -> list[TimelineEntry]:
+    handle = client.get_workflow_handle(ticket_id)
+    return await _query(settings, handle, "timeline", list[TimelineEntry])
+
+
+@dataclass(frozen=True)
+class ResultContent:
+    """The versions of a ticket's final result and the content of one of them."""
+
+    versions: list[ResultVersionView]
+    version: ResultVersionView
+    content: str
+    #: Where the content came from: ``workflow`` (awaiting a verdict) or ``ledger``.
+    source: str
+
+
+async def fetch_result(
+    client: Client, settings: Settings, ticket_id: str, version: int | None = None
+) -> ResultContent:
+    """A result version's content: from the workflow while it awaits a verdict, else the ledger."""
+    handle = client.get_workflow_handle(ticket_id)
+    versions = await _query(settings, handle, "results", list[ResultVersionView])
+    if not versions:
+        raise StarterError(f"ticket {ticket_id} has no final result yet")
+    if version is None:
+        chosen = versions[-1]
+    else:
+        matches = [v for v in versions if v.version == version]
+        if not matches:
+            raise StarterError(
+                f"ticket {ticket_id} has no result v{version} (versions: v1..v{len(versions)})"
+            )
+        chosen = matches[0]
+    # No result_type: the reply is plain JSON, a string or null (content no longer held).
+    content: object = await _call(
+        settings,
+        ticket_id,
+        handle.query(
+            "result_content", chosen.version, rpc_timeout=timedelta(seconds=QUERY_TIMEOUT)
+        ),
+    )
+    if isinstance(content, str):
+        return ResultContent(versions, chosen, content, "workflow")
+    stored = await asyncio.to_thread(_ledger_result, settings, ticket_id, chosen.version)
+    return ResultContent(versions, chosen, stored, "ledger")
+
+
+def _ledger_result(settings: Settings, ticket_id: str, version: int) -> str:
+    ledger = Ledger(settings.ledger_url)
+    where = ledger.url.render_as_string(hide_password=True)
+    try:
+        if ledger.dialect == "sqlite" and ledger.url.database:
+            db = Path(ledger.url.database)
+            if not db.exists():
+                raise StarterError(
+                    f"result v{version} of {ticket_id} is no longer in the workflow and there "
+                    f"is no ledger at {db} (pass the worker's --database-url or --data-dir)"
+                )
+        records = ledger.workflow_results(ticket_id)
+    except SQLAlchemyError as exc:
+        detail = _one_line(str(exc).split("\n", 1)[0])
+        raise StarterError(f"cannot read the ledger {where}: {detail}") from None
+    finally:
+        ledger.dispose()
+    for record in records:
+        if record.version == version:
+            if record.content is not None:
+                return record.content
+            raise StarterError(
+                f"result v{version} of {ticket_id} was submitted as file {record.file_ref}; "
+                "the ledger holds no inline copy"
+            )
+    raise StarterError(
+        f"result v{version} of {ticket_id} is no longer in the workflow and not in the ledger "
+        f"{where} (yet?)"
+    )
+
+
+async def cancel_ticket(
+    client: Client, settings: Settings, ticket_id: str, reason: str, operator: str
+) -> StatusView:
+    """Send the ``cancel`` update with the operator token ``launch`` saved."""
+    token = read_token(settings, ticket_id)
+    message = CancelTicket(reason=reason, operator=operator, operator_token=token)
+    handle = client.get_workflow_handle(ticket_id)
+    view: StatusView = await _call(
+        settings, ticket_id, handle.execute_update("cancel", message, result_type=StatusView)
+    )
+    return view
+
+
+async def diagnose_ticket(
+    client: Client, settings: Settings, ticket_id: str, reason: str, operator: str
+) -> DiagnoseReply:
+    """Send the ``diagnose`` update (manual trigger) with the operator token ``launch`` saved."""
+    token = read_token(settings, ticket_id)
+    message = DiagnoseTicket(reason=reason, operator=operator, operator_token=token)
+    handle = client.get_workflow_handle(ticket_id)
+    reply: DiagnoseReply = await _call(
+        settings, ticket_id, handle.execute_update("diagnose", message, result_type=DiagnoseReply)
+    )
+    return reply
+
+
+async def is_running(client: Client, settings: Settings, ticket_id: str) -> bool:
+    """Whether the ticket's workflow is still running (terminated counts as not running)."""
+    description = await _call(settings, ticket_id, client.get_workflow_handle(ticket_id).describe())
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+# ==== rendering ============================================================================
+
+STATUS_STYLES: dict[str, str] = {
+    "open": "cyan",
+    "completed": "green",
+    "cancelled": "yellow",
+    "pending": "white",
+    "assigned": "cyan",
+    "running": "cyan",
+    "under_review": "magenta",
+    "validation_in_progress": "magenta",
+    "needs_work": "yellow",
+    "done": "green",
+    "failed": "red",
+    "pending_validation": "magenta",
+    "validated": "green",
+    "rejected": "red",
+    "idle": "white",
+    "degraded": "yellow",
+    "unresponsive": "red",
+    "restarting": "yellow",
+    "quarantined": "red",
+    "terminated": "dim",
+}
+
+
+def _styled(value: str | None) -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    return Text(value, style=STATUS_STYLES.get(value, ""))
+
+
+def _t(value: object) -> Text:
+    """Plain text: user data never goes through Rich markup."""
+    return Text("-" if value is None or value == "" else str(value))
+
+
+def _when(value: str | datetime | None) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM:SS`` UTC."""
+    if value is None:
+        return "-"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _clock(value: str) -> str:
+    return f"{datetime.fromisoformat(value):%H:%M:%S}"
+
+
+def render_list(rows: Sequence[TicketRow]) -> Table:
+    table = Table(title="Tickets", box=box.SIMPLE_HEAVY)
+    for name in ("ticket", "status", "phase", "open tasks", "started (UTC)", "closed (UTC)"):
+        table.add_column(name, justify="right" if name == "open tasks" else "left")
+    for row in rows:
+        status = _styled(row.status or row.execution)
+        if row.status is not None and row.execution not in ("running", "completed"):
+            status.append(f" ({row.execution})", style="red")
+        table.add_row(
+            _t(row.ticket_id),
+            status,
+            _t(row.phase),
+            _t(row.open_tasks),
+            _when(row.started),
+            _when(row.closed),
+        )
+    return table
+
+
+def render_header(view: StatusView) -> Text:
+    text = Text()
+    text.append(view.ticket_id, style="bold")
+    text.append(" · ")
+    text.append(view.title)
+    text.append(" · ")
+    text.append_text(_styled(view.status))
+    text.append(f" · phase {view.phase or '-'} · {view.open_tasks} open task(s)")
+    text.append(f" · {view.agents} agent(s) · {view.results} result version(s)")
+    if view.validated_version is not None:
+        text.append(f" · v{view.validated_version} validated", style="green")
+    text.append(f"\nstarted {_when(view.created_at)} UTC · last activity ")
+    text.append(f"{_when(view.last_activity_at)} UTC")
+    if view.finished_at:
+        text.append(f" · finished {_when(view.finished_at)} UTC")
+    if view.outcome:
+        text.append(f"\noutcome: {view.outcome}")
+    return text
+
+
+def render_phase_counts(view: StatusView, *, bars: bool = False) -> Table:
+    """Tasks by phase (rows) and status (columns)."""
+    used = {s for counts in view.counts_by_phase.values() for s in counts}
+    statuses = [s for s in STATUS_ORDER if s in used or s in ("pending", "done")]
+    statuses += sorted(used - set(statuses))
+    table = Table(title="Tasks by phase", box=box.SIMPLE_HEAVY)
+    table.add_column("phase")
+    for status in statuses:
+        table.add_column(status.replace("_", " "), justify="right", style=STATUS_STYLES.get(status))
+    table.add_column("total", justify="right", style="bold")
+    if bars:
+        table.add_column("progress", min_width=20)
+    for phase, counts in view.counts_by_phase.items():
+        total = sum(counts.values())
+        cells: list[RenderableType] = [_t(phase)]
+        cells += [str(counts.get(s, 0)) if counts.get(s) else "·" for s in statuses]
+        cells.append(str(total))
+        if bars:
+            finished = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+            cells.append(ProgressBar(total=max(total, 1), completed=finished, width=20))
+        table.add_row(*cells)
+    return table
+
+
+def render_tasks(tasks: Sequence[TaskView]) -> Table:
+    table = Table(title="Tasks", box=box.SIMPLE_HEAVY)
+    for name in ("task", "phase", "title", "status", "priority", "agent", "depends on", "attempt"):
+        table.add_column(name, justify="right" if name == "attempt" else "left")
+    for task in tasks:
+        table.add_row(
+            _t(task.id),
+            _t(task.phase),
+            _t(task.title),
+            _styled(task.status),
+            _t(task.priority),
+            _t(task.assigned_agent),
+            _t(", ".join(task.depends_on)),
+            str(task.attempt),
+        )
+    return table
+
+
+def render_agents(agents: Sequence[AgentView]) -> Table:
+    table = Table(title="Agents", box=box.SIMPLE_HEAVY)
+    for name in ("agent", "kind", "state", "tasks", "last heartbeat (UTC)", "heartbeats"):
+        table.add_column(name, justify="right" if name == "heartbeats" else "left")
+    for agent in agents:
+        table.add_row(
+            _t(agent.id),
+            _t(agent.kind),
+            _styled(agent.state),
+            _t(", ".join(agent.tasks)),
+            _when(agent.last_heartbeat_at),
+            str(agent.heartbeats),
+        )
+    return table
+
+
+def render_results(results: Sequence[ResultVersionView]) -> Table:
+    table = Table(title="Final result versions", box=box.SIMPLE_HEAVY)
+    for name in ("version", "status", "agent", "size", "submitted (UTC)", "validator", "feedback"):
+        table.add_column(name, justify="right" if name in ("version", "size") else "left")
+    for result in results:
+        table.add_row(
+            f"v{result.version}",
+            _styled(result.status),
+            _t(result.agent_id),
+            f"{result.size_bytes} B",
+            _when(result.submitted_at),
+            _t(result.validator_id),
+            _t(result.feedback),
+        )
+    return table
+
+
+def render_timeline(entries: Sequence[TimelineEntry], title: str = "Timeline") -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAVY)
+    for name in ("at (UTC)", "event", "agent", "task", "message"):
+        table.add_column(name)
+    for entry in entries:
+        table.add_row(
+            _when(entry.at),
+            _t(entry.kind),
+            _t(entry.agent_id),
+            _t(entry.task_id),
+            _t(entry.message),
+        )
+    return table
+
+
+def render_snapshot(snapshot: TicketSnapshot, timeline_entries: int = 10) -> list[RenderableType]:
+    parts: list[RenderableType] = [
+        render_header(snapshot.status),
+        render_phase_counts(snapshot.status),
+    ]
+    if snapshot.tasks:
+        parts.append(render_tasks(snapshot.tasks))
+    if snapshot.agents:
+        parts.append(render_agents(snapshot.agents))
+    if snapshot.results:
+        parts.append(render_results(snapshot.results))
+    if snapshot.timeline and timeline_entries > 0:
+        last = snapshot.timeline[-timeline_entries:]
+        parts.append(render_timeline(last, title=f"Timeline (last {len(last)})"))
+    return parts
+
+
+def live_view(
+    ticket_id: str, snapshot: TicketSnapshot | None, elapsed: float | None = None
+) -> RenderableType:
+    """The live picture of a ticket (``watch`` and ``demo``)."""
+    if snapshot is None:
+        return Text(f"Waiting for ticket {ticket_id} ...", style="dim")
+    view = snapshot.status
+    total = sum(view.counts_by_status.values())
+    finished = sum(view.counts_by_status.get(s, 0) for s in ("done", "failed", "cancelled"))
+    overall = Table.grid(padding=(0, 1))
+    overall.add_row(
+        Text(f"{finished}/{total} tasks", style="bold"),
+        ProgressBar(total=max(total, 1), completed=finished, width=40),
+        Text(f"{elapsed:4.1f} s" if elapsed is not None else "", style="dim"),
+    )
+    agents = Table(box=box.SIMPLE, title="Agents")
+    for name in ("agent", "kind", "state", "working on"):
+        agents.add_column(name)
+    titles = {t.id: t.title for t in snapshot.tasks}
+    for agent in snapshot.agents:
+        current = ", ".join(f"{tid} {titles.get(tid, '')}" for tid in agent.tasks)
+        agents.add_row(_t(agent.id), _t(agent.kind), _styled(agent.state), _t(current))
+    events = Table.grid(padding=(0, 1), expand=True)
+    events.add_column(style="dim", no_wrap=True, min_width=8)
+    events.add_column(style="cyan", no_wrap=True, min_width=16)
+    events.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    for entry in snapshot.timeline[-6:]:
+        events.add_row(_clock(entry.at), entry.kind, _t(entry.message))
+    return Group(
+        render_header(view),
+        overall,
+        render_phase_counts(view, bars=True),
+        agents,
+        Panel(events, title="Latest events", title_align="left"),
+    )
+
+
+# ==== commands =============================================================================
+
+
+@dataclass
+class Context:
+    """What every command gets: its settings and where to print."""
+
+    settings: Settings
+    out: Console
+    err: Console
+
+
+Command = Callable[[argparse.Namespace, Context], Coroutine[Any, Any, int]]
+
+
+async def cmd_launch(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        spec = with_ticket_id(load_spec(args.spec), args.id)
+    except SpecError as exc:
+        raise StarterError(str(exc), exit_code=2) from None
+    client = await open_client(ctx.settings)
+    launched = await launch_ticket(client, ctx.settings, spec)
+    _print_launched(ctx.out, launched)
+    return 0
+
+
+def _print_launched(out: Console, launched: Launched) -> None:
+    out.print(Text.assemble("Launched ticket ", (launched.ticket_id, "bold green")))
+    _print_fields(
+        out,
+        [
+            ("summary", static_summary(launched.spec)),
+            ("Web UI", launched.ui_url),
+            ("operator token", str(launched.token_path)),
+        ],
+    )
+
+
+def _print_fields(out: Console, fields: Sequence[tuple[str, str]]) -> None:
+    """``label  value`` lines, never wrapped or cropped: URLs and paths must stay copyable."""
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        style = f"link {value}" if value.startswith("http") else ""
+        line = Text.assemble(("  " + label.ljust(width + 2), "dim"), (value, style))
+        out.print(line, soft_wrap=True)
+
+
+async def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    rows = await list_tickets(
+        client, ctx.settings, status=args.status, query=args.query, limit=args.limit
+    )
+    if not rows:
+        what = f"{args.status} " if args.status else ""
+        ctx.out.print(f"No {what}tickets in namespace {ctx.settings.namespace!r}.")
+        return 0
+    ctx.out.print(render_list(rows))
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    if args.json:
+        handle = client.get_workflow_handle(args.ticket_id)
+        view = await _query(ctx.settings, handle, "status", StatusView)
+        sys.stdout.write(view.model_dump_json(indent=2) + "\n")
+        return 0
+    snapshot = await fetch_snapshot(client, ctx.settings, args.ticket_id)
+    for part in render_snapshot(snapshot, args.timeline):
+        ctx.out.print(part)
+    ctx.out.print(Text(ui_url(ctx.settings, args.ticket_id), style="dim"))
+    return 0
+
+
+async def cmd_timeline(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    entries = await fetch_timeline(client, ctx.settings, args.ticket_id)
+    if args.last is not None:
+        entries = entries[-args.last :] if args.last > 0 else []
+    ctx.out.print(render_timeline(entries, title=f"Timeline of {args.ticket_id}"))
+    return 0
+
+
+async def cmd_result(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    found = await fetch_result(client, ctx.settings, args.ticket_id, args.version)
+    if args.raw:
+        sys.stdout.write(found.content if found.content.endswith("\n") else found.content + "\n")
+        return 0
+    ctx.out.print(render_results(found.versions))
+    v = found.version
+    title = Text.assemble(f"v{v.version} · ", _styled(v.status), f" · from the {found.source}")
+    ctx.out.print(Panel(Markdown(found.content), title=title, title_align="left"))
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    view = await cancel_ticket(client, ctx.settings, args.ticket_id, args.reason, args.operator)
+    ctx.out.print(Text.assemble("Ticket ", (view.ticket_id, "bold"), " is ", _styled(view.status)))
+    ctx.out.print(Text.assemble(("outcome: ", "dim"), view.outcome or "-"))
+    return 0
+
+
+async def cmd_diagnose(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    reply = await diagnose_ticket(client, ctx.settings, args.ticket_id, args.reason, args.operator)
+    ctx.out.print(
+        Text.assemble(
+            "Diagnosis ",
+            (reply.run_id, "bold"),
+            f" requested on ticket {args.ticket_id} (trigger {reply.trigger})",
+        )
+    )
+    ctx.out.print(Text(f"Follow it: python starter.py status {args.ticket_id}", style="dim"))
+    return 0
+
+
+async def cmd_watch(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    snapshot = await fetch_snapshot(client, ctx.settings, args.ticket_id)
+    running = await is_running(client, ctx.settings, args.ticket_id)
+    with Live(live_view(args.ticket_id, snapshot), console=ctx.out, auto_refresh=False) as live:
+        while running and snapshot.status.status == "open":
+            await asyncio.sleep(args.interval)
+            snapshot = await fetch_snapshot(client, ctx.settings, args.ticket_id)
+            running = await is_running(client, ctx.settings, args.ticket_id)
+            live.update(live_view(args.ticket_id, snapshot), refresh=True)
+    if not ctx.out.is_terminal:
+        ctx.out.line()
+    state = snapshot.status.status if running or snapshot.status.status != "open" else "closed"
+    ctx.out.print(
+        Text.assemble("Ticket ", (args.ticket_id, "bold"), " is ", _styled(state)),
+        Text(f"({snapshot.status.outcome})" if snapshot.status.outcome else ""),
+    )
+    return 0
+
+
+async def cmd_schema(args: argparse.Namespace, ctx: Context) -> int:
+    names = list(json_schemas())
+    written = write_schemas(args.out)
+    table = Table(title=f"JSON Schemas in {args.out}", box=box.SIMPLE_HEAVY)
+    table.add_column("schema")
+    table.add_column("file")
+    for name, path in zip(names, written, strict=False):
+        table.add_row(name, str(path))
+    ctx.out.print(table)
+    ctx.out.print(f"{len(names)} schemas and {written[-1].name} written to {args.out}")
+    return 0
+
+
+# ==== demo =================================================================================
+#
+# The whole story in one process: a dev server (started if none answers), a worker, the
+# login ticket, three worker agents and a validator talking to it through AgentSession, and
+# a live view of the ticket. Kept apart from the operator commands above so that the stuck
+# scenario (DESIGN §10: nobody submits the result, a diagnosis does it) can plug in here.
+
+DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "login.yaml"
+DEMO_WORKERS = ("ada", "grace", "linus")
+DEMO_VALIDATOR = "vera"
+#: Pretend work per task, in seconds (random in this range): long enough to watch.
+DEMO_WORK_S = (0.15, 0.45)
+#: Pause between two claims when every eligible task is taken.
+DEMO_IDLE_S = 0.2
+DEMO_REFRESH_S = 0.25
+#: How long the view and the agents get to notice the finished ticket before being stopped.
+DEMO_WIND_DOWN_S = 2.0
+
+RESULT_TYPES: dict[str, ResultType] = {
+    "implementation": "implementation",
+    "analysis": "analysis",
+    "fix": "fix",
+    "design": "design",
+    "test": "test",
+    "documentation": "documentation",
+    "submission": "documentation",
+}
+
+
+@dataclass
+class DemoOutcome:
+    status: StatusView
+    tasks_by_agent: dict[str, int]
+    seconds: float
+    ui_url: str
+    token_path: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.status.status == "completed" and self.status.validated_version is not None
+
+
+class DemoCrew:
+    """The demo's agents: workers that do every task and one that submits the final result."""
+
+    def __init__(self, client: Client, ticket_id: str, spec: TicketSpec) -> None:
+        self.client = client
+        self.ticket_id = ticket_id
+        self.spec = spec
+        self.handle = client.get_workflow_handle(ticket_id)
+        self.done_by: dict[str, int] = {}
+        self.submitted_by: str | None = None
+        self._submit_lock = asyncio.Lock()
+        self._sessions: list[AgentSession] = []
+
+    def session(self, name: str, kind: AgentKind = "worker") -> AgentSession:
+        agent = AgentSession(self.client, self.ticket_id, name=name, kind=kind)
+        self._sessions.append(agent)
+        return agent
+
+    def finish(self) -> None:
+        """The ticket is over: every agent stops at its next step (no waiting for a heartbeat)."""
+        for agent in self._sessions:
+            agent.stop_requested.set()
+
+    async def worker(self, name: str) -> None:
+        """Claim, work, complete until nothing is left; then help finish the ticket."""
+        async with self.session(name) as agent:
+            self.done_by[agent.agent_id or name] = 0
+            task = await agent.claim()
+            while not agent.stop_requested.is_set():
+                if task is None:
+                    if await self._all_tasks_done():
+                        await self._submit_once(agent)
+                    await _wait_or_timeout(agent.stop_requested, DEMO_IDLE_S)
+                    task = await agent.claim()
+                    continue
+                await agent.progress(task.id, f"working on {task.title!r}")
+                await asyncio.sleep(random.uniform(*DEMO_WORK_S))
+                reply = await agent.complete(
+                    task.id,
+                    _task_result(task),
+                    RESULT_TYPES.get(task.type, "implementation"),
+                    claim_next=True,
+                )
+                self.done_by[agent.agent_id or name] += 1
+                task = reply.next.task if reply.next is not None else None
+
+    async def validator(self, name: str) -> None:
+        """Review every result version awaiting a verdict against its criteria snapshot."""
+        async with self.session(name, kind="validator") as v:
+            while not v.stop_requested.is_set():
+                results: list[ResultVersionView] = await self.handle.query(
+                    "results", result_type=list[ResultVersionView]
+                )
+                for result in results:
+                    if result.status != "pending_validation":
+                        continue
+                    content = await v.result_content(result.version) or ""
+                    missing = [c for c in result.criteria if f"- [x] {c}" not in content]
+                    evidence = [f"covered: {c}" for c in result.criteria if c not in missing]
+                    await v.review_result(
+                        result.version,
+                        passed=not missing,
+                        feedback="; ".join(f"not covered: {c}" for c in missing),
+                        evidence=evidence,
+                    )
+                await _wait_or_timeout(v.stop_requested, DEMO_IDLE_S)
+
+    async def _all_tasks_done(self) -> bool:
+        view: StatusView = await self.handle.query("status", result_type=StatusView)
+        return view.open_tasks == 0 and view.results == 0 and bool(view.counts_by_status)
+
+    async def _submit_once(self, agent: AgentSession) -> None:
+        async with self._submit_lock:
+            if self.submitted_by is not None:
+                return
+            tasks: list[TaskView] = await self.handle.query("tasks", result_type=list[TaskView])
+            await agent.submit_result(_final_result(self.spec, tasks))
+            self.submitted_by = agent.agent_id
+
+
+async def _wait_or_timeout(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+
+
+def _task_result(task: TaskView) -> str:
+    return f"## {task.title}\n\nDone for phase *{task.phase}* ({task.type}).\n"
+
+
+def _final_result(spec: TicketSpec, tasks: Sequence[TaskView]) -> str:
+    lines = [f"# {spec.title}: final result", "", "## Criteria", ""]
+    lines += [f"- [x] {criterion}" for criterion in spec.criteria_text()]
+    lines += ["", "## Tasks", "", "| task | phase | title | status |", "|---|---|---|---|"]
+    lines += [f"| {t.id} | {t.phase} | {t.title} | {t.status} |" for t in tasks]
+    return "\n".join(lines) + "\n"
+
+
+async def _guard(crew_task: Awaitable[None], what: str, errors: list[str]) -> None:
+    """Run one agent; a closed ticket ends it quietly, anything else is reported."""
+    try:
+        await crew_task
+    except (TicketClosed, asyncio.CancelledError):
+        pass
+    except Refused as exc:
+        if exc.field != "ticket":  # "ticket is completed": the race at the very end
+            errors.append(f"{what}: refused: {exc}")
+    except Exception as exc:  # the demo reports, it does not crash mid-story
+        errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+
+async def _watch(
+    client: Client,
+    settings: Settings,
+    ticket_id: str,
+    live: Live,
+    started: float,
+    stop: asyncio.Event,
+) -> None:
+    """Refresh the live view until ``stop`` is set (a client-side view, not workflow logic)."""
+    while not stop.is_set():
+        with contextlib.suppress(StarterError):
+            snapshot = await fetch_snapshot(client, settings, ticket_id)
+            live.update(live_view(ticket_id, snapshot, time.monotonic() - started))
+        await _wait_or_timeout(stop, DEMO_REFRESH_S)
+
+
+async def run_demo(
+    settings: Settings,
+    out: Console,
+    *,
+    spec_path: Path = DEMO_SPEC,
+    timeout_s: float = 120.0,
+    keep_server: bool = False,
+) -> DemoOutcome:
+    """Run the demo story end to end and return how it ended (raises StarterError on setup)."""
+    from worker import build_worker  # the demo hosts the worker in-process
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        raise StarterError(str(exc), exit_code=2) from None
+    ticket_id = f"{spec.id}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    spec = with_ticket_id(spec, ticket_id)
+
+    def say(line: str) -> None:
+        out.print(Text(line, style="dim"))
+
+    try:
+        server = await ensure_server(settings, log=say)
+    except DevServerError as exc:
+        raise StarterError(_one_line(str(exc))) from None
+    ledger = Ledger(settings.ledger_url)
+    try:
+        await asyncio.to_thread(ledger.create_all)
+        client = await open_client(settings)
+        async with build_worker(client, settings, ledger):
+            say(f"Worker running on task queue {settings.task_queue!r}")
+            return await _demo_story(client, settings, out, spec, timeout_s)
+    finally:
+        ledger.dispose()
+        await _finish_server(server, out, keep_server)
+
+
+async def _demo_story(
+    client: Client, settings: Settings, out: Console, spec: TicketSpec, timeout_s: float
+) -> DemoOutcome:
+    started = time.monotonic()
+    launched = await launch_ticket(client, settings, spec)
+    _print_launched(out, launched)
+    crew = DemoCrew(client, spec.id, spec)
+    errors: list[str] = []
+    agents = [
+        asyncio.create_task(_guard(crew.worker(name), name, errors), name=f"agent {name}")
+        for name in DEMO_WORKERS
+    ]
+    agents.append(
+        asyncio.create_task(
+            _guard(crew.validator(DEMO_VALIDATOR), DEMO_VALIDATOR, errors),
+            name=f"agent {DEMO_VALIDATOR}",
+        )
+    )
+    handle = client.get_workflow_handle(spec.id, result_type=StatusView)
+    stop_watch = asyncio.Event()
+    final: StatusView | None = None
+    with Live(live_view(spec.id, None, 0.0), console=out, refresh_per_second=8) as live:
+        watcher = asyncio.create_task(_watch(client, settings, spec.id, live, started, stop_watch))
+        try:
+            final = await asyncio.wait_for(handle.result(), timeout_s)
+        except TimeoutError:
+            errors.append(f"the ticket did not finish within {timeout_s:.0f} s")
+        except WorkflowFailureError as exc:
+            errors.append(f"the ticket workflow failed: {exc.cause or exc}")
+        finally:
+            seconds = time.monotonic() - started
+            crew.finish()
+            stop_watch.set()
+            # A query in flight while the workflow completes may go unanswered until its
+            # timeout: stop the view and any straggling agent instead of waiting for it.
+            # (Cancelled and awaited here: a call left pending at loop close hangs the SDK.)
+            _, late = await asyncio.wait([watcher, *agents], timeout=DEMO_WIND_DOWN_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(watcher, *agents, return_exceptions=True)
+            with contextlib.suppress(StarterError, TimeoutError):
+                snapshot = await asyncio.wait_for(
+                    fetch_snapshot(client, settings, spec.id), DEMO_WIND_DOWN_S
+                )
+                live.update(live_view(spec.id, snapshot, seconds))
+    if not out.is_terminal:
+        out.line()  # a non-terminal Live prints its last frame without a final newline
+    if final is None:
+        final = await _query(settings, client.get_workflow_handle(spec.id), "status", StatusView)
+    outcome = DemoOutcome(
+        status=final,
+        tasks_by_agent=dict(crew.done_by),
+        seconds=seconds,
+        ui_url=launched.ui_url,
+        token_path=launched.token_path,
+    )
+    _print_demo_summary(out, outcome, crew.submitted_by)
+    for error in errors:
+        out.print(Text(f"problem: {error}", style="red"))
+    return outcome
+
+
+def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | None) -> None:
+    view = outcome.status
+    table = Table(title="Demo summary", box=box.SIMPLE_HEAVY, show_header=False)
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("ticket", _t(view.ticket_id))
+    table.add_row("status", _styled(view.status))
+    table.add_row("outcome", _t(view.outcome))
+    done = view.counts_by_status.get("done", 0)
+    table.add_row("tasks", f"{done}/{sum(view.counts_by_status.values())} done")
+    table.add_row(
+        "tasks by agent", ", ".join(f"{a}: {n}" for a, n in outcome.tasks_by_agent.items())
+    )
+    table.add_row("final result", f"submitted by {submitted_by or '-'}, {view.results} version(s)")
+    table.add_row(
+        "validated version", f"v{view.validated_version}" if view.validated_version else "none"
+    )
+    table.add_row("time", f"{outcome.seconds:.1f} s")
+    out.print(table)
+    _print_fields(out, [("Web UI", outcome.ui_url), ("operator token", str(outcome.token_path))])
+    verdict = "completed with a validated result" if outcome.ok else "did NOT complete as expected"
+    out.print(Text(f"Demo {verdict}.", style="bold green" if outcome.ok else "bold red"))
+
+
+async def _finish_server(server: DevServer, out: Console, keep_server: bool) -> None:
+    if not server.owned:
+        return
+    if keep_server:
+        out.print(
+            Text(
+                f"Dev server left running at {server.address} (pid {server.pid}), Web UI "
+                f"{server.ui_url}; stop it with: kill {server.pid}",
+                style="dim",
+            )
+        )
+        return
+    await server.stop()
+    out.print(
+        Text("Dev server stopped (use --keep-server to browse the Web UI afterwards).", style="dim")
+    )
+
+
+async def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
+    outcome = await run_demo(
+        ctx.settings,
+        ctx.out,
+        spec_path=Path(args.spec),
+        timeout_s=args.timeout,
+        keep_server=args.keep_server,
+    )
+    return 0 if outcome.ok else 1
+
+
+# ==== command line =========================================================================
+
+
+def _common_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Connection flags; on subcommands they only override when given."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--address", default=default, help="Temporal frontend host:port (UNSTUCK_TEMPORAL_ADDRESS)"
+    )
+    group.add_argument(
+        "--namespace", default=default, help="Temporal namespace (UNSTUCK_NAMESPACE)"
+    )
+    group.add_argument("--task-queue", default=default, help="task queue (UNSTUCK_TASK_QUEUE)")
+    group.add_argument(
+        "--database-url", default=default, help="ledger SQLAlchemy URL (UNSTUCK_DATABASE_URL)"
+    )
+    group.add_argument(
+        "--data-dir",
+        default=default,
+        help="local data directory: operator tokens, default ledger, dev server (UNSTUCK_DATA_DIR)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="starter.py",
+        description="Launch, watch and operate Unstuck tickets.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad usage or invalid ticket spec.",
+    )
+    _common_flags(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _common_flags(sub, suppress=True)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    launch = command("launch", cmd_launch, "Launch a ticket from a YAML or JSON spec.")
+    launch.add_argument("spec", metavar="SPEC", help="ticket spec file (YAML or JSON)")
+    launch.add_argument("--id", help="ticket id to use instead of the spec's id")
+
+    lister = command("list", cmd_list, "List tickets (from the Temporal visibility store).")
+    lister.add_argument("--status", choices=TICKET_STATUSES, help="only tickets in this status")
+    lister.add_argument(
+        "--query", metavar="Q", help="extra visibility query, e.g. 'Phase=\"testing\"'"
+    )
+    lister.add_argument("--limit", type=_positive_int, default=50, help="at most this many (50)")
+
+    status = command("status", cmd_status, "Show a ticket: tasks, agents, results, latest events.")
+    status.add_argument("ticket_id", metavar="TICKET_ID")
+    status.add_argument("--json", action="store_true", help="print the status as JSON (scripts)")
+    status.add_argument(
+        "--timeline", type=int, default=10, metavar="N", help="latest N timeline entries (10)"
+    )
+
+    timeline = command("timeline", cmd_timeline, "Show a ticket's timeline.")
+    timeline.add_argument("ticket_id", metavar="TICKET_ID")
+    timeline.add_argument("--last", type=int, metavar="N", help="only the latest N entries")
+
+    result = command("result", cmd_result, "Show a ticket's final result versions and content.")
+    result.add_argument("ticket_id", metavar="TICKET_ID")
+    result.add_argument(
+        "--version", type=_positive_int, metavar="N", help="this version (default: the latest)"
+    )
+    result.add_argument("--raw", action="store_true", help="print only the markdown content")
+
+    cancel = command("cancel", cmd_cancel, "Cancel a ticket (needs the operator token file).")
+    cancel.add_argument("ticket_id", metavar="TICKET_ID")
+    cancel.add_argument("--reason", required=True, help="why; recorded in the ticket's timeline")
+    cancel.add_argument(
+        "--operator", default=_operator_name(), help="who cancels (default: the current user)"
+    )
+
+    watch = command("watch", cmd_watch, "Watch a ticket live until it finishes (Ctrl-C stops).")
+    watch.add_argument("ticket_id", metavar="TICKET_ID")
+    watch.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="refresh every S seconds (1)",
+    )
+
+    diagnose = command(
+        "diagnose", cmd_diagnose, "Diagnose a ticket now (needs the operator token file)."
+    )
+    diagnose.add_argument("ticket_id", metavar="TICKET_ID")
+    diagnose.add_argument(
+        "--reason", default="requested by an operator", help="why; recorded with the diagnosis"
+    )
+    diagnose.add_argument(
+        "--operator", default=_operator_name(), help="who asks (default: the current user)"
+    )
+
+    schema = command("schema", cmd_schema, "Write the JSON Schema of every message.")
+    schema.add_argument("--out", default="schemas", metavar="DIR", help="directory (./schemas)")
+
+    demo = command(
+        "demo",
+        cmd_demo,
+        "Run the whole story: dev server, worker, the login ticket, agents, validation.",
+    )
+    demo.add_argument(
+        "--keep-server", action="store_true", help="leave a dev server this demo started running"
+    )
+    demo.add_argument(
+        "--spec", default=str(DEMO_SPEC), metavar="SPEC", help="ticket spec (examples/login.yaml)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=120.0,
+        metavar="S",
+        help="give up after S seconds (120)",
+    )
+    return parser
+
+
+def _operator_name() -> str:
+    try:
+        return getpass.getuser()[:100] or "operator"
+    except (OSError, KeyError):
+        return "operator"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        temporal_address=args.address,
+        namespace=args.namespace,
+        task_queue=args.task_queue,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+    )
+
+
+async def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run one command and return its exit code, in the running event loop.
+
+    Expected failures are printed as one ``error: ...`` line on stderr, never raised.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error: argparse already printed it
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    out, err = Console(), Console(stderr=True)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:
+        err.print(Text(f"error: invalid settings: {_one_line(str(exc))}", style="red"))
+        return 2
+    handler: Command = args.handler
+    try:
+        return await handler(args, Context(settings, out, err))
+    except StarterError as exc:
+        # Spec errors list one field per line; every other failure is one line.
+        err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+        return exc.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command in a new event loop; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(argv))
+    except KeyboardInterrupt:
+        Console(stderr=True).print(Text("interrupted", style="yellow"))
+        return 130
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    # The SDK's Rust runtime threads can crash CPython's teardown of a short-lived client
+    # process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300). Everything
+    # is done and flushed here, so skip the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
