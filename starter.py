@@ -34,7 +34,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +64,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from agent_client.session import AgentSession, Refused, TicketClosed
+from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
 from infra.settings import Settings
@@ -73,6 +74,7 @@ from models.messages import (
     CancelTicket,
     DiagnoseReply,
     DiagnoseTicket,
+    DiagnosisView,
     ResultVersionView,
     StatusView,
     TaskView,
@@ -966,6 +968,8 @@ class DemoOutcome:
     seconds: float
     ui_url: str
     token_path: Path
+    diagnoses: list[DiagnosisView] = field(default_factory=list)
+    detection_overshoot_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -973,7 +977,12 @@ class DemoOutcome:
 
 
 class DemoCrew:
-    """The demo's agents: workers that do every task and one that submits the final result."""
+    """The demo's agents: workers that do every task but forget to submit the final result.
+
+    That is the seed's failure: all tasks done, nobody submits. The ticket notices it is stuck,
+    diagnoses itself and creates a recovery task ("Submit final result with evidence"); a
+    worker that claims a submission task submits the result, and the validator judges it.
+    """
 
     def __init__(self, client: Client, ticket_id: str, spec: TicketSpec) -> None:
         self.client = client
@@ -982,7 +991,6 @@ class DemoCrew:
         self.handle = client.get_workflow_handle(ticket_id)
         self.done_by: dict[str, int] = {}
         self.submitted_by: str | None = None
-        self._submit_lock = asyncio.Lock()
         self._sessions: list[AgentSession] = []
 
     def session(self, name: str, kind: AgentKind = "worker") -> AgentSession:
@@ -1002,16 +1010,17 @@ class DemoCrew:
             task = await agent.claim()
             while not agent.stop_requested.is_set():
                 if task is None:
-                    if await self._all_tasks_done():
-                        await self._submit_once(agent)
                     await _wait_or_timeout(agent.stop_requested, DEMO_IDLE_S)
                     task = await agent.claim()
                     continue
                 await agent.progress(task.id, f"working on {task.title!r}")
                 await asyncio.sleep(random.uniform(*DEMO_WORK_S))
+                result = _task_result(task)
+                if task.type == "submission":
+                    result = await self._submit(agent)
                 reply = await agent.complete(
                     task.id,
-                    _task_result(task),
+                    result,
                     RESULT_TYPES.get(task.type, "implementation"),
                     claim_next=True,
                 )
@@ -1039,17 +1048,12 @@ class DemoCrew:
                     )
                 await _wait_or_timeout(v.stop_requested, DEMO_IDLE_S)
 
-    async def _all_tasks_done(self) -> bool:
-        view: StatusView = await self.handle.query("status", result_type=StatusView)
-        return view.open_tasks == 0 and view.results == 0 and bool(view.counts_by_status)
-
-    async def _submit_once(self, agent: AgentSession) -> None:
-        async with self._submit_lock:
-            if self.submitted_by is not None:
-                return
-            tasks: list[TaskView] = await self.handle.query("tasks", result_type=list[TaskView])
-            await agent.submit_result(_final_result(self.spec, tasks))
-            self.submitted_by = agent.agent_id
+    async def _submit(self, agent: AgentSession) -> str:
+        """Do a submission task: submit the final result with evidence of every criterion."""
+        tasks: list[TaskView] = await self.handle.query("tasks", result_type=list[TaskView])
+        reply = await agent.submit_result(_final_result(self.spec, tasks))
+        self.submitted_by = agent.agent_id
+        return f"Submitted the final result as v{reply.version}."
 
 
 async def _wait_or_timeout(event: asyncio.Event, timeout: float) -> None:
@@ -1184,17 +1188,39 @@ async def _demo_story(
         out.line()  # a non-terminal Live prints its last frame without a final newline
     if final is None:
         final = await _query(settings, client.get_workflow_handle(spec.id), "status", StatusView)
+    runs, overshoot = await _diagnosis_figures(client, spec)
     outcome = DemoOutcome(
         status=final,
         tasks_by_agent=dict(crew.done_by),
         seconds=seconds,
         ui_url=launched.ui_url,
         token_path=launched.token_path,
+        diagnoses=runs,
+        detection_overshoot_s=overshoot,
     )
     _print_demo_summary(out, outcome, crew.submitted_by)
     for error in errors:
         out.print(Text(f"problem: {error}", style="red"))
     return outcome
+
+
+async def _diagnosis_figures(
+    client: Client, spec: TicketSpec
+) -> tuple[list[DiagnosisView], float | None]:
+    """The ticket's diagnoses, and how long after the stuck window ended the first started."""
+    handle = client.get_workflow_handle(spec.id)
+    runs: list[DiagnosisView] = await handle.query("diagnoses", result_type=list[DiagnosisView])
+    state: TicketState = await handle.query("state", result_type=TicketState)
+    first = next((d for d in state.diagnoses if d.trigger == "no_result"), None)
+    seed = [t.updated_at for t in state.tasks.values() if t.created_by == "spec"]
+    if first is None or not seed:
+        return runs, None
+    stuck = state.spec.policy.stuck
+    stuck_at = max(
+        max(seed) + timedelta(seconds=stuck.window_s),
+        state.created_at + timedelta(seconds=stuck.cooldown_s),
+    )
+    return runs, (first.started_at - stuck_at).total_seconds()
 
 
 def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | None) -> None:
@@ -1210,6 +1236,16 @@ def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | 
     table.add_row(
         "tasks by agent", ", ".join(f"{a}: {n}" for a, n in outcome.tasks_by_agent.items())
     )
+    for run in outcome.diagnoses:
+        top = run.hypotheses[0]["statement"] if run.hypotheses else "-"
+        table.add_row(
+            f"diagnosis {run.number}",
+            f"{run.trigger} after {run.idle_seconds:.1f} s idle: {top} "
+            f"(recovery {', '.join(run.task_ids) or '-'}: {run.outcome or '-'})",
+        )
+    if outcome.detection_overshoot_s is not None:
+        table.add_row("detection overshoot", f"{outcome.detection_overshoot_s * 1000:.0f} ms "
+                      "after the stuck window ended")
     table.add_row("final result", f"submitted by {submitted_by or '-'}, {view.results} version(s)")
     table.add_row(
         "validated version", f"v{view.validated_version}" if view.validated_version else "none"

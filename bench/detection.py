@@ -958,11 +958,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         *_cells(un["overshoot_s"], "ms"),
         str(un["overshoot_s"].get("n", 0)),
     )
-    t.add_row(
-        f"Unstuck seen from outside (diagnoses query, poll {cfg['poll_ms']} ms)",
-        *_cells(un["external_latency_s"], "ms"),
-        str(un["external_latency_s"].get("n", 0)),
-    )
+    if un["external_latency_s"].get("n"):
+        t.add_row(
+            f"Unstuck seen from outside (diagnoses query, poll {cfg['poll_ms']} ms)",
+            *_cells(un["external_latency_s"], "ms"),
+            str(un["external_latency_s"].get("n", 0)),
+        )
     for k in ("arm_lag_s", "timer_late_s", "fired_to_wft_scheduled_s", "wft_schedule_to_start_s"):
         if k in un["breakdown_s"]:
             t.add_row(
@@ -991,20 +992,21 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             "",
         )
     emp = base["empirical"]["overshoot_s"]
-    t.add_row(
-        f"Scan every {P:g} s, measured (real scanner, {len(base['empirical']['scans'])} scans)",
-        *_cells(emp),
-        str(emp.get("n", 0)),
-    )
-    t.add_row(
-        "  [dim]… its query part (does not scale with P)[/]",
-        *_cells(base["empirical"]["query_part_s"], "ms"),
-        "",
-    )
-    sc = base["empirical_scaled_P60"]["overshoot_s"]
-    t.add_row(
-        f"Scan every {P:g} s, measured, scaled to {P60:g} s", *_cells(sc), str(sc.get("n", 0))
-    )
+    if emp.get("n"):
+        t.add_row(
+            f"Scan every {P:g} s, measured (real scanner, {len(base['empirical']['scans'])} scans)",
+            *_cells(emp),
+            str(emp.get("n", 0)),
+        )
+        t.add_row(
+            "  [dim]… its query part (does not scale with P)[/]",
+            *_cells(base["empirical"]["query_part_s"], "ms"),
+            "",
+        )
+        sc = base["empirical_scaled_P60"]["overshoot_s"]
+        t.add_row(
+            f"Scan every {P:g} s, measured, scaled to {P60:g} s", *_cells(sc), str(sc.get("n", 0))
+        )
     t.add_section()
     for label, key in (
         (f"ratio vs scan {P60:g} s analytic pooled", "analytic_pooled_P60"),
