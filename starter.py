@@ -864,6 +864,61 @@ async def cmd_timeline(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+async def fetch_diagnoses(
+    client: Client, settings: Settings, ticket_id: str
+) -> list[DiagnosisView]:
+    handle = client.get_workflow_handle(ticket_id)
+    return await _query(settings, handle, "diagnoses", list[DiagnosisView])
+
+
+def render_diagnoses(runs: Sequence[DiagnosisView], *, title: str) -> RenderableType:
+    """One table row per run, then each run's ranked hypotheses."""
+    table = Table(title=title, box=box.SIMPLE_HEAVY)
+    for column in ("run", "trigger", "status", "outcome", "started", "idle", "recovery tasks"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            str(run.number),
+            run.trigger,
+            _styled(run.status),
+            _t(run.outcome),
+            run.started_at[11:19],
+            f"{run.idle_seconds:.0f}s",
+            ", ".join(run.task_ids) or "-",
+        )
+    parts: list[RenderableType] = [table]
+    for run in runs:
+        ranked = Table(
+            box=box.MINIMAL, title=f"{run.run_id} · {run.generator or '-'}", title_justify="left"
+        )
+        ranked.add_column("likelihood", justify="right")
+        ranked.add_column("hypothesis")
+        ranked.add_column("evidence")
+        for hypothesis in run.hypotheses:
+            evidence = hypothesis.get("evidence") or []
+            ranked.add_row(
+                f"{float(str(hypothesis.get('likelihood', 0))):.2f}",
+                str(hypothesis.get("statement", "")),
+                "\n".join(f"· {e}" for e in list(evidence)[:3])
+                if isinstance(evidence, list)
+                else "",
+            )
+        if run.error:
+            ranked.caption = f"error: {run.error}"
+        parts.append(ranked)
+    return Group(*parts)
+
+
+async def cmd_diagnoses(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    runs = await fetch_diagnoses(client, ctx.settings, args.ticket_id)
+    if not runs:
+        ctx.out.print(f"{args.ticket_id} has not been diagnosed yet.")
+        return 0
+    ctx.out.print(render_diagnoses(runs, title=f"Diagnoses of {args.ticket_id}"))
+    return 0
+
+
 async def cmd_result(args: argparse.Namespace, ctx: Context) -> int:
     client = await open_client(ctx.settings)
     found = await fetch_result(client, ctx.settings, args.ticket_id, args.version)
@@ -1244,8 +1299,10 @@ def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | 
             f"(recovery {', '.join(run.task_ids) or '-'}: {run.outcome or '-'})",
         )
     if outcome.detection_overshoot_s is not None:
-        table.add_row("detection overshoot", f"{outcome.detection_overshoot_s * 1000:.0f} ms "
-                      "after the stuck window ended")
+        table.add_row(
+            "detection overshoot",
+            f"{outcome.detection_overshoot_s * 1000:.0f} ms after the stuck window ended",
+        )
     table.add_row("final result", f"submitted by {submitted_by or '-'}, {view.results} version(s)")
     table.add_row(
         "validated version", f"v{view.validated_version}" if view.validated_version else "none"
@@ -1366,6 +1423,11 @@ def build_parser() -> argparse.ArgumentParser:
     timeline = command("timeline", cmd_timeline, "Show a ticket's timeline.")
     timeline.add_argument("ticket_id", metavar="TICKET_ID")
     timeline.add_argument("--last", type=int, metavar="N", help="only the latest N entries")
+
+    diagnoses = command(
+        "diagnoses", cmd_diagnoses, "List a ticket's diagnoses with their ranked hypotheses."
+    )
+    diagnoses.add_argument("ticket_id", metavar="TICKET_ID")
 
     result = command("result", cmd_result, "Show a ticket's final result versions and content.")
     result.add_argument("ticket_id", metavar="TICKET_ID")

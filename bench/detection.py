@@ -200,6 +200,60 @@ def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
     return {"period_s": period, "pooled": pooled, "per_run": per_run, "segments": len(segments)}
 
 
+# ---- CPU ---------------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """Cores busy during the measurement: this process (worker + agents + scanner, all
+    threads), the dev server, and the whole machine (the rest is other processes)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self._start: tuple[float, float, float, float, float] | None = None
+
+    def _server_cpu(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        try:
+            text = Path(f"/proc/{self.server_pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = text.rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        """(busy, total) CPU seconds of all cores since boot."""
+        try:
+            parts = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+        return (sum(parts[:8]) - idle) / tick, sum(parts[:8]) / tick
+
+    def start(self) -> None:
+        busy, total = self._machine()
+        self._start = (time.monotonic(), time.process_time(), self._server_cpu(), busy, total)
+
+    def stop(self) -> dict[str, float]:
+        assert self._start is not None
+        wall0, py0, srv0, busy0, _ = self._start
+        wall = time.monotonic() - wall0
+        busy, _ = self._machine()
+        py = time.process_time() - py0
+        srv = self._server_cpu() - srv0
+        machine = busy - busy0
+        return {
+            "seconds": round(wall, 2),
+            "cores_this_process": round(py / wall, 2),
+            "cores_dev_server": round(srv / wall, 2),
+            "cores_machine_busy": round(machine / wall, 2),
+            "cores_other_processes": round(max(0.0, machine - py - srv) / wall, 2),
+            "cpus": os.cpu_count() or 0,
+        }
+
+
 # ---- setup -----------------------------------------------------------------------------
 
 
@@ -472,6 +526,10 @@ async def scanner(
 
 _CHILD_INITIATED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
 _TIMER_FIRED = EventType.EVENT_TYPE_TIMER_FIRED
+_WFT_TROUBLE = (
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+)
 
 
 def _at(ev: HistoryEvent) -> datetime:
@@ -485,8 +543,10 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
     delay = deadline − workflow.now() (that task's start); the server starts it when the
     task completes, so the timer is late by the task's processing time (arming lag).
     fire: TimerFired − (TimerStarted + delay): the server's timer lateness.
-    dispatch: the workflow task the timer schedules, from TimerFired to WorkflowTaskStarted
-    (= the diagnosis' started_at, workflow.now() of that task): the worker's pick-up.
+    pick-up: from TimerFired to the WorkflowTaskStarted of the task that starts the diagnosis
+    (its time is the diagnosis' started_at, workflow.now() of that task). The task may have
+    been scheduled before the timer fired (for an activity result, say) and still waiting;
+    workflow tasks that failed or timed out in between are counted.
     """
     history = await run.handle.fetch_history()
     events = list(history.events)
@@ -503,7 +563,7 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
         (
             e
             for e in reversed(events)
-            if e.event_type == _TIMER_FIRED and e.event_id < wftsch.event_id
+            if e.event_type == _TIMER_FIRED and e.event_id < wfts.event_id
         ),
         None,
     )
@@ -522,9 +582,14 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
     out = {
         "arm_lag_s": s(_at(timer), _at(arm_wfts)),
         "timer_late_s": s(_at(fired), _at(timer) + delay),
-        "fired_to_wft_scheduled_s": s(_at(wftsch), _at(fired)),
-        "wft_schedule_to_start_s": s(_at(wfts), _at(wftsch)),
+        "pickup_s": s(_at(wfts), _at(fired)),
+        "pickup_schedule_to_start_s": s(_at(wfts), max(_at(wftsch), _at(fired))),
         "total_s": s(_at(wfts), intended),
+        "wft_failed_or_timed_out": sum(
+            1
+            for e in events
+            if e.event_type in _WFT_TROUBLE and timer.event_id < e.event_id < wfts.event_id
+        ),
         "timer_delay_s": round(delay.total_seconds(), 4),
     }
     if run.stuck_at is not None:
@@ -558,7 +623,7 @@ async def warm_up(client: Client, prefix: str, tasks: int) -> None:
 
 
 async def measure(
-    client: Client, args: argparse.Namespace, console: Console
+    client: Client, args: argparse.Namespace, console: Console, meter: CpuMeter
 ) -> tuple[list[TicketRun], list[TicketRun], list[Scan], float, dict[str, Any]]:
     rng = random.Random(args.seed)
     prefix = f"det-{uuid.uuid4().hex[:6]}"
@@ -602,6 +667,7 @@ async def measure(
             total=args.tickets,
         )
         t0 = time.monotonic()
+        meter.start()
         stop = asyncio.Event()
 
         async def unstuck_one(run: TicketRun) -> None:
@@ -641,6 +707,7 @@ async def measure(
             stop.set()
             if scan_task is not None:
                 scans = await scan_task
+        cpu = meter.stop()
 
         hist_bar = progress.add_task("[green]fetch histories", total=len(unstuck))
         for run in unstuck:
@@ -654,7 +721,7 @@ async def measure(
         for run in unstuck + baseline:
             with contextlib.suppress(RPCError):
                 await run.handle.terminate("benchmark over")
-    meta = {"prefix": prefix, "t0_wall": _now() - timedelta(seconds=time.monotonic() - t0)}
+    meta = {"prefix": prefix, "cpu": cpu}
     return unstuck, baseline, scans, phase, meta
 
 
@@ -700,7 +767,7 @@ def _environment() -> dict[str, Any]:
     except Exception:  # informational only
         temporal = ""
     try:
-        load = list(os.getloadavg())
+        load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = []
     return {
@@ -964,12 +1031,16 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             *_cells(un["external_latency_s"], "ms"),
             str(un["external_latency_s"].get("n", 0)),
         )
-    for k in ("arm_lag_s", "timer_late_s", "fired_to_wft_scheduled_s", "wft_schedule_to_start_s"):
+    for k, label in (
+        ("arm_lag_s", "arming workflow task (timer starts late)"),
+        ("timer_late_s", "server timer late"),
+        ("pickup_s", "worker pick-up (TimerFired → WorkflowTaskStarted)"),
+    ):
         if k in un["breakdown_s"]:
             t.add_row(
-                f"  [dim]part: {k.removesuffix('_s').replace('_', ' ')}[/]",
+                f"  [dim]part: {label}[/]",
                 *_cells(un["breakdown_s"][k], "ms"),
-                "",
+                str(un["breakdown_s"][k].get("n", "")),
             )
     t.add_section()
     a = base["analytic_P60"]
@@ -1055,6 +1126,14 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"{un['not_diagnosed']} / {base['empirical']['not_found']}",
     )
     env = report["environment"]
+    cpu = env.get("cpu_during_measurement", {})
+    if cpu:
+        info.add_row(
+            f"cores busy while measuring ({cpu['seconds']:.0f} s, {cpu['cpus']} cpus)",
+            f"this process (worker+agents+scanner) {cpu['cores_this_process']:.2f}, "
+            f"dev server {cpu['cores_dev_server']:.2f}, other processes "
+            f"{cpu['cores_other_processes']:.2f}",
+        )
     info.add_row(
         "load average start → end", f"{env['load_average_at_start']} → {env['load_average_at_end']}"
     )
@@ -1155,7 +1234,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     server: DevServer | None = None
     ledger: Ledger | None = None
     try:
-        load_before = list(os.getloadavg())
+        load_before = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load_before = []
     try:
@@ -1166,8 +1245,12 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         ledger.create_all()
         client = await connect(settings)
         async with build_worker(client, settings, ledger):
-            unstuck, baseline, scans, phase, _ = await measure(client, args, console)
-        return build_report(args, unstuck, baseline, scans, phase, load_before)
+            unstuck, baseline, scans, phase, meta = await measure(
+                client, args, console, CpuMeter(server.pid)
+            )
+        report = build_report(args, unstuck, baseline, scans, phase, load_before)
+        report["environment"]["cpu_during_measurement"] = meta["cpu"]
+        return report
     finally:
         if ledger is not None:
             ledger.dispose()

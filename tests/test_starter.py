@@ -342,3 +342,34 @@ def test_schema_index_matches_the_workflow() -> None:
             )
             assert reply in OUTBOUND, f"{reply} is missing from models.messages.OUTBOUND"
     assert set(UPDATE_REPLIES) | SIGNALS == set(INBOUND)
+
+
+async def test_diagnose_then_diagnoses_lists_the_run_with_its_hypotheses(
+    worker: Worker,
+    client: Client,
+    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., list[str]],
+    tmp_path: Path,
+) -> None:
+    ticket_id = unique_id("starter-diag")
+    code, _, err = await run(capsys, cli("launch", str(write_spec(tmp_path)), "--id", ticket_id))
+    assert code == 0, err
+    code, out, _ = await run(capsys, cli("diagnoses", ticket_id))
+    assert code == 0 and "has not been diagnosed yet" in out
+    code, out, err = await run(capsys, cli("diagnose", ticket_id, "--reason", "just looking"))
+    assert code == 0, err
+    assert f"{ticket_id}-diagnosis-1" in out
+    handle = client.get_workflow_handle(ticket_id)
+
+    async def completed() -> bool:
+        runs = await handle.query("diagnoses")
+        return bool(runs) and runs[0]["status"] == "completed"
+
+    await eventually(completed)
+    code, out, err = await run(capsys, cli("diagnoses", ticket_id))
+    assert code == 0, err
+    assert "manual" in out and "completed" in out
+    assert f"{ticket_id}-diagnosis-1 · rules" in out
+    assert "Traceback" not in out + err
+    code, _, err = await run(capsys, cli("diagnoses", "no-such-ticket-xyz"))
+    assert code == 1 and err.startswith("error: ")
