@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, Self, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -37,6 +38,7 @@ from models.messages import (
     ReportProgress,
     ReviewReply,
     ReviewResult,
+    ReviewTask,
     SubmitReply,
     SubmitResult,
     TaskView,
@@ -46,6 +48,8 @@ from models.spec import AgentKind, Priority, ResultType, TaskType
 log = logging.getLogger("unstuck.agent")
 
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Refused(Exception):
@@ -55,6 +59,22 @@ class Refused(Exception):
         super().__init__(message)
         self.field = field
         self.rule = rule
+
+
+def _refuse_invalid(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A message that fails its own model is refused here, like the ticket would refuse it."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "message"
+            rule = first["msg"].removeprefix("Value error, ")
+            raise Refused(f"{field}: {rule}", field, rule) from None
+
+    return wrapper
 
 
 class TicketClosed(Exception):
@@ -102,6 +122,7 @@ class AgentSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop_heartbeats()
 
+    @_refuse_invalid
     async def register(self) -> Registration:
         reply = await self._update(
             "register",
@@ -147,6 +168,7 @@ class AgentSession:
 
     # ---- messages ------------------------------------------------------------------------
 
+    @_refuse_invalid
     async def heartbeat(self) -> None:
         self._seq += 1
         await self._signal(
@@ -167,6 +189,7 @@ class AgentSession:
         self._set_inbox(box)
         return box
 
+    @_refuse_invalid
     async def claim(self, phases: list[str] | None = None) -> TaskView | None:
         """The next task for this agent, or None (see ``last_claim_reason``)."""
         reply = await self._update(
@@ -174,9 +197,11 @@ class AgentSession:
         )
         return self._took(reply)
 
+    @_refuse_invalid
     async def progress(self, task_id: str, note: str) -> None:
         await self._signal("progress", ReportProgress(**self._auth(), task_id=task_id, note=note))
 
+    @_refuse_invalid
     async def complete(
         self,
         task_id: str,
@@ -202,6 +227,7 @@ class AgentSession:
             self._took(reply.next)
         return reply
 
+    @_refuse_invalid
     async def fail(self, task_id: str, reason: str) -> TaskView:
         reply = await self._update(
             "fail", FailTask(**self._auth(), task_id=task_id, reason=reason), TaskView
@@ -210,6 +236,7 @@ class AgentSession:
             self.current_task_id = None
         return reply
 
+    @_refuse_invalid
     async def create_task(
         self,
         phase: str,
@@ -236,6 +263,7 @@ class AgentSession:
             TaskView,
         )
 
+    @_refuse_invalid
     async def submit_result(
         self, content: str | None = None, *, file_ref: str | None = None
     ) -> SubmitReply:
@@ -245,6 +273,7 @@ class AgentSession:
             SubmitReply,
         )
 
+    @_refuse_invalid
     async def review_result(
         self, version: int, passed: bool, feedback: str = "", evidence: list[str] | None = None
     ) -> ReviewReply:
@@ -259,6 +288,34 @@ class AgentSession:
             ),
             ReviewReply,
         )
+
+    @_refuse_invalid
+    async def review_task(
+        self,
+        task_id: str,
+        iteration: int,
+        passed: bool,
+        feedback: str = "",
+        evidence: list[str] | None = None,
+    ) -> TaskView:
+        """A validator's verdict on one iteration of a task (claim it first to get its result)."""
+        return await self._update(
+            "review_task",
+            ReviewTask(
+                **self._auth(),
+                task_id=task_id,
+                iteration=iteration,
+                passed=passed,
+                feedback=feedback,
+                evidence=evidence or [],
+            ),
+            TaskView,
+        )
+
+    @property
+    def feedback(self) -> list[str]:
+        """Review feedback for this agent's tasks (from the latest reply or heartbeat)."""
+        return list(self.inbox.feedback)
 
     async def result_content(self, version: int) -> str | None:
         """A result version's content while it awaits a verdict (what a validator reviews)."""

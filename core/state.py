@@ -43,8 +43,20 @@ TicketStatus = Literal["open", "completed", "cancelled"]
 #: How much of each list the state keeps; older entries live in the ledger and history.
 TIMELINE_LIMIT = 500
 NOTES_LIMIT = 20
+FEEDBACK_LIMIT = 20
 REPLY_CACHE_LIMIT = 2_000
 PREVIEW_CHARS = 500
+
+
+class TaskReview(BaseModel):
+    """A validator's verdict on one iteration of a task's result."""
+
+    iteration: int
+    validator_id: str
+    passed: bool
+    feedback: str = ""
+    evidence: list[str] = Field(default_factory=list)
+    at: datetime
 
 
 class Task(BaseModel):
@@ -73,6 +85,16 @@ class Task(BaseModel):
     diagnosis_run_id: str | None = Field(
         default=None, description="the diagnosis that created this recovery task"
     )
+    # Validation in iterations (tasks with validation on).
+    iteration: int = Field(default=0, description="how many times the result went to review")
+    reviewer: str | None = None
+    review_requested_at: datetime | None = None
+    review_content: str | None = Field(
+        default=None, description="the result under review, kept only until its verdict"
+    )
+    result_submitted_at: datetime | None = None
+    reviews: list[TaskReview] = Field(default_factory=list)
+    consecutive_review_failures: int = 0
 
 
 class Agent(BaseModel):
@@ -111,6 +133,10 @@ class ResultVersion(BaseModel):
     feedback: str | None = None
     evidence: list[str] = Field(default_factory=list)
     verdict_at: datetime | None = None
+    timeout_reported: bool = Field(
+        default=False, description="a validation_timeout diagnosis was requested for it"
+    )
+    checks: list[str] = Field(default_factory=list, description="automated check summaries")
 
 
 class DiagnosisRun(BaseModel):

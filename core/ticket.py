@@ -38,6 +38,7 @@ from core.common import open_tasks as open_tasks
 from core.common import validated_version as validated_version
 from core.state import (
     ACTIVE_STATUSES,
+    FEEDBACK_LIMIT,
     HELD_STATUSES,
     NOTES_LIMIT,
     PREVIEW_CHARS,
@@ -45,6 +46,7 @@ from core.state import (
     Agent,
     ResultVersion,
     Task,
+    TaskReview,
     TicketState,
 )
 from models.ledger import (
@@ -73,6 +75,7 @@ from models.messages import (
     ResultFile,
     ReviewReply,
     ReviewResult,
+    ReviewTask,
     SubmitReply,
     SubmitResult,
     TaskView,
@@ -272,31 +275,38 @@ def complete(
     task.result_preview = msg.result[:PREVIEW_CHARS]
     task.result_type = msg.result_type
     task.result_sha256 = sha
-    task.status = "done"
+    task.result_submitted_at = now
     task.updated_at = now
     state.last_activity_at = now
-    diagnosis.recovery_task_done(state, task, now)
-    state.outbox.task_results.append(
-        TaskResultRecord(
-            id=task_result_record_id(state.ticket_id, task.id, task.attempt, 0),
-            ticket_id=state.ticket_id,
-            task_id=task.id,
-            attempt=task.attempt,
-            iteration=0,
+    if task.validation:
+        # Validation in iterations: the result goes to a validator before the task is done.
+        task.iteration += 1
+        task.status = "under_review"
+        task.reviewer = None
+        task.review_requested_at = now
+        task.review_content = msg.result
+    else:
+        task.status = "done"
+        diagnosis.recovery_task_done(state, task, now)
+    state.outbox.task_results.append(_task_result_record(state, task, agent.id, msg.result))
+    if task.validation:
+        log(
+            state,
+            now,
+            "task_under_review",
+            f"{task.id} {task.title!r} awaits review (iteration {task.iteration})",
             agent_id=agent.id,
-            result_type=msg.result_type,
-            content=msg.result,
-            submitted_at=now,
+            task_id=task.id,
         )
-    )
-    log(
-        state,
-        now,
-        "task_done",
-        f"{task.id} {task.title!r} done",
-        agent_id=agent.id,
-        task_id=task.id,
-    )
+    else:
+        log(
+            state,
+            now,
+            "task_done",
+            f"{task.id} {task.title!r} done",
+            agent_id=agent.id,
+            task_id=task.id,
+        )
     reply = CompleteReply(task=task_view(task))
     if msg.claim_next:
         reply.next = _claim_for(state, agent, None, now)
@@ -555,6 +565,138 @@ def review_result(
     return Step(reply, effects)
 
 
+def review_task(
+    state: TicketState, msg: ReviewTask, now: datetime, *, apply: bool = True
+) -> Step[TaskView]:
+    """A validator's verdict on one iteration of a task: done, or back to its agent.
+
+    Rules: only validators review; one verdict per iteration; feedback is required on a
+    failure (message level); a task claimed for review by one validator is that validator's.
+    A failed review sends the task back to the same worker (needs_work) with the feedback in
+    its inbox; the 10th failed iteration fails the task; 2 failures in a row ask for a
+    diagnosis (repeated_validation_failures).
+    """
+    agent = _authenticate(state, msg, kinds=("validator",))
+    key = _reply_key("review_task", msg.agent_id, msg.request_id)
+    if (cached := _cached(state, key, TaskView)) is not None:
+        return Step(cached)
+    _require_open(state)
+    task = state.tasks.get(msg.task_id)
+    if task is None:
+        raise Refused("task_id", f"unknown task {msg.task_id!r}")
+    if any(r.iteration == msg.iteration for r in task.reviews):
+        raise Refused(
+            "iteration",
+            f"iteration {msg.iteration} of {task.id} already has a verdict; one per iteration",
+        )
+    if task.status not in ("under_review", "validation_in_progress"):
+        raise Refused(
+            "task_id", f"{task.id} is {task.status}; only a task under review can be reviewed"
+        )
+    if msg.iteration != task.iteration:
+        raise Refused(
+            "iteration", f"{task.id} is at iteration {task.iteration}, not {msg.iteration}"
+        )
+    if task.status == "validation_in_progress" and task.reviewer != agent.id:
+        raise Refused("task_id", f"{task.id} is being reviewed by {task.reviewer}")
+    if not apply:
+        return Step(task_view(task))
+    effects: list[Effect] = []
+    review = TaskReview(
+        iteration=task.iteration,
+        validator_id=agent.id,
+        passed=msg.passed,
+        feedback=msg.feedback,
+        evidence=list(msg.evidence),
+        at=now,
+    )
+    task.reviews.append(review)
+    review_id = review_record_id(state.ticket_id, "task", task.id, task.iteration)
+    state.outbox.reviews.append(
+        ValidationReviewRecord(
+            id=review_id,
+            ticket_id=state.ticket_id,
+            subject_kind="task",
+            subject_id=task.id,
+            iteration=task.iteration,
+            validator_id=agent.id,
+            passed=msg.passed,
+            feedback=msg.feedback,
+            evidence=list(msg.evidence),
+            created_at=now,
+        )
+    )
+    worker = task.assigned_agent
+    if task.review_content is not None and worker is not None:
+        state.outbox.task_results.append(
+            _task_result_record(
+                state,
+                task,
+                worker,
+                task.review_content,
+                verification="verified" if msg.passed else "disputed",
+                review_id=review_id,
+            )
+        )
+    task.reviewer = None
+    task.review_requested_at = None
+    task.review_content = None
+    task.updated_at = now
+    state.last_activity_at = now
+    policy = state.spec.policy.validation
+    if msg.passed:
+        task.status = "done"
+        task.consecutive_review_failures = 0
+        log(
+            state,
+            now,
+            "task_verified",
+            f"{task.id} passed review (iteration {task.iteration})",
+            agent_id=agent.id,
+            task_id=task.id,
+        )
+        diagnosis.recovery_task_done(state, task, now)
+    else:
+        task.consecutive_review_failures += 1
+        note = f"{task.id} iteration {task.iteration} failed review: {msg.feedback}"
+        if worker is not None and worker in state.agents:
+            box = state.agents[worker]
+            box.feedback = [*box.feedback, note][-FEEDBACK_LIMIT:]
+        if task.iteration >= policy.max_iterations:
+            task.status = "failed"
+            task.assigned_agent = None
+            task.failure_reason = (
+                f"failed review {task.iteration} times (the limit is {policy.max_iterations}): "
+                f"{msg.feedback[:500]}"
+            )
+            log(
+                state,
+                now,
+                "task_failed",
+                f"{task.id} failed: {task.failure_reason[:200]}",
+                agent_id=agent.id,
+                task_id=task.id,
+            )
+            diagnosis.recovery_task_failed(state, task, now)
+            effects += diagnosis.request_diagnosis(
+                state, "task_failed", now, reason=f"{task.id}: {task.failure_reason[:300]}"
+            )
+        else:
+            task.status = "needs_work"
+            log(state, now, "task_needs_work", note[:300], agent_id=agent.id, task_id=task.id)
+            if task.consecutive_review_failures >= policy.failures_before_diagnosis:
+                effects += diagnosis.request_diagnosis(
+                    state,
+                    "repeated_validation_failures",
+                    now,
+                    reason=f"{task.id} failed review {task.consecutive_review_failures} times in "
+                    f"a row; latest: {msg.feedback[:300]}",
+                )
+    reply = task_view(task)
+    _remember(state, key, reply)
+    return Step(reply, effects)
+
+
 def cancel(
     state: TicketState, msg: CancelTicket, now: datetime, *, apply: bool = True
 ) -> Step[str]:
@@ -642,11 +784,30 @@ def _claim_for(
     if agent.stop:
         return ClaimReply(task=None, reason=f"stop: {agent.stop_reason}", inbox=box)
     if agent.kind == "validator":
-        return ClaimReply(
-            task=None, reason="validators review results; nothing to claim", inbox=box
-        )
+        return _claim_review(state, agent, now, box)
     if agent.state == "quarantined":
         return ClaimReply(task=None, reason="agent is quarantined", inbox=box)
+    rework = next(
+        (
+            t
+            for t in state.tasks.values()
+            if t.assigned_agent == agent.id and t.status == "needs_work"
+        ),
+        None,
+    )
+    if rework is not None:  # a failed review comes back to the same agent first
+        rework.status = "running"
+        rework.updated_at = now
+        state.last_activity_at = now
+        log(
+            state,
+            now,
+            "task_rework",
+            f"{rework.id} back in work (iteration {rework.iteration})",
+            agent_id=agent.id,
+            task_id=rework.id,
+        )
+        return ClaimReply(task=task_view(rework), reason="", inbox=box)
     held = sum(
         1
         for t in state.tasks.values()
@@ -674,6 +835,60 @@ def _claim_for(
         task_id=task.id,
     )
     return ClaimReply(task=task_view(task), reason="", inbox=box)
+
+
+def _claim_review(state: TicketState, agent: Agent, now: datetime, box: AgentInbox) -> ClaimReply:
+    """A validator's claim: the oldest task awaiting review, else a result awaiting a verdict."""
+    waiting = [t for t in state.tasks.values() if t.status == "under_review"]
+    if waiting:
+        task = min(waiting, key=lambda t: (t.review_requested_at or t.updated_at, t.seq))
+        task.status = "validation_in_progress"
+        task.reviewer = agent.id
+        task.updated_at = now
+        state.last_activity_at = now
+        log(
+            state,
+            now,
+            "review_started",
+            f"{task.id} iteration {task.iteration} in review",
+            agent_id=agent.id,
+            task_id=task.id,
+        )
+        return ClaimReply(task=task_view(task, with_content=True), reason="", inbox=box)
+    pending = next((r for r in state.results if r.status == "pending_validation"), None)
+    if pending is not None:
+        return ClaimReply(
+            task=None,
+            reason=f"result v{pending.version} awaits a verdict",
+            inbox=box,
+            result_version=pending.version,
+        )
+    return ClaimReply(task=None, reason="nothing awaits review", inbox=box)
+
+
+def _task_result_record(
+    state: TicketState,
+    task: Task,
+    agent_id: str,
+    content: str,
+    *,
+    verification: str = "unverified",
+    review_id: str | None = None,
+) -> TaskResultRecord:
+    """The ledger row of a task's current result (the same id for its verdict update)."""
+    return TaskResultRecord(
+        id=task_result_record_id(state.ticket_id, task.id, task.attempt, task.iteration),
+        ticket_id=state.ticket_id,
+        task_id=task.id,
+        attempt=task.attempt,
+        iteration=task.iteration,
+        agent_id=agent_id,
+        result_type=task.result_type or "implementation",  # type: ignore[arg-type]
+        content=content,
+        verification=verification,  # type: ignore[arg-type]
+        review_id=review_id,
+        submitted_at=task.result_submitted_at or task.updated_at,
+    )
 
 
 def next_eligible(state: TicketState, phases: list[str] | None = None) -> Task | None:
@@ -781,7 +996,8 @@ def _placeholder_task(state: TicketState, msg: CreateTask, now: datetime) -> Tas
 # ---- views (what queries return) ---------------------------------------------------------
 
 
-def task_view(task: Task) -> TaskView:
+def task_view(task: Task, *, with_content: bool = False) -> TaskView:
+    failed_reviews = [r for r in task.reviews if not r.passed]
     return TaskView(
         id=task.id,
         key=task.key,
@@ -801,6 +1017,10 @@ def task_view(task: Task) -> TaskView:
         result_type=task.result_type,
         failure_reason=task.failure_reason,
         diagnosis_run_id=task.diagnosis_run_id,
+        iteration=task.iteration,
+        reviewer=task.reviewer,
+        last_feedback=failed_reviews[-1].feedback if failed_reviews else None,
+        result_content=task.review_content if with_content else None,
         updated_at=task.updated_at.isoformat(),
     )
 

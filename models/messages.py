@@ -84,6 +84,12 @@ class TaskView(BaseModel):
     diagnosis_run_id: str | None = Field(
         default=None, description="set on recovery tasks: the diagnosis that created it"
     )
+    iteration: int = Field(default=0, description="review iterations so far")
+    reviewer: str | None = None
+    last_feedback: str | None = Field(default=None, description="the latest failed review's")
+    result_content: str | None = Field(
+        default=None, description="the full result, given to the validator that claims it"
+    )
     updated_at: str
 
 
@@ -99,6 +105,9 @@ class ClaimReply(BaseModel):
     task: TaskView | None
     reason: str = Field(description="why no task was given, when task is None")
     inbox: AgentInbox
+    result_version: int | None = Field(
+        default=None, description="validators: a final-result version awaiting a verdict"
+    )
 
 
 class ReportProgress(Authenticated):
@@ -176,6 +185,22 @@ class ReviewResult(Authenticated):
         return self
 
 
+class ReviewTask(Authenticated):
+    """A validator's verdict on one iteration of a task's result."""
+
+    task_id: str = Field(min_length=1, max_length=50)
+    iteration: int = Field(ge=1)
+    passed: bool
+    feedback: str = Field(default="", max_length=MAX_FEEDBACK)
+    evidence: list[str] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _feedback_on_fail(self) -> ReviewTask:
+        if not self.passed and not self.feedback.strip():
+            raise ValueError("feedback is required when passed is false")
+        return self
+
+
 class ResultVersionView(BaseModel):
     version: int
     agent_id: str
@@ -191,6 +216,7 @@ class ResultVersionView(BaseModel):
     feedback: str | None = None
     evidence: list[str] = Field(default_factory=list)
     verdict_at: str | None = None
+    checks: list[str] = Field(default_factory=list, description="automated check summaries")
 
 
 class SubmitReply(BaseModel):
@@ -300,6 +326,7 @@ INBOUND: dict[str, type[Message]] = {
     "create_task": CreateTask,
     "submit_result": SubmitResult,
     "review_result": ReviewResult,
+    "review_task": ReviewTask,
     "cancel": CancelTicket,
     "diagnose": DiagnoseTicket,
     "heartbeat": Heartbeat,

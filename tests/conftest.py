@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from infra.client import connect
-from infra.devserver import DevServer, ensure_server, free_port
+from infra.devserver import (
+    DevServer,
+    ensure_search_attributes,
+    ensure_server,
+    find_temporal_binary,
+    free_port,
+)
 from infra.settings import Settings
 from ledger.store import Ledger
 from worker import build_worker
@@ -93,3 +102,25 @@ async def worker(client: Client, settings: Settings, ledger: Ledger) -> AsyncIte
 def unique_id(prefix: str) -> str:
     """A ticket id no other test (or earlier run against the same server) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# ---- the time-skipping test server (production windows in seconds of wall time) ----
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_skipping(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
+    tuple[WorkflowEnvironment, Settings, Ledger]
+]:
+    server = find_temporal_binary().parent / "temporal-test-server"
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(server), data_converter=pydantic_data_converter
+    )
+    await ensure_search_attributes(env.client, "default")
+    data = tmp_path_factory.mktemp("time-skipping")
+    settings = Settings(task_queue="unstuck-ts", data_dir=data,
+                        database_url=f"sqlite:///{Path(data) / 'ledger.db'}")
+    ledger = Ledger(settings.ledger_url)
+    ledger.create_all()
+    async with env, build_worker(env.client, settings, ledger):
+        yield env, settings, ledger
+    ledger.dispose()

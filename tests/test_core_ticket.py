@@ -436,7 +436,7 @@ def test_validator_gets_nothing_to_claim() -> None:
     state = make_ticket([seed("a")])
     v = join(state, "v", "validator")
     reply = unchanged_by(state, lambda: core.claim(state, ClaimTask(**v), at(1)).reply)
-    assert reply.task is None and "validators review results" in reply.reason
+    assert reply.task is None and reply.reason == "nothing awaits review"
 
 
 def test_stopped_agent_gets_nothing_and_its_inbox_says_stop() -> None:

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from agent_client.session import AgentSession
 from core.state import TicketState
-from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
 from ledger.store import Ledger
 from models.messages import DiagnosisView
 from tests.conftest import unique_id
 from tests.test_end_to_end import fifteen_tasks, work
 from tests.ticketkit import Launched, launch
-from worker import build_worker
 
 SUBMIT_TITLE = "Submit final result with evidence"
 
@@ -213,25 +208,6 @@ async def _ledger_has_escalation(ledger: Ledger, ticket_id: str) -> bool:
 
 
 # ---- production windows under time skipping ------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def time_skipping(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
-    tuple[WorkflowEnvironment, Settings, Ledger]
-]:
-    server = find_temporal_binary().parent / "temporal-test-server"
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(server), data_converter=pydantic_data_converter
-    )
-    await ensure_search_attributes(env.client, "default")
-    data = tmp_path_factory.mktemp("time-skipping")
-    settings = Settings(task_queue="unstuck-ts", data_dir=data,
-                        database_url=f"sqlite:///{Path(data) / 'ledger.db'}")
-    ledger = Ledger(settings.ledger_url)
-    ledger.create_all()
-    async with env, build_worker(env.client, settings, ledger):
-        yield env, settings, ledger
-    ledger.dispose()
 
 
 async def test_seed_scenario_with_production_windows_under_time_skipping(

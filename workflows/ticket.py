@@ -21,7 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from core import diagnosis, views
+    from core import deadlines, diagnosis, views
     from core import ticket as core
     from core.state import TicketState
     from models.diagnosis import DiagnosisInput, DiagnosisReport
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         ResultVersionView,
         ReviewReply,
         ReviewResult,
+        ReviewTask,
         StatusView,
         SubmitReply,
         SubmitResult,
@@ -111,7 +112,7 @@ class TicketWorkflow:
         self._after_change()
         while not self._finished:
             # Deadlines that passed (the stuck check) produce effects like any message.
-            self._apply_effects(diagnosis.tick(self._state, workflow.now()))
+            self._apply_effects(deadlines.tick(self._state, workflow.now()))
             if self._finished:
                 break
             if self._should_continue_as_new():
@@ -138,7 +139,7 @@ class TicketWorkflow:
         moved later lets the timer fire; the loop then finds nothing due and re-arms. That
         keeps timer churn (and history events) off the hot path of claim/complete.
         """
-        deadline = diagnosis.next_deadline(self._state)
+        deadline = deadlines.next_deadline(self._state)
         self._armed = deadline.at if deadline else None
         if deadline is None:
             await workflow.wait_condition(self._wake)
@@ -154,7 +155,7 @@ class TicketWorkflow:
     def _wake(self) -> bool:
         if self._finished or self._should_continue_as_new():
             return True
-        deadline = diagnosis.next_deadline(self._state)
+        deadline = deadlines.next_deadline(self._state)
         return deadline is not None and (self._armed is None or deadline.at < self._armed)
 
     async def _drain(self) -> None:
@@ -374,6 +375,14 @@ class TicketWorkflow:
     @review_result.validator
     def _validate_review_result(self, msg: ReviewResult) -> None:
         self._check(core.review_result, msg)
+
+    @workflow.update(name="review_task")
+    async def review_task(self, msg: ReviewTask) -> TaskView:
+        return self._apply(core.review_task, msg)
+
+    @review_task.validator
+    def _validate_review_task(self, msg: ReviewTask) -> None:
+        self._check(core.review_task, msg)
 
     @workflow.update(name="cancel")
     async def cancel(self, msg: CancelTicket) -> StatusView:
