@@ -6,6 +6,9 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY core ./core
 COPY diagnosis ./diagnosis
+COPY validation ./validation
+COPY runtimes ./runtimes
+COPY agents ./agents
 COPY workflows ./workflows
 COPY activities ./activities
 COPY ledger ./ledger

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.checks import run_checks
 from activities.diagnosis import DiagnosisActivities
 from activities.ledger import LedgerActivities
 from activities.results import read_result_file
@@ -55,6 +56,7 @@ def build_worker(
             *ledger_activities.activities(),
             *diagnosis_activities.activities(),
             read_result_file,
+            run_checks,
         ],
         activity_executor=ThreadPoolExecutor(max_workers=16),
     )

@@ -18,6 +18,8 @@ from core.state import (
     TimelineEvent,
 )
 from models.diagnosis import DiagnosisInput
+from models.runtime import AgentProcess
+from models.spec import AgentSpec
 
 ReplyT = TypeVar("ReplyT")
 
@@ -161,4 +163,38 @@ class StartDiagnosis:
     input: DiagnosisInput
 
 
-Effect = StopAgents | FinishTicket | StartDiagnosis
+@dataclass(frozen=True)
+class RestartAgentProcess:
+    """Ask the agent's runtime to stop the old process and spawn a replacement."""
+
+    agent_id: str
+    lineage: str
+    number: int
+    spec: AgentSpec
+    previous: AgentProcess | None
+    generation: int
+
+
+@dataclass(frozen=True)
+class SpawnAgentProcesses:
+    """Start the ticket's local-process agents (at ticket start)."""
+
+    specs: tuple[AgentSpec, ...]
+
+
+@dataclass(frozen=True)
+class StopAgentProcesses:
+    """Stop these local processes (the ticket finished, or a lineage was quarantined)."""
+
+    processes: tuple[AgentProcess, ...]
+    reason: str
+
+
+Effect = (
+    StopAgents
+    | FinishTicket
+    | StartDiagnosis
+    | RestartAgentProcess
+    | SpawnAgentProcesses
+    | StopAgentProcesses
+)

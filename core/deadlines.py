@@ -2,7 +2,8 @@
 
 - the stuck check (:mod:`core.diagnosis`): window and cooldown;
 - validator timeouts: a task result under review, or a final result awaiting its verdict,
-  longer than ``validation.validator_timeout_s``.
+  longer than ``validation.validator_timeout_s``;
+- agent health (:mod:`core.health`): heartbeat deadlines, restart cooldowns, releases.
 
 :func:`next_deadline` says when the ticket must next look at itself; :func:`tick` handles
 everything due at ``now``. Both are pure.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from core import diagnosis
+from core import diagnosis, health
 from core.common import Effect, log
 from core.diagnosis import Deadline
 from core.state import TicketState
@@ -20,7 +21,7 @@ from core.state import TicketState
 
 def next_deadline(state: TicketState) -> Deadline | None:
     """The earliest deadline, with a label for the timer's summary."""
-    candidates: list[Deadline] = []
+    candidates: list[Deadline] = health.deadlines(state)
     stuck = diagnosis.next_deadline(state)
     if stuck is not None:
         candidates.append(stuck)
@@ -48,6 +49,7 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
     effects: list[Effect] = []
     if state.status != "open":
         return effects
+    effects += health.tick(state, now)
     timeout = timedelta(seconds=state.spec.policy.validation.validator_timeout_s)
     for task in list(state.tasks.values()):
         if (

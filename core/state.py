@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from models.diagnosis import Hypothesis
 from models.ledger import LedgerBatch
-from models.spec import TicketSpec
+from models.runtime import AgentProcess
+from models.spec import AgentSpec, TicketSpec
 
 TaskStatus = Literal[
     "pending",
@@ -113,6 +114,29 @@ class Agent(BaseModel):
     stop: bool = False
     stop_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
+    # Health (core.health).
+    lineage: str = Field(default="", description="spec name shared with its replacements")
+    last_seen_at: datetime | None = Field(default=None, description="last accepted message")
+    missed_beats: int = 0
+    release_deadline: datetime | None = None
+    restart_requested: bool = False
+    released_task_ids: list[str] = Field(default_factory=list)
+
+
+class Lineage(BaseModel):
+    """An agent and its replacements: they share the spec name, restarts and quarantine."""
+
+    name: str
+    spec: AgentSpec | None = None
+    restarts: list[datetime] = Field(default_factory=list, description="when each restart ran")
+    events: int = Field(default=0, description="restart decisions so far (ids ledger rows)")
+    generation: int = 0
+    process: AgentProcess | None = None
+    quarantined: bool = False
+    pending_restart_agent: str | None = None
+    restart_not_before: datetime | None = None
+    restart_requested_at: dict[str, datetime] = Field(default_factory=dict)
+    restart_reasons: dict[str, str] = Field(default_factory=dict)
 
 
 class ResultVersion(BaseModel):
@@ -205,6 +229,10 @@ class TicketState(BaseModel):
     last_diagnosis_at: datetime | None = None
     stuck_since: datetime | None = None
     escalations: list[Escalation] = Field(default_factory=list)
+    lineages: dict[str, Lineage] = Field(default_factory=dict)
+    agent_address: str | None = None
+    agent_namespace: str = "default"
+    restarts_total: int = 0
     ignored_messages: int = Field(default=0, description="signals from unknown/unauthenticated")
     outbox: LedgerBatch = Field(description="ledger rows not yet confirmed written")
 

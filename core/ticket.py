@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from core import diagnosis
+from core import diagnosis, health
 from core.common import (
     Effect,
     add_task,
@@ -145,8 +145,9 @@ def register(
             "returned then and is not kept",
         )
     _require_open(state)
+    replaced = health.replaces(state, msg.name)
     for agent in state.agents.values():
-        if agent.name == msg.name and agent.state != "terminated":
+        if agent.name == msg.name and agent.state != "terminated" and agent is not replaced:
             raise Refused(
                 "name", f"an agent named {msg.name!r} is already registered as {agent.id}"
             )
@@ -164,6 +165,13 @@ def register(
         token_sha256=hash_token(token),
         registered_at=now,
     )
+    state.agents[agent_id].lineage = msg.name
+    lineage = state.lineages.get(msg.name)
+    if lineage is not None and lineage.quarantined:
+        state.agents[agent_id].state = "quarantined"  # a replacement inherits the quarantine
+    if replaced is not None:
+        replaced.state = "terminated"
+        log(state, now, "agent_replaced", f"{agent_id} replaces {replaced.id}", agent_id=agent_id)
     log(state, now, "agent_registered", f"{msg.kind} {agent_id} registered", agent_id=agent_id)
     reply = Registration(
         agent_id=agent_id,
@@ -201,7 +209,8 @@ def heartbeat(state: TicketState, msg: Heartbeat, now: datetime) -> bool:
     agent.last_seq = msg.seq
     agent.last_heartbeat_at = now
     agent.heartbeats += 1
-    if agent.state in ("idle", "running", "spawning", "degraded", "unresponsive"):
+    health.heartbeat_received(state, agent, now)
+    if agent.state in ("idle", "running", "spawning"):
         agent.state = msg.status
     if msg.current_task_id:
         task = state.tasks.get(msg.current_task_id)
@@ -787,6 +796,8 @@ def _claim_for(
         return _claim_review(state, agent, now, box)
     if agent.state == "quarantined":
         return ClaimReply(task=None, reason="agent is quarantined", inbox=box)
+    if agent.state in ("restarting", "unresponsive"):
+        return ClaimReply(task=None, reason=f"agent is {agent.state}", inbox=box)
     rework = next(
         (
             t
@@ -1029,4 +1040,9 @@ def inbox(state: TicketState, agent_id: str) -> AgentInbox:
     agent = state.agents.get(agent_id)
     if agent is None:
         return AgentInbox()
-    return AgentInbox(stop=agent.stop, stop_reason=agent.stop_reason, feedback=list(agent.feedback))
+    return AgentInbox(
+        stop=agent.stop,
+        stop_reason=agent.stop_reason,
+        feedback=list(agent.feedback),
+        restart=agent.restart_requested,
+    )

@@ -11,10 +11,10 @@ Rules (DESIGN §2.4, §4, §8):
 * Task results: inserted if absent; afterwards only the mutable columns ``verification``
   and ``review_id`` are updated. A change to any other column is a :class:`LedgerConflict`.
   A stale redelivery (``unverified``) never overwrites a reviewed row.
-* Diagnostic runs and escalations progress monotonically: the stored row and a redelivery
-  are merged (see ``_merge_diagnostic_run`` / ``_merge_escalation``), so a late, duplicate
-  or out-of-order delivery never takes a row back. Their fixed columns differing is a
-  :class:`LedgerConflict`.
+* Diagnostic runs, restart events and escalations progress monotonically: the stored row
+  and a redelivery are merged (see ``_merge_diagnostic_run`` / ``_merge_restart_event`` /
+  ``_merge_escalation``), so a late, duplicate or out-of-order delivery never takes a row
+  back. Their fixed columns differing is a :class:`LedgerConflict`.
 
 Each kind is written with a dialect-specific ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING id``; the ids that were not inserted are read back in one ``SELECT`` and compared.
@@ -40,12 +40,14 @@ from ledger.tables import (
     LEDGER_TABLES,
     DiagnosticRunRow,
     EscalationRow,
+    RestartEventRow,
     TaskResultRow,
     ValidationReviewRow,
     WorkflowResultRow,
 )
 from ledger.tables import table_of as _table_of
 from models.ledger import (
+    RESTART_OUTCOME_RANK,
     RUN_OUTCOME_RANK,
     RUN_STATUS_RANK,
     DiagnosticRunRecord,
@@ -53,6 +55,7 @@ from models.ledger import (
     LedgerBatch,
     LedgerRecord,
     LedgerWriteReport,
+    RestartEventRecord,
     TableWriteCounts,
     TaskResultRecord,
     ValidationReviewRecord,
@@ -137,6 +140,33 @@ def _merge_diagnostic_run(
     return stored.model_copy(update=update) if update else stored
 
 
+#: Columns of a restart event filled in when it finishes (taken from the more advanced state).
+_RESTART_PROGRESS_COLUMNS = ("graceful", "forced", "new_pid", "finished_at")
+
+
+def _merge_restart_event(
+    stored: RestartEventRecord, incoming: RestartEventRecord
+) -> RestartEventRecord:
+    """The most advanced state of a restart, whatever order its deliveries arrive in.
+
+    * ``outcome`` only moves up ``requested < restarted|quarantined|asked_to_restart|failed``;
+      a terminal outcome never changes (another terminal outcome arriving later is ignored,
+      with everything it carries).
+    * The progress columns are taken from ``incoming`` when its outcome is the stored one or
+      a more advanced one, but ``None`` never clears a stored value (``False`` is a value).
+    """
+    if incoming.outcome != stored.outcome and (
+        RESTART_OUTCOME_RANK[incoming.outcome] <= RESTART_OUTCOME_RANK[stored.outcome]
+    ):
+        return stored
+    update: dict[str, Any] = {"outcome": incoming.outcome}
+    for column in _RESTART_PROGRESS_COLUMNS:
+        value = getattr(incoming, column)
+        if value is not None:
+            update[column] = value
+    return stored.model_copy(update=update)
+
+
 def _merge_escalation(stored: EscalationRecord, incoming: EscalationRecord) -> EscalationRecord:
     """The first acknowledgement wins; nothing un-acknowledges an escalation."""
     if stored.acknowledged or not incoming.acknowledged:
@@ -192,6 +222,14 @@ _DIAGNOSTIC_RUNS: _Kind[DiagnosticRunRecord] = _Kind(
     mutable=("status", "outcome", *_RUN_PROGRESS_COLUMNS),
     merge=_merge_diagnostic_run,
 )
+_RESTART_EVENTS: _Kind[RestartEventRecord] = _Kind(
+    table=_table_of(RestartEventRow),
+    record_type=RestartEventRecord,
+    batch_field="restart_events",
+    order_by=("requested_at", "number", "lineage", "id"),
+    mutable=("outcome", *_RESTART_PROGRESS_COLUMNS),
+    merge=_merge_restart_event,
+)
 _ESCALATIONS: _Kind[EscalationRecord] = _Kind(
     table=_table_of(EscalationRow),
     record_type=EscalationRecord,
@@ -207,6 +245,7 @@ _KINDS: tuple[_Kind[Any], ...] = (
     _WORKFLOW_RESULTS,
     _REVIEWS,
     _DIAGNOSTIC_RUNS,
+    _RESTART_EVENTS,
     _ESCALATIONS,
 )
 
@@ -403,7 +442,8 @@ class Ledger:
                         kind.name,
                         record_id,
                         reason="collides with a stored row of another id on a unique key "
-                        "(the same result version, review or diagnosis number stored twice)",
+                        "(the same result version, review, diagnosis or restart number "
+                        "stored twice)",
                     )
                 diff = _differing_fields(stored, new)
                 if not diff:
@@ -462,6 +502,14 @@ class Ledger:
     def diagnostic_runs(self, ticket_id: str) -> list[DiagnosticRunRecord]:
         """A ticket's diagnoses, by number (the first first)."""
         return self._read(_DIAGNOSTIC_RUNS, ticket_id, {})
+
+    def restart_events(
+        self, ticket_id: str, lineage: str | None = None
+    ) -> list[RestartEventRecord]:
+        """A ticket's agent restarts (optionally of one lineage), by ``requested_at`` then
+        ``number``."""
+        filters = {"lineage": lineage} if lineage is not None else {}
+        return self._read(_RESTART_EVENTS, ticket_id, filters)
 
     def escalations(self, ticket_id: str) -> list[EscalationRecord]:
         """A ticket's escalations, oldest first."""

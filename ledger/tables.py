@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -205,6 +206,46 @@ class DiagnosticRunRow(SQLModel, table=True):
     )
 
 
+_RESTART_OUTCOMES = "'requested', 'restarted', 'quarantined', 'asked_to_restart', 'failed'"
+
+
+class RestartEventRow(SQLModel, table=True):
+    """``restart_events``: one row per restart of an agent lineage, updated when it finishes.
+
+    ``runtime`` is not constrained here (new runtimes need no migration); the record model
+    validates it.
+    """
+
+    __tablename__ = "restart_events"
+    __table_args__ = (
+        Index(
+            "uq_restart_events_ticket_lineage_number", "ticket_id", "lineage", "number", unique=True
+        ),
+        Index("ix_restart_events_agent_id", "agent_id"),
+        CheckConstraint("number >= 1", name="ck_restart_events_number"),
+        CheckConstraint(f"outcome IN ({_RESTART_OUTCOMES})", name="ck_restart_events_outcome"),
+    )
+
+    id: str = Field(primary_key=True, sa_type=_ID)
+    ticket_id: str = Field(sa_type=_ID)
+    agent_id: str = Field(sa_type=_ID)
+    lineage: str = Field(sa_type=_ID)
+    number: int
+    reason: str = Field(default="", sa_type=Text)
+    runtime: str = Field(sa_type=String(32))
+    outcome: str = Field(default="requested", sa_type=String(32))
+    graceful: bool | None = Field(default=None, sa_type=Boolean)
+    forced: bool | None = Field(default=None, sa_type=Boolean)
+    old_pid: int | None = Field(default=None, sa_type=BigInteger)
+    new_pid: int | None = Field(default=None, sa_type=BigInteger)
+    reassigned_task_ids: list[str] = Field(default_factory=list, sa_type=_JSON_LIST)
+    requested_at: datetime = Field(sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    recorded_at: datetime = Field(
+        default_factory=_utc_now, sa_type=UtcDateTime, sa_column_kwargs={"default": _utc_now}
+    )
+
+
 class EscalationRow(SQLModel, table=True):
     """``escalations``: calls for a person; only the acknowledgement changes, once."""
 
@@ -243,5 +284,6 @@ LEDGER_TABLES: tuple[Table, ...] = (
     table_of(WorkflowResultRow),
     table_of(ValidationReviewRow),
     table_of(DiagnosticRunRow),
+    table_of(RestartEventRow),
     table_of(EscalationRow),
 )

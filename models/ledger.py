@@ -10,9 +10,9 @@ These are plain pydantic v2 models, serialised as plain JSON by the pydantic dat
 converter. This module is imported by Temporal workflow code and must stay free of ORM,
 database and I/O imports.
 
-Adding a record kind (e.g. restart events) = a record model here,
-a list field on :class:`LedgerBatch`, a counts field on :class:`LedgerWriteReport`, a table
-in ``ledger/tables.py`` and one entry in the store's kind registry.
+Adding a record kind = a record model here, a list field on :class:`LedgerBatch`, a counts
+field on :class:`LedgerWriteReport`, a table in ``ledger/tables.py`` and one entry in the
+store's kind registry.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ ResultType = Literal["implementation", "analysis", "fix", "design", "test", "doc
 Verification = Literal["unverified", "verified", "disputed"]
 SubjectKind = Literal["task", "result"]
 Severity = Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
+#: Agent runtimes (DESIGN §6); the same names as ``models.runtime.RuntimeName``.
+RestartRuntime = Literal["external", "local-process"]
+#: ``requested`` when the restart is decided; then one terminal outcome: ``restarted``
+#: (a replacement runs), ``quarantined`` (too many restarts: no replacement, no new tasks),
+#: ``asked_to_restart`` (an external agent was told to restart itself), ``failed``.
+RestartEventOutcome = Literal["requested", "restarted", "quarantined", "asked_to_restart", "failed"]
 
 #: Progress rank of a diagnostic run's status; the three terminal statuses share the top.
 RUN_STATUS_RANK: dict[str, int] = {
@@ -50,6 +56,14 @@ RUN_STATUS_RANK: dict[str, int] = {
 }
 #: Progress rank of a diagnostic run's outcome (``None`` = not known yet).
 RUN_OUTCOME_RANK: dict[str | None, int] = {None: 0, "pending": 1, "recovered": 2, "failed": 2}
+#: Progress rank of a restart's outcome; the four terminal outcomes share the top.
+RESTART_OUTCOME_RANK: dict[str, int] = {
+    "requested": 0,
+    "restarted": 1,
+    "quarantined": 1,
+    "asked_to_restart": 1,
+    "failed": 1,
+}
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -102,6 +116,15 @@ def escalation_record_id(ticket_id: str, source: str, key: str) -> str:
     lineage and restart count); the same escalation raised again must reuse it.
     """
     return f"{ticket_id}/escalation/{source}/{key}"
+
+
+def restart_event_id(ticket_id: str, lineage: str, number: int) -> str:
+    """Deterministic id of a restart: ``<ticket>/restart/<lineage>/<number>``.
+
+    ``lineage`` is the agent spec name shared by an agent and its replacements; ``number``
+    counts the lineage's restarts (1 for its first).
+    """
+    return f"{ticket_id}/restart/{lineage}/{number}"
 
 
 # ----------------------------------------------------------------------- records
@@ -235,6 +258,42 @@ class EscalationRecord(LedgerRecord):
         return self
 
 
+class RestartEventRecord(LedgerRecord):
+    """One restart of an agent (DESIGN §6), first written when it is requested
+    (``outcome="requested"``), then again when it finishes.
+
+    Fixed once stored: ``ticket_id``, ``agent_id``, ``lineage``, ``number``, ``reason``,
+    ``runtime``, ``old_pid``, ``reassigned_task_ids``, ``requested_at``. The rest only moves
+    forward (see :data:`RESTART_OUTCOME_RANK`): a terminal outcome never changes, and an
+    empty value (``None``) never clears a stored one.
+    """
+
+    agent_id: _Id = Field(description="The agent that was restarted")
+    lineage: _Id = Field(description="Agent spec name, shared by an agent and its replacements")
+    number: int = Field(ge=1, description="The lineage's restart count: 1 for its first restart")
+    reason: str = ""
+    runtime: RestartRuntime
+    outcome: RestartEventOutcome = "requested"
+    graceful: bool | None = Field(default=None, description="Exited within the grace period")
+    forced: bool | None = Field(default=None, description="Had to be killed")
+    old_pid: int | None = Field(default=None, gt=0)
+    new_pid: int | None = Field(default=None, gt=0)
+    reassigned_task_ids: list[str] = Field(
+        default_factory=list, description="Tasks of the agent sent back to pending"
+    )
+    requested_at: UtcDatetime
+    finished_at: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _finished(self) -> RestartEventRecord:
+        if self.finished_at is not None:
+            if self.outcome == "requested":
+                raise ValueError("a restart that is only requested cannot have finished_at")
+            if self.finished_at < self.requested_at:
+                raise ValueError("a restart cannot finish before it was requested")
+        return self
+
+
 # ------------------------------------------------------------------ batch/report
 
 
@@ -248,6 +307,7 @@ class LedgerBatch(BaseModel):
     workflow_results: list[WorkflowResultRecord] = Field(default_factory=list)
     reviews: list[ValidationReviewRecord] = Field(default_factory=list)
     diagnostic_runs: list[DiagnosticRunRecord] = Field(default_factory=list)
+    restart_events: list[RestartEventRecord] = Field(default_factory=list)
     escalations: list[EscalationRecord] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -267,6 +327,7 @@ class LedgerBatch(BaseModel):
             *self.workflow_results,
             *self.reviews,
             *self.diagnostic_runs,
+            *self.restart_events,
             *self.escalations,
         ]
 
@@ -281,6 +342,7 @@ class LedgerBatch(BaseModel):
             + len(self.workflow_results)
             + len(self.reviews)
             + len(self.diagnostic_runs)
+            + len(self.restart_events)
             + len(self.escalations)
         )
 
@@ -307,6 +369,7 @@ class LedgerWriteReport(BaseModel):
     workflow_results: TableWriteCounts = Field(default_factory=TableWriteCounts)
     validation_reviews: TableWriteCounts = Field(default_factory=TableWriteCounts)
     diagnostic_runs: TableWriteCounts = Field(default_factory=TableWriteCounts)
+    restart_events: TableWriteCounts = Field(default_factory=TableWriteCounts)
     escalations: TableWriteCounts = Field(default_factory=TableWriteCounts)
 
     def tables(self) -> dict[str, TableWriteCounts]:

@@ -99,6 +99,9 @@ class AgentInbox(BaseModel):
     stop: bool = False
     stop_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
+    restart: bool = Field(
+        default=False, description="external agents: restart yourself and register again"
+    )
 
 
 class ClaimReply(BaseModel):
@@ -246,6 +249,19 @@ class DiagnoseTicket(Message):
     operator_token: str = Field(min_length=1, max_length=200, repr=False)
 
 
+class ReleaseAgent(Message):
+    """Operator: let a quarantined agent back in (it must heartbeat soon after)."""
+
+    agent_id: str = Field(min_length=1, max_length=100)
+    operator: str = Field(default="operator", min_length=1, max_length=100)
+    operator_token: str = Field(min_length=1, max_length=200, repr=False)
+
+
+class ReleaseReply(BaseModel):
+    agent_id: str
+    heartbeat_within_s: float
+
+
 class DiagnoseReply(BaseModel):
     run_id: str
     trigger: str
@@ -329,6 +345,7 @@ INBOUND: dict[str, type[Message]] = {
     "review_task": ReviewTask,
     "cancel": CancelTicket,
     "diagnose": DiagnoseTicket,
+    "release": ReleaseAgent,
     "heartbeat": Heartbeat,
     "progress": ReportProgress,
 }
@@ -348,5 +365,6 @@ OUTBOUND: dict[str, type[BaseModel]] = {
     "AgentInbox": AgentInbox,
     "Ack": Ack,
     "DiagnoseReply": DiagnoseReply,
+    "ReleaseReply": ReleaseReply,
     "DiagnosisView": DiagnosisView,
 }

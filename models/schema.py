@@ -50,6 +50,8 @@ UPDATE_REPLIES: dict[str, str] = {
     "fail": "TaskView",
     "create_task": "TaskView",
     "submit_result": "SubmitReply",
+    "review_task": "TaskView",
+    "release": "ReleaseReply",
     "review_result": "ReviewReply",
     "cancel": "StatusView",
     "diagnose": "DiagnoseReply",

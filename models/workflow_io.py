@@ -16,6 +16,10 @@ class TicketInput(BaseModel):
     operator_token_sha256: str | None = Field(
         default=None, description="sha256 of the operator token that may cancel or diagnose"
     )
+    agent_address: str | None = Field(
+        default=None, description="where local-process agents connect (host:port of Temporal)"
+    )
+    agent_namespace: str = "default"
     continue_as_new_after_events: int | None = Field(
         default=None, ge=100, description="test switch: continue as new at this history length"
     )

@@ -37,7 +37,9 @@ def ticket(**validation: Any) -> tuple[TicketState, dict[str, dict[str, Any]]]:
             "tasks": [
                 {"key": "a", "phase": "implementation", "title": "Login form", "validation": True}
             ],
-            "policy": {"validation": validation} if validation else {},
+            # Heartbeat deadlines far away: these tests are about validation deadlines.
+            "policy": {"validation": validation,
+                       "health": {"idle_deadline_s": 86_400, "running_deadline_s": 86_400}},
         }
     )
     state = core.new_ticket(spec, T0)

@@ -38,12 +38,14 @@ from models.ledger import (
     EscalationRecord,
     LedgerBatch,
     LedgerWriteReport,
+    RestartEventRecord,
     TableWriteCounts,
     TaskResultRecord,
     ValidationReviewRecord,
     WorkflowResultRecord,
     diagnostic_run_id,
     escalation_record_id,
+    restart_event_id,
     review_record_id,
     task_result_record_id,
     workflow_result_record_id,
@@ -262,6 +264,39 @@ def escalation(
     )
 
 
+def restart_event(
+    ticket: str,
+    lineage: str = "worker",
+    number: int = 1,
+    outcome: str = "requested",
+    *,
+    at: datetime = T0,
+    runtime: str = "local-process",
+) -> RestartEventRecord:
+    """A restart as the workflow reports it: when requested, or finished with ``outcome``
+    (``restarted`` = stopped by force after the grace period, replacement running)."""
+    finished = outcome != "requested"
+    return RestartEventRecord.model_validate(
+        {
+            "id": restart_event_id(ticket, lineage, number),
+            "ticket_id": ticket,
+            "agent_id": f"{lineage}-g{number - 1}",
+            "lineage": lineage,
+            "number": number,
+            "reason": "3 missed heartbeats in state running",
+            "runtime": runtime,
+            "outcome": outcome,
+            "graceful": False if finished else None,
+            "forced": True if finished else None,
+            "old_pid": 4242,
+            "new_pid": 4343 if outcome == "restarted" else None,
+            "reassigned_task_ids": ["task-1", "task-3"],
+            "requested_at": at,
+            "finished_at": at + timedelta(seconds=12) if finished else None,
+        }
+    )
+
+
 def stored_recorded_at(led: Ledger, ticket: str) -> list[tuple[str, datetime]]:
     """(id, recorded_at) of every row of a ticket, over all tables."""
     out: list[tuple[str, datetime]] = []
@@ -314,6 +349,26 @@ def test_batch_validation() -> None:
         EscalationRecord.model_validate({**esc, "acknowledged": True})
     with pytest.raises(ValidationError, match="need acknowledged=True"):
         EscalationRecord.model_validate({**esc, "acknowledged_by": "ops"})
+    restart = restart_event(ticket).model_dump()
+    restart_changes: tuple[dict[str, object], ...] = (
+        {"number": 0},
+        {"outcome": "stopped"},
+        {"runtime": "docker"},
+        {"old_pid": 0},
+        {"lineage": ""},
+        {"requested_at": datetime(2025, 3, 1, 12)},
+    )
+    for change in restart_changes:
+        with pytest.raises(ValidationError):
+            RestartEventRecord.model_validate({**restart, **change})
+    with pytest.raises(ValidationError, match="only requested"):
+        RestartEventRecord.model_validate({**restart, "finished_at": T0})
+    with pytest.raises(ValidationError, match="finish before"):
+        RestartEventRecord.model_validate(
+            {**restart, "outcome": "failed", "finished_at": T0 - timedelta(seconds=1)}
+        )
+    with pytest.raises(ValidationError, match="belongs to ticket"):
+        LedgerBatch(ticket_id=ticket, restart_events=[restart_event("other")])
     batch = LedgerBatch(ticket_id=ticket)
     assert batch.is_empty() and batch.size == 0
     batch = LedgerBatch(ticket_id=ticket, reviews=[review(ticket)])
@@ -326,6 +381,8 @@ def test_ids_are_deterministic() -> None:
     assert review_record_id("T", "result", "4", 4) == "T/review/result/4/i4"
     assert diagnostic_run_id("T", 3) == "T-diagnosis-3"
     assert escalation_record_id("T", "manual", "k") == "T/escalation/manual/k"
+    assert restart_event_id("T", "worker", 2) == "T/restart/worker/2"
+    assert restart_event("T", "worker", 2).id == "T/restart/worker/2"
     assert WRITE_LEDGER_ACTIVITY == "write_ledger"
 
 
@@ -337,9 +394,10 @@ async def test_batch_and_report_survive_the_pydantic_data_converter() -> None:
         workflow_results=[workflow_result(ticket)],
         reviews=[review(ticket)],
         diagnostic_runs=[diagnostic_run(ticket, stage="recovered")],
+        restart_events=[restart_event(ticket, outcome="restarted")],
         escalations=[escalation(ticket, acked_by="ops")],
     )
-    report = LedgerWriteReport(ticket_id=ticket, task_results=TableWriteCounts(inserted=1))
+    report = LedgerWriteReport(ticket_id=ticket, restart_events=TableWriteCounts(inserted=1))
     payloads = await pydantic_data_converter.encode([batch, report])
     decoded = await pydantic_data_converter.decode(payloads, [LedgerBatch, LedgerWriteReport])
     assert decoded == [batch, report]
@@ -399,6 +457,17 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
             diagnostic_run(ticket, 2, "running", trigger="manual", at=T0 - timedelta(hours=1)),
             diagnostic_run(ticket, 1, "recovered", at=datetime(2025, 3, 1, 9, tzinfo=plus5)),
         ],
+        restart_events=[
+            restart_event(ticket, "worker", 2, "restarted"),
+            restart_event(
+                ticket,
+                "validator",
+                1,
+                "asked_to_restart",
+                at=datetime(2025, 3, 1, 17, 30, tzinfo=plus5),  # = T0 - 0.123456 s
+                runtime="external",
+            ).model_copy(update={"graceful": None, "forced": None, "old_pid": None}),
+        ],
         escalations=[
             escalation(ticket, "2", severity="SEV-1", at=T0 + timedelta(seconds=1)),
             escalation(ticket, "1", acked_by="ops@example.com"),
@@ -409,7 +478,7 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
     assert len(report.tables()) == len(LEDGER_TABLES)
     for counts in report.tables().values():
         assert counts == TableWriteCounts(inserted=2)
-    assert (report.inserted, report.already_present, report.updated) == (10, 0, 0)
+    assert (report.inserted, report.already_present, report.updated) == (12, 0, 0)
 
     tasks, results, reviews = dump_all(ledger, ticket)
     assert tasks == [batch.task_results[1], batch.task_results[0]]  # by submitted_at
@@ -444,6 +513,27 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
         assert moment is not None and moment.utcoffset() == timedelta(0)
     assert ledger.diagnostic_runs(new_ticket()) == ledger.escalations(new_ticket()) == []
 
+    restarts = ledger.restart_events(ticket)
+    assert restarts == [batch.restart_events[1], batch.restart_events[0]]  # by requested_at
+    assert ledger.restart_events(ticket, lineage="worker") == [batch.restart_events[0]]
+    assert ledger.restart_events(ticket, lineage="nope") == []
+    assert ledger.restart_events(new_ticket()) == []
+    restarted, asked = restarts[1], restarts[0]
+    assert (restarted.graceful, restarted.forced) == (False, True)
+    assert (restarted.old_pid, restarted.new_pid) == (4242, 4343)
+    assert restarted.reassigned_task_ids == ["task-1", "task-3"]
+    assert (asked.runtime, asked.graceful, asked.old_pid, asked.new_pid) == (
+        "external",
+        None,
+        None,
+        None,
+    )
+    for moment in (
+        *(r.requested_at for r in restarts),
+        *(r.finished_at for r in restarts),
+    ):
+        assert moment is not None and moment.utcoffset() == timedelta(0)
+
 
 def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
     ticket = new_ticket()
@@ -453,6 +543,7 @@ def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
         workflow_results=[workflow_result(ticket)],
         reviews=[review(ticket)],
         diagnostic_runs=[diagnostic_run(ticket, 1, "recovered"), diagnostic_run(ticket, 2)],
+        restart_events=[restart_event(ticket, "worker", 1, "restarted"), restart_event(ticket)],
         escalations=[escalation(ticket), escalation(ticket, "2", acked_by="ops")],
     )
 
@@ -460,6 +551,7 @@ def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
         return (
             dump_all(ledger, ticket),
             ledger.diagnostic_runs(ticket),
+            ledger.restart_events(ticket),
             ledger.escalations(ticket),
             stored_recorded_at(ledger, ticket),
         )
@@ -469,11 +561,13 @@ def test_same_batch_twice_is_a_no_op(ledger: Ledger) -> None:
 
     second = ledger.write(batch)
 
-    assert first.inserted == 8
+    assert first.inserted == 9
+    assert first.restart_events == TableWriteCounts(inserted=1)  # requested merged in
     assert second.task_results == TableWriteCounts(already_present=2)
     assert second.workflow_results == TableWriteCounts(already_present=1)
     assert second.validation_reviews == TableWriteCounts(already_present=1)
     assert second.diagnostic_runs == TableWriteCounts(already_present=2)
+    assert second.restart_events == TableWriteCounts(already_present=1)
     assert second.escalations == TableWriteCounts(already_present=2)
     assert (second.inserted, second.updated) == (0, 0)
     assert everything() == before
@@ -664,6 +758,137 @@ def test_diagnostic_run_and_escalation_conflicts(ledger: Ledger) -> None:
     )
     assert ledger.diagnostic_runs(ticket) == [run]
     assert ledger.escalations(ticket) == [esc]
+
+
+def test_restart_event_progresses_monotonically(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    requested, restarted = restart_event(ticket), restart_event(ticket, outcome="restarted")
+
+    def write(*events: RestartEventRecord) -> TableWriteCounts:
+        report = ledger.write(LedgerBatch(ticket_id=ticket, restart_events=list(events)))
+        return report.restart_events
+
+    assert write(requested) == TableWriteCounts(inserted=1)
+    assert write(requested) == TableWriteCounts(already_present=1)  # idempotent
+    assert ledger.restart_events(ticket) == [requested]
+    before = stored_recorded_at(ledger, ticket)
+
+    assert write(restarted) == TableWriteCounts(updated=1)
+    assert ledger.restart_events(ticket) == [restarted]
+    # An out-of-order redelivery of "requested" leaves it restarted; so does a duplicate.
+    assert write(requested) == TableWriteCounts(already_present=1)
+    assert write(restarted) == TableWriteCounts(already_present=1)
+    assert ledger.restart_events(ticket) == [restarted]
+    # A terminal outcome never changes to another one, nor takes its values.
+    failed = restarted.model_copy(
+        update={"outcome": "failed", "new_pid": None, "finished_at": T0 + timedelta(minutes=1)}
+    )
+    assert write(failed) == TableWriteCounts(already_present=1)
+    # The same outcome again without the details: empty values never clear stored ones.
+    bare = restarted.model_copy(
+        update={"graceful": None, "forced": None, "new_pid": None, "finished_at": None}
+    )
+    assert write(bare) == TableWriteCounts(already_present=1)
+    assert ledger.restart_events(ticket) == [restarted]
+    assert stored_recorded_at(ledger, ticket) == before  # updates, never a new row
+
+    # ...and a later delivery of the same outcome may fill in what was missing.
+    other = new_ticket()
+    partial = restart_event(other, outcome="restarted").model_copy(update={"new_pid": None})
+    complete = restart_event(other, outcome="restarted")
+    for event_, expected in (
+        (partial, TableWriteCounts(inserted=1)),
+        (complete, TableWriteCounts(updated=1)),
+        (partial, TableWriteCounts(already_present=1)),
+    ):
+        report = ledger.write(LedgerBatch(ticket_id=other, restart_events=[event_]))
+        assert report.restart_events == expected
+    assert ledger.restart_events(other) == [complete]
+
+
+def test_restart_events_converge_in_any_delivery_order(ledger: Ledger) -> None:
+    """Requested, restarted (twice) in any order, one batch each or all in one batch: the
+    ledger ends with the restarted row; a later restart of the lineage is a row of its own."""
+    for order in set(itertools.permutations(("requested", "restarted", "restarted"))):
+        one_by_one, together = new_ticket(), new_ticket()
+        for outcome in order:
+            ledger.write(
+                LedgerBatch(
+                    ticket_id=one_by_one,
+                    restart_events=[restart_event(one_by_one, outcome=outcome)],
+                )
+            )
+        report = ledger.write(
+            LedgerBatch(
+                ticket_id=together,
+                restart_events=[restart_event(together, outcome=o) for o in order],
+            )
+        )
+        assert report.restart_events == TableWriteCounts(inserted=1)
+        for ticket in (one_by_one, together):
+            assert ledger.restart_events(ticket) == [restart_event(ticket, outcome="restarted")]
+
+    ticket = new_ticket()
+    second = restart_event(ticket, number=2, outcome="quarantined", at=T0 + timedelta(minutes=5))
+    ledger.write(LedgerBatch(ticket_id=ticket, restart_events=[second, restart_event(ticket)]))
+    assert ledger.restart_events(ticket) == [restart_event(ticket), second]
+    assert [e.number for e in ledger.restart_events(ticket, lineage="worker")] == [1, 2]
+
+
+def test_restart_event_immutable_columns_conflict(ledger: Ledger) -> None:
+    ticket = new_ticket()
+    requested = restart_event(ticket)
+    ledger.write(LedgerBatch(ticket_id=ticket, restart_events=[requested]))
+
+    changes: list[dict[str, object]] = [
+        {"agent_id": "worker-g7"},
+        {"reason": "cooldown"},
+        {"runtime": "external"},
+        {"old_pid": 999},
+        {"old_pid": None},
+        {"reassigned_task_ids": ["task-1"]},
+        {"requested_at": T0 + timedelta(seconds=1)},
+    ]
+    for change in changes:
+        with pytest.raises(LedgerConflict) as caught:
+            ledger.write(
+                LedgerBatch(
+                    ticket_id=ticket,
+                    restart_events=[requested.model_copy(update=change)],
+                    escalations=[escalation(ticket)],  # would be new: must roll back
+                )
+            )
+        assert (caught.value.table, caught.value.fields) == ("restart_events", tuple(change))
+
+    # An immutable change next to a legitimate progression is still a conflict.
+    moved = restart_event(ticket, outcome="restarted").model_copy(update={"reason": "manual"})
+    with pytest.raises(LedgerConflict) as caught:
+        ledger.write(LedgerBatch(ticket_id=ticket, restart_events=[moved]))
+    assert set(caught.value.fields) == {
+        "reason",
+        "outcome",
+        "graceful",
+        "forced",
+        "new_pid",
+        "finished_at",
+    }
+    with pytest.raises(LedgerConflict, match="twice in one batch"):
+        ledger.write(
+            LedgerBatch(
+                ticket_id=ticket,
+                restart_events=[
+                    restart_event(ticket, number=5),
+                    moved.model_copy(
+                        update={"id": restart_event_id(ticket, "worker", 5), "number": 5}
+                    ),
+                ],
+            )
+        )
+    with pytest.raises(LedgerConflict, match="unique key"):
+        other_id = requested.model_copy(update={"id": f"{ticket}/another-id"})
+        ledger.write(LedgerBatch(ticket_id=ticket, restart_events=[other_id]))
+    assert ledger.restart_events(ticket) == [requested]
+    assert ledger.escalations(ticket) == []
 
 
 def test_escalation_acknowledgement_is_monotone(ledger: Ledger) -> None:

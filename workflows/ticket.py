@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,8 +21,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from core import deadlines, diagnosis, views
+    from core import deadlines, diagnosis, health, views
     from core import ticket as core
+    from core.common import RestartAgentProcess, SpawnAgentProcesses, StopAgentProcesses
     from core.state import TicketState
     from models.diagnosis import DiagnosisInput, DiagnosisReport
     from models.ledger import WRITE_LEDGER_ACTIVITY, LedgerBatch
@@ -42,6 +43,8 @@ with workflow.unsafe.imports_passed_through():
         Heartbeat,
         RegisterAgent,
         Registration,
+        ReleaseAgent,
+        ReleaseReply,
         ReportProgress,
         ResultFile,
         ResultVersionView,
@@ -54,7 +57,18 @@ with workflow.unsafe.imports_passed_through():
         TaskView,
         TimelineEntry,
     )
-    from models.spec import TicketSpec
+    from models.runtime import (
+        RESTART_AGENT_ACTIVITY,
+        SPAWN_AGENT_ACTIVITY,
+        STOP_AGENT_ACTIVITY,
+        AgentProcess,
+        RestartAgent,
+        RestartOutcome,
+        SpawnAgent,
+        StopAgent,
+        StopOutcome,
+    )
+    from models.spec import AgentSpec, TicketSpec
     from models.workflow_io import ReadResultFile, TicketInput
     from workflows.dashboard import render_dashboard
 
@@ -65,6 +79,7 @@ PHASE = SearchAttributeKey.for_keyword("Phase")
 OPEN_TASKS = SearchAttributeKey.for_int("OpenTasks")
 STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
 DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
+RESTARTS = SearchAttributeKey.for_int("Restarts")
 DIAGNOSIS_WORKFLOW = "Diagnosis"
 
 T = TypeVar("T")
@@ -72,6 +87,13 @@ T = TypeVar("T")
 #: Ledger writes retry for as long as it takes: a result must never be dropped because the
 #: database was down for a while. A conflict (same id, different content) is a bug and is
 #: raised non-retryable by the activity.
+#: Agent process operations: a few attempts (restart_agent resumes from its heartbeat details).
+AGENT_OP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)
+
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
@@ -97,9 +119,12 @@ class TicketWorkflow:
             assert input.spec is not None, "TicketInput needs a spec or a state"
             self._state = core.new_ticket(input.spec, workflow.now())
             self._state.operator_token_sha256 = input.operator_token_sha256
+            self._state.agent_address = input.agent_address
+            self._state.agent_namespace = input.agent_namespace
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
+        self._agent_ops: set[asyncio.Task[None]] = set()
         self._armed: datetime | None = None
         self._finished = False
         self._search_attributes: dict[str, Any] = {}
@@ -109,6 +134,8 @@ class TicketWorkflow:
 
     @workflow.run
     async def run(self, input: TicketInput) -> StatusView:
+        if input.state is None:
+            self._apply_effects(health.start(self._state))  # spawn local-process agents
         self._after_change()
         while not self._finished:
             # Deadlines that passed (the stuck check) produce effects like any message.
@@ -164,6 +191,7 @@ class TicketWorkflow:
             lambda: (
                 workflow.all_handlers_finished()
                 and not self._diagnoses
+                and not self._agent_ops
                 and (self._flush is None or self._flush.done())
                 and self._state.outbox.is_empty()
             )
@@ -219,13 +247,101 @@ class TicketWorkflow:
                 self._finished = True
                 for task in self._diagnoses.values():
                     task.cancel()  # the ticket is over; its diagnoses are moot
+                for process in health.processes(self._state):
+                    self._agent_op(self._stop_agent(process, effect.reason))
             elif isinstance(effect, core.StartDiagnosis):
                 run_id = effect.input.run_id
                 self._diagnoses[run_id] = asyncio.create_task(self._diagnose(effect.input))
+            elif isinstance(effect, RestartAgentProcess):
+                self._agent_op(self._restart_agent(effect))
+            elif isinstance(effect, SpawnAgentProcesses):
+                for spec in effect.specs:
+                    self._agent_op(self._spawn_agent(spec))
+            elif isinstance(effect, StopAgentProcesses):
+                for process in effect.processes:
+                    self._agent_op(self._stop_agent(process, effect.reason))
             # StopAgents: agents read it from their inbox (replies and the inbox query).
         self._after_change()
 
+    # ---- agent processes (local-process runtime) ---------------------------------------------
+
+    def _agent_op(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._agent_ops.add(task)
+        task.add_done_callback(self._agent_ops.discard)
+
+    def _spawn_request(self, spec: AgentSpec, generation: int) -> SpawnAgent:
+        return SpawnAgent(
+            ticket_id=self._state.ticket_id,
+            spec=spec,
+            temporal_address=self._state.agent_address or "",
+            namespace=self._state.agent_namespace,
+            generation=generation,
+        )
+
+    async def _spawn_agent(self, spec: AgentSpec) -> None:
+        try:
+            process = await workflow.execute_activity(
+                SPAWN_AGENT_ACTIVITY,
+                self._spawn_request(spec, 0),
+                result_type=AgentProcess,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=AGENT_OP_RETRY,
+                summary=f"spawn agent {spec.name}",
+            )
+            health.agent_spawned(self._state, process, workflow.now())
+        except ActivityError as exc:
+            diagnosis.escalate(
+                self._state,
+                workflow.now(),
+                source="spawn_failed",
+                severity="SEV-2",
+                reason=f"could not start agent {spec.name}: {exc.cause or exc}",
+            )
+        self._after_change()
+
+    async def _restart_agent(self, effect: RestartAgentProcess) -> None:
+        grace = self._state.spec.policy.health.stop_grace_s
+        try:
+            outcome = await workflow.execute_activity(
+                RESTART_AGENT_ACTIVITY,
+                RestartAgent(
+                    spawn=self._spawn_request(effect.spec, effect.generation),
+                    previous=effect.previous,
+                    grace_s=grace,
+                ),
+                result_type=RestartOutcome,
+                start_to_close_timeout=timedelta(seconds=grace + 120),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=AGENT_OP_RETRY,
+                summary=f"restart agent {effect.lineage} (restart {effect.number})",
+            )
+            health.restart_finished(
+                self._state, effect.agent_id, effect.number, outcome, workflow.now()
+            )
+        except ActivityError as exc:
+            health.restart_failed(
+                self._state, effect.agent_id, effect.number, str(exc.cause or exc), workflow.now()
+            )
+        self._after_change()
+
+    async def _stop_agent(self, process: AgentProcess, reason: str) -> None:
+        grace = self._state.spec.policy.health.stop_grace_s
+        try:
+            await workflow.execute_activity(
+                STOP_AGENT_ACTIVITY,
+                StopAgent(process=process, grace_s=grace),
+                result_type=StopOutcome,
+                start_to_close_timeout=timedelta(seconds=grace + 60),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=AGENT_OP_RETRY,
+                summary=f"stop agent {process.agent_name} ({reason[:60]})",
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("stopping %s failed: %s", process.agent_name, exc.cause)
+
     async def _diagnose(self, input: DiagnosisInput) -> None:
+
         try:
             report = await workflow.execute_child_workflow(
                 DIAGNOSIS_WORKFLOW,
@@ -259,12 +375,14 @@ class TicketWorkflow:
         open_tasks = core.open_tasks(state)
         stuck_since = state.stuck_since
         runs = len(state.diagnoses)
+        restarts = state.restarts_total
         wanted = {
             "TicketStatus": status,
             "Phase": phase,
             "OpenTasks": open_tasks,
             "StuckSince": stuck_since,
             "Diagnoses": runs,
+            "Restarts": restarts,
         }
         if wanted != self._search_attributes:
             self._search_attributes = wanted
@@ -277,6 +395,7 @@ class TicketWorkflow:
                     if stuck_since
                     else STUCK_SINCE.value_unset(),
                     DIAGNOSES.value_set(runs),
+                    RESTARTS.value_set(restarts),
                 ]
             )
         # Current details are metadata, not history events: cheap to keep fresh.
@@ -296,6 +415,8 @@ class TicketWorkflow:
             step = fn(self._state, msg, workflow.now(), **kwargs)
         except core.Refused as exc:
             raise _refusal(exc) from None
+        # An accepted message is a sign of life of the agent that sent it.
+        health.seen(self._state, getattr(msg, "agent_id", None), workflow.now())
         return self._perform(step)
 
     @workflow.update(name="register")
@@ -383,6 +504,14 @@ class TicketWorkflow:
     @review_task.validator
     def _validate_review_task(self, msg: ReviewTask) -> None:
         self._check(core.review_task, msg)
+
+    @workflow.update(name="release")
+    async def release(self, msg: ReleaseAgent) -> ReleaseReply:
+        return self._apply(health.release, msg)
+
+    @release.validator
+    def _validate_release(self, msg: ReleaseAgent) -> None:
+        self._check(health.release, msg)
 
     @workflow.update(name="cancel")
     async def cancel(self, msg: CancelTicket) -> StatusView:
