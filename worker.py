@@ -59,6 +59,9 @@ def build_worker(
             run_checks,
         ],
         activity_executor=ThreadPoolExecutor(max_workers=16),
+        # Many tickets wake at once when their deadlines pass; the default 5 pollers made
+        # workflow-task pick-up dominate stuck-detection latency (bench/detection.py).
+        max_concurrent_workflow_task_polls=16,
     )
 
 

@@ -80,7 +80,8 @@ from models.messages import (
     SubmitResult,
     TaskView,
 )
-from models.spec import PRIORITY_RANK, TicketSpec
+from models.spec import PRIORITY_RANK, AutomatedCheck, TicketSpec
+from models.validation import ChecksReport
 
 #: Most tasks one ticket may hold (a runaway agent must not grow state without bound).
 MAX_TASKS = 5_000
@@ -521,10 +522,28 @@ def review_result(
         )
     if not apply:
         return Step(ReviewReply(version=msg.version, status="", ticket_status=state.status))
-    version.status = "validated" if msg.passed else "rejected"
-    version.validator_id = agent.id
-    version.feedback = msg.feedback
-    version.evidence = list(msg.evidence)
+    effects = _result_verdict(
+        state, version, agent.id, msg.passed, msg.feedback, list(msg.evidence), now
+    )
+    reply = ReviewReply(version=version.version, status=version.status, ticket_status=state.status)
+    _remember(state, key, reply)
+    return Step(reply, effects)
+
+
+def _result_verdict(
+    state: TicketState,
+    version: ResultVersion,
+    validator_id: str,
+    passed: bool,
+    feedback: str,
+    evidence: list[str],
+    now: datetime,
+) -> list[Effect]:
+    """Record the one verdict of a result version and act on it (on_result_found)."""
+    version.status = "validated" if passed else "rejected"
+    version.validator_id = validator_id
+    version.feedback = feedback
+    version.evidence = evidence
     version.verdict_at = now
     version.content = None  # the ledger holds it; state stays small
     state.last_activity_at = now
@@ -535,43 +554,82 @@ def review_result(
             subject_kind="result",
             subject_id=str(version.version),
             iteration=version.version,
-            validator_id=agent.id,
-            passed=msg.passed,
-            feedback=msg.feedback,
-            evidence=list(msg.evidence),
+            validator_id=validator_id,
+            passed=passed,
+            feedback=feedback,
+            evidence=evidence,
             created_at=now,
         )
     )
-    effects: list[Effect] = []
-    if msg.passed:
-        log(
-            state,
-            now,
-            "result_validated",
-            f"result v{version.version} validated",
-            agent_id=agent.id,
-        )
-        if state.spec.policy.results.on_result_found == "stop_all":
-            effects = _finish(state, now, "completed", f"result v{version.version} validated")
-        else:
-            log(
-                state,
-                now,
-                "result_found",
-                "on_result_found=do_nothing: the ticket keeps going",
-                agent_id=agent.id,
-            )
-    else:
+    if not passed:
         log(
             state,
             now,
             "result_rejected",
-            f"result v{version.version} rejected: {msg.feedback[:200]}",
-            agent_id=agent.id,
+            f"result v{version.version} rejected: {feedback[:200]}",
+            agent_id=validator_id,
         )
-    reply = ReviewReply(version=version.version, status=version.status, ticket_status=state.status)
-    _remember(state, key, reply)
-    return Step(reply, effects)
+        return []
+    log(
+        state,
+        now,
+        "result_validated",
+        f"result v{version.version} validated",
+        agent_id=validator_id,
+    )
+    if state.spec.policy.results.on_result_found == "stop_all":
+        return _finish(state, now, "completed", f"result v{version.version} validated")
+    log(
+        state,
+        now,
+        "result_found",
+        "on_result_found=do_nothing: the ticket keeps going",
+        agent_id=validator_id,
+    )
+    return []
+
+
+#: The validator id recorded for verdicts the automated result checks deliver.
+AUTOMATED_CHECKS = "automated-checks"
+
+
+def result_checks(state: TicketState) -> list[AutomatedCheck]:
+    """The automated checks of the ticket's result criteria (run on each submitted version)."""
+    return [c.check for c in state.spec.result_criteria if c.check is not None]
+
+
+def result_checked(
+    state: TicketState, version_number: int, report: ChecksReport, now: datetime
+) -> list[Effect]:
+    """The automated checks of a version ran: a failure rejects it; if every criterion has a
+    check and all passed, the version is validated; otherwise a validator still decides."""
+    if not 1 <= version_number <= len(state.results) or state.status != "open":
+        return []
+    version = state.results[version_number - 1]
+    if version.status != "pending_validation":
+        return []  # a validator was faster; a version is judged exactly once
+    version.checks = [r.summary for r in report.results]
+    failed = [r.summary for r in report.results if not r.passed]
+    if failed:
+        return _result_verdict(
+            state,
+            version,
+            AUTOMATED_CHECKS,
+            False,
+            "automated checks failed: " + "; ".join(failed),
+            version.checks,
+            now,
+        )
+    if all(c.check is not None for c in state.spec.result_criteria):
+        return _result_verdict(state, version, AUTOMATED_CHECKS, True, "", version.checks, now)
+    log(
+        state,
+        now,
+        "result_checked",
+        f"result v{version.version}: {len(report.results)} "
+        "automated check(s) passed; a validator decides the rest",
+    )
+    return []
 
 
 def review_task(

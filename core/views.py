@@ -70,6 +70,7 @@ def result_view(version: ResultVersion) -> ResultVersionView:
         feedback=version.feedback,
         evidence=list(version.evidence),
         verdict_at=version.verdict_at.isoformat() if version.verdict_at else None,
+        checks=list(version.checks),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from agent_client.session import AgentSession, Refused
 from infra.settings import Settings
 from ledger.store import Ledger
-from models.messages import DiagnosisView
+from models.messages import DiagnosisView, ResultVersionView
 from tests.conftest import unique_id
 from tests.ticketkit import launch
 
@@ -141,6 +142,71 @@ async def test_validator_timeout_with_the_production_ten_minutes(
         expired = next(e for e in state.timeline if e.kind == "validation_timeout")
         assert expired.at - submitted - timedelta(seconds=600) < timedelta(seconds=1)
         assert [d.trigger for d in state.diagnoses][:1] == ["validation_timeout"]
+    await ticket.handle.execute_update(
+        "cancel", {"operator_token": ticket.operator_token, "reason": "test over"}
+    )
+
+
+async def _results(ticket: Any, n: int) -> list[ResultVersionView]:
+    for _ in range(100):
+        results = await ticket.handle.query("results", result_type=list[ResultVersionView])
+        if len(results) >= n and results[n - 1].status != "pending_validation":
+            return results
+        await asyncio.sleep(0.1)
+    return results
+
+
+@pytest.mark.usefixtures("worker")
+async def test_result_criteria_checks_reject_then_validate(
+    client: Client, settings: Settings, ledger: Ledger, tmp_path: Path
+) -> None:
+    spec = validated_spec(unique_id("checks"))
+    spec["tasks"] = []
+    spec["result_criteria"] = [
+        {"description": "the login module exists",
+         "check": {"kind": "file_exists", "path": "auth.py"}},
+        {"description": "passwords are hashed",
+         "check": {"kind": "file_contains", "path": "auth.py", "text": "bcrypt"}},
+    ]
+    spec["policy"] = {"results": {"files_root": str(tmp_path)}}
+    ticket = await launch(client, settings, spec)
+    async with AgentSession(client, ticket.ticket_id, name="ada") as ada:
+        await ada.submit_result("# Login\nDone.")
+        [v1] = await _results(ticket, 1)
+        assert v1.status == "rejected" and v1.validator_id == "automated-checks"
+        assert v1.feedback is not None and "automated checks failed" in v1.feedback
+        assert "auth.py" in v1.feedback
+        (tmp_path / "auth.py").write_text("import bcrypt\n", encoding="utf-8")
+        await ada.submit_result("# Login\nDone, with hashing.")
+        v2 = (await _results(ticket, 2))[1]
+        assert v2.status == "validated" and len(v2.checks) == 2
+    outcome = await ticket.handle.result()
+    assert outcome["status"] == "completed" and outcome["validated_version"] == 2
+    verdicts = [(r.iteration, r.passed, r.validator_id) for r in ledger.reviews(ticket.ticket_id)]
+    assert verdicts == [(1, False, "automated-checks"), (2, True, "automated-checks")]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_checks_inform_the_validator_when_a_criterion_has_none(
+    client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    spec = validated_spec(unique_id("mixed"))
+    spec["result_criteria"] = [
+        {"description": "the module exists", "check": {"kind": "file_exists", "path": "x.md"}},
+        "the UX is pleasant",
+    ]
+    spec["policy"] = {"results": {"files_root": str(tmp_path)}}
+    (tmp_path / "x.md").write_text("# x\n", encoding="utf-8")
+    ticket = await launch(client, settings, spec)
+    async with AgentSession(client, ticket.ticket_id, name="ada") as ada:
+        await ada.submit_result("# done")
+        for _ in range(100):
+            [v1] = await ticket.handle.query("results", result_type=list[ResultVersionView])
+            if v1.checks:
+                break
+            await asyncio.sleep(0.1)
+        assert v1.status == "pending_validation"  # a person (validator) decides the rest
+        assert v1.checks and "x.md" in v1.checks[0]
     await ticket.handle.execute_update(
         "cancel", {"operator_token": ticket.operator_token, "reason": "test over"}
     )

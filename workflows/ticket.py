@@ -68,7 +68,8 @@ with workflow.unsafe.imports_passed_through():
         StopAgent,
         StopOutcome,
     )
-    from models.spec import AgentSpec, TicketSpec
+    from models.spec import AgentSpec, AutomatedCheck, TicketSpec
+    from models.validation import RUN_CHECKS_ACTIVITY, ChecksReport, RunChecks
     from models.workflow_io import ReadResultFile, TicketInput
     from workflows.dashboard import render_dashboard
 
@@ -341,7 +342,6 @@ class TicketWorkflow:
             workflow.logger.warning("stopping %s failed: %s", process.agent_name, exc.cause)
 
     async def _diagnose(self, input: DiagnosisInput) -> None:
-
         try:
             report = await workflow.execute_child_workflow(
                 DIAGNOSIS_WORKFLOW,
@@ -350,16 +350,21 @@ class TicketWorkflow:
                 result_type=DiagnosisReport,
                 static_summary=f"{input.trigger} diagnosis of ticket {input.ticket_id}",
             )
-            diagnosis.diagnosis_finished(self._state, report, workflow.now())
         except asyncio.CancelledError:
+            if not self._finished:
+                # Eviction from the worker cache or cancellation of the ticket itself: the
+                # workflow event loop may be gone, so touch no workflow API on the way out.
+                self._diagnoses.pop(input.run_id, None)
+                raise
             diagnosis.diagnosis_failed(self._state, input.run_id, "ticket finished", workflow.now())
         except ChildWorkflowError as exc:
             diagnosis.diagnosis_failed(
                 self._state, input.run_id, str(exc.cause or exc), workflow.now()
             )
-        finally:
-            del self._diagnoses[input.run_id]
-            self._after_change()
+        else:
+            diagnosis.diagnosis_finished(self._state, report, workflow.now())
+        self._diagnoses.pop(input.run_id, None)
+        self._after_change()
 
     def _after_change(self) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
@@ -483,7 +488,36 @@ class TicketWorkflow:
                 detail = cause.message if isinstance(cause, ApplicationError) else str(exc)
                 raise _refusal(core.Refused("file_ref", detail)) from None
         # Checked again after the await: another submission may have landed meanwhile.
-        return self._apply(core.submit_result, msg, file=file)
+        reply = self._apply(core.submit_result, msg, file=file)
+        checks = core.result_checks(self._state)
+        if checks:
+            self._agent_op(self._check_result(reply.version, checks))
+        return reply
+
+    async def _check_result(self, version: int, checks: list[AutomatedCheck]) -> None:
+        """Run the result criteria's automated checks on a new version (verdict or evidence)."""
+        try:
+            report = await workflow.execute_activity(
+                RUN_CHECKS_ACTIVITY,
+                RunChecks(checks=checks, base_dir=self._state.spec.policy.results.files_root),
+                result_type=ChecksReport,
+                start_to_close_timeout=timedelta(
+                    seconds=sum(getattr(c, "timeout_s", 10.0) for c in checks) + 60
+                ),
+                heartbeat_timeout=timedelta(seconds=20),
+                retry_policy=AGENT_OP_RETRY,
+                summary=f"check result v{version} ({len(checks)} automated check(s))",
+            )
+        except ActivityError as exc:
+            core.note(
+                self._state,
+                workflow.now(),
+                "result_checks_failed",
+                f"automated checks of v{version} could not run: {exc.cause or exc}",
+            )
+        else:
+            self._apply_effects(core.result_checked(self._state, version, report, workflow.now()))
+        self._after_change()
 
     @submit_result.validator
     def _validate_submit_result(self, msg: SubmitResult) -> None:
