@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.agents import AgentActivities
 from activities.checks import run_checks
 from activities.diagnosis import DiagnosisActivities
 from activities.ledger import LedgerActivities
@@ -55,6 +56,11 @@ def build_worker(
         activities=[
             *ledger_activities.activities(),
             *diagnosis_activities.activities(),
+            *AgentActivities(
+                settings.data_dir,
+                temporal_address=settings.temporal_address,
+                namespace=settings.namespace,
+            ).activities(),
             read_result_file,
             run_checks,
         ],

@@ -156,10 +156,13 @@ def _restart(state: TicketState, agent: Agent, now: datetime, reason: str) -> li
     """Reassign the agent's work, then restart, defer (cooldown) or quarantine it."""
     policy = state.spec.policy.health
     lineage = lineage_of(state, agent)
-    effects: list[Effect] = list(_release_tasks(state, agent, now, reason))
     recent = [t for t in lineage.restarts if t > now - HOUR]
     if len(recent) >= policy.max_restarts_per_hour:
-        return effects + _quarantine(state, agent, lineage, now, reason, len(recent))
+        # The quarantine's restart_escalation diagnosis is the more specific one: a task that
+        # runs out of retries here must not take the one diagnosis slot first.
+        _release_tasks(state, agent, now, reason, diagnose=False)
+        return _quarantine(state, agent, lineage, now, reason, len(recent))
+    effects: list[Effect] = list(_release_tasks(state, agent, now, reason))
     cooldown = timedelta(seconds=policy.restart_cooldown_s)
     if lineage.restarts and now - lineage.restarts[-1] < cooldown:
         lineage.pending_restart_agent = agent.id
@@ -267,7 +270,9 @@ def _quarantine(
     return effects
 
 
-def _release_tasks(state: TicketState, agent: Agent, now: datetime, reason: str) -> list[Effect]:
+def _release_tasks(
+    state: TicketState, agent: Agent, now: datetime, reason: str, *, diagnose: bool = True
+) -> list[Effect]:
     """The agent's tasks go back to pending; the attempt counts against their retries."""
     effects: list[Effect] = []
     retries = state.spec.policy.tasks.max_retries
@@ -294,9 +299,10 @@ def _release_tasks(state: TicketState, agent: Agent, now: datetime, reason: str)
                 task_id=task.id,
             )
             diagnosis.recovery_task_failed(state, task, now)
-            effects += diagnosis.request_diagnosis(
-                state, "task_failed", now, reason=f"{task.id}: {task.failure_reason}"
-            )
+            if diagnose:
+                effects += diagnosis.request_diagnosis(
+                    state, "task_failed", now, reason=f"{task.id}: {task.failure_reason}"
+                )
         else:
             task.status = "pending"
             log(

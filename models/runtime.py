@@ -67,7 +67,9 @@ class SpawnAgent(BaseModel):
 
     ticket_id: Slug
     spec: AgentSpec
-    temporal_address: str = Field(min_length=1)
+    temporal_address: str = Field(
+        default="", description="where the agent connects; empty = the worker's own Temporal"
+    )
     namespace: str = Field(default="default", min_length=1)
     generation: int = Field(
         default=0,

@@ -150,8 +150,8 @@ def test_restart_reassigns_tasks_counting_the_attempt() -> None:
     assert (done.outcome, done.forced, done.old_pid, done.new_pid) == ("restarted", True, 100, 200)
     bob = join(state, s(51))  # the new process registers under the same name
     assert state.agents[bob["agent_id"]].lineage == "alice"
-    task = core.claim(state, ClaimTask(**bob), s(52)).reply.task
-    assert task is not None and task.attempt == 2
+    claimed = core.claim(state, ClaimTask(**bob), s(52)).reply.task
+    assert claimed is not None and claimed.attempt == 2
 
 
 def test_a_task_past_its_retries_fails_and_triggers_a_diagnosis() -> None:

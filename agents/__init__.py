@@ -1,0 +1,1 @@
+"""Agent programs Unstuck can run through its local-process runtime (demos and tests)."""
