@@ -75,6 +75,8 @@ from models.messages import (
     DiagnoseReply,
     DiagnoseTicket,
     DiagnosisView,
+    ReleaseAgent,
+    ReleaseReply,
     ResultVersionView,
     StatusView,
     TaskView,
@@ -543,6 +545,19 @@ async def diagnose_ticket(
     return reply
 
 
+async def release_agent(
+    client: Client, settings: Settings, ticket_id: str, agent_id: str, operator: str
+) -> ReleaseReply:
+    """Send the ``release`` update for a quarantined agent (operator token required)."""
+    token = read_token(settings, ticket_id)
+    message = ReleaseAgent(agent_id=agent_id, operator=operator, operator_token=token)
+    handle = client.get_workflow_handle(ticket_id)
+    reply: ReleaseReply = await _call(
+        settings, ticket_id, handle.execute_update("release", message, result_type=ReleaseReply)
+    )
+    return reply
+
+
 async def is_running(client: Client, settings: Settings, ticket_id: str) -> bool:
     """Whether the ticket's workflow is still running (terminated counts as not running)."""
     description = await _call(settings, ticket_id, client.get_workflow_handle(ticket_id).describe())
@@ -951,6 +966,20 @@ async def cmd_diagnose(args: argparse.Namespace, ctx: Context) -> int:
         )
     )
     ctx.out.print(Text(f"Follow it: python starter.py status {args.ticket_id}", style="dim"))
+    return 0
+
+
+async def cmd_release(args: argparse.Namespace, ctx: Context) -> int:
+    client = await open_client(ctx.settings)
+    reply = await release_agent(client, ctx.settings, args.ticket_id, args.agent_id, args.operator)
+    ctx.out.print(
+        Text.assemble(
+            "Released ",
+            (reply.agent_id, "bold"),
+            f" on ticket {args.ticket_id}: it must heartbeat within "
+            f"{reply.heartbeat_within_s:g} s to come back, or it stays quarantined.",
+        )
+    )
     return 0
 
 
@@ -1462,6 +1491,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose.add_argument(
         "--operator", default=_operator_name(), help="who asks (default: the current user)"
+    )
+
+    release = command(
+        "release", cmd_release, "Release a quarantined agent (needs the operator token file)."
+    )
+    release.add_argument("ticket_id", metavar="TICKET_ID")
+    release.add_argument("agent_id", metavar="AGENT_ID")
+    release.add_argument(
+        "--operator", default=_operator_name(), help="who releases (default: the current user)"
     )
 
     schema = command("schema", cmd_schema, "Write the JSON Schema of every message.")

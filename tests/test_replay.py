@@ -10,6 +10,7 @@ incompatible (and no ticket of the old shape is running), re-record:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from agent_client.session import AgentSession
 from infra.settings import Settings
 from tests.conftest import unique_id
 from tests.ticketkit import launch, spec_dict
+from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -29,12 +31,12 @@ RECORD = os.environ.get("UNSTUCK_RECORD_HISTORIES") == "1"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[TicketWorkflow], data_converter=pydantic_data_converter)
+    return Replayer(
+        workflows=[TicketWorkflow, DiagnosticWorkflow], data_converter=pydantic_data_converter
+    )
 
 
-@pytest.mark.parametrize(
-    "path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
     result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
@@ -43,7 +45,12 @@ async def test_recorded_history_replays(path: Path) -> None:
 
 def test_histories_are_recorded() -> None:
     names = {p.stem for p in HISTORIES.glob("*.json")}
-    assert {"ticket-happy-path", "ticket-continue-as-new-run1"} <= names
+    assert {
+        "ticket-happy-path",
+        "ticket-continue-as-new-run1",
+        "ticket-validation-loop",
+        "ticket-seed-stuck-diagnosed",
+    } <= names
 
 
 @pytest.mark.usefixtures("worker")
@@ -68,8 +75,12 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         await vera.review_result(2, passed=True)
     await happy.handle.result()
 
-    can = await launch(client, settings, spec_dict(unique_id("replay-can"), tasks=[]),
-                       continue_as_new_after_events=100)
+    can = await launch(
+        client,
+        settings,
+        spec_dict(unique_id("replay-can"), tasks=[]),
+        continue_as_new_after_events=100,
+    )
     async with (
         AgentSession(client, can.ticket_id, name="alice") as alice,
         AgentSession(client, can.ticket_id, name="vera", kind="validator") as vera,
@@ -82,7 +93,63 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         await vera.review_result(1, passed=True)
     await can.handle.result()
 
-    histories = {"ticket-happy-path": await happy.handle.fetch_history()}
+    review = await launch(
+        client,
+        settings,
+        {
+            "id": unique_id("replay-review"),
+            "title": "Reviewed",
+            "tasks": [{"key": "a", "phase": "implementation", "title": "A", "validation": True}],
+        },
+    )
+    async with (
+        AgentSession(client, review.ticket_id, name="alice") as alice,
+        AgentSession(client, review.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        for iteration, passed in ((1, False), (2, True)):
+            task = await alice.claim()
+            assert task is not None
+            await alice.complete(task.id, f"# try {iteration}", "implementation")
+            assert await vera.claim() is not None
+            await vera.review_task(task.id, iteration, passed, feedback="" if passed else "no")
+        await alice.submit_result("# reviewed")
+        await vera.review_result(1, passed=True)
+    await review.handle.result()
+
+    seed = await launch(
+        client,
+        settings,
+        spec_dict(
+            unique_id("replay-seed"),
+            tasks=[{"key": "a", "phase": "testing", "title": "A"}],
+            phases=[{"name": "testing"}],
+            policy={"stuck": {"window_s": 0.5, "cooldown_s": 0.5}},
+        ),
+    )
+    async with (
+        AgentSession(client, seed.ticket_id, name="alice") as alice,
+        AgentSession(client, seed.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        task = await alice.claim()
+        assert task is not None
+        await alice.complete(task.id, "# done", "test")
+        recovery = None
+        for _ in range(100):  # nobody submits: the ticket diagnoses itself
+            recovery = await alice.claim()
+            if recovery is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert recovery is not None and recovery.diagnosis_run_id
+        await alice.submit_result("# the result")
+        await alice.complete(recovery.id, "submitted", "documentation")
+        await vera.review_result(1, passed=True)
+    await seed.handle.result()
+
+    histories = {
+        "ticket-happy-path": await happy.handle.fetch_history(),
+        "ticket-validation-loop": await review.handle.fetch_history(),
+        "ticket-seed-stuck-diagnosed": await seed.handle.fetch_history(),
+    }
     runs = []
     async for execution in client.list_workflows(f'WorkflowId = "{can.ticket_id}"'):
         runs.append(execution)

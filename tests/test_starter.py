@@ -373,3 +373,24 @@ async def test_diagnose_then_diagnoses_lists_the_run_with_its_hypotheses(
     assert "Traceback" not in out + err
     code, _, err = await run(capsys, cli("diagnoses", "no-such-ticket-xyz"))
     assert code == 1 and err.startswith("error: ")
+
+
+async def test_release_refuses_an_agent_that_is_not_quarantined(
+    worker: Worker,
+    client: Client,
+    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., list[str]],
+    tmp_path: Path,
+) -> None:
+    ticket_id = unique_id("starter-release")
+    code, _, err = await run(capsys, cli("launch", str(write_spec(tmp_path)), "--id", ticket_id))
+    assert code == 0, err
+    reg = await client.get_workflow_handle(ticket_id).execute_update(
+        "register", {"name": "alice"}
+    )
+    code, out, err = await run(capsys, cli("release", ticket_id, reg["agent_id"]))
+    assert code == 1 and err.startswith("error: ")
+    assert "alice-1 is idle, not quarantined" in err
+    assert "Traceback" not in out + err
+    code, _, err = await run(capsys, cli("release", ticket_id, "nobody-9"))
+    assert code == 1 and "unknown agent 'nobody-9'" in err
