@@ -105,8 +105,8 @@ async def test_a_killed_agent_is_restarted_and_its_task_reassigned(
     t1 = done.tasks["T1"]
     assert t1.attempt >= 2 and t1.failures == 1
     assert "was unresponsive" in (t1.failure_reason or "")
-    [row] = ledger.restart_events(ticket.ticket_id) or [None]
-    assert row is not None and row.outcome == "restarted"
+    [row] = ledger.restart_events(ticket.ticket_id)
+    assert row.outcome == "restarted"
     assert (row.old_pid, row.new_pid) == (old_pid, new.pid)
     assert row.reassigned_task_ids == ["T1"]
     await cancel(ticket)
