@@ -29,7 +29,6 @@ import getpass
 import hashlib
 import logging
 import os
-import random
 import secrets
 import sys
 import time
@@ -63,7 +62,6 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agent_client.session import AgentSession, Refused, TicketClosed
 from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
@@ -83,7 +81,7 @@ from models.messages import (
     TimelineEntry,
 )
 from models.schema import json_schemas, write_schemas
-from models.spec import AgentKind, ResultType, SpecError, TicketSpec, load_spec, parse_spec
+from models.spec import SpecError, TicketSpec, load_spec, parse_spec
 from models.workflow_io import TicketInput
 from workflows.dashboard import STATUS_ORDER
 from workflows.ticket import OPEN_TASKS, PHASE, TICKET_STATUS
@@ -1024,150 +1022,42 @@ async def cmd_schema(args: argparse.Namespace, ctx: Context) -> int:
 # scenario (DESIGN §10: nobody submits the result, a diagnosis does it) can plug in here.
 
 DEMO_SPEC = Path(__file__).resolve().parent / "examples" / "login.yaml"
-DEMO_WORKERS = ("ada", "grace", "linus")
-DEMO_VALIDATOR = "vera"
-#: Pretend work per task, in seconds (random in this range): long enough to watch.
-DEMO_WORK_S = (0.15, 0.45)
-#: Pause between two claims when every eligible task is taken.
-DEMO_IDLE_S = 0.2
 DEMO_REFRESH_S = 0.25
-#: How long the view and the agents get to notice the finished ticket before being stopped.
+#: How long the view gets to notice the finished ticket before being stopped.
 DEMO_WIND_DOWN_S = 2.0
 
-RESULT_TYPES: dict[str, ResultType] = {
-    "implementation": "implementation",
-    "analysis": "analysis",
-    "fix": "fix",
-    "design": "design",
-    "test": "test",
-    "documentation": "documentation",
-    "submission": "documentation",
-}
+
+@dataclass
+class DemoFigures:
+    """What the demo measured, read back from the ticket's own state."""
+
+    tasks_by_agent: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+    reassignments: list[float] = field(default_factory=list)
+    reassignment_floor_s: float = 0.0
+    review_iterations: int = 0
+    failed_reviews: int = 0
+    rejected_versions: int = 0
+    diagnoses: list[DiagnosisView] = field(default_factory=list)
+    detection_overshoot_s: float | None = None
 
 
 @dataclass
 class DemoOutcome:
     status: StatusView
-    tasks_by_agent: dict[str, int]
     seconds: float
     ui_url: str
     token_path: Path
-    diagnoses: list[DiagnosisView] = field(default_factory=list)
-    detection_overshoot_s: float | None = None
+    figures: DemoFigures
 
     @property
     def ok(self) -> bool:
         return self.status.status == "completed" and self.status.validated_version is not None
 
 
-class DemoCrew:
-    """The demo's agents: workers that do every task but forget to submit the final result.
-
-    That is the seed's failure: all tasks done, nobody submits. The ticket notices it is stuck,
-    diagnoses itself and creates a recovery task ("Submit final result with evidence"); a
-    worker that claims a submission task submits the result, and the validator judges it.
-    """
-
-    def __init__(self, client: Client, ticket_id: str, spec: TicketSpec) -> None:
-        self.client = client
-        self.ticket_id = ticket_id
-        self.spec = spec
-        self.handle = client.get_workflow_handle(ticket_id)
-        self.done_by: dict[str, int] = {}
-        self.submitted_by: str | None = None
-        self._sessions: list[AgentSession] = []
-
-    def session(self, name: str, kind: AgentKind = "worker") -> AgentSession:
-        agent = AgentSession(self.client, self.ticket_id, name=name, kind=kind)
-        self._sessions.append(agent)
-        return agent
-
-    def finish(self) -> None:
-        """The ticket is over: every agent stops at its next step (no waiting for a heartbeat)."""
-        for agent in self._sessions:
-            agent.stop_requested.set()
-
-    async def worker(self, name: str) -> None:
-        """Claim, work, complete until nothing is left; then help finish the ticket."""
-        async with self.session(name) as agent:
-            self.done_by[agent.agent_id or name] = 0
-            task = await agent.claim()
-            while not agent.stop_requested.is_set():
-                if task is None:
-                    await _wait_or_timeout(agent.stop_requested, DEMO_IDLE_S)
-                    task = await agent.claim()
-                    continue
-                await agent.progress(task.id, f"working on {task.title!r}")
-                await asyncio.sleep(random.uniform(*DEMO_WORK_S))
-                result = _task_result(task)
-                if task.type == "submission":
-                    result = await self._submit(agent)
-                reply = await agent.complete(
-                    task.id,
-                    result,
-                    RESULT_TYPES.get(task.type, "implementation"),
-                    claim_next=True,
-                )
-                self.done_by[agent.agent_id or name] += 1
-                task = reply.next.task if reply.next is not None else None
-
-    async def validator(self, name: str) -> None:
-        """Review every result version awaiting a verdict against its criteria snapshot."""
-        async with self.session(name, kind="validator") as v:
-            while not v.stop_requested.is_set():
-                results: list[ResultVersionView] = await self.handle.query(
-                    "results", result_type=list[ResultVersionView]
-                )
-                for result in results:
-                    if result.status != "pending_validation":
-                        continue
-                    content = await v.result_content(result.version) or ""
-                    missing = [c for c in result.criteria if f"- [x] {c}" not in content]
-                    evidence = [f"covered: {c}" for c in result.criteria if c not in missing]
-                    await v.review_result(
-                        result.version,
-                        passed=not missing,
-                        feedback="; ".join(f"not covered: {c}" for c in missing),
-                        evidence=evidence,
-                    )
-                await _wait_or_timeout(v.stop_requested, DEMO_IDLE_S)
-
-    async def _submit(self, agent: AgentSession) -> str:
-        """Do a submission task: submit the final result with evidence of every criterion."""
-        tasks: list[TaskView] = await self.handle.query("tasks", result_type=list[TaskView])
-        reply = await agent.submit_result(_final_result(self.spec, tasks))
-        self.submitted_by = agent.agent_id
-        return f"Submitted the final result as v{reply.version}."
-
-
 async def _wait_or_timeout(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-
-
-def _task_result(task: TaskView) -> str:
-    return f"## {task.title}\n\nDone for phase *{task.phase}* ({task.type}).\n"
-
-
-def _final_result(spec: TicketSpec, tasks: Sequence[TaskView]) -> str:
-    lines = [f"# {spec.title}: final result", "", "## Criteria", ""]
-    lines += [f"- [x] {criterion}" for criterion in spec.criteria_text()]
-    lines += ["", "## Tasks", "", "| task | phase | title | status |", "|---|---|---|---|"]
-    lines += [f"| {t.id} | {t.phase} | {t.title} | {t.status} |" for t in tasks]
-    return "\n".join(lines) + "\n"
-
-
-async def _guard(crew_task: Awaitable[None], what: str, errors: list[str]) -> None:
-    """Run one agent; a closed ticket ends it quietly, anything else is reported."""
-    try:
-        await crew_task
-    except (TicketClosed, asyncio.CancelledError):
-        pass
-    except Refused as exc:
-        if exc.field != "ticket":  # "ticket is completed": the race at the very end
-            errors.append(f"{what}: refused: {exc}")
-    except Exception as exc:  # the demo reports, it does not crash mid-story
-        errors.append(f"{what}: {type(exc).__name__}: {exc}")
 
 
 async def _watch(
@@ -1191,7 +1081,7 @@ async def run_demo(
     out: Console,
     *,
     spec_path: Path = DEMO_SPEC,
-    timeout_s: float = 120.0,
+    timeout_s: float = 170.0,
     keep_server: bool = False,
 ) -> DemoOutcome:
     """Run the demo story end to end and return how it ended (raises StarterError on setup)."""
@@ -1226,43 +1116,36 @@ async def run_demo(
 async def _demo_story(
     client: Client, settings: Settings, out: Console, spec: TicketSpec, timeout_s: float
 ) -> DemoOutcome:
+    """Launch the ticket; it starts its own agent fleet (local processes) and heals itself."""
     started = time.monotonic()
     launched = await launch_ticket(client, settings, spec)
     _print_launched(out, launched)
-    crew = DemoCrew(client, spec.id, spec)
-    errors: list[str] = []
-    agents = [
-        asyncio.create_task(_guard(crew.worker(name), name, errors), name=f"agent {name}")
-        for name in DEMO_WORKERS
-    ]
-    agents.append(
-        asyncio.create_task(
-            _guard(crew.validator(DEMO_VALIDATOR), DEMO_VALIDATOR, errors),
-            name=f"agent {DEMO_VALIDATOR}",
-        )
-    )
+    names = ", ".join(f"{a.name} ({a.kind})" for a in spec.agents)
+    out.print(Text(f"The ticket starts its agents as local processes: {names}", style="dim"))
     handle = client.get_workflow_handle(spec.id, result_type=StatusView)
     stop_watch = asyncio.Event()
+    errors: list[str] = []
     final: StatusView | None = None
     with Live(live_view(spec.id, None, 0.0), console=out, refresh_per_second=8) as live:
         watcher = asyncio.create_task(_watch(client, settings, spec.id, live, started, stop_watch))
         try:
             final = await asyncio.wait_for(handle.result(), timeout_s)
         except TimeoutError:
-            errors.append(f"the ticket did not finish within {timeout_s:.0f} s")
+            errors.append(f"the ticket did not finish within {timeout_s:.0f} s; cancelling it")
+            with contextlib.suppress(StarterError):  # stops its agent processes too
+                await cancel_ticket(client, settings, spec.id, "demo timed out", "demo")
         except WorkflowFailureError as exc:
             errors.append(f"the ticket workflow failed: {exc.cause or exc}")
         finally:
             seconds = time.monotonic() - started
-            crew.finish()
             stop_watch.set()
             # A query in flight while the workflow completes may go unanswered until its
-            # timeout: stop the view and any straggling agent instead of waiting for it.
-            # (Cancelled and awaited here: a call left pending at loop close hangs the SDK.)
-            _, late = await asyncio.wait([watcher, *agents], timeout=DEMO_WIND_DOWN_S)
+            # timeout: stop the view instead of waiting for it. (Cancelled and awaited here:
+            # a call left pending at loop close hangs the SDK.)
+            _, late = await asyncio.wait([watcher], timeout=DEMO_WIND_DOWN_S)
             for task in late:
                 task.cancel()
-            await asyncio.gather(watcher, *agents, return_exceptions=True)
+            await asyncio.gather(watcher, return_exceptions=True)
             with contextlib.suppress(StarterError, TimeoutError):
                 snapshot = await asyncio.wait_for(
                     fetch_snapshot(client, settings, spec.id), DEMO_WIND_DOWN_S
@@ -1272,44 +1155,54 @@ async def _demo_story(
         out.line()  # a non-terminal Live prints its last frame without a final newline
     if final is None:
         final = await _query(settings, client.get_workflow_handle(spec.id), "status", StatusView)
-    runs, overshoot = await _diagnosis_figures(client, spec)
     outcome = DemoOutcome(
         status=final,
-        tasks_by_agent=dict(crew.done_by),
         seconds=seconds,
         ui_url=launched.ui_url,
         token_path=launched.token_path,
-        diagnoses=runs,
-        detection_overshoot_s=overshoot,
+        figures=await demo_figures(client, spec.id),
     )
-    _print_demo_summary(out, outcome, crew.submitted_by)
+    _print_demo_summary(out, outcome)
     for error in errors:
         out.print(Text(f"problem: {error}", style="red"))
     return outcome
 
 
-async def _diagnosis_figures(
-    client: Client, spec: TicketSpec
-) -> tuple[list[DiagnosisView], float | None]:
-    """The ticket's diagnoses, and how long after the stuck window ended the first started."""
-    handle = client.get_workflow_handle(spec.id)
-    runs: list[DiagnosisView] = await handle.query("diagnoses", result_type=list[DiagnosisView])
+async def demo_figures(client: Client, ticket_id: str) -> DemoFigures:
+    """The story's figures, from the ticket's state and timeline (workflow time)."""
+    handle = client.get_workflow_handle(ticket_id)
     state: TicketState = await handle.query("state", result_type=TicketState)
+    runs: list[DiagnosisView] = await handle.query("diagnoses", result_type=list[DiagnosisView])
+    figures = DemoFigures(diagnoses=runs, restarts=state.restarts_total)
+    for event in state.timeline:
+        agent = state.agents.get(event.agent_id or "")
+        if event.kind in ("task_done", "task_under_review") and agent is not None:
+            figures.tasks_by_agent[agent.name] = figures.tasks_by_agent.get(agent.name, 0) + 1
+    health = state.spec.policy.health
+    figures.reassignment_floor_s = 3 * health.running_deadline_s
+    dead_since: dict[str, datetime] = {}
+    for event in state.timeline:
+        if event.kind == "agent_unresponsive" and event.agent_id in state.agents:
+            dead = state.agents[event.agent_id]
+            life = [d for d in (dead.last_heartbeat_at, dead.last_seen_at) if d is not None]
+            if life:
+                dead_since[event.agent_id] = max(life)
+        elif event.kind == "task_reassigned" and dead_since:
+            since = max(dead_since.values())
+            figures.reassignments.append((event.at - since).total_seconds())
+    for task in state.tasks.values():
+        figures.review_iterations = max(figures.review_iterations, task.iteration)
+        figures.failed_reviews += sum(1 for r in task.reviews if not r.passed)
+    figures.rejected_versions = sum(1 for r in state.results if r.status == "rejected")
     first = next((d for d in state.diagnoses if d.trigger == "no_result"), None)
-    seed = [t.updated_at for t in state.tasks.values() if t.created_by == "spec"]
-    if first is None or not seed:
-        return runs, None
-    stuck = state.spec.policy.stuck
-    stuck_at = max(
-        max(seed) + timedelta(seconds=stuck.window_s),
-        state.created_at + timedelta(seconds=stuck.cooldown_s),
-    )
-    return runs, (first.started_at - stuck_at).total_seconds()
+    if first is not None:
+        figures.detection_overshoot_s = first.idle_seconds - state.spec.policy.stuck.window_s
+    return figures
 
 
-def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | None) -> None:
-    view = outcome.status
-    table = Table(title="Demo summary", box=box.SIMPLE_HEAVY, show_header=False)
+def _print_demo_summary(out: Console, outcome: DemoOutcome) -> None:
+    view, figures = outcome.status, outcome.figures
+    table = Table(title="Demo summary: measured", box=box.SIMPLE_HEAVY, show_header=False)
     table.add_column(style="dim")
     table.add_column()
     table.add_row("ticket", _t(view.ticket_id))
@@ -1318,21 +1211,31 @@ def _print_demo_summary(out: Console, outcome: DemoOutcome, submitted_by: str | 
     done = view.counts_by_status.get("done", 0)
     table.add_row("tasks", f"{done}/{sum(view.counts_by_status.values())} done")
     table.add_row(
-        "tasks by agent", ", ".join(f"{a}: {n}" for a, n in outcome.tasks_by_agent.items())
+        "tasks by agent", ", ".join(f"{a}: {n}" for a, n in sorted(figures.tasks_by_agent.items()))
     )
-    for run in outcome.diagnoses:
+    floor = figures.reassignment_floor_s
+    reassign = ", ".join(f"{s:.1f} s" for s in figures.reassignments) or "-"
+    table.add_row("agent restarts", str(figures.restarts))
+    table.add_row("time to reassignment", f"{reassign} (floor: 3 deadlines = {floor:g} s)")
+    table.add_row(
+        "review iterations",
+        f"max {figures.review_iterations}, {figures.failed_reviews} failed review(s)",
+    )
+    for run in figures.diagnoses:
         top = run.hypotheses[0]["statement"] if run.hypotheses else "-"
         table.add_row(
             f"diagnosis {run.number}",
             f"{run.trigger} after {run.idle_seconds:.1f} s idle: {top} "
             f"(recovery {', '.join(run.task_ids) or '-'}: {run.outcome or '-'})",
         )
-    if outcome.detection_overshoot_s is not None:
+    if figures.detection_overshoot_s is not None:
         table.add_row(
             "detection overshoot",
-            f"{outcome.detection_overshoot_s * 1000:.0f} ms after the stuck window ended",
+            f"{figures.detection_overshoot_s * 1000:.0f} ms after the stuck window",
         )
-    table.add_row("final result", f"submitted by {submitted_by or '-'}, {view.results} version(s)")
+    table.add_row(
+        "final result", f"{view.results} version(s), {figures.rejected_versions} rejected"
+    )
     table.add_row(
         "validated version", f"v{view.validated_version}" if view.validated_version else "none"
     )
