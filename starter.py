@@ -111,7 +111,7 @@ WORKFLOW_TYPE = "Ticket"
 TICKET_STATUSES = ("open", "completed", "cancelled")
 #: How long connecting to Temporal, and a query (which needs a worker), may take.
 CONNECT_TIMEOUT = 10.0
-QUERY_TIMEOUT = 10.0
+QUERY_TIMEOUT = 30.0
 
 T = TypeVar("T")
 

@@ -148,7 +148,8 @@ async def test_launch_status_list_cancel(
     code, out, _ = await run(capsys, cli("status", ticket_id, "--json"))
     assert code == 0
     assert StatusView.model_validate_json(out).status == "cancelled"
-    code, out, _ = await run(capsys, cli("status", ticket_id))
+    code, out, err = await run(capsys, cli("status", ticket_id))
+    assert code == 0, err
     assert "cancelled" in out and "not needed" in out
 
     await eventually(lambda: listed("cancelled"))
