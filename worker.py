@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -28,6 +29,13 @@ from diagnosis.llm import LLMSettings
 from infra.client import connect
 from infra.devserver import DevServerError, ensure_server
 from infra.settings import Settings
+from infra.telemetry import (
+    TelemetryError,
+    configure_tracing,
+    metrics_runtime,
+    shutdown_tracing,
+    tracing_interceptors,
+)
 from ledger.store import Ledger
 from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow
@@ -38,21 +46,37 @@ WORKFLOWS: list[type] = [TicketWorkflow, DiagnosticWorkflow]
 
 
 def build_worker(
-    client: Client, settings: Settings, ledger: Ledger, *, llm: LLMSettings | None = None
+    client: Client,
+    settings: Settings,
+    ledger: Ledger,
+    *,
+    llm: LLMSettings | None = None,
+    span_file: Path | None = None,
 ) -> Worker:
     """The one worker definition used by ``worker.py``, the demo and the tests.
 
     ``llm`` configures the optional LLM hypothesis provider (default: from the
-    ``UNSTUCK_LLM_*`` environment; unset = the built-in rules only).
+    ``UNSTUCK_LLM_*`` environment; unset = the built-in rules only). ``span_file`` is where
+    the diagnosis reads the ticket's trace spans (default: the file tracing writes in this
+    process, if any). The worker traces when tracing is configured in this process
+    (:func:`infra.telemetry.configure_tracing`).
     """
     ledger_activities = LedgerActivities(ledger)
     diagnosis_activities = DiagnosisActivities(
-        client, ledger, llm if llm is not None else LLMSettings.from_env()
+        client,
+        ledger,
+        llm if llm is not None else LLMSettings.from_env(),
+        span_file=span_file if span_file is not None else _traced_span_file(settings),
     )
+    # A client's interceptors that are also worker interceptors apply to its workers;
+    # add tracing only where the client does not already carry it.
+    carried = {type(i) for i in client.config()["interceptors"]}
+    interceptors = [i for i in tracing_interceptors() if type(i) not in carried]
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
+        interceptors=interceptors,
         activities=[
             *ledger_activities.activities(),
             *diagnosis_activities.activities(),
@@ -69,6 +93,13 @@ def build_worker(
         # workflow-task pick-up dominate stuck-detection latency (bench/detection.py).
         max_concurrent_workflow_task_polls=16,
     )
+
+
+def _traced_span_file(settings: Settings) -> Path | None:
+    """The span file when this process traces to a file, else None."""
+    if not tracing_interceptors() or settings.otel_exporter != "file":
+        return None
+    return configure_tracing(settings)  # already configured: returns its span file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -102,15 +133,22 @@ async def main(argv: Sequence[str] | None = None) -> int:
     except DevServerError as exc:
         log.error("%s", exc)
         return 2
+    try:
+        span_file = configure_tracing(settings)
+        runtime = metrics_runtime(settings)
+    except (TelemetryError, RuntimeError) as exc:
+        log.error("telemetry: %s", exc)
+        await server.stop()
+        return 2
     ledger = Ledger(settings.ledger_url)
     ledger.create_all()
-    client = await connect(settings)
+    client = await connect(settings, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with build_worker(client, settings, ledger):
+        async with build_worker(client, settings, ledger, span_file=span_file):
             log.info(
                 "worker on %s, namespace %s, task queue %s, ledger %s",
                 settings.temporal_address,
@@ -120,9 +158,16 @@ async def main(argv: Sequence[str] | None = None) -> int:
             )
             if server.ui_url:
                 log.info("Temporal Web UI: %s", server.ui_url)
+            log.info(
+                "traces: %s%s; metrics: %s",
+                settings.otel_exporter,
+                f" ({span_file})" if span_file else "",
+                f"http://{settings.metrics_address}/metrics" if runtime else "off",
+            )
             await stop.wait()
             log.info("shutting down")
     finally:
+        shutdown_tracing()
         ledger.dispose()
         await server.stop()
     return 0

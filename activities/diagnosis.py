@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,6 +37,7 @@ from diagnosis.llm import LLMSettings
 from diagnosis.llm import generate_hypotheses as _generate_hypotheses
 from diagnosis.redact import redact_model
 from diagnosis.rules import plan_recovery as _plan_recovery
+from infra.telemetry import read_spans
 from ledger.store import Ledger
 from ledger.tables import LEDGER_TABLES, TaskResultRow, ValidationReviewRow, table_of
 from models.diagnosis import (
@@ -57,6 +59,8 @@ __all__ = ["DiagnosisActivities", "HistoryDigest"]
 #: Newest task results quoted (first line each) and newest reviews read from the ledger.
 LEDGER_RESULT_EXCERPTS = 20
 LEDGER_REVIEWS = 50
+#: The ticket's newest trace spans kept (one short line each).
+MAX_SPANS = 200
 #: Notable history events kept (the newest).
 NOTABLE_LIMIT = 50
 #: Heartbeat every this many history events (the workflow's heartbeat timeout is 30 s).
@@ -288,10 +292,18 @@ def _finish(evidence: Evidence) -> Evidence:
 class DiagnosisActivities:
     """Diagnosis activities bound to a Temporal client, the ledger and optional LLM settings."""
 
-    def __init__(self, client: Client, ledger: Ledger, llm: LLMSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ledger: Ledger,
+        llm: LLMSettings | None = None,
+        *,
+        span_file: Path | None = None,
+    ) -> None:
         self.client = client
         self.ledger = ledger
         self.llm = llm
+        self.span_file = span_file  # the tracing file exporter's output; None = no spans
 
     def activities(self) -> list[Callable[..., Any]]:
         """The activity callables to pass to a ``Worker``."""
@@ -307,6 +319,9 @@ class DiagnosisActivities:
         activity.heartbeat("history read")
         stored = await asyncio.to_thread(self._read_ledger, input.ticket_id)
         activity.heartbeat("ledger read")
+        spans: list[str] = []
+        if self.span_file is not None:
+            spans = await asyncio.to_thread(read_spans, self.span_file, input.ticket_id, MAX_SPANS)
         snapshot, notes = _progress_notes(input.snapshot)
         notes, notes_cut = _pre_trim(notes, PRE_TRIM_BYTES)
         excerpts, excerpts_cut = _pre_trim(stored.excerpts, PRE_TRIM_BYTES)
@@ -317,6 +332,8 @@ class DiagnosisActivities:
         }
         if history is not None:
             metrics["history_events_in_window"] = float(history.events_in_window)
+        if spans:
+            metrics["spans"] = float(len(spans))
         evidence = Evidence(
             run_id=input.run_id,
             trigger=input.trigger,
@@ -327,6 +344,7 @@ class DiagnosisActivities:
             ledger=stored.counts,
             ledger_excerpts=excerpts,
             reviews=stored.reviews,
+            spans=spans,
             metrics=metrics,
             truncated=notes_cut or excerpts_cut,
             collected_at=now,

@@ -236,7 +236,7 @@ class CpuMeter:
         busy, total = self._machine()
         self._start = (time.monotonic(), time.process_time(), self._server_cpu(), busy, total)
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         assert self._start is not None
         wall0, py0, srv0, busy0, _ = self._start
         wall = time.monotonic() - wall0
@@ -252,6 +252,16 @@ class CpuMeter:
             "cores_other_processes": round(max(0.0, machine - py - srv) / wall, 2),
             "cpus": os.cpu_count() or 0,
         }
+
+
+async def loop_lag(stop: asyncio.Event, into: list[float], interval: float = 0.05) -> None:
+    """How late a 50 ms sleep wakes up in this process's event loop (the loop the worker's
+    workflow activations, activities, agents and scanner share): CPU starvation and GIL
+    contention show up here."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        into.append(max(0.0, time.perf_counter() - start - interval))
 
 
 # ---- setup -----------------------------------------------------------------------------
@@ -340,6 +350,9 @@ class TicketRun:
     detected_scan: int | None = None
     detected_tick_wall: datetime | None = None
     errors: list[str] = field(default_factory=list)
+    #: The agent or the watcher failed (e.g. an update timed out on an overloaded server):
+    #: the ticket is left out of every figure and counted.
+    failed: bool = False
 
     @property
     def id(self) -> str:
@@ -400,14 +413,25 @@ async def collect_unstuck(
 ) -> None:
     """Once every agent is done: wait (one slow pass a second, so the measurement adds
     little load) until each ticket's first diagnosis finished, then read it."""
-    pending = list(runs)
+    pending = [r for r in runs if not r.failed]
+    for run in runs:
+        if run.failed:
+            on_done()
     deadline = time.monotonic() + args.timeout
     while pending:
-        states: list[TicketState] = await asyncio.gather(
-            *(r.handle.query("state", result_type=TicketState) for r in pending)
+        replies: list[TicketState | BaseException] = await asyncio.gather(
+            *(r.handle.query("state", result_type=TicketState) for r in pending),
+            return_exceptions=True,
         )
         still: list[TicketRun] = []
-        for run, state in zip(pending, states, strict=True):
+        for run, state in zip(pending, replies, strict=True):
+            if isinstance(state, BaseException):
+                if time.monotonic() > deadline:
+                    run.errors.append(f"state query failed at the timeout: {state}")
+                    on_done()
+                else:
+                    still.append(run)
+                continue
             if not state.diagnoses or state.diagnoses[0].status == "running":
                 if time.monotonic() > deadline:
                     run.errors.append("no finished diagnosis at the timeout")
@@ -517,7 +541,7 @@ async def scanner(
             )
         )
         k += 1
-        if all(r.detected_wall is not None for r in runs):
+        if all(r.detected_wall is not None or r.failed for r in runs):
             break
     return scans
 
@@ -669,15 +693,27 @@ async def measure(
         t0 = time.monotonic()
         meter.start()
         stop = asyncio.Event()
+        lags: list[float] = []
+        lag_task = asyncio.create_task(loop_lag(stop, lags))
+
+        def failed(run: TicketRun, exc: Exception) -> None:
+            run.failed = True
+            run.errors.append(f"{type(exc).__name__}: {exc}")
 
         async def unstuck_one(run: TicketRun) -> None:
-            await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
-            progress.advance(agents_bar)
-            await watch_unstuck(run, args)
+            try:
+                await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
+                progress.advance(agents_bar)
+                await watch_unstuck(run, args)
+            except Exception as exc:
+                failed(run, exc)
             progress.advance(seen_bar)
 
         async def baseline_one(run: TicketRun) -> None:
-            await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
+            try:
+                await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
+            except Exception as exc:
+                failed(run, exc)
             progress.advance(agents_bar)
 
         scan_task: asyncio.Task[list[Scan]] | None = None
@@ -707,12 +743,15 @@ async def measure(
             stop.set()
             if scan_task is not None:
                 scans = await scan_task
+            await lag_task
         cpu = meter.stop()
+        cpu["event_loop_lag_s"] = summary(lags)
 
         hist_bar = progress.add_task("[green]fetch histories", total=len(unstuck))
         for run in unstuck:
             try:
-                run.breakdown = await overshoot_breakdown(client, run)
+                if not run.failed and run.diagnosis_started_at is not None:
+                    run.breakdown = await overshoot_breakdown(client, run)
             except Exception as exc:  # informational only
                 run.errors.append(f"history: {exc}")
             progress.advance(hist_bar)
@@ -873,8 +912,10 @@ def build_report(
         },
     }
     errors = {r.id: r.errors for r in unstuck + baseline if r.errors}
-    missing_unstuck = sum(r.diagnosis_started_at is None for r in unstuck)
-    missing_baseline = sum(r.detected_wall is None for r in baseline)
+    missing_unstuck = sum(r.diagnosis_started_at is None and not r.failed for r in unstuck)
+    missing_baseline = sum(r.detected_wall is None and not r.failed for r in baseline)
+    failed_unstuck = sum(r.failed for r in unstuck)
+    failed_baseline = sum(r.failed for r in baseline)
     return {
         "config": {
             "tickets_per_cohort": args.tickets,
@@ -934,6 +975,7 @@ def build_report(
             "idle_seconds_check_max_abs_error_s": round(max(idle_check), 6) if idle_check else None,
             "agent_reply_after_last_activity_s": summary(agent_to_state),
             "not_diagnosed": missing_unstuck,
+            "failed_tickets": failed_unstuck,
         },
         "baseline": {
             "analytic_P60": analytic,
@@ -958,6 +1000,7 @@ def build_report(
                 ],
                 "scan_seconds": summary([s.seconds for s in scans]),
                 "not_found": missing_baseline,
+                "failed_tickets": failed_baseline,
             },
             "empirical_scaled_P60": {"overshoot_s": scaled_s},
         },
@@ -966,7 +1009,10 @@ def build_report(
             "unstuck_overshoot_p99": {
                 "target": f"<= {TARGET_P99_S:g} s",
                 "value": p99,
-                "pass": isinstance(p99, float) and p99 <= TARGET_P99_S and missing_unstuck == 0,
+                "pass": isinstance(p99, float)
+                and p99 <= TARGET_P99_S
+                and missing_unstuck == 0
+                and failed_unstuck == 0,
             },
         },
         "tickets": [
@@ -1122,8 +1168,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"{un['external_seen_on_first_poll']} of {un['overshoot_s'].get('n', 0)}",
     )
     info.add_row(
-        "not diagnosed / not found by the scan",
-        f"{un['not_diagnosed']} / {base['empirical']['not_found']}",
+        "not diagnosed / not found by the scan (tickets whose agent failed, left out)",
+        f"{un['not_diagnosed']} / {base['empirical']['not_found']} "
+        f"({un['failed_tickets']} / {base['empirical']['failed_tickets']})",
     )
     env = report["environment"]
     cpu = env.get("cpu_during_measurement", {})
@@ -1134,6 +1181,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             f"dev server {cpu['cores_dev_server']:.2f}, other processes "
             f"{cpu['cores_other_processes']:.2f}",
         )
+        lag = cpu.get("event_loop_lag_s", {})
+        if lag.get("n"):
+            info.add_row(
+                "event-loop lag of this process (50 ms sleeps) p50 / p99 / max",
+                f"{lag['p50'] * 1000:.0f} / {lag['p99'] * 1000:.0f} / {lag['max'] * 1000:.0f} ms",
+            )
     info.add_row(
         "load average start → end", f"{env['load_average_at_start']} → {env['load_average_at_end']}"
     )

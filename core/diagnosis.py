@@ -370,6 +370,21 @@ def recovery_task_done(state: TicketState, task: Task, now: datetime) -> None:
         )
 
 
+def result_validated(state: TicketState, now: datetime) -> None:
+    """A validated result is what every diagnosis was for: runs still pending recovered."""
+    for run in state.diagnoses:
+        if run.outcome == "pending":
+            run.outcome = "recovered"
+            _record_run(state, run)
+            log(
+                state,
+                now,
+                "diagnosis_recovered",
+                f"{run.run_id}: the ticket's result was validated",
+            )
+    state.consecutive_failed_diagnoses = 0
+
+
 def recovery_task_failed(state: TicketState, task: Task, now: datetime) -> None:
     """When every task of a run failed, the run failed: one more consecutive failure."""
     if task.diagnosis_run_id is None:

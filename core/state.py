@@ -45,7 +45,7 @@ TicketStatus = Literal["open", "completed", "cancelled"]
 TIMELINE_LIMIT = 500
 NOTES_LIMIT = 20
 FEEDBACK_LIMIT = 20
-REPLY_CACHE_LIMIT = 2_000
+REPLY_CACHE_LIMIT = 500
 PREVIEW_CHARS = 500
 
 

@@ -577,6 +577,7 @@ def _result_verdict(
         f"result v{version.version} validated",
         agent_id=validator_id,
     )
+    diagnosis.result_validated(state, now)
     if state.spec.policy.results.on_result_found == "stop_all":
         return _finish(state, now, "completed", f"result v{version.version} validated")
     log(

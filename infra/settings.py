@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -36,6 +37,12 @@ class Settings(BaseModel):
     ui_port: int = 8233
     start_dev_server: bool = Field(
         default=True, description="start `temporal server start-dev` when nothing answers"
+    )
+    otel_exporter: Literal["none", "console", "otlp", "file"] = Field(
+        default="file", description="where OpenTelemetry spans go (file = <data_dir>/spans.jsonl)"
+    )
+    metrics_address: str = Field(
+        default="", description="host:port of the Prometheus endpoint; empty = no metrics"
     )
 
     @property
@@ -66,6 +73,8 @@ class Settings(BaseModel):
             "data_dir": "UNSTUCK_DATA_DIR",
             "ui_port": "UNSTUCK_UI_PORT",
             "start_dev_server": "UNSTUCK_START_DEV_SERVER",
+            "otel_exporter": "UNSTUCK_OTEL_EXPORTER",
+            "metrics_address": "UNSTUCK_METRICS_ADDRESS",
         }
         for field, var in mapping.items():
             if var in env and env[var] != "":

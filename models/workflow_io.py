@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
+
 from pydantic import BaseModel, Field
 
 from core.state import TicketState
@@ -13,6 +16,11 @@ class TicketInput(BaseModel):
 
     spec: TicketSpec | None = None
     state: TicketState | None = None
+    state_blob: str | None = Field(
+        default=None,
+        description="the carried state, zlib-compressed and base64-encoded (continue-as-new): "
+        "a big ticket's state as plain JSON can exceed Temporal's 2 MB payload limit",
+    )
     operator_token_sha256: str | None = Field(
         default=None, description="sha256 of the operator token that may cancel or diagnose"
     )
@@ -20,6 +28,9 @@ class TicketInput(BaseModel):
         default=None, description="where local-process agents connect (host:port of Temporal)"
     )
     agent_namespace: str = "default"
+    continue_as_new_after_updates: int | None = Field(
+        default=None, ge=10, description="test switch: continue as new after this many updates"
+    )
     continue_as_new_after_events: int | None = Field(
         default=None, ge=100, description="test switch: continue as new at this history length"
     )
@@ -31,3 +42,12 @@ class ReadResultFile(BaseModel):
     file_ref: str
     files_root: str
     max_bytes: int
+
+
+def pack_state(state: TicketState) -> str:
+    """The state as compact text for continue-as-new (deterministic: zlib level 6, base64)."""
+    return base64.b64encode(zlib.compress(state.model_dump_json().encode("utf-8"), 6)).decode()
+
+
+def unpack_state(blob: str) -> TicketState:
+    return TicketState.model_validate_json(zlib.decompress(base64.b64decode(blob)))

@@ -22,6 +22,7 @@ from infra.devserver import (
     free_port,
 )
 from infra.settings import Settings
+from infra.telemetry import configure_tracing
 from ledger.store import Ledger
 from worker import build_worker
 
@@ -77,9 +78,15 @@ def settings(
     )
 
 
+@pytest.fixture(scope="session")
+def span_file(settings: Settings) -> Path | None:
+    """Tracing for the session: spans go to ``spans.jsonl`` in the session's data dir."""
+    return configure_tracing(settings.model_copy(update={"otel_exporter": "file"}))
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def client(settings: Settings) -> Client:
-    """A client (pydantic data converter) connected to the session server."""
+async def client(settings: Settings, span_file: Path | None) -> Client:
+    """A client (pydantic data converter, tracing) connected to the session server."""
     return await connect(settings)
 
 

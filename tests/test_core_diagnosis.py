@@ -341,3 +341,17 @@ def test_snapshot_has_counts_recent_tasks_and_agents() -> None:
     assert len(snap.recent_tasks) == 15
     assert {a.kind for a in snap.agents} == {"worker", "validator"}
     assert snap.results == [] and snap.validated_version is None
+
+
+def test_a_validated_result_counts_as_recovery_for_a_pending_run() -> None:
+    """The validator may be faster than the worker marking its recovery task done."""
+    state, agents = ticket(tasks=1)
+    finish_all(state, agents, s(0))
+    effect = started(diagnosis.tick(state, s(60)))
+    diagnosis.diagnosis_finished(state, report(state, effect.input.run_id), s(61))
+    assert state.diagnoses[0].outcome == "pending"
+    core.submit_result(state, SubmitResult(**auth(agents), content="# r"), s(62))
+    core.review_result(state, ReviewResult(**auth(agents, "v"), version=1, passed=True), s(63))
+    assert state.status == "completed"
+    assert state.diagnoses[0].outcome == "recovered"
+    assert state.outbox.diagnostic_runs[-1].outcome == "recovered"

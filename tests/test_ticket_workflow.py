@@ -109,26 +109,40 @@ async def test_refusals_name_the_rule_and_change_nothing(
         ghost = AgentSession(client, ticket.ticket_id, name="ghost")
         ghost.resume("ghost-99", "x")
         await assert_refused(ticket, ghost.claim(), "agent_id", "unknown agent")
-        await assert_refused(ticket, bob.complete(task.id, "# mine", "fix"), "task_id",
-                             "assigned to alice")
-        await assert_refused(ticket, alice.complete("T999", "# x", "fix"), "task_id",
-                             "unknown task")
-        await assert_refused(ticket, alice.complete("T2", "# x", "fix"), "task_id",
-                             "only a claimed task")
-        await assert_refused(ticket, alice.complete(task.id, "x" * (100 * 1024 + 1), "fix"),
-                             "result", "the limit is 102400")
-        await assert_refused(ticket, alice.create_task("deploy", "Ship it"), "phase",
-                             "unknown phase")
-        await assert_refused(ticket, alice.create_task("testing", "x", depends_on=["T77"]),
-                             "depends_on", "unknown task")
-        await assert_refused(ticket, alice.submit_result(file_ref="../../etc/passwd.md"),
-                             "file_ref", "'..'")
-        await assert_refused(ticket, alice.submit_result(file_ref="notes.txt"), "file_ref",
-                             ".md")
-        await assert_refused(ticket, alice.submit_result(file_ref="missing.md"), "file_ref",
-                             "does not exist")
-        await assert_refused(ticket, alice.submit_result("x" * (1024 * 1024 + 1)), "content",
-                             "the limit is 1048576")
+        await assert_refused(
+            ticket, bob.complete(task.id, "# mine", "fix"), "task_id", "assigned to alice"
+        )
+        await assert_refused(
+            ticket, alice.complete("T999", "# x", "fix"), "task_id", "unknown task"
+        )
+        await assert_refused(
+            ticket, alice.complete("T2", "# x", "fix"), "task_id", "only a claimed task"
+        )
+        await assert_refused(
+            ticket,
+            alice.complete(task.id, "x" * (100 * 1024 + 1), "fix"),
+            "result",
+            "the limit is 102400",
+        )
+        await assert_refused(
+            ticket, alice.create_task("deploy", "Ship it"), "phase", "unknown phase"
+        )
+        await assert_refused(
+            ticket,
+            alice.create_task("testing", "x", depends_on=["T77"]),
+            "depends_on",
+            "unknown task",
+        )
+        await assert_refused(
+            ticket, alice.submit_result(file_ref="../../etc/passwd.md"), "file_ref", "'..'"
+        )
+        await assert_refused(ticket, alice.submit_result(file_ref="notes.txt"), "file_ref", ".md")
+        await assert_refused(
+            ticket, alice.submit_result(file_ref="missing.md"), "file_ref", "does not exist"
+        )
+        await assert_refused(
+            ticket, alice.submit_result("x" * (1024 * 1024 + 1)), "content", "the limit is 1048576"
+        )
         await assert_refused(ticket, vera.review_result(1, True), "version", "no result version")
         (tmp_path / "result.md").write_text("# Final\nby file", encoding="utf-8")
         by_file = await alice.submit_result(file_ref="result.md")
@@ -168,8 +182,9 @@ async def test_malformed_messages_are_rejected_before_history(
             await ticket.handle.execute_update(name, payload)
         assert str(info.value.cause), (name, payload)
     # Signals with garbage are dropped or counted, never crash the ticket.
-    await ticket.handle.signal("heartbeat", {"agent_id": reg["agent_id"], "token": "nope",
-                                             "seq": 1})
+    await ticket.handle.signal(
+        "heartbeat", {"agent_id": reg["agent_id"], "token": "nope", "seq": 1}
+    )
     await ticket.handle.signal("heartbeat", {"seq": "not a number"})
     await ticket.handle.signal("progress", {**_auth(reg), "task_id": "T1", "note": "not mine"})
     state = await ticket.state()
@@ -202,8 +217,9 @@ async def test_duplicate_deliveries_are_idempotent(client: Client, settings: Set
     assert first == same_update_id == other_update_id
     state = await ticket.state()
     assert [t.status for t in state.tasks.values()] == ["assigned", "pending"]
-    complete = CompleteTask(**_auth(reg), task_id="T1", result="# r", result_type="design",
-                            request_id="done-1")
+    complete = CompleteTask(
+        **_auth(reg), task_id="T1", result="# r", result_type="design", request_id="done-1"
+    )
     r1 = await ticket.handle.execute_update("complete", complete)
     r2 = await ticket.handle.execute_update("complete", complete)
     assert r1 == r2
@@ -240,8 +256,9 @@ async def test_do_nothing_keeps_the_ticket_going(client: Client, settings: Setti
 
 async def test_continue_as_new_loses_nothing(client: Client, settings: Settings) -> None:
     """Forced early continue-as-new, with updates in flight across the boundary."""
-    ticket = await launch(client, settings, spec_dict(unique_id("can"), tasks=[]),
-                          continue_as_new_after_events=250)
+    ticket = await launch(
+        client, settings, spec_dict(unique_id("can"), tasks=[]), continue_as_new_after_events=250
+    )
     async with (
         AgentSession(client, ticket.ticket_id, name="alice") as alice,
         AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
@@ -259,16 +276,27 @@ async def test_continue_as_new_loses_nothing(client: Client, settings: Settings)
         # A request id sent in an old run still de-duplicates in the newest one.
         reg = await ticket.handle.execute_update(
             "create_task",
-            {"agent_id": alice.agent_id, "token": alice._token, "phase": "testing",
-             "title": "once", "request_id": "once-1"},
+            {
+                "agent_id": alice.agent_id,
+                "token": alice._token,
+                "phase": "testing",
+                "title": "once",
+                "request_id": "once-1",
+            },
         )
-        await ticket.handle.signal("heartbeat", {"agent_id": alice.agent_id,
-                                                 "token": alice._token, "seq": 10_000})
+        await ticket.handle.signal(
+            "heartbeat", {"agent_id": alice.agent_id, "token": alice._token, "seq": 10_000}
+        )
         await _force_more_history(alice)
         replay = await ticket.handle.execute_update(
             "create_task",
-            {"agent_id": alice.agent_id, "token": alice._token, "phase": "testing",
-             "title": "once", "request_id": "once-1"},
+            {
+                "agent_id": alice.agent_id,
+                "token": alice._token,
+                "phase": "testing",
+                "title": "once",
+                "request_id": "once-1",
+            },
         )
         assert replay == reg
         assert (await ticket.handle.describe()).run_id != first_run
@@ -304,3 +332,41 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
 
 def test_request_ids_are_unique() -> None:
     assert len({uuid.uuid4().hex for _ in range(100)}) == 100
+
+
+async def test_continue_as_new_under_continuous_load(
+    client: Client, settings: Settings, ledger: Ledger
+) -> None:
+    """Agents never pause: the ticket still continues as new, and loses nothing doing so."""
+    tasks = [{"key": f"t{i}", "phase": "implementation", "title": f"piece {i}"} for i in range(120)]
+    ticket = await launch(
+        client,
+        settings,
+        spec_dict(unique_id("load"), tasks=tasks),
+        continue_as_new_after_updates=40,
+    )
+
+    async def work(agent: AgentSession) -> int:
+        done = 0
+        task = await agent.claim()
+        while task is not None:
+            reply = await agent.complete(
+                task.id, f"# {task.title}", "implementation", claim_next=True
+            )
+            done += 1
+            task = reply.next.task if reply.next else None
+        return done
+
+    agents = [AgentSession(client, ticket.ticket_id, name=f"w{i}") for i in range(4)]
+    async with agents[0], agents[1], agents[2], agents[3]:
+        counts = await asyncio.gather(*(work(a) for a in agents))
+        assert sum(counts) == 120
+        state = await ticket.state()
+        assert all(t.status == "done" for t in state.tasks.values())
+        runs = [e async for e in client.list_workflows(f'WorkflowId = "{ticket.ticket_id}"')]
+        assert len(runs) >= 3, f"expected several runs, got {len(runs)}"
+    await ticket.handle.execute_update(
+        "cancel", {"operator_token": ticket.operator_token, "reason": "test over"}
+    )
+    await ticket.handle.result()
+    assert len(ledger.task_results(ticket.ticket_id)) == 120  # every result reached the ledger

@@ -54,6 +54,7 @@ async def launch(
     spec: dict[str, Any],
     *,
     continue_as_new_after_events: int | None = None,
+    continue_as_new_after_updates: int | None = None,
 ) -> Launched:
     token = secrets.token_urlsafe(16)
     ticket = parse_spec(spec)
@@ -63,6 +64,7 @@ async def launch(
             spec=ticket,
             operator_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
             continue_as_new_after_events=continue_as_new_after_events,
+            continue_as_new_after_updates=continue_as_new_after_updates,
         ),
         id=ticket.id,
         task_queue=settings.task_queue,

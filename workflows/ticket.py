@@ -70,8 +70,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.spec import AgentSpec, AutomatedCheck, TicketSpec
     from models.validation import RUN_CHECKS_ACTIVITY, ChecksReport, RunChecks
-    from models.workflow_io import ReadResultFile, TicketInput
+    from models.workflow_io import ReadResultFile, TicketInput, pack_state, unpack_state
     from workflows.dashboard import render_dashboard
+    from workflows.metrics import TicketMetrics
 
 READ_RESULT_FILE_ACTIVITY = "read_result_file"
 
@@ -82,6 +83,10 @@ STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
 DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
 RESTARTS = SearchAttributeKey.for_int("Restarts")
 DIAGNOSIS_WORKFLOW = "Diagnosis"
+
+#: Continue as new after this many accepted updates in one run (the dev server refuses more
+#: than 2000 distinct updates per run and suggests continuing as new at 1800).
+MAX_UPDATES_PER_RUN = 1500
 
 T = TypeVar("T")
 
@@ -114,7 +119,9 @@ class TicketWorkflow:
 
     @workflow.init
     def __init__(self, input: TicketInput) -> None:
-        if input.state is not None:
+        if input.state_blob is not None:
+            self._state = unpack_state(input.state_blob)
+        elif input.state is not None:
             self._state = input.state
         else:
             assert input.spec is not None, "TicketInput needs a spec or a state"
@@ -126,10 +133,13 @@ class TicketWorkflow:
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
         self._agent_ops: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._updates_this_run = 0
         self._armed: datetime | None = None
         self._finished = False
         self._search_attributes: dict[str, Any] = {}
         self._dashboard = ""
+        self._metrics = TicketMetrics(self._state)  # replay-safe; no commands, no events
 
     # ---- main loop ---------------------------------------------------------------------
 
@@ -140,22 +150,27 @@ class TicketWorkflow:
         self._after_change()
         while not self._finished:
             # Deadlines that passed (the stuck check) produce effects like any message.
-            self._apply_effects(deadlines.tick(self._state, workflow.now()))
+            now = workflow.now()
+            stuck_due = diagnosis.stuck_at(self._state)
+            effects = deadlines.tick(self._state, now)
+            self._metrics.ticked(self._state, stuck_due, now, effects)
+            self._apply_effects(effects)
             if self._finished:
                 break
             if self._should_continue_as_new():
-                await self._drain()
+                await self._drain(final=False)
                 if self._finished:
                     break
                 workflow.logger.info("continuing as new with %d tasks", len(self._state.tasks))
                 workflow.continue_as_new(
                     TicketInput(
-                        state=self._state,
+                        state_blob=pack_state(self._state),
                         continue_as_new_after_events=input.continue_as_new_after_events,
+                        continue_as_new_after_updates=input.continue_as_new_after_updates,
                     )
                 )
             await self._sleep_until_next_deadline()
-        await self._drain()
+        await self._drain(final=True)
         self._after_change()
         return views.status_view(self._state)
 
@@ -186,15 +201,24 @@ class TicketWorkflow:
         deadline = deadlines.next_deadline(self._state)
         return deadline is not None and (self._armed is None or deadline.at < self._armed)
 
-    async def _drain(self) -> None:
-        """Let handlers, diagnoses and ledger writes finish, so nothing is left behind."""
+    async def _drain(self, *, final: bool) -> None:
+        """Let handlers, diagnoses, agent operations and the ledger write in flight finish.
+
+        At the end (``final``) the ledger outbox must be empty too. Before continuing as new
+        it need not be: the outbox rides along in the carried state, and no new write starts
+        while draining, so a ticket whose agents keep completing tasks still gets to continue
+        as new (waiting for an empty outbox there never ended under load).
+        """
+        self._draining = not final
+        if final:
+            self._flush_ledger()  # a drain for continue-as-new may have paused it
         await workflow.wait_condition(
             lambda: (
                 workflow.all_handlers_finished()
                 and not self._diagnoses
                 and not self._agent_ops
                 and (self._flush is None or self._flush.done())
-                and self._state.outbox.is_empty()
+                and (not final or self._state.outbox.is_empty())
             )
         )
 
@@ -203,18 +227,24 @@ class TicketWorkflow:
         limit = self._input.continue_as_new_after_events
         if limit is not None and info.get_current_history_length() >= limit:
             return True
+        if self._updates_this_run >= (
+            self._input.continue_as_new_after_updates or MAX_UPDATES_PER_RUN
+        ):
+            return True  # well before the server's limit of distinct updates per run
         return info.is_continue_as_new_suggested()
 
     # ---- ledger --------------------------------------------------------------------------
 
     def _flush_ledger(self) -> None:
         """Write the outbox: one activity at a time; rows arriving meanwhile form the next."""
-        if self._state.outbox.is_empty() or (self._flush is not None and not self._flush.done()):
+        if self._draining or self._state.outbox.is_empty():
+            return
+        if self._flush is not None and not self._flush.done():
             return
         self._flush = asyncio.create_task(self._write_ledger())
 
     async def _write_ledger(self) -> None:
-        while not self._state.outbox.is_empty():
+        while not self._state.outbox.is_empty() and not self._draining:
             batch = self._state.outbox
             self._state.outbox = LedgerBatch(ticket_id=self._state.ticket_id)
             try:
@@ -253,6 +283,7 @@ class TicketWorkflow:
             elif isinstance(effect, core.StartDiagnosis):
                 run_id = effect.input.run_id
                 self._diagnoses[run_id] = asyncio.create_task(self._diagnose(effect.input))
+                self._metrics.diagnosis_started(effect.input.trigger)
             elif isinstance(effect, RestartAgentProcess):
                 self._agent_op(self._restart_agent(effect))
             elif isinstance(effect, SpawnAgentProcesses):
@@ -404,6 +435,7 @@ class TicketWorkflow:
                 ]
             )
         # Current details are metadata, not history events: cheap to keep fresh.
+        self._metrics.observe(state)
         self._dashboard = render_dashboard(state)
         workflow.set_current_details(self._dashboard)
 
@@ -420,6 +452,7 @@ class TicketWorkflow:
             step = fn(self._state, msg, workflow.now(), **kwargs)
         except core.Refused as exc:
             raise _refusal(exc) from None
+        self._updates_this_run += 1
         # An accepted message is a sign of life of the agent that sent it.
         health.seen(self._state, getattr(msg, "agent_id", None), workflow.now())
         return self._perform(step)

