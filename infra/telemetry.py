@@ -126,14 +126,14 @@ def _exporter(kind: str, settings: Settings) -> tuple[SpanExporter, bool]:
         return ConsoleSpanExporter(), False
     if kind == "file":
         return JsonlSpanExporter(span_file(settings)), False
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    try:  # OTLP over HTTP (a project dependency); it reads OTEL_EXPORTER_OTLP_ENDPOINT
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
     except ImportError as exc:
         raise TelemetryError(
             "UNSTUCK_OTEL_EXPORTER=otlp needs the OTLP exporter: "
-            "pip install opentelemetry-exporter-otlp (it reads OTEL_EXPORTER_OTLP_ENDPOINT)"
+            "pip install opentelemetry-exporter-otlp-proto-http"
         ) from exc
     return OTLPSpanExporter(), True
 

@@ -21,15 +21,17 @@ def test_every_image_is_pinned() -> None:
         assert image, f"{name} has no image"
         repo, _, tag = image.rpartition(":")
         assert repo and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
-        assert re.match(r"^\d", tag), f"{name}: tag {tag!r} is not a version"
+        assert re.match(r"^v?\d", tag), f"{name}: tag {tag!r} is not a version"
 
 
 def test_worker_settings_agree_with_the_code() -> None:
     env = SERVICES["worker"]["environment"]
     known = {f"UNSTUCK_{f.upper()}" for f in Settings.model_fields}
-    assert set(env) <= known, f"unknown settings: {set(env) - known}"
+    unstuck = {k: v for k, v in env.items() if k.startswith("UNSTUCK_")}
+    assert set(unstuck) <= known, f"unknown settings: {set(unstuck) - known}"
+    assert set(env) - set(unstuck) <= {"OTEL_EXPORTER_OTLP_ENDPOINT"}
     settings = Settings.model_validate(
-        {k.removeprefix("UNSTUCK_").lower(): v for k, v in env.items()}
+        {k.removeprefix("UNSTUCK_").lower(): v for k, v in unstuck.items()}
     )
     assert settings.host == "temporal" and settings.port == Settings().port
     assert settings.task_queue == Settings().task_queue
@@ -65,3 +67,24 @@ def test_dockerfile_runs_the_worker_against_an_external_server() -> None:
     for package in packages["packages"]:
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert SERVICES["worker"]["build"] == "."
+
+
+def test_observability_services_agree_with_the_worker() -> None:
+    env = SERVICES["worker"]["environment"]
+    metrics_port = env["UNSTUCK_METRICS_ADDRESS"].rsplit(":", 1)[1]
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    [job] = prometheus["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"worker:{metrics_port}"]
+    assert env["UNSTUCK_OTEL_EXPORTER"] == "otlp"
+    collector = yaml.safe_load((ROOT / "deploy/otel-collector.yaml").read_text())
+    http = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    endpoint = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == f"http://otel-collector:{http.rsplit(':', 1)[1]}"
+    assert collector["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    for name in ("otel-collector", "prometheus"):
+        assert SERVICES[name]["profiles"] == ["observability"]  # optional
+    import importlib.util
+
+    assert importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http"), (
+        "the OTLP exporter the worker image needs is a project dependency"
+    )
