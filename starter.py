@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from pydantic import BaseModel
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -114,6 +115,7 @@ CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 30.0
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 # ==== errors ===============================================================================
@@ -517,43 +519,65 @@ def _ledger_result(settings: Settings, ticket_id: str, version: int) -> str:
     )
 
 
+async def _operator_update(
+    client: Client,
+    settings: Settings,
+    ticket_id: str,
+    update: str,
+    message: Callable[[str], BaseModel],
+    result_type: type[M],
+) -> M:
+    """Send an operator update, signed with the operator token ``launch`` saved."""
+    token = read_token(settings, ticket_id)
+    handle = client.get_workflow_handle(ticket_id)
+    reply: M = await _call(
+        settings,
+        ticket_id,
+        handle.execute_update(update, message(token), result_type=result_type),
+    )
+    return reply
+
+
 async def cancel_ticket(
     client: Client, settings: Settings, ticket_id: str, reason: str, operator: str
 ) -> StatusView:
-    """Send the ``cancel`` update with the operator token ``launch`` saved."""
-    token = read_token(settings, ticket_id)
-    message = CancelTicket(reason=reason, operator=operator, operator_token=token)
-    handle = client.get_workflow_handle(ticket_id)
-    view: StatusView = await _call(
-        settings, ticket_id, handle.execute_update("cancel", message, result_type=StatusView)
+    """Cancel the ticket: open tasks cancelled, agents told to stop."""
+    return await _operator_update(
+        client,
+        settings,
+        ticket_id,
+        "cancel",
+        lambda token: CancelTicket(reason=reason, operator=operator, operator_token=token),
+        StatusView,
     )
-    return view
 
 
 async def diagnose_ticket(
     client: Client, settings: Settings, ticket_id: str, reason: str, operator: str
 ) -> DiagnoseReply:
-    """Send the ``diagnose`` update (manual trigger) with the operator token ``launch`` saved."""
-    token = read_token(settings, ticket_id)
-    message = DiagnoseTicket(reason=reason, operator=operator, operator_token=token)
-    handle = client.get_workflow_handle(ticket_id)
-    reply: DiagnoseReply = await _call(
-        settings, ticket_id, handle.execute_update("diagnose", message, result_type=DiagnoseReply)
+    """Diagnose now (the manual trigger: no cooldown, no stuck window)."""
+    return await _operator_update(
+        client,
+        settings,
+        ticket_id,
+        "diagnose",
+        lambda token: DiagnoseTicket(reason=reason, operator=operator, operator_token=token),
+        DiagnoseReply,
     )
-    return reply
 
 
 async def release_agent(
     client: Client, settings: Settings, ticket_id: str, agent_id: str, operator: str
 ) -> ReleaseReply:
-    """Send the ``release`` update for a quarantined agent (operator token required)."""
-    token = read_token(settings, ticket_id)
-    message = ReleaseAgent(agent_id=agent_id, operator=operator, operator_token=token)
-    handle = client.get_workflow_handle(ticket_id)
-    reply: ReleaseReply = await _call(
-        settings, ticket_id, handle.execute_update("release", message, result_type=ReleaseReply)
+    """Release a quarantined agent; it must heartbeat soon after to come back."""
+    return await _operator_update(
+        client,
+        settings,
+        ticket_id,
+        "release",
+        lambda token: ReleaseAgent(agent_id=agent_id, operator=operator, operator_token=token),
+        ReleaseReply,
     )
-    return reply
 
 
 async def is_running(client: Client, settings: Settings, ticket_id: str) -> bool:
