@@ -42,28 +42,19 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import hashlib
 import itertools
-import json
 import math
 import os
-import platform
 import random
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
@@ -71,12 +62,21 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from agent_client.session import AgentSession
+from bench.harness import (
+    code_fingerprint,
+    environment,
+    fresh_server,
+    load_average,
+    make_console,
+    percentiles,
+    progress_display,
+    quantile,
+    until_ready,
+    verdict,
+    write_json,
+)
 from core.diagnosis import stuck_at
 from core.state import TicketState
-from infra.client import connect
-from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
-from infra.settings import Settings
-from ledger.store import Ledger
 from models.messages import DiagnosisView
 from models.spec import (
     HealthPolicy,
@@ -88,10 +88,8 @@ from models.spec import (
     TicketSpec,
 )
 from models.workflow_io import TicketInput
-from worker import build_worker
 from workflows.ticket import TicketWorkflow
 
-REPO = Path(__file__).resolve().parent.parent
 TICKET_QUEUE = "bench-detection"
 
 #: Target from the issue: Unstuck notices a stuck ticket within 1 s of the moment, at p99.
@@ -106,17 +104,6 @@ QUANTILES = (0.50, 0.90, 0.99)
 # ---- statistics ------------------------------------------------------------------------
 
 
-def quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default, type 7)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def _quantile_of(q: float, values: list[float]) -> float:
     return quantile(values, q)
 
@@ -125,8 +112,8 @@ def summary(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
     out: dict[str, float | int] = {"n": len(values)}
-    for q in QUANTILES:
-        out[f"p{round(q * 100)}"] = round(quantile(values, q), 4)
+    for q, x in zip(QUANTILES, percentiles(values, QUANTILES), strict=True):
+        out[f"p{round(q * 100)}"] = round(x, 4)
     out["max"] = round(max(values), 4)
     out["min"] = round(min(values), 4)
     out["mean"] = round(sum(values) / len(values), 4)
@@ -265,27 +252,6 @@ async def loop_lag(stop: asyncio.Event, into: list[float], interval: float = 0.0
 
 
 # ---- setup -----------------------------------------------------------------------------
-
-
-def _two_ports() -> tuple[int, int]:
-    frontend = free_port()
-    ui = free_port()
-    while ui == frontend:
-        ui = free_port()
-    return frontend, ui
-
-
-async def _until_ready(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> None:
-    """Wait until the workflow answers a query, i.e. its first workflow task is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await handle.query("status")
-            return
-        except RPCError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def _spec(ticket_id: str, tasks: int, window: float, cooldown: float) -> TicketSpec:
@@ -632,7 +598,7 @@ async def warm_up(client: Client, prefix: str, tasks: int) -> None:
     handle = await client.start_workflow(
         TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
     )
-    await _until_ready(handle)
+    await until_ready(handle)
     run = TicketRun("unstuck", handle, 0.0)
     await drive_agent(run, client, time.monotonic(), 0.0, random.Random(0))
     deadline = time.monotonic() + 60
@@ -651,13 +617,7 @@ async def measure(
 ) -> tuple[list[TicketRun], list[TicketRun], list[Scan], float, dict[str, Any]]:
     rng = random.Random(args.seed)
     prefix = f"det-{uuid.uuid4().hex[:6]}"
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         bar = progress.add_task("[dim]warm-up", total=1)
         await warm_up(client, prefix, args.tasks)
         progress.advance(bar)
@@ -680,7 +640,7 @@ async def measure(
                 progress.advance(bar)
         unstuck = runs["unstuck"]
         baseline = runs.get("baseline", [])
-        await asyncio.gather(*(_until_ready(r.handle) for r in unstuck + baseline))
+        await asyncio.gather(*(until_ready(r.handle) for r in unstuck + baseline))
 
         phase = rng.uniform(0, args.period)
         agents_bar = progress.add_task("[cyan]agents done", total=len(unstuck + baseline))
@@ -771,52 +731,6 @@ def _secs(a: datetime | None, b: datetime | None) -> float | None:
     if a is None or b is None:
         return None
     return (a - b).total_seconds()
-
-
-def _code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    hashes = {}
-    for rel in ("workflows/ticket.py", "core/diagnosis.py"):
-        hashes[f"{rel} sha256"] = hashlib.sha256((REPO / rel).read_bytes()).hexdigest()[:16]
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "dirty_paths": git(
-            "status", "--porcelain", "--", "workflows", "core", "agent_client", "activities"
-        ).splitlines(),
-        **hashes,
-    }
-
-
-def _environment() -> dict[str, Any]:
-    try:
-        temporal = subprocess.run(
-            [str(find_temporal_binary()), "--version"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        ).stdout.strip()
-    except Exception:  # informational only
-        temporal = ""
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": load,
-        "temporalio": metadata.version("temporalio"),
-        "temporal_cli": temporal,
-    }
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -934,8 +848,8 @@ def build_report(
             "heartbeat_interval_s": HEARTBEAT_S,
             "health_deadlines_s": OFF_S,
         },
-        "environment": {**_environment(), "load_average_at_start": load_before},
-        "code": _code_version(),
+        "environment": {**environment(), "load_average_at_start": load_before},
+        "code": code_fingerprint(["workflows/ticket.py", "core/diagnosis.py"]),
         "definitions": {
             "stuck_moment": "max(latest updated_at of the seed tasks + window, created_at + "
             "cooldown), from the ticket's `state` query: the moment the ticket satisfies the "
@@ -1031,10 +945,6 @@ def build_report(
         ],
         "errors": errors,
     }
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
 
 
 def _cells(s: dict[str, Any], unit: str = "s") -> list[str]:
@@ -1149,7 +1059,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         "",
         f"{value * 1000:.0f} ms" if isinstance(value, float) else "—",
         "",
-        _verdict(row["pass"]),
+        verdict(row["pass"]),
     )
     console.print(t)
     info = Table(show_header=False, box=None)
@@ -1274,58 +1184,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="unstuck-bench-detection-"))
-    port, ui_port = _two_ports()
-    settings = Settings(
-        temporal_address=f"127.0.0.1:{port}",
-        ui_port=ui_port,
-        data_dir=tmp,
+    load_before = load_average()
+    async with fresh_server(
+        console,
         task_queue=TICKET_QUEUE,
-        database_url=f"sqlite:///{tmp / 'ledger.db'}",
-        start_dev_server=True,
-    )
-    server: DevServer | None = None
-    ledger: Ledger | None = None
-    try:
-        load_before = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load_before = []
-    try:
-        server = await ensure_server(settings, log=console.log, startup_timeout=90)
-        if not server.owned:
-            raise RuntimeError(f"expected a fresh dev server at {settings.temporal_address}")
-        ledger = Ledger(settings.ledger_url)
-        ledger.create_all()
-        client = await connect(settings)
-        async with build_worker(client, settings, ledger):
-            unstuck, baseline, scans, phase, meta = await measure(
-                client, args, console, CpuMeter(server.pid)
-            )
-        report = build_report(args, unstuck, baseline, scans, phase, load_before)
-        report["environment"]["cpu_during_measurement"] = meta["cpu"]
-        return report
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-        if server is not None:
-            await server.stop()
-        if args.keep_data:
-            console.log(f"data kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp_prefix="unstuck-bench-detection-",
+        keep_data=args.keep_data,
+    ) as bench:
+        unstuck, baseline, scans, phase, meta = await measure(
+            bench.client, args, console, CpuMeter(bench.server.pid)
+        )
+    report = build_report(args, unstuck, baseline, scans, phase, load_before)
+    report["environment"]["cpu_during_measurement"] = meta["cpu"]
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=140)
+    console = make_console(140)
     started = time.monotonic()
     report = asyncio.run(run(args, console))
     report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
     print_report(console, report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(args.out, report)
     console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
     return 1 if (args.strict and not report["targets"]["unstuck_overshoot_p99"]["pass"]) else 0
 

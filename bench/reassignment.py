@@ -42,25 +42,16 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
-import os
-import platform
 import random
 import secrets
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
@@ -69,10 +60,20 @@ from temporalio.service import RPCError
 
 from agent_client.session import AgentSession
 from bench.detection import CpuMeter, loop_lag, summary
+from bench.harness import (
+    REPO,
+    code_fingerprint,
+    environment,
+    fresh_server,
+    load_average,
+    make_console,
+    progress_display,
+    until_ready,
+    verdict,
+    write_json,
+)
 from core.health import last_sign_of_life
 from core.state import TicketState, TimelineEvent
-from infra.client import connect
-from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
 from infra.settings import Settings
 from ledger.store import Ledger
 from models.spec import (
@@ -86,10 +87,8 @@ from models.spec import (
     TicketSpec,
 )
 from models.workflow_io import TicketInput
-from worker import build_worker
 from workflows.ticket import TicketWorkflow
 
-REPO = Path(__file__).resolve().parent.parent
 TICKET_QUEUE = "bench-reassignment"
 
 #: Target from the issue: tasks are claimable again within the floor + 1 s.
@@ -115,27 +114,6 @@ def _secs(a: datetime | None, b: datetime | None) -> float | None:
 
 
 # ---- setup -----------------------------------------------------------------------------
-
-
-def _two_ports() -> tuple[int, int]:
-    frontend = free_port()
-    ui = free_port()
-    while ui == frontend:
-        ui = free_port()
-    return frontend, ui
-
-
-async def _until_ready(handle: WorkflowHandle[Any, Any], timeout: float = 60) -> None:
-    """Wait until the workflow answers a query, i.e. its first workflow task is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await handle.query("status")
-            return
-        except RPCError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def _spec(
@@ -309,7 +287,7 @@ async def one_run(
         TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
     )
     run.handle = handle
-    await _until_ready(handle)
+    await until_ready(handle)
     watcher = AgentSession(client, run.ticket_id, name="watcher")
     victim = AgentSession(client, run.ticket_id, name="victim")
     await watcher.register()
@@ -529,15 +507,9 @@ async def measure(
 ) -> tuple[list[Run], list[ProcessRun], dict[str, Any]]:
     rng = random.Random(args.seed)
     prefix = f"reas-{uuid.uuid4().hex[:6]}"
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
     runs = [Run(i, f"{prefix}-r{i}") for i in range(args.runs)]
     processes: list[ProcessRun] = []
-    with Progress(*columns, console=console) as progress:
+    with progress_display(console) as progress:
         if args.warmup:
             bar = progress.add_task("[dim]warm-up", total=1)
             await one_run(Run(-1, f"{prefix}-warm"), client, args, breakdown=False)
@@ -598,52 +570,6 @@ async def measure(
 
 
 # ---- report ------------------------------------------------------------------------------
-
-
-def _code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    hashes = {}
-    for rel in ("workflows/ticket.py", "core/health.py", "core/deadlines.py"):
-        hashes[f"{rel} sha256"] = hashlib.sha256((REPO / rel).read_bytes()).hexdigest()[:16]
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "dirty_paths": git(
-            "status", "--porcelain", "--", "workflows", "core", "agent_client", "activities"
-        ).splitlines(),
-        **hashes,
-    }
-
-
-def _environment() -> dict[str, Any]:
-    try:
-        temporal = subprocess.run(
-            [str(find_temporal_binary()), "--version"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        ).stdout.strip()
-    except Exception:  # informational only
-        temporal = ""
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": load,
-        "temporalio": metadata.version("temporalio"),
-        "temporal_cli": temporal,
-    }
 
 
 def _process_report(p: ProcessRun, floor: float) -> dict[str, Any]:
@@ -719,11 +645,11 @@ def build_report(
             "seed": args.seed,
         },
         "environment": {
-            **_environment(),
+            **environment(),
             "load_average_at_start": load_before,
             "cpu_during_measurement": meta["cpu"],
         },
-        "code": _code_version(),
+        "code": code_fingerprint(["workflows/ticket.py", "core/health.py", "core/deadlines.py"]),
         "definitions": {
             "last_sign_of_life": "max(last_heartbeat_at, last_seen_at) of the dead agent from "
             "the `state` query: workflow.now() of the workflow task that handled its last "
@@ -810,10 +736,6 @@ def build_report(
         ],
         "errors": {r.ticket_id: r.errors for r in runs if r.errors},
     }
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
 
 
 def _cells(s: dict[str, Any]) -> list[str]:
@@ -912,7 +834,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             "",
             "",
             f"{value:.3f} s" if isinstance(value, float) else "—",
-            _verdict(row["pass"]),
+            verdict(row["pass"]),
         )
     console.print(t)
     info = Table(show_header=False, box=None)
@@ -1017,56 +939,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="unstuck-bench-reassignment-"))
-    port, ui_port = _two_ports()
-    settings = Settings(
-        temporal_address=f"127.0.0.1:{port}",
-        ui_port=ui_port,
-        data_dir=tmp,
+    load_before = load_average()
+    async with fresh_server(
+        console,
         task_queue=TICKET_QUEUE,
-        database_url=f"sqlite:///{tmp / 'ledger.db'}",
-        start_dev_server=True,
-    )
-    server: DevServer | None = None
-    ledger: Ledger | None = None
-    try:
-        load_before = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load_before = []
-    try:
-        server = await ensure_server(settings, log=console.log, startup_timeout=90)
-        if not server.owned:
-            raise RuntimeError(f"expected a fresh dev server at {settings.temporal_address}")
-        ledger = Ledger(settings.ledger_url)
-        ledger.create_all()
-        client = await connect(settings)
-        async with build_worker(client, settings, ledger):
-            runs, processes, meta = await measure(
-                client, settings, ledger, args, console, CpuMeter(server.pid)
-            )
-        return build_report(args, runs, processes, meta, load_before)
-    finally:
-        if ledger is not None:
-            ledger.dispose()
-        if server is not None:
-            await server.stop()
-        if args.keep_data:
-            console.log(f"data kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp_prefix="unstuck-bench-reassignment-",
+        keep_data=args.keep_data,
+    ) as bench:
+        runs, processes, meta = await measure(
+            bench.client,
+            bench.settings,
+            bench.ledger,
+            args,
+            console,
+            CpuMeter(bench.server.pid),
+        )
+    return build_report(args, runs, processes, meta, load_before)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
+    console = make_console(150)
     started = time.monotonic()
     report = asyncio.run(run(args, console))
     report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
     print_report(console, report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(args.out, report)
     console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
     return 1 if (args.strict and not report["targets"]["overshoot_max"]["pass"]) else 0
 
