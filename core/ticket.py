@@ -222,6 +222,11 @@ def heartbeat(state: TicketState, msg: Heartbeat, now: datetime) -> bool:
     return True
 
 
+def ignore(state: TicketState) -> None:
+    """A signal that is not a message at all (e.g. JSON null): counted and ignored."""
+    state.ignored_messages += 1
+
+
 def progress(state: TicketState, msg: ReportProgress, now: datetime) -> bool:
     """A progress note on one's own task (a signal). Returns False when it was ignored."""
     agent = _signal_sender(state, msg)

@@ -599,12 +599,21 @@ class TicketWorkflow:
 
     # ---- signals (facts, never refused) --------------------------------------------------
 
+    # A JSON null decodes to None rather than failing to decode: without these guards the
+    # handler would raise, fail the workflow task on every retry and wedge the ticket.
+
     @workflow.signal(name="heartbeat")
     def heartbeat(self, msg: Heartbeat) -> None:
+        if not isinstance(msg, Heartbeat):
+            core.ignore(self._state)
+            return
         core.heartbeat(self._state, msg, workflow.now())
 
     @workflow.signal(name="progress")
     def progress(self, msg: ReportProgress) -> None:
+        if not isinstance(msg, ReportProgress):
+            core.ignore(self._state)
+            return
         core.progress(self._state, msg, workflow.now())
 
     # ---- queries -------------------------------------------------------------------------
