@@ -50,14 +50,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -65,13 +64,17 @@ from agent_client.session import AgentSession
 from bench.harness import (
     code_fingerprint,
     environment,
+    event_time,
     fresh_server,
     load_average,
     make_console,
     percentiles,
     progress_display,
     quantile,
+    secs,
+    timer_that_woke,
     until_ready,
+    utc_now,
     verdict,
     write_json,
 )
@@ -289,10 +292,6 @@ def stuck_moment(state: TicketState, window: float, cooldown: float) -> datetime
     )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # ---- the tickets -----------------------------------------------------------------------
 
 
@@ -341,7 +340,7 @@ async def drive_agent(
                 task.id, "# done\n\nbench", "implementation", claim_next=True
             )
             task = reply.next.task if reply.next is not None else None
-    run.agent_done_wall = _now()
+    run.agent_done_wall = utc_now()
 
 
 async def watch_unstuck(run: TicketRun, args: argparse.Namespace) -> None:
@@ -351,10 +350,10 @@ async def watch_unstuck(run: TicketRun, args: argparse.Namespace) -> None:
     if args.poll_ms <= 0:
         return
     if state.diagnoses:
-        run.seen_wall = _now()
+        run.seen_wall = utc_now()
         run.seen_on_first_poll = True
         return
-    lead = (run.stuck_at - _now()).total_seconds() - args.poll_lead
+    lead = (run.stuck_at - utc_now()).total_seconds() - args.poll_lead
     if lead > 0:
         await asyncio.sleep(lead)
     interval = args.poll_ms / 1000
@@ -365,7 +364,7 @@ async def watch_unstuck(run: TicketRun, args: argparse.Namespace) -> None:
         )
         run.polls += 1
         if views:
-            run.seen_wall = _now()
+            run.seen_wall = utc_now()
             run.seen_on_first_poll = run.polls == 1
             return
         if time.monotonic() > deadline:
@@ -454,7 +453,7 @@ async def _scan_one(
     except RPCError as exc:
         run.errors.append(f"scan {number}: {exc}")
         return False, True
-    now = _now()
+    now = utc_now()
     at = stuck_at(with_stuck_policy(state, args.window, args.cooldown))
     if run.detected_wall is None and at is not None and at <= now:
         run.detected_wall = now
@@ -489,7 +488,7 @@ async def scanner(
                 break
             except TimeoutError:
                 pass
-        tick_wall = _now()
+        tick_wall = utc_now()
         started = time.perf_counter()
         number = k
 
@@ -515,15 +514,10 @@ async def scanner(
 # ---- history: where the overshoot goes -------------------------------------------------
 
 _CHILD_INITIATED = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
-_TIMER_FIRED = EventType.EVENT_TYPE_TIMER_FIRED
 _WFT_TROUBLE = (
     EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
     EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
 )
-
-
-def _at(ev: HistoryEvent) -> datetime:
-    return ev.event_time.ToDatetime().replace(tzinfo=UTC)
 
 
 async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float] | None:
@@ -549,43 +543,29 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
     ]
     wfts = by_id[wftc.workflow_task_completed_event_attributes.started_event_id]
     wftsch = by_id[wfts.workflow_task_started_event_attributes.scheduled_event_id]
-    fired = next(
-        (
-            e
-            for e in reversed(events)
-            if e.event_type == _TIMER_FIRED and e.event_id < wfts.event_id
-        ),
-        None,
-    )
-    if fired is None:
+    life = timer_that_woke(events, wfts)
+    if life is None:
         return None
-    timer = by_id[fired.timer_fired_event_attributes.started_event_id]
-    tattrs = timer.timer_started_event_attributes
-    delay = tattrs.start_to_fire_timeout.ToTimedelta()
-    arm_wftc = by_id[tattrs.workflow_task_completed_event_id]
-    arm_wfts = by_id[arm_wftc.workflow_task_completed_event_attributes.started_event_id]
-    intended = _at(arm_wfts) + delay
+    intended = life.intended
 
     def s(a: datetime, b: datetime) -> float:
         return round((a - b).total_seconds(), 4)
 
     out = {
-        "arm_lag_s": s(_at(timer), _at(arm_wfts)),
-        "timer_late_s": s(_at(fired), _at(timer) + delay),
-        "pickup_s": s(_at(wfts), _at(fired)),
-        "pickup_schedule_to_start_s": s(_at(wfts), max(_at(wftsch), _at(fired))),
-        "total_s": s(_at(wfts), intended),
+        **life.parts(),
+        "pickup_schedule_to_start_s": s(
+            event_time(wfts), max(event_time(wftsch), event_time(life.fired))
+        ),
         "wft_failed_or_timed_out": sum(
             1
             for e in events
-            if e.event_type in _WFT_TROUBLE and timer.event_id < e.event_id < wfts.event_id
+            if e.event_type in _WFT_TROUBLE and life.timer.event_id < e.event_id < wfts.event_id
         ),
-        "timer_delay_s": round(delay.total_seconds(), 4),
     }
     if run.stuck_at is not None:
         out["intended_minus_stuck_moment_s"] = s(intended, run.stuck_at)
     if run.diagnosis_started_at is not None:
-        out["wft_started_minus_started_at_s"] = s(_at(wfts), run.diagnosis_started_at)
+        out["wft_started_minus_started_at_s"] = s(event_time(wfts), run.diagnosis_started_at)
     return out
 
 
@@ -727,12 +707,6 @@ async def measure(
 # ---- report ----------------------------------------------------------------------------
 
 
-def _secs(a: datetime | None, b: datetime | None) -> float | None:
-    if a is None or b is None:
-        return None
-    return (a - b).total_seconds()
-
-
 def _ratio(a: Any, b: Any) -> float | None:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or b <= 0:
         return None
@@ -747,12 +721,12 @@ def build_report(
     phase: float,
     load_before: list[float],
 ) -> dict[str, Any]:
-    overshoot = [x for r in unstuck if (x := _secs(r.diagnosis_started_at, r.stuck_at)) is not None]
-    external = [x for r in unstuck if (x := _secs(r.seen_wall, r.stuck_at)) is not None]
+    overshoot = [x for r in unstuck if (x := secs(r.diagnosis_started_at, r.stuck_at)) is not None]
+    external = [x for r in unstuck if (x := secs(r.seen_wall, r.stuck_at)) is not None]
     diag_seconds = [
         x
         for r in unstuck
-        if (x := _secs(r.diagnosis_finished_at, r.diagnosis_started_at)) is not None
+        if (x := secs(r.diagnosis_finished_at, r.diagnosis_started_at)) is not None
     ]
     idle_check = [
         abs(r.idle_seconds - x)
@@ -760,14 +734,14 @@ def build_report(
         if r.idle_seconds is not None
         and r.diagnosis_started_at is not None
         and r.stuck_at is not None
-        and (x := _secs(r.diagnosis_started_at, r.stuck_at - timedelta(seconds=args.window)))
+        and (x := secs(r.diagnosis_started_at, r.stuck_at - timedelta(seconds=args.window)))
         is not None
     ]
     agent_to_state = [
         x
         for r in unstuck + baseline
         if r.stuck_at is not None
-        and (x := _secs(r.agent_done_wall, r.stuck_at - timedelta(seconds=args.window))) is not None
+        and (x := secs(r.agent_done_wall, r.stuck_at - timedelta(seconds=args.window))) is not None
     ]
     parts: dict[str, list[float]] = {}
     for r in unstuck:
@@ -776,7 +750,7 @@ def build_report(
 
     scale = args.baseline_period / args.period
     found = [r for r in baseline if r.detected_wall is not None and r.stuck_at is not None]
-    emp = [_secs(r.detected_wall, r.stuck_at) or 0.0 for r in found]
+    emp = [secs(r.detected_wall, r.stuck_at) or 0.0 for r in found]
     wait: list[float] = []
     query: list[float] = []
     scaled: list[float] = []
@@ -789,7 +763,7 @@ def build_report(
         query.append(q)
         scaled.append(w * scale + q)
 
-    origin = min((r.stuck_at for r in unstuck if r.stuck_at), default=_now())
+    origin = min((r.stuck_at for r in unstuck if r.stuck_at), default=utc_now())
     moments = [(r.stuck_at - origin).total_seconds() for r in unstuck if r.stuck_at]
     analytic = analytic_scan(moments, args.baseline_period)
     analytic_scaled = analytic_scan(
@@ -935,10 +909,10 @@ def build_report(
                 "cohort": r.cohort,
                 "offset_s": round(r.offset_s, 3),
                 "stuck_moment": r.stuck_at.isoformat() if r.stuck_at else None,
-                "overshoot_s": _secs(r.diagnosis_started_at, r.stuck_at),
-                "external_s": _secs(r.seen_wall, r.stuck_at),
+                "overshoot_s": secs(r.diagnosis_started_at, r.stuck_at),
+                "external_s": secs(r.seen_wall, r.stuck_at),
                 "breakdown": r.breakdown,
-                "detected_s": _secs(r.detected_wall, r.stuck_at),
+                "detected_s": secs(r.detected_wall, r.stuck_at),
                 "scan": r.detected_scan,
             }
             for r in unstuck + baseline

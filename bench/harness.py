@@ -17,12 +17,15 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -257,3 +260,85 @@ def verdict(ok: bool) -> str:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---- clocks and the life of a timer, read from a workflow's history --------------------
+
+TIMER_FIRED = EventType.EVENT_TYPE_TIMER_FIRED
+TIMER_STARTED = EventType.EVENT_TYPE_TIMER_STARTED
+WFT_STARTED = EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def secs(a: datetime | None, b: datetime | None) -> float | None:
+    """a − b in seconds, or None when either is missing."""
+    if a is None or b is None:
+        return None
+    return (a - b).total_seconds()
+
+
+def event_time(event: HistoryEvent) -> datetime:
+    return event.event_time.ToDatetime().replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TimerLife:
+    """The timer that woke a workflow task, and the task that armed it.
+
+    The workflow arms a timer with delay = deadline − ``workflow.now()`` (the arming task's
+    *start*); the server starts it when that task *completes*, fires it, and a worker then
+    picks up the woken task. Each step adds to the time from the intended moment.
+    """
+
+    timer: HistoryEvent  # TimerStarted
+    fired: HistoryEvent  # TimerFired
+    armed_by: HistoryEvent  # WorkflowTaskStarted of the arming task
+    woken: HistoryEvent  # WorkflowTaskStarted of the woken task
+    delay: timedelta
+
+    @property
+    def intended(self) -> datetime:
+        return event_time(self.armed_by) + self.delay
+
+    def parts(self) -> dict[str, float]:
+        """arming lag, server lateness, worker pick-up, their total and the timer's delay."""
+
+        def s(a: datetime, b: datetime) -> float:
+            return round((a - b).total_seconds(), 4)
+
+        return {
+            "arm_lag_s": s(event_time(self.timer), event_time(self.armed_by)),
+            "timer_late_s": s(event_time(self.fired), event_time(self.timer) + self.delay),
+            "pickup_s": s(event_time(self.woken), event_time(self.fired)),
+            "total_s": s(event_time(self.woken), self.intended),
+            "timer_delay_s": round(self.delay.total_seconds(), 4),
+        }
+
+
+def timer_that_woke(events: Sequence[HistoryEvent], woken: HistoryEvent) -> TimerLife | None:
+    """The last timer fired before the workflow task ``woken`` started, with its arming task."""
+    by_id = {e.event_id: e for e in events}
+    fired = next(
+        (
+            e
+            for e in reversed(events)
+            if e.event_type == TIMER_FIRED and e.event_id < woken.event_id
+        ),
+        None,
+    )
+    if fired is None:
+        return None
+    timer = by_id[fired.timer_fired_event_attributes.started_event_id]
+    attrs = timer.timer_started_event_attributes
+    arm_completed = by_id[attrs.workflow_task_completed_event_id]
+    armed_by = by_id[arm_completed.workflow_task_completed_event_attributes.started_event_id]
+    return TimerLife(
+        timer=timer,
+        fired=fired,
+        armed_by=armed_by,
+        woken=woken,
+        delay=attrs.start_to_fire_timeout.ToTimedelta(),
+    )

@@ -53,8 +53,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -62,13 +60,20 @@ from agent_client.session import AgentSession
 from bench.detection import CpuMeter, loop_lag, summary
 from bench.harness import (
     REPO,
+    TIMER_FIRED,
+    TIMER_STARTED,
+    WFT_STARTED,
     code_fingerprint,
     environment,
+    event_time,
     fresh_server,
     load_average,
     make_console,
     progress_display,
+    secs,
+    timer_that_woke,
     until_ready,
+    utc_now,
     verdict,
     write_json,
 )
@@ -101,16 +106,6 @@ LADDER_KINDS = ("heartbeat_missed", "agent_degraded", "agent_unresponsive")
 #: The server does not fire a timer earlier than its creation + 1 s
 #: (``history.timerProcessorMaxTimeShift``): timers shorter than this fire > 0.1 s late.
 SHORT_TIMER = timedelta(seconds=0.9)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _secs(a: datetime | None, b: datetime | None) -> float | None:
-    if a is None or b is None:
-        return None
-    return (a - b).total_seconds()
 
 
 # ---- setup -----------------------------------------------------------------------------
@@ -174,14 +169,6 @@ def _first(
 
 # ---- history: where the overshoot goes ---------------------------------------------------
 
-_TIMER_FIRED = EventType.EVENT_TYPE_TIMER_FIRED
-_TIMER_STARTED = EventType.EVENT_TYPE_TIMER_STARTED
-_WFT_STARTED = EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
-
-
-def _at(ev: HistoryEvent) -> datetime:
-    return ev.event_time.ToDatetime().replace(tzinfo=UTC)
-
 
 async def overshoot_breakdown(
     handle: WorkflowHandle[Any, Any], reassigned_at: datetime, last_sign: datetime
@@ -201,56 +188,37 @@ async def overshoot_breakdown(
     """
     history = await handle.fetch_history()
     events = list(history.events)
-    by_id = {e.event_id: e for e in events}
     wfts = min(
-        (e for e in events if e.event_type == _WFT_STARTED),
-        key=lambda e: abs((_at(e) - reassigned_at).total_seconds()),
+        (e for e in events if e.event_type == WFT_STARTED),
+        key=lambda e: abs((event_time(e) - reassigned_at).total_seconds()),
         default=None,
     )
-    if wfts is None or abs((_at(wfts) - reassigned_at).total_seconds()) > 0.002:
+    if wfts is None or abs((event_time(wfts) - reassigned_at).total_seconds()) > 0.002:
         return None
-    fired = next(
-        (
-            e
-            for e in reversed(events)
-            if e.event_type == _TIMER_FIRED and e.event_id < wfts.event_id
-        ),
-        None,
-    )
-    if fired is None:
+    life = timer_that_woke(events, wfts)
+    if life is None:
         return None
-    timer = by_id[fired.timer_fired_event_attributes.started_event_id]
-    attrs = timer.timer_started_event_attributes
-    delay = attrs.start_to_fire_timeout.ToTimedelta()
-    arm_wftc = by_id[attrs.workflow_task_completed_event_id]
-    arm_wfts = by_id[arm_wftc.workflow_task_completed_event_attributes.started_event_id]
-    intended = _at(arm_wfts) + delay
-
-    def s(a: datetime, b: datetime) -> float:
-        return round((a - b).total_seconds(), 4)
+    delay = life.delay
 
     fired_by_timer = {
         e.timer_fired_event_attributes.started_event_id: e
         for e in events
-        if e.event_type == _TIMER_FIRED
+        if e.event_type == TIMER_FIRED
     }
     short_late: list[float] = []
     for e in events:
-        if e.event_type != _TIMER_STARTED or _at(e) < last_sign or e.event_id > wfts.event_id:
+        if e.event_type != TIMER_STARTED or event_time(e) < last_sign or e.event_id > wfts.event_id:
             continue
         d = e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
         f = fired_by_timer.get(e.event_id)
         if d < SHORT_TIMER and f is not None:
-            short_late.append((_at(f) - (_at(e) + d)).total_seconds())
+            short_late.append((event_time(f) - (event_time(e) + d)).total_seconds())
     return {
         "timer_delay_s": round(delay.total_seconds(), 4),
         "short_timers": len(short_late),
         "last_timer_short": int(delay < SHORT_TIMER),
         "short_timer_late_max_s": round(max(short_late), 4) if short_late else 0.0,
-        "arm_lag_s": s(_at(timer), _at(arm_wfts)),
-        "timer_late_s": s(_at(fired), _at(timer) + delay),
-        "pickup_s": s(_at(wfts), _at(fired)),
-        "total_s": s(_at(wfts), intended),
+        **{k: v for k, v in life.parts().items() if k != "timer_delay_s"},
         "history_events": len(events),
     }
 
@@ -297,7 +265,7 @@ async def one_run(
         raise RuntimeError(f"the victim got no task: {victim.last_claim_reason}")
     run.task_id, run.victim_id, run.watcher_id = task.id, victim.agent_id, watcher.agent_id
     await victim.heartbeat()
-    run.heartbeat_sent_wall = _now()
+    run.heartbeat_sent_wall = utc_now()
     await victim.stop_heartbeats()  # it never started any; from here on it is silent
     # The beat is a signal: wait until the ticket has handled it, then read the last sign.
     floor = LADDER * args.deadline
@@ -314,15 +282,15 @@ async def one_run(
     # The watcher: claim every poll_ms from poll_lead s before the floor.
     assert run.last_sign is not None
     start_polling = run.last_sign + timedelta(seconds=floor - args.poll_lead)
-    await asyncio.sleep(max(0.0, (start_polling - _now()).total_seconds()))
+    await asyncio.sleep(max(0.0, (start_polling - utc_now()).total_seconds()))
     interval = args.poll_ms / 1000
     tick = time.monotonic()
     while True:
-        sent = _now()
+        sent = utc_now()
         got = await watcher.claim()
         run.polls += 1
         if got is not None:
-            run.claim_reply_wall = _now()
+            run.claim_reply_wall = utc_now()
             run.claim_sent_wall = sent
             if got.id != run.task_id:
                 run.errors.append(f"the watcher claimed {got.id}, not {run.task_id}")
@@ -573,7 +541,7 @@ async def measure(
 
 
 def _process_report(p: ProcessRun, floor: float) -> dict[str, Any]:
-    latency = _secs(p.reassigned_at, p.last_sign)
+    latency = secs(p.reassigned_at, p.last_sign)
     return {
         "ticket_id": p.ticket_id,
         "dead_agent": p.dead_agent,
@@ -581,18 +549,18 @@ def _process_report(p: ProcessRun, floor: float) -> dict[str, Any]:
         "last_sign_of_life": p.last_sign.isoformat() if p.last_sign else None,
         "latency_s": latency,
         "overshoot_s": None if latency is None else round(latency - floor, 4),
-        "crash_logged_to_last_sign_s": _secs(p.last_sign, p.crash_logged_at),
-        "crash_logged_to_reassigned_s": _secs(p.reassigned_at, p.crash_logged_at),
+        "crash_logged_to_last_sign_s": secs(p.last_sign, p.crash_logged_at),
+        "crash_logged_to_reassigned_s": secs(p.reassigned_at, p.crash_logged_at),
         "ladder_late_s": {
-            kind: _secs(at, p.last_sign + timedelta(seconds=floor / LADDER * (k + 1)))
+            kind: secs(at, p.last_sign + timedelta(seconds=floor / LADDER * (k + 1)))
             for k, kind in enumerate(LADDER_KINDS)
             if p.last_sign is not None and (at := p.ladder.get(kind)) is not None
         },
-        "reassigned_to_restarted_s": _secs(p.restarted_at, p.reassigned_at),
-        "reassigned_to_replacement_registered_s": _secs(
+        "reassigned_to_restarted_s": secs(p.restarted_at, p.reassigned_at),
+        "reassigned_to_replacement_registered_s": secs(
             p.replacement_registered_at, p.reassigned_at
         ),
-        "reassigned_to_reclaimed_s": _secs(p.reclaimed_at, p.reassigned_at),
+        "reassigned_to_reclaimed_s": secs(p.reclaimed_at, p.reassigned_at),
         "old_pid": p.old_pid,
         "new_pid": p.new_pid,
         "errors": p.errors,
@@ -608,13 +576,13 @@ def build_report(
 ) -> dict[str, Any]:
     floor = LADDER * args.deadline
     ok = [r for r in runs if not r.failed and r.reassigned_at is not None]
-    latency = [_secs(r.reassigned_at, r.last_sign) or 0.0 for r in ok]
+    latency = [secs(r.reassigned_at, r.last_sign) or 0.0 for r in ok]
     overshoot = [x - floor for x in latency]
-    external = [x for r in ok if (x := _secs(r.claim_reply_wall, r.last_sign)) is not None]
-    external_sent = [x for r in ok if (x := _secs(r.claim_sent_wall, r.last_sign)) is not None]
-    claim_server = [x for r in ok if (x := _secs(r.claimed_at, r.last_sign)) is not None]
-    claim_after = [x for r in ok if (x := _secs(r.claimed_at, r.reassigned_at)) is not None]
-    beat_to_state = [x for r in ok if (x := _secs(r.last_sign, r.heartbeat_sent_wall)) is not None]
+    external = [x for r in ok if (x := secs(r.claim_reply_wall, r.last_sign)) is not None]
+    external_sent = [x for r in ok if (x := secs(r.claim_sent_wall, r.last_sign)) is not None]
+    claim_server = [x for r in ok if (x := secs(r.claimed_at, r.last_sign)) is not None]
+    claim_after = [x for r in ok if (x := secs(r.claimed_at, r.reassigned_at)) is not None]
+    beat_to_state = [x for r in ok if (x := secs(r.last_sign, r.heartbeat_sent_wall)) is not None]
     ladder: dict[str, list[float]] = {k: [] for k in LADDER_KINDS}
     for r in ok:
         assert r.last_sign is not None
@@ -724,11 +692,11 @@ def build_report(
             {
                 "ticket_id": r.ticket_id,
                 "last_sign_of_life": r.last_sign.isoformat() if r.last_sign else None,
-                "latency_s": _secs(r.reassigned_at, r.last_sign),
-                "external_s": _secs(r.claim_reply_wall, r.last_sign),
-                "claim_server_s": _secs(r.claimed_at, r.last_sign),
+                "latency_s": secs(r.reassigned_at, r.last_sign),
+                "external_s": secs(r.claim_reply_wall, r.last_sign),
+                "claim_server_s": secs(r.claimed_at, r.last_sign),
                 "polls": r.polls,
-                "ladder_s": {k: _secs(v, r.last_sign) for k, v in r.ladder.items()},
+                "ladder_s": {k: secs(v, r.last_sign) for k, v in r.ladder.items()},
                 "breakdown": r.breakdown,
                 "errors": r.errors,
             }
