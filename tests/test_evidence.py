@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +35,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.diagnosis import DiagnosisActivities, HistoryDigest
 from agent_client.session import AgentSession
-from core.state import TicketState
+from core import diagnosis
 from diagnosis.evidence import EVIDENCE_MAX_BYTES, evidence_size, fit_evidence
 from infra.settings import Settings
 from ledger.store import Ledger
@@ -46,7 +45,6 @@ from models.diagnosis import (
     HistorySummary,
     SnapshotAgent,
     SnapshotPhase,
-    SnapshotResult,
     SnapshotTask,
     TicketSnapshot,
 )
@@ -55,79 +53,6 @@ from tests.ticketkit import launch, spec_dict
 
 SECRET_NOTE = "password=hunter2 and sk-abcdefghijklmnopqrstuvwx"
 ONE_MB = 1024 * 1024
-
-
-def snapshot_of(state: TicketState, now: datetime) -> TicketSnapshot:
-    """The diagnosis's view of a ticket, built by hand from the ``state`` query."""
-    tasks = sorted(state.tasks.values(), key=lambda t: (t.updated_at, t.seq))
-    by_phase: dict[str, dict[str, int]] = {p.name: {} for p in state.spec.phases}
-    for t in tasks:
-        by_phase.setdefault(t.phase, {})
-        by_phase[t.phase][t.status] = by_phase[t.phase].get(t.status, 0) + 1
-    return TicketSnapshot(
-        ticket_id=state.ticket_id,
-        title=state.spec.title,
-        goal=state.spec.goal,
-        result_criteria=[c.description for c in state.spec.result_criteria],
-        status=state.status,
-        phases=[
-            SnapshotPhase(
-                name=p.name,
-                required=p.required,
-                description=p.description,
-                done_definitions=p.done_definitions,
-            )
-            for p in state.spec.phases
-        ],
-        counts_by_status=dict(Counter(t.status for t in tasks)),
-        counts_by_phase=by_phase,
-        total_tasks=len(tasks),
-        recent_tasks=[
-            SnapshotTask(
-                id=t.id,
-                phase=t.phase,
-                title=t.title,
-                type=t.type,
-                status=t.status,
-                priority=t.priority,
-                depends_on=t.depends_on,
-                assigned_agent=t.assigned_agent,
-                attempt=t.attempt,
-                failures=t.failures,
-                failure_reason=t.failure_reason,
-                result_preview=t.result_preview,
-                notes=t.notes,
-                created_by=t.created_by,
-                updated_at=t.updated_at,
-            )
-            for t in reversed(tasks[-15:])
-        ],
-        agents=[
-            SnapshotAgent(
-                id=a.id,
-                name=a.name,
-                kind=a.kind,
-                state=a.state,
-                last_heartbeat_at=a.last_heartbeat_at,
-            )
-            for a in state.agents.values()
-        ],
-        results=[
-            SnapshotResult(
-                version=r.version,
-                agent_id=r.agent_id,
-                status=r.status,
-                preview=r.preview,
-                feedback=r.feedback,
-                validator_id=r.validator_id,
-                submitted_at=r.submitted_at,
-            )
-            for r in state.results
-        ],
-        diagnoses=[],
-        last_activity_at=state.last_activity_at,
-        taken_at=now,
-    )
 
 
 async def eventually(check: Any, timeout: float = 10.0) -> Any:
@@ -177,7 +102,7 @@ async def small_ticket(
         number=1,
         trigger="manual",
         reason="test: password=opensesame",
-        snapshot=snapshot_of(state, datetime.now(UTC)),
+        snapshot=diagnosis.snapshot(state, datetime.now(UTC)),  # what the ticket sends
         history_window_min=60,
         idle_seconds=3.0,
     )
