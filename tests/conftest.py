@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from infra.client import connect
 from infra.devserver import (
     DevServer,
+    DevServerError,
     ensure_search_attributes,
     ensure_server,
     find_temporal_binary,
@@ -50,8 +51,23 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_server(server_settings: Settings) -> AsyncIterator[DevServer]:
-    """A fresh Temporal dev server for this session, stopped at the end."""
-    server = await ensure_server(server_settings, startup_timeout=60)
+    """A fresh Temporal dev server for this session, stopped at the end.
+
+    Free ports are picked before the server binds them, and the dev server takes more ports of
+    its own at random; when one of ours is taken in between, start again on fresh ports.
+    """
+    current = server_settings
+    for attempt in range(3):
+        try:
+            server = await ensure_server(current, startup_timeout=60)
+            break
+        except DevServerError as exc:
+            if "in use" not in str(exc) or attempt == 2:
+                raise
+            port, ui_port = two_free_ports()
+            current = server_settings.model_copy(
+                update={"temporal_address": f"127.0.0.1:{port}", "ui_port": ui_port}
+            )
     assert server.owned, f"expected a fresh dev server at {server.address}"
     try:
         yield server
