@@ -6,6 +6,8 @@ guard the change with ``workflow.patched(...)`` instead. When a change is intend
 incompatible (and no ticket of the old shape is running), re-record:
 
     UNSTUCK_RECORD_HISTORIES=1 .venv/bin/python -m pytest tests/test_replay.py
+
+or only some scenarios, by name: ``UNSTUCK_RECORD_HISTORIES=ticket-agent-restart``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,27 @@ from temporalio.worker import Replayer
 from agent_client.session import AgentSession
 from infra.settings import Settings
 from tests.conftest import unique_id
+from tests.test_agent_health import agent, until
+from tests.test_agent_health import spec as agent_spec
 from tests.ticketkit import launch, spec_dict
 from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
-RECORD = os.environ.get("UNSTUCK_RECORD_HISTORIES") == "1"
+_RECORD = os.environ.get("UNSTUCK_RECORD_HISTORIES", "")
+
+
+def recording(name: str) -> bool:
+    """Whether this run writes the history ``name`` (``1`` = all, else a comma list)."""
+    return _RECORD == "1" or name in {n.strip() for n in _RECORD.split(",") if n.strip()}
+
+
+async def check_and_record(name: str, history: WorkflowHistory) -> None:
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None, name
+    if recording(name):
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
 
 
 def replayer() -> Replayer:
@@ -50,6 +67,7 @@ def test_histories_are_recorded() -> None:
         "ticket-continue-as-new-run1",
         "ticket-validation-loop",
         "ticket-seed-stuck-diagnosed",
+        "ticket-agent-restart",
     } <= names
 
 
@@ -160,8 +178,37 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         histories[f"ticket-continue-as-new-run{i}"] = await handle.fetch_history()
 
     for name, history in histories.items():
-        result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
-        assert result.replay_failure is None, name
-        if RECORD:
-            HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
+        await check_and_record(name, history)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_restart_scenario_replays(client: Client, settings: Settings) -> None:
+    """A local-process agent SIGKILLs itself holding a task: three missed deadlines, its task
+    goes back to pending, the runtime replaces the process, the replacement finishes the work
+    and the ticket completes. The history (activities that start and stop real processes)
+    replays cleanly, and is written out when recording."""
+    ticket = await launch(
+        client,
+        settings,
+        agent_spec(
+            unique_id("replay-restart"),
+            [agent("crashy", "--crash-after-claims", "1", "--crash-only-in-generation", "0")],
+        ),
+    )
+    done = await until(
+        ticket,
+        lambda s: s.restarts_total >= 1 and all(t.status == "done" for t in s.tasks.values()),
+        "the restart and every task done",
+    )
+    assert done.lineages["crashy"].generation == 1
+    async with (
+        AgentSession(client, ticket.ticket_id, name="alice") as alice,
+        AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        await alice.submit_result("# done after a restart")
+        await vera.review_result(1, passed=True)
+    await ticket.handle.result()
+    history = await ticket.handle.fetch_history()
+    kinds = {e.WhichOneof("attributes") for e in history.events}
+    assert "activity_task_completed_event_attributes" in kinds
+    await check_and_record("ticket-agent-restart", history)
