@@ -42,6 +42,7 @@ from models.messages import (
     SubmitReply,
     SubmitResult,
     TaskView,
+    oversized,
 )
 from models.spec import AgentKind, Priority, ResultType, TaskType
 
@@ -349,17 +350,33 @@ class AgentSession:
         return {"agent_id": self.agent_id, "token": self._token, "request_id": _request_id()}
 
     async def _update(self, name: str, msg: BaseModel, result_type: type[R]) -> R:
+        _refuse_oversized(msg)
         request_id = getattr(msg, "request_id", None) or _request_id()
-        for attempt in range(UNPROCESSED_RETRIES + 1):
+        unprocessed = 0
+        loop = asyncio.get_running_loop()
+        not_ready_until = loop.time() + NOT_READY_WAIT_S
+        pause = 0.05
+        while True:
             try:
                 return await self._update_once(name, msg, request_id, result_type)
             except _Unprocessed:
                 # The ticket was continuing as new when this update reached it; the server
                 # gave it back unapplied. Same request id: a retry can never apply it twice.
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise Refused(
-            f"{name}: the ticket did not take the update after {UNPROCESSED_RETRIES} retries"
-        )
+                unprocessed += 1
+                if unprocessed > UNPROCESSED_RETRIES:
+                    raise Refused(
+                        f"{name}: the ticket did not take the update after "
+                        f"{UNPROCESSED_RETRIES} retries"
+                    ) from None
+            except _NotReady as exc:
+                # The ticket's workflow task is failing (a worker crash, an update too large
+                # for the server); the server refused to deliver this one, so it was not
+                # applied. Wait for the ticket to recover, within limits.
+                if loop.time() + pause > not_ready_until:
+                    raise exc.error from None
+                log.warning("%s: %s; retrying in %.1fs", name, exc.error.message, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def _update_once(
         self, name: str, msg: BaseModel, request_id: str, result_type: type[R]
@@ -379,9 +396,12 @@ class AgentSession:
                 raise Refused(cause.message, field, rule) from None
             raise Refused(str(cause or exc)) from None
         except RPCError as exc:
+            if exc.status == RPCStatusCode.FAILED_PRECONDITION and NOT_READY in exc.message:
+                raise _NotReady(exc) from None
             raise _closed_or(exc) from None
 
     async def _signal(self, name: str, msg: BaseModel) -> None:
+        _refuse_oversized(msg)
         try:
             await self.handle.signal(name, msg)
         except RPCError as exc:
@@ -396,6 +416,25 @@ UNPROCESSED_RETRIES = 5
 
 class _Unprocessed(Exception):
     pass
+
+
+#: The server's words for an update it would not deliver because the ticket's workflow task
+#: is failing; how long a call waits for the ticket to recover before giving up.
+NOT_READY = "Workflow Task in failed state"
+NOT_READY_WAIT_S = 60.0
+
+
+class _NotReady(Exception):
+    def __init__(self, error: RPCError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _refuse_oversized(msg: BaseModel) -> None:
+    """Refuse, without sending it, a message too large for the ticket to answer."""
+    if (too_big := oversized(msg)) is not None:
+        field, rule = too_big
+        raise Refused(f"{field}: {rule}", field, rule)
 
 
 def _request_id() -> str:

@@ -19,6 +19,31 @@ MAX_NOTE = 4_000
 MAX_REASON = 4_000
 MAX_FEEDBACK = 20_000
 MAX_REQUEST_ID = 128
+#: The largest message, encoded as JSON, an agent may send. Temporal refuses payloads over
+#: 2 MB, and an update it cannot answer (the refusal echoes the request) fails the ticket's
+#: workflow task until the update times out: every agent of the ticket waits ~20 s. Field
+#: caps count characters or UTF-8 bytes, and JSON escapes can multiply those (a control
+#: character travels as 6 bytes), so the encoded size is checked before sending.
+MAX_MESSAGE_BYTES = 1_500_000
+
+
+def oversized(msg: BaseModel) -> tuple[str, str] | None:
+    """``(field, rule)`` when ``msg`` as JSON exceeds :data:`MAX_MESSAGE_BYTES`, else None.
+
+    The field named is the one that takes the most bytes.
+    """
+    size = len(msg.model_dump_json().encode("utf-8"))
+    if size <= MAX_MESSAGE_BYTES:
+        return None
+    fields = {
+        name: len(msg.model_dump_json(include={name}).encode("utf-8"))
+        for name in type(msg).model_fields
+    }
+    field = max(fields, key=fields.__getitem__) if fields else "message"
+    return field, (
+        f"the message is {size:,} bytes as JSON ({field}: {fields.get(field, size):,}); "
+        f"the limit is {MAX_MESSAGE_BYTES:,}"
+    )
 
 
 class Message(BaseModel):

@@ -41,8 +41,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+from agent_client.session import AgentSession, Refused
 from infra.settings import Settings
-from models.messages import INBOUND, RegisterAgent
+from models.messages import INBOUND, MAX_MESSAGE_BYTES, RegisterAgent
 from tests.conftest import unique_id
 from tests.ticketkit import Launched, launch, spec_dict
 
@@ -137,7 +138,7 @@ def huge_text(draw: st.DrawFn) -> str:
     unit = draw(st.sampled_from(["x", "é", "🧨", "\u0000", "ab\u202e", "# md\n"]))
     target = draw(st.integers(1 * KB, 200 * KB))
     # Sized as JSON on the wire (a NUL travels as 6 bytes): a whole payload stays under the
-    # 2 MB payload limit; beyond it see test_oversized_update_is_refused_cleanly (xfail).
+    # 2 MB payload limit; beyond it see test_an_update_beyond_the_server_limit_stalls_….
     wire = len(json.dumps(unit, ensure_ascii=False).encode("utf-8")) - 2
     return unit * max(1, target // wire)
 
@@ -465,18 +466,56 @@ async def test_null_signal_payload_is_dropped(
         await ticket.handle.terminate("fuzz: null signal payload check done")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: refusing an update whose payload exceeds 2 MB echoes the request in the "
-    "rejection, the SDK raises PayloadsTooLarge and the workflow task fails",
-)
-async def test_oversized_update_is_refused_cleanly(client: Client, settings: Settings) -> None:
-    ticket = await launch(client, settings, spec_dict(unique_id("oversized")))
+async def test_a_message_too_large_to_answer_is_refused_before_sending(
+    client: Client, settings: Settings
+) -> None:
+    """400 K control characters are 400 KB of UTF-8 (under the 1 MB content cap) but 2.4 MB
+    as JSON: the session refuses it, names the field and the rule, and sends nothing."""
+    ticket = await launch(client, settings, spec_dict(unique_id("oversized-session")))
     try:
-        with pytest.raises(WorkflowUpdateFailedError):  # ~2.4 MB as JSON
-            oversized = {"agent_id": "\u0000" * 400_000}
-            # A clean refusal comes at once; with the bug the server holds the call for 20 s.
-            await asyncio.wait_for(ticket.handle.execute_update("claim", oversized), timeout=3)
+        async with AgentSession(client, ticket.ticket_id, name="alice") as alice:
+            before = await ticket.state_dump()
+            with pytest.raises(Refused) as refused:
+                await alice.submit_result("\u0001" * 400_000)
+            assert refused.value.field == "content"
+            assert f"the limit is {MAX_MESSAGE_BYTES:,}" in (refused.value.rule or "")
+            assert "2,400,0" in str(refused.value)  # the measured size, as JSON
+            after = await ticket.state_dump()
+            # The session's heartbeat loop may beat meanwhile; nothing else may change.
+            assert {k: v for k, v in after.items() if k != "agents"} == {
+                k: v for k, v in before.items() if k != "agents"
+            }
+            assert (await alice.claim()) is not None  # the ticket is fine
         assert await _workflow_task_failures(ticket.handle) == 0
     finally:
-        await ticket.handle.terminate("fuzz: oversized update check done")
+        await ticket.handle.terminate("fuzz: oversized message check done")
+
+
+async def test_an_update_beyond_the_server_limit_stalls_the_ticket_which_recovers(
+    client: Client, settings: Settings
+) -> None:
+    """A raw client (not AgentSession) sends a 2.4 MB update. Temporal accepts it, but the
+    refusal echoes the request and cannot be uploaded, so the ticket's workflow task fails
+    until the server drops the update (~20 s). Nothing is lost: afterwards the state is the
+    same, and an agent that called meanwhile was held and then answered."""
+    ticket = await launch(client, settings, spec_dict(unique_id("oversized-raw")))
+    try:
+        before = await ticket.state_dump()
+        raw = asyncio.create_task(
+            ticket.handle.execute_update("claim", {"agent_id": "\u0000" * 400_000})
+        )
+        await asyncio.sleep(1)  # the ticket is stalled now
+        async with AgentSession(client, ticket.ticket_id, name="alice") as alice:
+            task = await alice.claim()  # waits for the ticket to recover
+        assert task is not None and task.id == "T1"
+        with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+            await raw
+        after = await ticket.state_dump()
+        assert after["tasks"]["T1"]["assigned_agent"] == alice.agent_id
+        assert {k: v for k, v in after["tasks"].items() if k != "T1"} == {
+            k: v for k, v in before["tasks"].items() if k != "T1"
+        }
+        # The stall is bounded: the failed workflow task is retried, not repeated forever.
+        assert 1 <= await _workflow_task_failures(ticket.handle) <= 3
+    finally:
+        await ticket.handle.terminate("fuzz: oversized raw update check done")
