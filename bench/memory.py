@@ -1,0 +1,971 @@
+"""Worker memory per open ticket: the Unstuck worker's RSS with 100 and 1,000 tickets open.
+
+    .venv/bin/python -m bench.memory [--counts 100,1000 --step 100 --concurrency 32
+                                      --out bench/out/memory.json]
+
+1. Starts its own Temporal dev server (free ports, temp data dir) and the Unstuck worker as
+   a **separate OS process** (``python worker.py --no-dev-server --address … --task-queue …
+   --database-url sqlite:///<tmp>/ledger.db --data-dir <tmp>``, Prometheus metrics on a free
+   port), so the worker's memory (``/proc/<pid>/status`` VmRSS, ``smaps_rollup`` PSS/USS) is
+   measured alone, without this process's client and agents.
+2. Warm-up: a few tickets opened exactly like the measured ones, then cancelled (they
+   finish and leave the worker's workflow cache). Baseline = the median of several RSS
+   samples after a settle pause.
+3. Tickets are opened in steps (every ``--step`` tickets, and at each of ``--counts``), at
+   most ``--concurrency`` at a time. Each ticket is the reference ticket of
+   examples/login.yaml (15 seed tasks in three phases with dependencies; its local-process
+   agents removed), with ``--workers`` worker agents and one validator registered through
+   ``AgentSession`` (one heartbeat each, no heartbeat loop): worker 0 completes
+   ``--completes`` tasks with ``complete(claim_next=True)`` and keeps the next one, every
+   other worker then tries to claim one (and reports progress on it; with login.yaml's
+   dependencies and the defaults none is free yet: ``tickets.tasks_held`` in the JSON
+   counts the tasks in progress). The ticket stays open, waiting
+   on its one durable timer. Health deadlines, stuck window/cooldown and the validator
+   timeout are one day, so nothing is declared unresponsive or stuck and no diagnosis runs.
+4. After each step: settle, sample the worker's RSS. At each of ``--counts`` also PSS/USS,
+   the worker's sticky-cache metrics (cached workflows, forced evictions) and a ``status``
+   query of every open ticket (all answer ``open``; cache misses during the pass would be
+   evicted tickets being replayed).
+5. Per open ticket = (RSS at N − baseline) / N; marginal = the RSS difference between two
+   counts / their difference; a least-squares slope over all steps. Target ≤ 1 MB per open
+   ticket at every count.
+6. All tickets are terminated, the worker (SIGTERM) and the server stopped, temp data
+   deleted.
+
+Prints a Rich table (PASS/MISS) and writes JSON to ``--out``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import hashlib
+import inspect
+import itertools
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_args
+
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
+
+import worker as worker_module
+from agent_client.session import AgentSession
+from bench.harness import (
+    REPO,
+    code_fingerprint,
+    environment,
+    load_average,
+    make_console,
+    progress_display,
+    temp_dir,
+    two_ports,
+    until_ready,
+    verdict,
+    write_json,
+)
+from infra.client import connect
+from infra.devserver import DevServer, ensure_server, free_port
+from infra.settings import Settings
+from models.messages import CancelTicket, StatusView
+from models.spec import HealthPolicy, ResultType, StuckPolicy, TicketSpec, load_spec
+from models.workflow_io import TicketInput
+from workflows.ticket import TicketWorkflow
+
+TICKET_QUEUE = "bench-memory"
+SPEC_FILE = REPO / "examples" / "login.yaml"
+
+#: Target from the issue: at most 1 MB (10^6 bytes) of worker RSS per open ticket.
+TARGET_BYTES = 1_000_000
+MB = 1_000_000
+#: Health deadlines, stuck window/cooldown and validator timeout: far beyond the run.
+OFF_S = 86_400.0
+#: AgentSession heartbeat interval (only used for the one beat the bench sends).
+HEARTBEAT_S = 3_600.0
+RESULT_TYPES: tuple[str, ...] = get_args(ResultType)
+
+T = TypeVar("T")
+
+
+# ---- the worker process and its memory ---------------------------------------------------
+
+
+def _kb_fields(text: str) -> dict[str, int]:
+    """``Name:   123 kB`` lines → {name: bytes}; lines without ``kB`` → the plain number."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        try:
+            value = int(parts[0])
+        except ValueError:
+            continue
+        out[name.strip()] = value * 1024 if len(parts) > 1 and parts[1] == "kB" else value
+    return out
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/status``: VmRSS, VmHWM, RssAnon, RssFile, Threads, … (bytes / count)."""
+    return _kb_fields(Path(f"/proc/{pid}/status").read_text())
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup`` in bytes, plus USS = Private_Clean + Private_Dirty."""
+    try:
+        fields = _kb_fields(Path(f"/proc/{pid}/smaps_rollup").read_text())
+    except OSError:
+        return {}
+    if "Private_Clean" in fields and "Private_Dirty" in fields:
+        fields["Uss"] = fields["Private_Clean"] + fields["Private_Dirty"]
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Prometheus text format → {metric name without ``temporal_`` / ``_total``: sum over
+    all label sets}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0].removeprefix("temporal_").removesuffix("_total")
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def worker_cache_limit() -> tuple[int | None, str]:
+    """The worker's workflow cache size (``max_cached_workflows``) and where it comes from."""
+    from temporalio.worker import Worker
+
+    if "max_cached_workflows" in inspect.getsource(worker_module.build_worker):
+        return None, "set in worker.build_worker (not read by this bench)"
+    default = inspect.signature(Worker.__init__).parameters["max_cached_workflows"].default
+    return int(default), "temporalio Worker default; worker.build_worker does not set it"
+
+
+class WorkerProcess:
+    """``python worker.py`` against the bench's server, in its own session; log to a file."""
+
+    def __init__(self, settings: Settings, tmp: Path, *, otel: str) -> None:
+        self.settings = settings
+        self.log_path = tmp / "worker.log"
+        self.metrics_address = f"127.0.0.1:{free_port()}"
+        self.otel = otel
+        self.command = [
+            sys.executable,
+            str(REPO / "worker.py"),
+            "--no-dev-server",
+            "--address",
+            settings.temporal_address,
+            "--task-queue",
+            settings.task_queue,
+            "--database-url",
+            settings.ledger_url,
+            "--data-dir",
+            str(settings.data_dir),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UNSTUCK_")}
+        env["UNSTUCK_OTEL_EXPORTER"] = self.otel
+        env["UNSTUCK_METRICS_ADDRESS"] = self.metrics_address
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(
+                f"the worker process exited with {self.proc.returncode}:\n" + "\n".join(tail)
+            )
+
+    def memory(self) -> dict[str, int]:
+        self.check_alive()
+        return proc_status(self.pid)
+
+    async def metrics(self) -> dict[str, float]:
+        def fetch() -> str:
+            url = f"http://{self.metrics_address}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                body: bytes = reply.read()
+            return body.decode()
+
+        try:
+            return parse_prometheus(await asyncio.to_thread(fetch))
+        except OSError:
+            return {}
+
+    async def stop(self, grace: float = 30) -> int | None:
+        """SIGTERM (the worker shuts down gracefully), SIGKILL after ``grace`` s."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + wait
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if proc.poll() is not None:
+                break
+        return proc.returncode
+
+
+@dataclass
+class Sample:
+    """The worker's memory after a settle pause: median of several VmRSS readings."""
+
+    open_tickets: int
+    rss: int
+    rss_min: int
+    rss_max: int
+    samples: int
+    at_s: float  # seconds since the bench started
+    status: dict[str, int]
+    rollup: dict[str, int] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "open_tickets": self.open_tickets,
+            "rss_bytes": self.rss,
+            "rss_min_bytes": self.rss_min,
+            "rss_max_bytes": self.rss_max,
+            "samples": self.samples,
+            "at_s": round(self.at_s, 1),
+            "rss_anon_bytes": self.status.get("RssAnon"),
+            "rss_file_bytes": self.status.get("RssFile"),
+            "vm_hwm_bytes": self.status.get("VmHWM"),
+            "threads": self.status.get("Threads"),
+            **(
+                {
+                    "pss_bytes": self.rollup.get("Pss"),
+                    "pss_anon_bytes": self.rollup.get("Pss_Anon"),
+                    "uss_bytes": self.rollup.get("Uss"),
+                }
+                if self.rollup
+                else {}
+            ),
+        }
+
+
+async def sample_memory(
+    proc: WorkerProcess,
+    open_tickets: int,
+    *,
+    settle: float,
+    samples: int,
+    started: float,
+    rollup: bool,
+) -> Sample:
+    await asyncio.sleep(settle)
+    readings: list[int] = []
+    for k in range(samples):
+        if k:
+            await asyncio.sleep(0.25)
+        readings.append(proc.memory()["VmRSS"])
+    return Sample(
+        open_tickets=open_tickets,
+        rss=int(statistics.median(readings)),
+        rss_min=min(readings),
+        rss_max=max(readings),
+        samples=len(readings),
+        at_s=time.monotonic() - started,
+        status=proc.memory(),
+        rollup=smaps_rollup(proc.pid) if rollup else {},
+    )
+
+
+# ---- the tickets -------------------------------------------------------------------------
+
+
+def base_spec() -> TicketSpec:
+    """examples/login.yaml without its local-process agents, every deadline one day away."""
+    spec = load_spec(SPEC_FILE)
+    policy = spec.policy.model_copy(
+        update={
+            "stuck": StuckPolicy(window_s=OFF_S, cooldown_s=OFF_S),
+            "health": HealthPolicy(idle_deadline_s=OFF_S, running_deadline_s=OFF_S),
+            "validation": spec.policy.validation.model_copy(update={"validator_timeout_s": OFF_S}),
+        }
+    )
+    return spec.model_copy(update={"agents": [], "policy": policy})
+
+
+@dataclass
+class Opened:
+    handle: WorkflowHandle[Any, StatusView]
+    completed: int = 0
+    claimed: int = 0
+    updates: int = 0
+    error: str | None = None
+
+
+async def open_ticket(
+    client: Client,
+    spec: TicketSpec,
+    token_sha256: str,
+    args: argparse.Namespace,
+    result: str,
+) -> Opened:
+    """Start one ticket and bring it to a realistic mid-work state; it stays open."""
+    handle = await client.start_workflow(
+        TicketWorkflow.run,
+        TicketInput(spec=spec, operator_token_sha256=token_sha256),
+        id=spec.id,
+        task_queue=TICKET_QUEUE,
+    )
+    opened = Opened(handle)
+    try:
+        workers = [
+            AgentSession(client, spec.id, name=f"worker-{k}", heartbeat_interval_s=HEARTBEAT_S)
+            for k in range(args.workers)
+        ]
+        validator = AgentSession(
+            client, spec.id, name="validator", kind="validator", heartbeat_interval_s=HEARTBEAT_S
+        )
+        everyone = [*workers, validator]
+        for agent in everyone:
+            await agent.register()
+            opened.updates += 1
+        first = workers[0]
+        task = await first.claim()
+        opened.updates += 1
+        while task is not None and opened.completed < args.completes:
+            rtype: Any = task.type if task.type in RESULT_TYPES else "implementation"
+            reply = await first.complete(task.id, result, rtype, claim_next=True)
+            opened.updates += 1
+            opened.completed += 1
+            task = reply.next.task if reply.next is not None else None
+        opened.claimed += task is not None
+        for w in workers[1:]:
+            claimed = await w.claim()
+            opened.updates += 1
+            if claimed is not None:
+                opened.claimed += 1
+                await w.progress(claimed.id, "started")
+        for agent in everyone:
+            await agent.heartbeat()
+    except Exception as exc:  # reported; the ticket still counts as open
+        opened.error = f"{spec.id}: {type(exc).__name__}: {exc}"
+    return opened
+
+
+async def bounded(
+    jobs: Iterable[Callable[[], Awaitable[T]]], limit: int, on_done: Callable[[], None]
+) -> list[T]:
+    """Run the jobs, at most ``limit`` at a time, in order of the results."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with sem:
+            out = await job()
+        on_done()
+        return out
+
+    return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+
+async def query_pass(
+    handles: Sequence[WorkflowHandle[Any, StatusView]], limit: int
+) -> dict[str, Any]:
+    """``status`` of every ticket: how many answer ``open``, how long the pass took."""
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    done_tasks = 0
+    started = time.perf_counter()
+
+    async def one(h: WorkflowHandle[Any, StatusView]) -> None:
+        nonlocal done_tasks
+        try:
+            view: StatusView = await h.query("status", result_type=StatusView)
+        except RPCError as exc:
+            errors.append(f"{h.id}: {exc}")
+            return
+        statuses[view.status] = statuses.get(view.status, 0) + 1
+        done_tasks += view.counts_by_status.get("done", 0)
+
+    await bounded([functools.partial(one, h) for h in handles], limit, lambda: None)
+    return {
+        "queried": len(handles),
+        "by_status": statuses,
+        "open": statuses.get("open", 0),
+        "tasks_done": done_tasks,
+        "seconds": round(time.perf_counter() - started, 2),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
+
+
+# ---- run ---------------------------------------------------------------------------------
+
+
+def _points(counts: list[int], step: int) -> list[int]:
+    top = max(counts)
+    points = set(counts)
+    if step > 0:
+        points.update(range(step, top + 1, step))
+    return sorted(points)
+
+
+def _slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (None with fewer than two distinct xs)."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    num = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    den = sum((x - mx) ** 2 for x in xs)
+    return num / den
+
+
+async def measure(
+    client: Client,
+    proc: WorkerProcess,
+    server: DevServer,
+    args: argparse.Namespace,
+    console: Console,
+    started: float,
+) -> dict[str, Any]:
+    token = secrets.token_urlsafe(16)
+    token_sha = hashlib.sha256(token.encode()).hexdigest()
+    spec0 = base_spec()
+    prefix = f"mem-{uuid.uuid4().hex[:6]}"
+    result = ("# done\n\n" + "x" * args.result_bytes)[: args.result_bytes]
+    timing: dict[str, float] = {}
+    problems: list[str] = []
+
+    def spec_for(name: str) -> TicketSpec:
+        return spec0.model_copy(update={"id": f"{prefix}-{name}"})
+
+    with progress_display(console) as progress:
+        # The worker process is up once a ticket answers a query.
+        t = time.monotonic()
+        bar = progress.add_task("[dim]worker process starting", total=1)
+        ready = await client.start_workflow(
+            TicketWorkflow.run,
+            TicketInput(spec=spec_for("ready"), operator_token_sha256=token_sha),
+            id=f"{prefix}-ready",
+            task_queue=TICKET_QUEUE,
+        )
+        try:
+            await until_ready(ready, "status", timeout=args.timeout)
+        except RPCError:
+            proc.check_alive()
+            raise
+        progress.advance(bar)
+        timing["worker_ready_s"] = round(time.monotonic() - t, 2)
+
+        # Warm-up: tickets like the measured ones, then cancelled (they leave the cache).
+        t = time.monotonic()
+        bar = progress.add_task("[dim]warm-up tickets", total=args.warmup + 1)
+        warm = await bounded(
+            [
+                functools.partial(
+                    open_ticket, client, spec_for(f"warm{k}"), token_sha, args, result
+                )
+                for k in range(args.warmup)
+            ],
+            args.concurrency,
+            lambda: None,
+        )
+        for handle in [ready, *(w.handle for w in warm)]:
+            await handle.execute_update(
+                "cancel", CancelTicket(reason="bench warm-up over", operator_token=token)
+            )
+            await handle.result()
+            progress.advance(bar)
+        problems += [w.error for w in warm if w.error]
+        timing["warmup_s"] = round(time.monotonic() - t, 2)
+        baseline_metrics = await proc.metrics()
+        baseline = await sample_memory(
+            proc,
+            0,
+            settle=args.settle + 1,
+            samples=args.samples * 2,
+            started=started,
+            rollup=True,
+        )
+
+        points = _points(args.counts, args.step)
+        opened: list[Opened] = []
+        samples: list[Sample] = [baseline]
+        at_counts: dict[str, dict[str, Any]] = {}
+        bar = progress.add_task(
+            f"[cyan]open tickets ({args.concurrency} at a time)", total=points[-1]
+        )
+        opening_s = 0.0
+        cpu0 = cpu_seconds(proc.pid)
+        for point in points:
+            t = time.monotonic()
+            batch = await asyncio.wait_for(
+                bounded(
+                    [
+                        functools.partial(
+                            open_ticket, client, spec_for(f"t{i}"), token_sha, args, result
+                        )
+                        for i in range(len(opened), point)
+                    ],
+                    args.concurrency,
+                    lambda: progress.advance(bar),
+                ),
+                args.timeout,
+            )
+            opening_s += time.monotonic() - t
+            opened += batch
+            problems += [o.error for o in batch if o.error]
+            is_count = point in args.counts
+            sample = await sample_memory(
+                proc,
+                point,
+                settle=args.settle,
+                samples=args.samples,
+                started=started,
+                rollup=is_count,
+            )
+            samples.append(sample)
+            if is_count:
+                before = await proc.metrics()
+                check = await query_pass([o.handle for o in opened], args.concurrency)
+                after = await proc.metrics()
+                at_counts[str(point)] = {
+                    **sample.json(),
+                    "sticky_cache_size": _gauge(before, "sticky_cache_size"),
+                    # A counter appears once it was first incremented: absent = 0.
+                    "forced_evictions": _counter(before, "sticky_cache_total_forced_eviction"),
+                    "cache_metrics": {k: v for k, v in before.items() if "sticky" in k},
+                    "query_pass": check,
+                    "cache_misses_during_query_pass": _delta(before, after, "sticky_cache_miss"),
+                    "cache_hits_during_query_pass": _delta(before, after, "sticky_cache_hit"),
+                    "rss_after_query_pass_bytes": proc.memory()["VmRSS"],
+                    "server_rss_bytes": _server_rss(server),
+                }
+                if check["open"] != point:
+                    problems.append(
+                        f"at {point}: {check['open']} of {point} tickets answer 'open' "
+                        f"({check['by_status']}, {check['errors']} query errors)"
+                    )
+        timing["opening_s"] = round(opening_s, 2)
+        timing["tickets_per_s"] = round(points[-1] / opening_s, 1) if opening_s else 0.0
+        worker_cpu_opening = cpu_seconds(proc.pid) - cpu0
+
+        # One ticket's size, for scale: its state as JSON and its history length.
+        one: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            first = opened[0].handle
+            state = await first.query("state")
+            one["state_json_bytes"] = len(
+                client.data_converter.payload_converter.to_payloads([state])[0].data
+            )
+            history = await first.fetch_history()
+            one["history_events"] = len(history.events)
+            one["workflow_id"] = first.id
+
+        t = time.monotonic()
+        bar = progress.add_task("[green]terminate tickets", total=len(opened))
+
+        async def terminate(h: WorkflowHandle[Any, Any]) -> None:
+            with contextlib.suppress(RPCError):
+                await h.terminate("benchmark over")
+
+        await bounded(
+            [functools.partial(terminate, o.handle) for o in opened],
+            args.concurrency,
+            lambda: progress.advance(bar),
+        )
+        timing["terminate_s"] = round(time.monotonic() - t, 2)
+    return {
+        "baseline": baseline,
+        "baseline_metrics": baseline_metrics,
+        "samples": samples,
+        "at_counts": at_counts,
+        "opened": opened,
+        "timing": timing,
+        "worker_cpu_opening_s": round(worker_cpu_opening, 2),
+        "one_ticket": one,
+        "problems": problems,
+    }
+
+
+def _counter(metrics: dict[str, float], name: str) -> int | None:
+    """A counter's value; 0 when the endpoint answered without it (never incremented)."""
+    if not metrics:
+        return None  # no metrics at all: unknown
+    return round(metrics.get(name, 0.0))
+
+
+def _gauge(metrics: dict[str, float], name: str) -> int | None:
+    value = metrics.get(name)
+    return None if value is None else round(value)
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> int | None:
+    a, b = _counter(before, name), _counter(after, name)
+    return None if a is None or b is None else b - a
+
+
+def _server_rss(server: DevServer) -> int | None:
+    if server.pid is None:
+        return None
+    try:
+        return proc_status(server.pid).get("VmRSS")
+    except OSError:
+        return None
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def build_report(
+    args: argparse.Namespace,
+    m: dict[str, Any],
+    proc: WorkerProcess,
+    load_before: list[float],
+    wall_s: float,
+) -> dict[str, Any]:
+    baseline: Sample = m["baseline"]
+    samples: list[Sample] = m["samples"]
+    at_counts: dict[str, dict[str, Any]] = m["at_counts"]
+    opened: list[Opened] = m["opened"]
+    limit, limit_source = worker_cache_limit()
+    per_ticket: dict[str, dict[str, Any]] = {}
+    for key, c in at_counts.items():
+        n = c["open_tickets"]
+
+        def per(field_name: str, c: dict[str, Any] = c, n: int = n) -> float | None:
+            base = baseline.json().get(field_name)
+            now = c.get(field_name)
+            if not isinstance(base, int) or not isinstance(now, int) or n == 0:
+                return None
+            return round((now - base) / n)
+
+        per_ticket[key] = {
+            "open_tickets": n,
+            "rss_bytes": c["rss_bytes"],
+            "delta_rss_bytes": c["rss_bytes"] - baseline.rss,
+            "rss_bytes_per_ticket": per("rss_bytes"),
+            "pss_bytes_per_ticket": per("pss_bytes"),
+            "uss_bytes_per_ticket": per("uss_bytes"),
+            "rss_anon_bytes_per_ticket": per("rss_anon_bytes"),
+        }
+    counts = sorted(args.counts)
+    marginal: dict[str, float] = {}
+    for a, b in itertools.pairwise(counts):
+        ra, rb = at_counts[str(a)]["rss_bytes"], at_counts[str(b)]["rss_bytes"]
+        marginal[f"{a}->{b}"] = round((rb - ra) / (b - a))
+    slope = _slope([float(s.open_tickets) for s in samples], [float(s.rss) for s in samples])
+    targets = {
+        f"rss_per_open_ticket_at_{key}": {
+            "target": "<= 1 MB",
+            "value": round(v["rss_bytes_per_ticket"] / MB, 4)
+            if v["rss_bytes_per_ticket"] is not None
+            else None,
+            "pass": v["rss_bytes_per_ticket"] is not None
+            and v["rss_bytes_per_ticket"] <= TARGET_BYTES,
+        }
+        for key, v in per_ticket.items()
+    }
+    top = str(counts[-1])
+    resident = at_counts[top].get("sticky_cache_size")
+    return {
+        "config": {
+            "counts": counts,
+            "step": args.step,
+            "concurrency": args.concurrency,
+            "workers_per_ticket": args.workers,
+            "validators_per_ticket": 1,
+            "completes_per_ticket": args.completes,
+            "result_bytes": args.result_bytes,
+            "warmup_tickets": args.warmup,
+            "settle_s": args.settle,
+            "samples": args.samples,
+            "otel_exporter": args.otel,
+            "spec": str(SPEC_FILE.relative_to(REPO)),
+            "seed_tasks_per_ticket": len(base_spec().tasks),
+            "deadlines_s": OFF_S,
+            "worker_command": " ".join(proc.command[1:]),
+            "workflow_cache_limit": limit,
+            "workflow_cache_limit_source": limit_source,
+            "wall_seconds": round(wall_s, 1),
+        },
+        "environment": {**environment(), "load_average_at_start": load_before},
+        "code": code_fingerprint(["workflows/ticket.py", "worker.py"]),
+        "definitions": {
+            "rss": "VmRSS of the worker process (/proc/<pid>/status): the median of several "
+            "readings 0.25 s apart after a settle pause",
+            "baseline": "the worker's RSS after the warm-up tickets were opened, driven and "
+            "cancelled (imports, workflow sandbox, connections warm; no ticket open)",
+            "per_open_ticket": "(RSS with N tickets open - baseline) / N. Target <= 1 MB "
+            "(10^6 bytes) at every N",
+            "marginal": "(RSS at the larger count - RSS at the smaller) / the difference of "
+            "the counts: the cost of one more ticket without the fixed part",
+            "slope": "least-squares slope of RSS over the open-ticket count, all steps "
+            "(baseline included)",
+            "pss_uss": "from /proc/<pid>/smaps_rollup: PSS shares pages mapped by several "
+            "processes; USS = Private_Clean + Private_Dirty (freed if the worker exits)",
+            "open_ticket": "examples/login.yaml (15 seed tasks, 3 phases, dependencies), "
+            "agents removed; workers_per_ticket workers + 1 validator registered, worker 0 "
+            "completed completes_per_ticket tasks (complete(claim_next=True)) and holds the "
+            "next, the other workers try to claim one each (tickets.tasks_held counts the tasks "
+            "in progress); one heartbeat per agent; open, "
+            "waiting on its durable timer (every deadline one day away)",
+            "residency": "the workflow cache (max_cached_workflows) keeps each open ticket's "
+            "workflow instance in memory; sticky_cache_size is the worker's own metric of "
+            "cached workflows. A ticket evicted from the cache costs no worker memory, but "
+            "its next message (update, signal, query, timer) replays its history first",
+        },
+        "baseline": baseline.json(),
+        "steps": [s.json() for s in samples],
+        "at_counts": at_counts,
+        "figures": {
+            "baseline_rss_bytes": baseline.rss,
+            "per_open_ticket": per_ticket,
+            "marginal_rss_bytes_per_ticket": marginal,
+            "slope_rss_bytes_per_ticket": round(slope) if slope is not None else None,
+            "peak_rss_bytes": max((s.status.get("VmHWM", 0) for s in samples), default=None),
+            "resident_at_max_count": resident,
+            "all_resident": resident is not None
+            and int(resident) >= counts[-1]
+            and not at_counts[top].get("forced_evictions"),
+        },
+        "one_ticket": m["one_ticket"],
+        "tickets": {
+            "opened": len(opened),
+            "with_errors": sum(1 for o in opened if o.error),
+            "updates": sum(o.updates for o in opened),
+            "tasks_completed": sum(o.completed for o in opened),
+            "tasks_held": sum(o.claimed for o in opened),
+        },
+        "timing": {**m["timing"], "worker_cpu_opening_s": m["worker_cpu_opening_s"]},
+        "problems": m["problems"],
+        "targets": targets,
+    }
+
+
+def _mb(x: Any) -> str:
+    return f"{x / MB:.1f} MB" if isinstance(x, int | float) else "—"
+
+
+def _kb(x: Any) -> str:
+    return f"{x / 1000:.0f} kB" if isinstance(x, int | float) else "—"
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    cfg, fig, tg = report["config"], report["figures"], report["targets"]
+    t = Table(
+        title=(
+            f"Worker memory per open ticket: login.yaml tickets ({cfg['seed_tasks_per_ticket']} "
+            f"tasks, {cfg['workers_per_ticket']}+1 agents, {cfg['completes_per_ticket']} done), "
+            f"worker as its own process, workflow cache {cfg['workflow_cache_limit']}"
+        )
+    )
+    t.add_column("open tickets", justify="right")
+    t.add_column("worker RSS", justify="right")
+    t.add_column("Δ vs baseline", justify="right")
+    t.add_column("RSS / ticket", justify="right")
+    t.add_column("PSS / USS per ticket", justify="right")
+    t.add_column("cached", justify="right")
+    t.add_column("target", justify="right")
+    t.add_column("", justify="center")
+    t.add_row("0 (baseline)", _mb(fig["baseline_rss_bytes"]), "", "", "", "", "", "")
+    for key, v in fig["per_open_ticket"].items():
+        c = report["at_counts"][key]
+        row = tg[f"rss_per_open_ticket_at_{key}"]
+        t.add_row(
+            str(v["open_tickets"]),
+            _mb(v["rss_bytes"]),
+            _mb(v["delta_rss_bytes"]),
+            _kb(v["rss_bytes_per_ticket"]),
+            f"{_kb(v['pss_bytes_per_ticket'])} / {_kb(v['uss_bytes_per_ticket'])}",
+            f"{c.get('sticky_cache_size')}",
+            row["target"],
+            verdict(row["pass"]),
+        )
+    t.add_section()
+    for span, x in fig["marginal_rss_bytes_per_ticket"].items():
+        t.add_row(f"marginal {span}", "", "", _kb(x), "", "", "", "")
+    t.add_row("slope, all steps", "", "", _kb(fig["slope_rss_bytes_per_ticket"]), "", "", "", "")
+    console.print(t)
+    info = Table(show_header=False, box=None)
+    steps = ", ".join(f"{s['open_tickets']}: {s['rss_bytes'] / MB:.0f}" for s in report["steps"])
+    info.add_row("RSS (MB) by open tickets", steps)
+    info.add_row("peak RSS (VmHWM)", _mb(fig["peak_rss_bytes"]))
+    for key, c in report["at_counts"].items():
+        q = c["query_pass"]
+        info.add_row(
+            f"at {key}: status query of every ticket",
+            f"{q['open']} open of {q['queried']} in {q['seconds']:.1f} s; cache misses during "
+            f"the pass {c['cache_misses_during_query_pass']}; forced evictions "
+            f"{c['forced_evictions']}; server RSS {_mb(c['server_rss_bytes'])}",
+        )
+    one = report["one_ticket"]
+    if one:
+        info.add_row(
+            "one ticket",
+            f"state {one.get('state_json_bytes', 0) / 1000:.0f} kB as JSON, "
+            f"{one.get('history_events')} history events",
+        )
+    tm = report["timing"]
+    info.add_row(
+        "timing",
+        f"worker ready {tm['worker_ready_s']} s, warm-up {tm['warmup_s']} s, opening "
+        f"{tm['opening_s']} s ({tm['tickets_per_s']} tickets/s, worker CPU "
+        f"{tm['worker_cpu_opening_s']} s), terminate {tm['terminate_s']} s; whole run "
+        f"{cfg['wall_seconds']} s",
+    )
+    env = report["environment"]
+    info.add_row(
+        "load average start → end", f"{env['load_average_at_start']} → {env['load_average_at_end']}"
+    )
+    console.print(info)
+    for problem in report["problems"][:10]:
+        console.print(f"[bold red]problem:[/] {problem}")
+
+
+# ---- main --------------------------------------------------------------------------------
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("counts must be positive")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.memory",
+        description="Memory of the Unstuck worker process per open ticket.",
+    )
+    p.add_argument(
+        "--counts",
+        type=_counts,
+        default=[100, 1000],
+        help="open-ticket counts judged against the target (default 100,1000)",
+    )
+    p.add_argument(
+        "--step", type=int, default=100, help="also sample RSS every this many tickets (100)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="tickets being opened at a time (32)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker agents per ticket (2)")
+    p.add_argument(
+        "--completes", type=int, default=3, help="tasks worker 0 completes per ticket (3)"
+    )
+    p.add_argument("--result-bytes", type=int, default=1000, help="size of each result (1000)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up tickets (5)")
+    p.add_argument(
+        "--settle", type=float, default=2.0, help="pause before sampling RSS, seconds (2)"
+    )
+    p.add_argument("--samples", type=int, default=6, help="RSS readings per step (6)")
+    p.add_argument(
+        "--otel",
+        choices=["file", "none"],
+        default="file",
+        help="the worker's UNSTUCK_OTEL_EXPORTER (default file, the worker's own default)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="limit per step, seconds")
+    p.add_argument("--out", type=Path, default=Path("bench/out/memory.json"))
+    p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    if args.workers < 1 or args.concurrency < 1 or args.samples < 1:
+        p.error("--workers, --concurrency and --samples must be at least 1")
+    if args.step < 0 or args.completes < 0 or args.warmup < 0:
+        p.error("--step, --completes and --warmup must not be negative")
+    if not 1 <= args.result_bytes <= 100 * 1024:
+        p.error("--result-bytes must be 1..102400")
+    return args
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    started = time.monotonic()
+    load_before = load_average()
+    with temp_dir("unstuck-bench-memory-", keep=args.keep_data, console=console) as tmp:
+        port, ui_port = two_ports()
+        settings = Settings(
+            temporal_address=f"127.0.0.1:{port}",
+            ui_port=ui_port,
+            data_dir=tmp,
+            task_queue=TICKET_QUEUE,
+            database_url=f"sqlite:///{tmp / 'ledger.db'}",
+            start_dev_server=True,
+        )
+        server: DevServer | None = None
+        proc = WorkerProcess(settings, tmp, otel=args.otel)
+        try:
+            server = await ensure_server(settings, log=console.log, startup_timeout=90)
+            if not server.owned:
+                raise RuntimeError(f"expected a fresh dev server at {settings.temporal_address}")
+            proc.start()
+            console.log(f"worker process pid {proc.pid} (log: {proc.log_path})")
+            client = await connect(settings)
+            m = await measure(client, proc, server, args, console, started)
+        finally:
+            code = await proc.stop()
+            if code not in (None, 0):
+                console.log(f"[yellow]worker process exited with {code}[/]")
+            if server is not None:
+                await server.stop()
+    return build_report(args, m, proc, load_before, time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = make_console(150)
+    report = asyncio.run(run(args, console))
+    print_report(console, report)
+    write_json(args.out, report)
+    console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
+    missed = [k for k, v in report["targets"].items() if not v["pass"]]
+    return 1 if (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
