@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -55,7 +56,13 @@ async def launch(
     *,
     continue_as_new_after_events: int | None = None,
     continue_as_new_after_updates: int | None = None,
+    task_timeout: timedelta | None = None,
 ) -> Launched:
+    """Start a ticket on the settings' task queue.
+
+    ``task_timeout`` is the workflow task timeout (server default: 10 s): how long a workflow
+    task started on a worker that died waits before it is handed to another one.
+    """
     token = secrets.token_urlsafe(16)
     ticket = parse_spec(spec)
     handle = await client.start_workflow(
@@ -68,5 +75,6 @@ async def launch(
         ),
         id=ticket.id,
         task_queue=settings.task_queue,
+        task_timeout=task_timeout,
     )
     return Launched(handle, ticket.id, token)

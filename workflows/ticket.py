@@ -103,6 +103,9 @@ AGENT_OP_RETRY = RetryPolicy(
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
+#: start_to_close of one ledger write (was 60 s: every worker crash during a write stalled
+#: that ticket's ledger, finish and continue-as-new for a minute; tests/test_chaos.py).
+LEDGER_WRITE_TIMEOUT = timedelta(seconds=20)
 
 
 def _refusal(exc: core.Refused) -> ApplicationError:
@@ -251,7 +254,11 @@ class TicketWorkflow:
                 await workflow.execute_activity(
                     WRITE_LEDGER_ACTIVITY,
                     batch,
-                    start_to_close_timeout=timedelta(seconds=60),
+                    # How long a write lost with a crashed worker holds up the ticket's ledger
+                    # (and its finish, and continue-as-new) before another worker retries it.
+                    # A write is one short transaction; an attempt that outlives this is not
+                    # abandoned (its thread commits), the retry then finds the rows present.
+                    start_to_close_timeout=LEDGER_WRITE_TIMEOUT,
                     retry_policy=LEDGER_RETRY,
                     summary=f"write ledger: {batch.size} row(s)",
                 )
