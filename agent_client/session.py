@@ -16,11 +16,16 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -52,6 +57,10 @@ R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
 P = ParamSpec("P")
 
+#: How long an update call keeps resending through transient failures (server unreachable or
+#: restarting, call timed out, the ticket's workflow task failing) before it raises.
+RETRY_WINDOW_S = 120.0
+
 
 class Refused(Exception):
     """The ticket refused the message; ``field`` and ``rule`` say why."""
@@ -62,7 +71,9 @@ class Refused(Exception):
         self.rule = rule
 
 
-def _refuse_invalid(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _refuse_invalid(
+    method: Callable[P, Awaitable[T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """A message that fails its own model is refused here, like the ticket would refuse it."""
 
     @functools.wraps(method)
@@ -95,6 +106,7 @@ class AgentSession:
         capabilities: list[str] | None = None,
         heartbeat_interval_s: float | None = None,
         on_inbox: Callable[[AgentInbox], None] | None = None,
+        retry_window_s: float = RETRY_WINDOW_S,
     ) -> None:
         self.client = client
         self.ticket_id = ticket_id
@@ -110,6 +122,7 @@ class AgentSession:
         self.stop_requested = asyncio.Event()
         self.current_task_id: str | None = None
         self._on_inbox = on_inbox
+        self.retry_window_s = retry_window_s
         self._seq = 0
         self._beats: asyncio.Task[None] | None = None
 
@@ -354,7 +367,7 @@ class AgentSession:
         request_id = getattr(msg, "request_id", None) or _request_id()
         unprocessed = 0
         loop = asyncio.get_running_loop()
-        not_ready_until = loop.time() + NOT_READY_WAIT_S
+        give_up_at = loop.time() + self.retry_window_s
         pause = 0.05
         while True:
             try:
@@ -368,15 +381,22 @@ class AgentSession:
                         f"{name}: the ticket did not take the update after "
                         f"{UNPROCESSED_RETRIES} retries"
                     ) from None
-            except _NotReady as exc:
-                # The ticket's workflow task is failing (a worker crash, an update too large
-                # for the server); the server refused to deliver this one, so it was not
-                # applied. Wait for the ticket to recover, within limits.
-                if loop.time() + pause > not_ready_until:
+            except _Retryable as exc:
+                # The server is unreachable or restarting, or the ticket's workflow task is
+                # failing (a crashed worker, an update too large for the server). Whether or
+                # not the update was applied, sending it again with the same request id (the
+                # update id) cannot apply it twice: the server de-duplicates it within a run,
+                # the ticket's reply cache across runs. Wait for recovery, within limits.
+                if loop.time() + pause > give_up_at:
                     raise exc.error from None
-                log.warning("%s: %s; retrying in %.1fs", name, exc.error.message, pause)
+                self.on_retry(name, exc.kind, f"{exc.reason}; retrying in {pause:.1f}s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    def on_retry(self, update: str, kind: str, detail: str) -> None:
+        """Called before an update is sent again after a transient failure (``kind``: the RPC
+        status name, ``timeout`` or ``not_ready``). Logs a warning; override to count them."""
+        log.warning("%s %s: %s", self.name, update, detail)
 
     async def _update_once(
         self, name: str, msg: BaseModel, request_id: str, result_type: type[R]
@@ -395,9 +415,17 @@ class AgentSession:
                 rule = details.get("rule") if isinstance(details, dict) else None
                 raise Refused(cause.message, field, rule) from None
             raise Refused(str(cause or exc)) from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller cancelled this call: do not retry
+            raise _Retryable(exc, "timeout", "the update call timed out") from None
         except RPCError as exc:
             if exc.status == RPCStatusCode.FAILED_PRECONDITION and NOT_READY in exc.message:
-                raise _NotReady(exc) from None
+                raise _Retryable(exc, "not_ready", exc.message) from None
+            if exc.status in TRANSIENT:
+                reason = f"{exc.status.name}: {exc.message}"
+                raise _Retryable(exc, exc.status.name, reason) from None
             raise _closed_or(exc) from None
 
     async def _signal(self, name: str, msg: BaseModel) -> None:
@@ -419,15 +447,26 @@ class _Unprocessed(Exception):
 
 
 #: The server's words for an update it would not deliver because the ticket's workflow task
-#: is failing; how long a call waits for the ticket to recover before giving up.
+#: is failing.
 NOT_READY = "Workflow Task in failed state"
-NOT_READY_WAIT_S = 60.0
+#: RPC failures that say nothing about the update itself (server down or restarting).
+TRANSIENT = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.UNKNOWN,
+    }
+)
 
 
-class _NotReady(Exception):
-    def __init__(self, error: RPCError) -> None:
-        super().__init__(error.message)
+class _Retryable(Exception):
+    def __init__(self, error: Exception, kind: str, reason: str) -> None:
+        super().__init__(reason)
         self.error = error
+        self.kind = kind
+        self.reason = reason
 
 
 def _refuse_oversized(msg: BaseModel) -> None:

@@ -3,10 +3,11 @@ cross-check of the ledger against the workflows and against what the agents were
 
 * :class:`WorkerProcess` runs ``worker.py`` in its own process group; ``kill()`` SIGKILLs the
   group (a crash), ``wait_polling()`` waits until the server sees the new process poll.
-* :class:`DurableSession` is an :class:`AgentSession` that sends a call again, with the same
-  request id (= Temporal update id), when it fails for a transient reason (server away, RPC
-  deadline). Temporal and the ticket's reply cache de-duplicate by that id, so a call is
-  applied at most once, and the agent learns its outcome even when the first reply was lost.
+* :class:`DurableSession` is an :class:`AgentSession` (which sends an update again, with the
+  same request id = Temporal update id, when it fails for a transient reason: server away,
+  RPC deadline) that counts its calls in flight and the retries. Temporal and the ticket's
+  reply cache de-duplicate by that id, so a call is applied at most once, and the agent
+  learns its outcome even when the first reply was lost.
 * :class:`TicketRun` drives one ticket with two worker agents and a validator: claim,
   complete, discover tasks, review iterations (some fail), then submit the final result until
   a version is validated. Every reply the ticket accepted is written down in a
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,11 +47,10 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
-from agent_client.session import AgentSession
+from agent_client.session import TRANSIENT, AgentSession
 from core.state import TicketState
 from infra.settings import Settings
 from ledger.store import Ledger
@@ -61,18 +60,8 @@ from tests.ticketkit import Launched, launch
 
 REPO = Path(__file__).resolve().parent.parent
 
-R = TypeVar("R")
+R = TypeVar("R", bound=BaseModel)
 
-#: Errors that say "not now" rather than "no": the server is away or slow to answer.
-TRANSIENT = frozenset(
-    {
-        RPCStatusCode.UNAVAILABLE,
-        RPCStatusCode.DEADLINE_EXCEEDED,
-        RPCStatusCode.CANCELLED,
-        RPCStatusCode.RESOURCE_EXHAUSTED,
-        RPCStatusCode.UNKNOWN,
-    }
-)
 
 #: Workflow-task failures that are part of normal operation, not bugs: the server refused a
 #: completion because new events (an update, a signal) arrived meanwhile, or reset stickiness.
@@ -265,12 +254,13 @@ class Traffic:
 
 
 class DurableSession(AgentSession):
-    """An agent session whose calls survive worker crashes and server restarts.
+    """An agent session that counts its calls in flight and the outages it rode out.
 
-    A call that fails for a transient reason is sent again with the *same* request id, which
-    is also the Temporal update id: Temporal de-duplicates it within a run and the ticket's
-    reply cache across runs, so it is applied at most once and the agent still gets the
-    reply of the first application.
+    Updates are resent by :class:`AgentSession` itself (same request id = Temporal update
+    id, so applied at most once, and the agent still learns the first application's reply):
+    this class only counts them. Signals, which AgentSession sends once, are resent here
+    too; a signal resent after an ambiguous failure may arrive twice (tests that count
+    heartbeats turn them off).
     """
 
     def __init__(
@@ -282,47 +272,38 @@ class DurableSession(AgentSession):
         patience: float = 240,
         **kwargs: Any,
     ) -> None:
-        super().__init__(client, ticket_id, **kwargs)
+        super().__init__(client, ticket_id, retry_window_s=patience, **kwargs)
         self.traffic = traffic
         self.patience = patience
 
-    async def _update_once(
-        self, name: str, msg: BaseModel, request_id: str, result_type: type[Any]
-    ) -> Any:
-        return await self._durably(
-            name, lambda: AgentSession._update_once(self, name, msg, request_id, result_type)
-        )
+    async def _update(self, name: str, msg: BaseModel, result_type: type[R]) -> R:
+        self.traffic.in_flight += 1
+        try:
+            return await super()._update(name, msg, result_type)
+        finally:
+            self.traffic.in_flight -= 1
+
+    def on_retry(self, update: str, kind: str, detail: str) -> None:
+        self.traffic.retried[kind] += 1
+        super().on_retry(update, kind, detail)
 
     async def _signal(self, name: str, msg: BaseModel) -> None:
-        await self._durably(name, lambda: AgentSession._signal(self, name, msg))
-
-    async def _durably(self, what: str, call: Callable[[], Awaitable[R]]) -> R:
         deadline = time.monotonic() + self.patience
         delay = 0.1
         self.traffic.in_flight += 1
         try:
             while True:
                 try:
-                    return await call()
-                except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise  # the test cancelled this agent: do not retry
-                    reason = (
-                        "update RPC cancelled"
-                        if isinstance(exc.__cause__, asyncio.CancelledError)
-                        else "update RPC timeout"
-                    )
+                    return await AgentSession._signal(self, name, msg)
                 except RPCError as exc:
                     if exc.status not in TRANSIENT:
                         raise
-                    reason = exc.status.name
-                self.traffic.retried[reason] += 1
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{self.name} on {self.ticket_id}: {what} kept failing for "
-                        f"{self.patience:.0f} s (last: {reason})"
-                    )
+                    self.traffic.retried[exc.status.name] += 1
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"{self.name} on {self.ticket_id}: {name} kept failing for "
+                            f"{self.patience:.0f} s (last: {exc.status.name})"
+                        ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         finally:

@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 
+from agent_client.session import TRANSIENT, AgentSession
 from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
@@ -41,7 +43,7 @@ from tests.chaoskit import (
     stuck_report,
 )
 from tests.conftest import two_free_ports, unique_id
-from tests.ticketkit import Launched
+from tests.ticketkit import Launched, launch, spec_dict
 
 pytestmark = pytest.mark.chaos
 
@@ -387,3 +389,77 @@ async def test_dev_server_restarted_from_its_db_file_every_ticket_resumes(
         f"totals {totals}; retried calls {dict(traffic.retried)}"
     )
     assert not problems, f"seed {seed}: ledger and workflows disagree:\n" + "\n".join(problems)
+
+
+# ---- 3. one agent call across a server outage ---------------------------------------------
+
+
+async def test_an_agent_call_made_while_the_server_is_down_goes_through_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """A plain AgentSession (no test wrapper) rides out a server restart: its call resends
+    with the same request id until the server is back, is applied once, and a session with
+    a short retry window gives up with the server's error instead of hanging."""
+    base = Settings(
+        data_dir=tmp_path / "temporal",
+        task_queue=unique_id("outage"),
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        start_dev_server=True,
+        otel_exporter="none",
+    )
+    server, server_settings = await start_own_server(base)
+    worker = WorkerProcess(
+        server_settings.model_copy(update={"data_dir": tmp_path / "worker"}),
+        tmp_path / "worker.log",
+    )
+    try:
+        client = await connect(server_settings)
+        worker.start()
+        await worker.wait_polling(client)
+        ticket_id = unique_id("outage")
+        launched = await launch(client, server_settings, spec_dict(ticket_id))
+        retries: list[str] = []
+
+        class Counted(AgentSession):
+            def on_retry(self, update: str, kind: str, detail: str) -> None:
+                retries.append(f"{update} {kind}")
+                super().on_retry(update, kind, detail)
+
+        agent = Counted(client, ticket_id, name="alice")
+        await agent.register()
+        impatient = AgentSession(client, ticket_id, name="bob", retry_window_s=1.0)
+        await impatient.register()
+
+        assert server.pid is not None
+        os.killpg(server.pid, signal.SIGKILL)
+        await server.stop()
+        claim = asyncio.create_task(agent.claim())
+        started = time.monotonic()
+        with pytest.raises(RPCError) as refused:
+            await impatient.claim()
+        gave_up_after = time.monotonic() - started
+        assert refused.value.status in TRANSIENT
+        # The client's own RPC retries take about 10 s; the session's window comes on top.
+        assert gave_up_after < 30, f"a 1 s retry window gave up after {gave_up_after:.1f} s"
+        # Down for longer than the client's own retries: the session resends the claim.
+        while not retries:
+            assert time.monotonic() - started < 60, "the session never resent the claim"
+            assert not claim.done(), f"the claim ended while the server was down: {claim}"
+            await asyncio.sleep(0.2)
+        assert not claim.done(), "the claim ended while the server was down"
+
+        server = await ensure_server(server_settings, startup_timeout=60)
+        task = await asyncio.wait_for(claim, timeout=120)
+        assert task is not None and task.title == "Write requirements"
+
+        state: TicketState = await launched.state()
+        assigned = [t.id for t in state.tasks.values() if t.assigned_agent == agent.agent_id]
+        assert assigned == [task.id], f"the resent claim was applied {len(assigned)} times"
+        reply = await agent.complete(task.id, "# Requirements", "analysis", claim_next=True)
+        assert reply.next is not None and reply.next.task is not None
+        assert reply.next.task.title == "Implement"
+        assert worker.alive, f"the worker died with the server:\n{worker.tail()}"
+    finally:
+        await worker.stop()
+        with contextlib.suppress(Exception):
+            await server.stop()
