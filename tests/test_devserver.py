@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -215,6 +217,9 @@ async def test_owned_server_starts_persists_and_stops_without_a_trace(tmp_path: 
         assert server.ui_url == f"http://127.0.0.1:{settings.ui_port}"
         assert server.db_path == (tmp_path / "data" / "temporal.db").resolve()
         assert server.db_path.is_file()
+        # Write-ahead logging: readers and the writer do not block each other.
+        with contextlib.closing(sqlite3.connect(server.db_path)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert (tmp_path / "data" / "temporal-server.log").is_file()
         assert any("ready" in m for m in messages)
 
