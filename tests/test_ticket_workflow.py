@@ -370,3 +370,52 @@ async def test_continue_as_new_under_continuous_load(
     )
     await ticket.handle.result()
     assert len(ledger.task_results(ticket.ticket_id)) == 120  # every result reached the ledger
+
+
+async def test_the_web_ui_is_published_once_per_workflow_task_and_stays_exact(
+    client: Client, settings: Settings
+) -> None:
+    """Many updates handled in one workflow task cost one search-attribute upsert, carrying
+    only the attributes that changed; the values the Web UI filters on stay exact."""
+    tasks = [
+        {"key": f"t{i}", "phase": "implementation", "title": f"Task {i}"} for i in range(24)
+    ]
+    ticket = await launch(client, settings, spec_dict(unique_id("publish"), tasks=tasks))
+    agents = [AgentSession(client, ticket.ticket_id, name=f"a{i}") for i in range(8)]
+    await asyncio.gather(*(a.register() for a in agents))
+
+    async def work(agent: AgentSession) -> int:
+        done = 0
+        task = await agent.claim()
+        while task is not None:
+            reply = await agent.complete(task.id, "# done", "implementation", claim_next=True)
+            done += 1
+            task = reply.next.task if reply.next is not None else None
+        return done
+
+    assert sum(await asyncio.gather(*(work(a) for a in agents))) == 24
+
+    # Exact once the ticket settles: every task done, none open, the phase is the last one.
+    described = await ticket.handle.describe()
+    attrs = {pair.key.name: pair.value for pair in described.typed_search_attributes}
+    assert attrs["OpenTasks"] == 0 and attrs["TicketStatus"] == "open", attrs
+    assert "0 open task(s)" in await ticket.handle.query("dashboard")
+
+    events = (await ticket.handle.fetch_history()).events
+    kinds = [e.event_type for e in events]
+    updates = kinds.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+    upserts = [
+        set(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+    upserts = [u for u in upserts if u != {"TemporalChangeVersion"}]  # the SDK's patch record
+    tasks_completed = kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    assert updates >= 24 + 8 + 8  # registrations, first claims, completes
+    # At most one upsert per workflow task (the first task may publish twice: its handlers
+    # and the run's start), hence far fewer than updates when they arrive together.
+    assert len(upserts) <= tasks_completed + 1, (len(upserts), tasks_completed)
+    assert len(upserts) < updates, (len(upserts), updates)
+    assert upserts[0] >= {"TicketStatus", "Phase", "OpenTasks", "Diagnoses", "Restarts"}
+    # After the first, an upsert carries only what changed: here the count of open tasks.
+    assert all(fields == {"OpenTasks"} for fields in upserts[2:]), [sorted(f) for f in upserts]

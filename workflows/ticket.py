@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -82,11 +82,18 @@ OPEN_TASKS = SearchAttributeKey.for_int("OpenTasks")
 STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
 DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
 RESTARTS = SearchAttributeKey.for_int("Restarts")
+SEARCH_ATTRIBUTE_KEYS: dict[str, SearchAttributeKey[Any]] = {
+    k.name: k for k in (TICKET_STATUS, PHASE, OPEN_TASKS, STUCK_SINCE, DIAGNOSES, RESTARTS)
+}
 DIAGNOSIS_WORKFLOW = "Diagnosis"
 
 #: Continue as new after this many accepted updates in one run (the dev server refuses more
 #: than 2000 distinct updates per run and suggests continuing as new at 1800).
 MAX_UPDATES_PER_RUN = 1500
+#: Patch id: the Web UI (search attributes, dashboard) is published once per workflow
+#: activation, after every handler of it ran, and only the search attributes that changed
+#: are upserted. Runs started before it publish after each change, all attributes at once.
+PUBLISH_ONCE_PER_ACTIVATION = "publish-once-per-activation"
 
 T = TypeVar("T")
 
@@ -106,6 +113,12 @@ LEDGER_RETRY = RetryPolicy(
 #: start_to_close of one ledger write (was 60 s: every worker crash during a write stalled
 #: that ticket's ledger, finish and continue-as-new for a minute; tests/test_chaos.py).
 LEDGER_WRITE_TIMEOUT = timedelta(seconds=20)
+
+
+def _search_attribute(name: str, value: Any) -> SearchAttributeUpdate[Any]:
+    """The update of one of the ticket's search attributes (None unsets it)."""
+    key: SearchAttributeKey[Any] = SEARCH_ATTRIBUTE_KEYS[name]
+    return key.value_set(value) if value is not None else key.value_unset()
 
 
 def _refusal(exc: core.Refused) -> ApplicationError:
@@ -142,6 +155,9 @@ class TicketWorkflow:
         self._finished = False
         self._search_attributes: dict[str, Any] = {}
         self._dashboard = ""
+        self._coalesce_publish: bool | None = None  # decided by a patch, once per run
+        self._publish_due = False
+        self._publisher: asyncio.Task[None] | None = None
         self._metrics = TicketMetrics(self._state)  # replay-safe; no commands, no events
 
     # ---- main loop ---------------------------------------------------------------------
@@ -165,6 +181,7 @@ class TicketWorkflow:
                 if self._finished:
                     break
                 workflow.logger.info("continuing as new with %d tasks", len(self._state.tasks))
+                self._publish_if_due()  # the next run starts from these search attributes
                 workflow.continue_as_new(
                     TicketInput(
                         state_blob=pack_state(self._state),
@@ -174,7 +191,7 @@ class TicketWorkflow:
                 )
             await self._sleep_until_next_deadline()
         await self._drain(final=True)
-        self._after_change()
+        self._after_change(publish_now=True)  # nothing runs after the return
         return views.status_view(self._state)
 
     async def _sleep_until_next_deadline(self) -> None:
@@ -404,43 +421,54 @@ class TicketWorkflow:
         self._diagnoses.pop(input.run_id, None)
         self._after_change()
 
-    def _after_change(self) -> None:
+    def _after_change(self, *, publish_now: bool = False) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
         diagnosis.note_activity(self._state)
         self._flush_ledger()
-        self._publish()
+        if self._coalesce_publish is None:
+            self._coalesce_publish = workflow.patched(PUBLISH_ONCE_PER_ACTIVATION)
+        if not self._coalesce_publish:
+            self._publish()
+            return
+        self._publish_due = True
+        if publish_now:
+            self._publish_if_due()
+        elif self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_when_settled())
+
+    async def _publish_when_settled(self) -> None:
+        # A condition is checked only once nothing else in the activation is ready to run:
+        # the many updates a busy ticket takes in one workflow task cost one upsert (one
+        # history event and one visibility write on the server) instead of one each.
+        while True:
+            await workflow.wait_condition(lambda: self._publish_due)
+            self._publish_if_due()
+
+    def _publish_if_due(self) -> None:
+        if self._publish_due:
+            self._publish_due = False
+            self._publish()
 
     def _publish(self) -> None:
         """Keep the Web UI current: search attributes when they change, the dashboard."""
         state = self._state
-        status = diagnosis.display_status(state)
-        phase = core.current_phase(state) or ""
-        open_tasks = core.open_tasks(state)
         stuck_since = state.stuck_since
-        runs = len(state.diagnoses)
-        restarts = state.restarts_total
-        wanted = {
-            "TicketStatus": status,
-            "Phase": phase,
-            "OpenTasks": open_tasks,
+        wanted: dict[str, Any] = {
+            "TicketStatus": diagnosis.display_status(state),
+            "Phase": core.current_phase(state) or "",
+            "OpenTasks": core.open_tasks(state),
             "StuckSince": stuck_since,
-            "Diagnoses": runs,
-            "Restarts": restarts,
+            "Diagnoses": len(state.diagnoses),
+            "Restarts": state.restarts_total,
         }
         if wanted != self._search_attributes:
-            self._search_attributes = wanted
-            workflow.upsert_search_attributes(
-                [
-                    TICKET_STATUS.value_set(status),
-                    PHASE.value_set(phase),
-                    OPEN_TASKS.value_set(open_tasks),
-                    STUCK_SINCE.value_set(stuck_since)
-                    if stuck_since
-                    else STUCK_SINCE.value_unset(),
-                    DIAGNOSES.value_set(runs),
-                    RESTARTS.value_set(restarts),
-                ]
+            changed = (
+                [k for k, v in wanted.items() if self._search_attributes.get(k, ...) != v]
+                if self._coalesce_publish
+                else list(wanted)  # the shape of runs started before the patch
             )
+            self._search_attributes = wanted
+            workflow.upsert_search_attributes([_search_attribute(k, wanted[k]) for k in changed])
         # Current details are metadata, not history events: cheap to keep fresh.
         self._metrics.observe(state)
         self._dashboard = render_dashboard(state)
