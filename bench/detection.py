@@ -5,7 +5,9 @@
 
 1. Starts its own Temporal dev server (free ports, temp data dir) and, in this process, the
    Unstuck worker (``build_worker``, temp SQLite ledger). Both are stopped at the end.
-2. Two cohorts of N tickets each, driven identically: one phase, M seed tasks, one
+2. Two cohorts of N tickets each, driven identically and one after the other (the Unstuck
+   cohort first, then the baseline; each is measured without the other's load on the
+   machine): one phase, M seed tasks, one
    ``AgentSession`` per ticket (heartbeat interval 1 h, health deadlines 1 day, so beats and
    health checks stay out of the way) that starts at a random offset in [0, spread) s and
    completes every task (``complete(claim_next=True)``). After its last task the ticket has
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -592,6 +595,82 @@ async def warm_up(client: Client, prefix: str, tasks: int) -> None:
     raise RuntimeError("warm-up ticket was not diagnosed within 60 s")
 
 
+def _failed(run: TicketRun, exc: Exception) -> None:
+    run.failed = True
+    run.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _limit(args: argparse.Namespace) -> float:
+    return args.spread + args.window + 3 * args.period + 2 * args.timeout
+
+
+async def drive_unstuck(
+    runs: list[TicketRun],
+    client: Client,
+    args: argparse.Namespace,
+    rng: random.Random,
+    progress: Progress,
+) -> None:
+    """The Unstuck cohort: agents work, then each ticket's own timer detects it is stuck."""
+    agents_bar = progress.add_task("[cyan]unstuck: agents done", total=len(runs))
+    seen_bar = progress.add_task(
+        f"[green]Unstuck: diagnosis seen (poll {args.poll_ms} ms)"
+        if args.poll_ms > 0
+        else "[green]Unstuck: stuck moment known",
+        total=len(runs),
+    )
+    t0 = time.monotonic()
+
+    async def one(run: TicketRun) -> None:
+        try:
+            await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
+            progress.advance(agents_bar)
+            await watch_unstuck(run, args)
+        except Exception as exc:
+            _failed(run, exc)
+        progress.advance(seen_bar)
+
+    await asyncio.wait_for(asyncio.gather(*(one(r) for r in runs)), _limit(args))
+    done_bar = progress.add_task("[green]Unstuck: diagnoses finished", total=len(runs))
+    await asyncio.wait_for(
+        collect_unstuck(runs, args, lambda: progress.advance(done_bar)), _limit(args)
+    )
+
+
+async def drive_baseline(
+    runs: list[TicketRun],
+    client: Client,
+    args: argparse.Namespace,
+    rng: random.Random,
+    phase: float,
+    progress: Progress,
+) -> list[Scan]:
+    """The baseline cohort: agents work while a scanner queries every ticket every P s."""
+    agents_bar = progress.add_task("[cyan]baseline: agents done", total=len(runs))
+    scan_bar = progress.add_task(
+        f"[magenta]baseline: scan every {args.period:g} s found", total=len(runs)
+    )
+    t0 = time.monotonic()
+    stop = asyncio.Event()
+    scan_task = asyncio.create_task(
+        scanner(runs, client, args, t0, phase, stop, lambda: progress.advance(scan_bar))
+    )
+
+    async def one(run: TicketRun) -> None:
+        try:
+            await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
+        except Exception as exc:
+            _failed(run, exc)
+        progress.advance(agents_bar)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(r) for r in runs)), _limit(args))
+        await asyncio.wait_for(asyncio.shield(scan_task), _limit(args))
+    finally:
+        stop.set()
+    return await scan_task
+
+
 async def measure(
     client: Client, args: argparse.Namespace, console: Console, meter: CpuMeter
 ) -> tuple[list[TicketRun], list[TicketRun], list[Scan], float, dict[str, Any]]:
@@ -602,90 +681,43 @@ async def measure(
         await warm_up(client, prefix, args.tasks)
         progress.advance(bar)
 
+        # The cohorts run one after the other on the same server: two designs measured under
+        # the same load, neither slowed down by the other's tickets and agents (run together
+        # they shared two cores; that is a measure of the machine, not of either design).
         cohorts = [("unstuck", args.window, args.cooldown)]
         if args.scan:
             cohorts.append(("baseline", OFF_S, OFF_S))
-        bar = progress.add_task("[cyan]start tickets", total=len(cohorts) * args.tickets)
-        runs: dict[str, list[TicketRun]] = {name: [] for name, _, _ in cohorts}
-        for i in range(args.tickets):
-            for cohort, window, cooldown in cohorts:
+        runs: dict[str, list[TicketRun]] = {}
+        cpu: dict[str, dict[str, Any]] = {}
+        phase = rng.uniform(0, args.period)
+        scans: list[Scan] = []
+        for cohort, window, cooldown in cohorts:
+            bar = progress.add_task(f"[cyan]{cohort}: start tickets", total=args.tickets)
+            runs[cohort] = []
+            for i in range(args.tickets):
                 spec = _spec(f"{prefix}-{cohort[0]}{i}", args.tasks, window, cooldown)
                 handle = await client.start_workflow(
-                    TicketWorkflow.run,
-                    TicketInput(spec=spec),
-                    id=spec.id,
-                    task_queue=TICKET_QUEUE,
+                    TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
                 )
                 runs[cohort].append(TicketRun(cohort, handle, rng.uniform(0, args.spread)))
                 progress.advance(bar)
+            await asyncio.gather(*(until_ready(r.handle) for r in runs[cohort]))
+            stop = asyncio.Event()
+            lags: list[float] = []
+            lag_task = asyncio.create_task(loop_lag(stop, lags))
+            meter.start()
+            try:
+                if cohort == "unstuck":
+                    await drive_unstuck(runs[cohort], client, args, rng, progress)
+                else:
+                    scans = await drive_baseline(runs[cohort], client, args, rng, phase, progress)
+            finally:
+                stop.set()
+                await lag_task
+                cpu[cohort] = meter.stop()
+                cpu[cohort]["event_loop_lag_s"] = summary(lags)
         unstuck = runs["unstuck"]
         baseline = runs.get("baseline", [])
-        await asyncio.gather(*(until_ready(r.handle) for r in unstuck + baseline))
-
-        phase = rng.uniform(0, args.period)
-        agents_bar = progress.add_task("[cyan]agents done", total=len(unstuck + baseline))
-        seen_bar = progress.add_task(
-            f"[green]Unstuck: diagnosis seen (poll {args.poll_ms} ms)"
-            if args.poll_ms > 0
-            else "[green]Unstuck: stuck moment known",
-            total=args.tickets,
-        )
-        t0 = time.monotonic()
-        meter.start()
-        stop = asyncio.Event()
-        lags: list[float] = []
-        lag_task = asyncio.create_task(loop_lag(stop, lags))
-
-        def failed(run: TicketRun, exc: Exception) -> None:
-            run.failed = True
-            run.errors.append(f"{type(exc).__name__}: {exc}")
-
-        async def unstuck_one(run: TicketRun) -> None:
-            try:
-                await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
-                progress.advance(agents_bar)
-                await watch_unstuck(run, args)
-            except Exception as exc:
-                failed(run, exc)
-            progress.advance(seen_bar)
-
-        async def baseline_one(run: TicketRun) -> None:
-            try:
-                await drive_agent(run, client, t0, args.think, random.Random(rng.random()))
-            except Exception as exc:
-                failed(run, exc)
-            progress.advance(agents_bar)
-
-        scan_task: asyncio.Task[list[Scan]] | None = None
-        if baseline:
-            scan_bar = progress.add_task(
-                f"[magenta]baseline: scan every {args.period:g} s found", total=args.tickets
-            )
-            scan_task = asyncio.create_task(
-                scanner(baseline, client, args, t0, phase, stop, lambda: progress.advance(scan_bar))
-            )
-        limit = args.spread + args.window + 3 * args.period + 2 * args.timeout
-        scans: list[Scan] = []
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(
-                    *(unstuck_one(r) for r in unstuck), *(baseline_one(r) for r in baseline)
-                ),
-                limit,
-            )
-            done_bar = progress.add_task("[green]Unstuck: diagnoses finished", total=len(unstuck))
-            await asyncio.wait_for(
-                collect_unstuck(unstuck, args, lambda: progress.advance(done_bar)), limit
-            )
-            if scan_task is not None:
-                await asyncio.wait_for(asyncio.shield(scan_task), limit)
-        finally:
-            stop.set()
-            if scan_task is not None:
-                scans = await scan_task
-            await lag_task
-        cpu = meter.stop()
-        cpu["event_loop_lag_s"] = summary(lags)
 
         hist_bar = progress.add_task("[green]fetch histories", total=len(unstuck))
         for run in unstuck:
@@ -700,7 +732,7 @@ async def measure(
         for run in unstuck + baseline:
             with contextlib.suppress(RPCError):
                 await run.handle.terminate("benchmark over")
-    meta = {"prefix": prefix, "cpu": cpu}
+    meta = {"prefix": prefix, "cpu": cpu["unstuck"], "cpu_baseline": cpu.get("baseline")}
     return unstuck, baseline, scans, phase, meta
 
 
@@ -1060,8 +1092,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     cpu = env.get("cpu_during_measurement", {})
     if cpu:
         info.add_row(
-            f"cores busy while measuring ({cpu['seconds']:.0f} s, {cpu['cpus']} cpus)",
-            f"this process (worker+agents+scanner) {cpu['cores_this_process']:.2f}, "
+            f"cores busy while measuring Unstuck ({cpu['seconds']:.0f} s, {cpu['cpus']} cpus)",
+            f"this process (worker+agents) {cpu['cores_this_process']:.2f}, "
             f"dev server {cpu['cores_dev_server']:.2f}, other processes "
             f"{cpu['cores_other_processes']:.2f}",
         )
@@ -1170,6 +1202,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         )
     report = build_report(args, unstuck, baseline, scans, phase, load_before)
     report["environment"]["cpu_during_measurement"] = meta["cpu"]
+    report["environment"]["cpu_during_baseline"] = meta["cpu_baseline"]
     return report
 
 
