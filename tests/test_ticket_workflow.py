@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 from agent_client.session import AgentSession, Refused
-from infra.settings import Settings
+from infra.settings import SEARCH_ATTRIBUTES, Settings
 from ledger.store import Ledger
 from models.messages import CompleteTask, RegisterAgent
 from tests.conftest import unique_id
 from tests.ticketkit import Launched, launch, spec_dict
+from workflows.ticket import OPEN_TASKS_REFRESH
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -375,8 +377,9 @@ async def test_continue_as_new_under_continuous_load(
 async def test_the_web_ui_is_published_once_per_workflow_task_and_stays_exact(
     client: Client, settings: Settings
 ) -> None:
-    """Many updates handled in one workflow task cost one search-attribute upsert, carrying
-    only the attributes that changed; the values the Web UI filters on stay exact."""
+    """Updates handled together cost one search-attribute upsert, carrying only the attributes
+    that changed; a burst of task completions refreshes the open-task count at most every
+    OPEN_TASKS_REFRESH; the values the Web UI filters on end up exact."""
     tasks = [
         {"key": f"t{i}", "phase": "implementation", "title": f"Task {i}"} for i in range(24)
     ]
@@ -395,11 +398,17 @@ async def test_the_web_ui_is_published_once_per_workflow_task_and_stays_exact(
 
     assert sum(await asyncio.gather(*(work(a) for a in agents))) == 24
 
-    # Exact once the ticket settles: every task done, none open, the phase is the last one.
-    described = await ticket.handle.describe()
-    attrs = {pair.key.name: pair.value for pair in described.typed_search_attributes}
-    assert attrs["OpenTasks"] == 0 and attrs["TicketStatus"] == "open", attrs
+    # The dashboard is exact at once; the count of open tasks, held back while it changed
+    # fast, catches up on the ticket's own timer (the other attributes are never held).
     assert "0 open task(s)" in await ticket.handle.query("dashboard")
+    attrs: dict[str, Any] = {}
+    for _ in range(300):
+        described = await ticket.handle.describe()
+        attrs = {pair.key.name: pair.value for pair in described.typed_search_attributes}
+        if attrs["OpenTasks"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert attrs["OpenTasks"] == 0 and attrs["TicketStatus"] == "open", attrs
 
     events = (await ticket.handle.fetch_history()).events
     kinds = [e.event_type for e in events]
@@ -410,12 +419,24 @@ async def test_the_web_ui_is_published_once_per_workflow_task_and_stays_exact(
         if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
     ]
     upserts = [u for u in upserts if u != {"TemporalChangeVersion"}]  # the SDK's patch record
-    tasks_completed = kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
     assert updates >= 24 + 8 + 8  # registrations, first claims, completes
-    # At most one upsert per workflow task (the first task may publish twice: its handlers
-    # and the run's start), hence far fewer than updates when they arrive together.
-    assert len(upserts) <= tasks_completed + 1, (len(upserts), tasks_completed)
-    assert len(upserts) < updates, (len(upserts), updates)
-    assert upserts[0] >= {"TicketStatus", "Phase", "OpenTasks", "Diagnoses", "Restarts"}
-    # After the first, an upsert carries only what changed: here the count of open tasks.
-    assert all(fields == {"OpenTasks"} for fields in upserts[2:]), [sorted(f) for f in upserts]
+    # The first upsert carries every attribute; after it only what changed (here the count of
+    # open tasks), and that at most once per OPEN_TASKS_REFRESH while the burst lasted (one
+    # per workflow task, or per update, would be several times more).
+    assert upserts[0] == {*SEARCH_ATTRIBUTES}, upserts[0]
+    assert all(fields == {"OpenTasks"} for fields in upserts[1:]), [sorted(f) for f in upserts]
+    accepted = [
+        e.event_time.ToDatetime()
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    burst_s = (max(accepted) - min(accepted)).total_seconds()
+    allowed = 2 + burst_s / OPEN_TASKS_REFRESH.total_seconds()
+    assert len(upserts) - 1 <= allowed, ([sorted(f) for f in upserts], burst_s, updates)
+    # The last count came on the ticket's own timer, not on a message.
+    summaries = [
+        json.loads(e.user_metadata.summary.data)
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert "refresh search attributes" in summaries, summaries
