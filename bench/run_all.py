@@ -375,9 +375,11 @@ def summarize_lifecycle(r: dict[str, Any], quick: bool) -> Summary:
         out.append(
             "Each of ours' updates runs the ticket's state machine (message validation, the "
             "reply and inbox as pydantic models), batches a ledger write into an activity and "
-            "upserts search attributes; the ceiling workflow increments a counter. Both sides, "
-            "the agents and the server share the machine's cores, so the ratio is the ratio of "
-            "total CPU per update when the run is CPU-bound."
+            "refreshes the Web UI (dashboard; search attributes once per workflow task, the "
+            "open-task count at most every 2 s); the ceiling workflow increments a counter. "
+            "Both sides, the agents and the server share the machine's cores, so the ratio is "
+            "the ratio of total CPU per update when the run is CPU-bound. What moved it and "
+            "what did not is listed in bench/README.md (lifecycle, 'Reading the results')."
         )
         if quick:
             out.append("Smoke sizes: few tickets and tasks; not the target's definition.")
