@@ -249,18 +249,31 @@ async def test_worker_sigkilled_at_random_moments_loses_and_duplicates_nothing(
 # ---- 2. the dev server, killed and restarted from its database file ------------------------
 
 
-async def start_own_server(base: Settings) -> tuple[DevServer, Settings]:
-    """A dev server of this test's own (free ports; its db file under ``base.data_dir``)."""
+async def start_own_server(
+    tmp_path: Path, queue_prefix: str
+) -> tuple[DevServer, Settings, WorkerProcess]:
+    """A dev server of this test's own (free ports, its db file under ``tmp_path``), its
+    settings, and a worker process for them (not started yet)."""
+    base = Settings(
+        data_dir=tmp_path / "temporal",
+        task_queue=unique_id(queue_prefix),
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        start_dev_server=True,
+        otel_exporter="none",
+    )
     for attempt in range(3):
         port, ui_port = two_free_ports()
         settings = base.model_copy(
             update={"temporal_address": f"127.0.0.1:{port}", "ui_port": ui_port}
         )
         try:
-            return await ensure_server(settings, startup_timeout=60), settings
+            server = await ensure_server(settings, startup_timeout=60)
         except DevServerError as exc:
             if "in use" not in str(exc) or attempt == 2:
                 raise
+            continue
+        worker_settings = settings.model_copy(update={"data_dir": tmp_path / "worker"})
+        return server, settings, WorkerProcess(worker_settings, tmp_path / "worker.log")
     raise AssertionError("unreachable")
 
 
@@ -269,17 +282,8 @@ async def test_dev_server_restarted_from_its_db_file_every_ticket_resumes(
 ) -> None:
     seed = chaos_seed(record_property)
     rng = random.Random(seed)
-    base = Settings(
-        data_dir=tmp_path / "temporal",
-        task_queue=unique_id("restart"),
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        start_dev_server=True,
-        otel_exporter="none",
-    )
-    server, server_settings = await start_own_server(base)
+    server, server_settings, worker = await start_own_server(tmp_path, "restart")
     assert server.owned and server.db_path is not None
-    worker_settings = server_settings.model_copy(update={"data_dir": tmp_path / "worker"})
-    worker = WorkerProcess(worker_settings, tmp_path / "worker.log")
     traffic = Traffic()
     drivers: list[asyncio.Task[None]] = []
     loops: list[asyncio.Task[bool]] = []
@@ -370,7 +374,7 @@ async def test_dev_server_restarted_from_its_db_file_every_ticket_resumes(
         drivers = [asyncio.create_task(run.drive()) for run in runs]
         await finish_all(client, runs, drivers, seed)
 
-        ledger = Ledger(worker_settings.ledger_url)
+        ledger = Ledger(server_settings.ledger_url)
         try:
             problems, totals = await cross_check(client, runs, ledger, check_heartbeats=False)
         finally:
@@ -400,18 +404,7 @@ async def test_an_agent_call_made_while_the_server_is_down_goes_through_once_it_
     """A plain AgentSession (no test wrapper) rides out a server restart: its call resends
     with the same request id until the server is back, is applied once, and a session with
     a short retry window gives up with the server's error instead of hanging."""
-    base = Settings(
-        data_dir=tmp_path / "temporal",
-        task_queue=unique_id("outage"),
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        start_dev_server=True,
-        otel_exporter="none",
-    )
-    server, server_settings = await start_own_server(base)
-    worker = WorkerProcess(
-        server_settings.model_copy(update={"data_dir": tmp_path / "worker"}),
-        tmp_path / "worker.log",
-    )
+    server, server_settings, worker = await start_own_server(tmp_path, "outage")
     try:
         client = await connect(server_settings)
         worker.start()
