@@ -167,7 +167,7 @@ class TicketWorkflow:
         self._publish_due = False
         self._publisher: asyncio.Task[None] | None = None
         self._published_at: datetime | None = None  # the last search-attribute upsert
-        self._refresh_at: datetime | None = None  # a held-back open-task count is due
+        self._held_back = False  # an open-task count not yet upserted (OPEN_TASKS_REFRESH)
         self._metrics = TicketMetrics(self._state)  # replay-safe; no commands, no events
 
     # ---- main loop ---------------------------------------------------------------------
@@ -186,14 +186,13 @@ class TicketWorkflow:
             self._apply_effects(effects)
             if self._finished:
                 break
-            if self._refresh_at is not None and now >= self._refresh_at:
+            if (refresh_at := self._refresh_at()) is not None and now >= refresh_at:
                 self._publish()  # the open-task count held back while it changed fast
             if self._should_continue_as_new():
                 await self._drain(final=False)
                 if self._finished:
                     break
                 workflow.logger.info("continuing as new with %d tasks", len(self._state.tasks))
-                self._publish_if_due()  # the next run starts from these search attributes
                 workflow.continue_as_new(
                     TicketInput(
                         state_blob=pack_state(self._state),
@@ -236,9 +235,16 @@ class TicketWorkflow:
     def _next_wake(self) -> Deadline | None:
         """The ticket's next deadline, or the refresh of the Web UI if that comes first."""
         deadline = deadlines.next_deadline(self._state)
-        if self._refresh_at is not None and (deadline is None or self._refresh_at < deadline.at):
-            return Deadline(self._refresh_at, "refresh search attributes")
+        refresh_at = self._refresh_at()
+        if refresh_at is not None and (deadline is None or refresh_at < deadline.at):
+            return Deadline(refresh_at, "refresh search attributes")
         return deadline
+
+    def _refresh_at(self) -> datetime | None:
+        """When a held-back open-task count is due to be upserted, if one is."""
+        if not self._held_back or self._published_at is None:
+            return None
+        return self._published_at + OPEN_TASKS_REFRESH
 
     async def _drain(self, *, final: bool) -> None:
         """Let handlers, diagnoses, agent operations and the ledger write in flight finish.
@@ -448,13 +454,13 @@ class TicketWorkflow:
             self._coalesce_publish = workflow.patched(PUBLISH_ONCE_PER_ACTIVATION)
         if not self._coalesce_publish:
             self._publish()
-            return
-        self._publish_due = True
-        if publish_now:
+        elif publish_now:
             self._publish_due = False
             self._publish(hold_back=False)
-        elif self._publisher is None:
-            self._publisher = asyncio.create_task(self._publish_when_settled())
+        else:
+            self._publish_due = True
+            if self._publisher is None:
+                self._publisher = asyncio.create_task(self._publish_when_settled())
 
     async def _publish_when_settled(self) -> None:
         # A condition is checked only once nothing else in the activation is ready to run:
@@ -462,22 +468,17 @@ class TicketWorkflow:
         # history event and one visibility write on the server) instead of one each.
         while True:
             await workflow.wait_condition(lambda: self._publish_due)
-            self._publish_if_due()
-
-    def _publish_if_due(self) -> None:
-        if self._publish_due:
             self._publish_due = False
             self._publish()
 
     def _publish(self, *, hold_back: bool = True) -> None:
         """Keep the Web UI current: search attributes when they change, the dashboard."""
         state = self._state
-        stuck_since = state.stuck_since
         wanted: dict[str, Any] = {
             "TicketStatus": diagnosis.display_status(state),
             "Phase": core.current_phase(state) or "",
             "OpenTasks": core.open_tasks(state),
-            "StuckSince": stuck_since,
+            "StuckSince": state.stuck_since,
             "Diagnoses": len(state.diagnoses),
             "Restarts": state.restarts_total,
         }
@@ -493,7 +494,7 @@ class TicketWorkflow:
                 and self._published_at is not None
                 and now < self._published_at + OPEN_TASKS_REFRESH
             ):
-                self._refresh_at = self._published_at + OPEN_TASKS_REFRESH
+                self._held_back = True
                 changed = []
             elif changed:
                 self._published_at = now
@@ -501,7 +502,7 @@ class TicketWorkflow:
             self._search_attributes = {**published, **{k: wanted[k] for k in changed}}
             workflow.upsert_search_attributes([_search_attribute(k, wanted[k]) for k in changed])
         if self._search_attributes == wanted:
-            self._refresh_at = None
+            self._held_back = False
         # Current details are metadata, not history events: cheap to keep fresh.
         self._metrics.observe(state)
         self._dashboard = render_dashboard(state)
