@@ -269,12 +269,11 @@ class DurableSession(AgentSession):
         ticket_id: str,
         *,
         traffic: Traffic,
-        patience: float = 240,
+        retry_window_s: float = 240,
         **kwargs: Any,
     ) -> None:
-        super().__init__(client, ticket_id, retry_window_s=patience, **kwargs)
+        super().__init__(client, ticket_id, retry_window_s=retry_window_s, **kwargs)
         self.traffic = traffic
-        self.patience = patience
 
     async def _update(self, name: str, msg: BaseModel, result_type: type[R]) -> R:
         self.traffic.in_flight += 1
@@ -288,7 +287,7 @@ class DurableSession(AgentSession):
         super().on_retry(update, kind, detail)
 
     async def _signal(self, name: str, msg: BaseModel) -> None:
-        deadline = time.monotonic() + self.patience
+        deadline = time.monotonic() + self.retry_window_s
         delay = 0.1
         self.traffic.in_flight += 1
         try:
@@ -302,7 +301,7 @@ class DurableSession(AgentSession):
                     if time.monotonic() > deadline:
                         raise TimeoutError(
                             f"{self.name} on {self.ticket_id}: {name} kept failing for "
-                            f"{self.patience:.0f} s (last: {exc.status.name})"
+                            f"{self.retry_window_s:.0f} s (last: {exc.status.name})"
                         ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
