@@ -67,6 +67,7 @@ from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
 from infra.settings import Settings
+from infra.telemetry import core_log_to_file, forward_core_logs
 from ledger.store import Ledger
 from models.messages import (
     AgentView,
@@ -1075,8 +1076,24 @@ class DemoOutcome:
     figures: DemoFigures
 
     @property
+    def missing_beats(self) -> list[str]:
+        """The beats of the demo's story that did not happen (the README tells all four)."""
+        f = self.figures
+        beats = {
+            "an agent killed mid-task was restarted": f.restarts >= 1,
+            "its task was reassigned": bool(f.reassignments),
+            "a review failed once and the next iteration passed": f.failed_reviews >= 1,
+            "the forgotten result was diagnosed and recovered": any(
+                d.trigger == "no_result" and d.outcome == "recovered" for d in f.diagnoses
+            ),
+            "a result version was rejected before one was validated": f.rejected_versions >= 1,
+        }
+        return [beat for beat, happened in beats.items() if not happened]
+
+    @property
     def ok(self) -> bool:
-        return self.status.status == "completed" and self.status.validated_version is not None
+        validated = self.status.status == "completed" and self.status.validated_version is not None
+        return validated and not self.missing_beats
 
 
 async def _wait_or_timeout(event: asyncio.Event, timeout: float) -> None:
@@ -1266,7 +1283,14 @@ def _print_demo_summary(out: Console, outcome: DemoOutcome) -> None:
     table.add_row("time", f"{outcome.seconds:.1f} s")
     out.print(table)
     _print_fields(out, [("Web UI", outcome.ui_url), ("operator token", str(outcome.token_path))])
-    verdict = "completed with a validated result" if outcome.ok else "did NOT complete as expected"
+    for beat in outcome.missing_beats:
+        out.print(Text(f"missing from the story: {beat}", style="red"))
+    if outcome.ok:
+        verdict = "completed with a validated result"
+    elif outcome.status.validated_version is not None:
+        verdict = "validated a result but did NOT tell the whole story"
+    else:
+        verdict = "did NOT complete as expected"
     out.print(Text(f"Demo {verdict}.", style="bold green" if outcome.ok else "bold red"))
 
 
@@ -1487,6 +1511,8 @@ async def run(argv: Sequence[str] | None = None) -> int:
         err.print(Text(f"error: invalid settings: {_one_line(str(exc))}", style="red"))
         return 2
     handler: Command = args.handler
+    with contextlib.suppress(OSError):  # a log we cannot write is no reason to fail
+        core_log_to_file(settings.data_dir)
     try:
         return await handler(args, Context(settings, out, err))
     except StarterError as exc:
@@ -1498,6 +1524,7 @@ async def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command in a new event loop; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    forward_core_logs()
     try:
         return asyncio.run(run(argv))
     except KeyboardInterrupt:

@@ -121,6 +121,10 @@ class Agent(BaseModel):
     release_deadline: datetime | None = None
     restart_requested: bool = False
     released_task_ids: list[str] = Field(default_factory=list)
+    # Fair claims: an agent whose claim found nothing waits in line (core.ticket._claim_for).
+    waiting_since: datetime | None = Field(default=None, description="first empty claim")
+    waiting_phases: list[str] | None = None
+    last_claim_at: datetime | None = None
 
 
 class Lineage(BaseModel):

@@ -246,12 +246,14 @@ def progress(state: TicketState, msg: ReportProgress, now: datetime) -> bool:
 
 
 def claim(
-    state: TicketState, msg: ClaimTask, now: datetime, *, apply: bool = True
+    state: TicketState, msg: ClaimTask, now: datetime, *, apply: bool = True, fair: bool = False
 ) -> Step[ClaimReply]:
     """Give the agent the most urgent eligible task, or say why there is none.
 
     Eligible: pending, every dependency done, in the requested phases. Order: priority
-    (highest first), then phase order, then creation order.
+    (highest first), then phase order, then creation order. With ``fair``, agents whose
+    claims found nothing are served first, in the order they started waiting
+    (``policy.tasks.fair_claim_window_s``).
     """
     # Authenticate before the reply cache: a cached reply is only for its own sender.
     agent = _authenticate(state, msg)
@@ -265,13 +267,13 @@ def claim(
             raise Refused("phases", f"unknown phase {phase!r} (phases: {phase_names})")
     if not apply:
         return Step(ClaimReply(task=None, reason="", inbox=inbox(state, agent.id)))
-    reply = _claim_for(state, agent, msg.phases, now)
+    reply = _claim_for(state, agent, msg.phases, now, fair=fair)
     _remember(state, key, reply)
     return Step(reply)
 
 
 def complete(
-    state: TicketState, msg: CompleteTask, now: datetime, *, apply: bool = True
+    state: TicketState, msg: CompleteTask, now: datetime, *, apply: bool = True, fair: bool = False
 ) -> Step[CompleteReply]:
     """The agent finished its task: store the result, mark it done, optionally claim the next."""
     agent = _authenticate(state, msg)
@@ -324,7 +326,7 @@ def complete(
         )
     reply = CompleteReply(task=task_view(task))
     if msg.claim_next:
-        reply.next = _claim_for(state, agent, None, now)
+        reply.next = _claim_for(state, agent, None, now, fair=fair)
     _remember(state, key, reply)
     return Step(reply)
 
@@ -851,7 +853,7 @@ def _own_held_task(state: TicketState, agent: Agent, task_id: str, verb: str) ->
 
 
 def _claim_for(
-    state: TicketState, agent: Agent, phases: list[str] | None, now: datetime
+    state: TicketState, agent: Agent, phases: list[str] | None, now: datetime, *, fair: bool = False
 ) -> ClaimReply:
     box = inbox(state, agent.id)
     if agent.stop:
@@ -871,6 +873,7 @@ def _claim_for(
         None,
     )
     if rework is not None:  # a failed review comes back to the same agent first
+        agent.waiting_since = None
         rework.status = "running"
         rework.updated_at = now
         state.last_activity_at = now
@@ -894,7 +897,23 @@ def _claim_for(
             task=None, reason=f"agent holds {held} tasks (the limit is {limit})", inbox=box
         )
     task = next_eligible(state, phases)
-    if task is None:
+    if fair:
+        agent.last_claim_at = now
+        ahead = _waiting_ahead(state, agent, task, now) if task is not None else 0
+        if task is None or (ahead and _eligible_count(state, phases, ahead + 1) <= ahead):
+            if agent.waiting_since is None:
+                agent.waiting_since = now
+            agent.waiting_phases = list(phases) if phases else None
+            if task is None:
+                return ClaimReply(task=None, reason=_why_nothing(state, phases), inbox=box)
+            return ClaimReply(
+                task=None,
+                reason=f"{ahead} agent(s) waiting longer are served first; claim again shortly",
+                inbox=box,
+            )
+        agent.waiting_since = None
+        agent.waiting_phases = None
+    elif task is None:
         return ClaimReply(task=None, reason=_why_nothing(state, phases), inbox=box)
     task.status = "assigned"
     task.assigned_agent = agent.id
@@ -910,6 +929,58 @@ def _claim_for(
         task_id=task.id,
     )
     return ClaimReply(task=task_view(task), reason="", inbox=box)
+
+
+def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) -> int:
+    """How many other agents wait for a task like ``task`` since before ``agent`` did.
+
+    Without this an agent that polls starves behind agents that claim in the same update
+    that completes their last task (``claim_next``): tasks unlocked by a completion go to
+    the completer before any poller can ask. An agent counts as waiting only while it keeps
+    asking (its last claim within the window) and could take the task now.
+    """
+    window = state.spec.policy.tasks.fair_claim_window_s
+    if window <= 0:
+        return 0
+    limit = state.spec.policy.tasks.max_tasks_per_agent
+    mine = agent.waiting_since
+    ahead = 0
+    for other in state.agents.values():
+        since = other.waiting_since
+        if (
+            other.id == agent.id
+            or since is None
+            or other.last_claim_at is None
+            or (now - other.last_claim_at).total_seconds() > window
+            or (mine is not None and since >= mine)
+            or other.kind == "validator"
+            or other.stop
+            or other.state in ("quarantined", "restarting", "unresponsive", "terminated")
+            or (other.waiting_phases and task.phase not in other.waiting_phases)
+        ):
+            continue
+        held = sum(
+            1
+            for t in state.tasks.values()
+            if t.assigned_agent == other.id and t.status in HELD_STATUSES
+        )
+        if held < limit:
+            ahead += 1
+    return ahead
+
+
+def _eligible_count(state: TicketState, phases: list[str] | None, enough: int) -> int:
+    """How many tasks a claim could get now, counting no further than ``enough``."""
+    count = 0
+    for task in state.tasks.values():
+        if task.status != "pending" or (phases and task.phase not in phases):
+            continue
+        if any(state.tasks[d].status != "done" for d in task.depends_on):
+            continue
+        count += 1
+        if count >= enough:
+            break
+    return count
 
 
 def _claim_review(state: TicketState, agent: Agent, now: datetime, box: AgentInbox) -> ClaimReply:

@@ -16,6 +16,7 @@ see :mod:`workflows.ticket`) are served at ``http://<address>/metrics``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import deque
@@ -34,7 +35,14 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from infra.settings import Settings
 
@@ -44,6 +52,8 @@ __all__ = [
     "JsonlSpanExporter",
     "TelemetryError",
     "configure_tracing",
+    "core_log_to_file",
+    "forward_core_logs",
     "metrics_runtime",
     "read_spans",
     "span_file",
@@ -229,6 +239,49 @@ def read_spans(path: Path, ticket_id: str, limit: int = 200) -> list[str]:
         if isinstance(record, dict) and _belongs(record.get("attributes") or {}, ticket_id):
             found.append((int(record.get("end_ns") or 0), span_line(record)))
     return [line for _, line in sorted(found, key=lambda item: item[0])]
+
+
+# ---- core logs --------------------------------------------------------------------------
+
+#: The Python logger the SDK's core (Rust) logs are forwarded to, when forwarding is on.
+CORE_LOGGER = "temporalio.core"
+CORE_LOG_FILE = "unstuck.log"
+
+
+def _core_logging() -> LoggingConfig:
+    logger = logging.getLogger(CORE_LOGGER)
+    logger.propagate = False  # not the terminal: see core_log_to_file
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logger),
+    )
+
+
+def forward_core_logs() -> None:
+    """Send the SDK core's log lines to Python logging instead of the terminal.
+
+    Core warnings such as "Query not found when attempting to respond to it" (a query in
+    flight when a ticket finishes) are nothing an operator can act on, yet the core prints
+    them to stderr with raw colour codes. Call once per process, before any client exists.
+    """
+    Runtime.set_default(
+        Runtime(telemetry=TelemetryConfig(logging=_core_logging())), error_if_already_set=False
+    )
+
+
+def core_log_to_file(data_dir: Path) -> Path:
+    """Write forwarded core log lines to ``<data_dir>/unstuck.log``; returns the path."""
+    path = data_dir / CORE_LOG_FILE
+    logger = logging.getLogger(CORE_LOGGER)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    return path
 
 
 # ---- metrics ----------------------------------------------------------------------------

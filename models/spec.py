@@ -152,6 +152,15 @@ class TaskPolicy(_Strict):
     max_retries: int = Field(default=3, ge=0, le=100)
     max_result_bytes: int = Field(default=100 * KB, gt=0, le=100 * KB)
     max_tasks_per_agent: int = Field(default=3, ge=1, le=100)
+    fair_claim_window_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "an agent whose claim found nothing is served before agents that asked later, "
+            "as long as it claimed again within this many seconds (0: first come, first served)"
+        ),
+    )
 
 
 class StuckPolicy(_Strict):

@@ -68,8 +68,15 @@ def test_read_spans_keeps_the_newest_and_survives_junk(tmp_path: Path) -> None:
     exporter = JsonlSpanExporter(path)
     assert exporter.force_flush()
     lines = [
-        json.dumps({"name": f"A{i}", "start_ns": 0, "end_ns": (i + 1) * 1_000_000,
-                    "status": "unset", "attributes": {"temporalWorkflowID": "t-1"}})
+        json.dumps(
+            {
+                "name": f"A{i}",
+                "start_ns": 0,
+                "end_ns": (i + 1) * 1_000_000,
+                "status": "unset",
+                "attributes": {"temporalWorkflowID": "t-1"},
+            }
+        )
         for i in range(250)
     ]
     path.write_text("\n".join(["not json", *lines, '{"name": "x", "attributes": {}}']) + "\n")
@@ -107,3 +114,61 @@ async def test_prometheus_serves_unstuck_and_sdk_metrics(
         text = await wait_for(scraped, timeout=10, what="unstuck_diagnoses on /metrics")
     assert re.search(r'unstuck_diagnoses\S*\{[^}]*trigger="manual"[^}]*\} 1', text), text
     assert "temporal_workflow_task" in text
+
+
+CORE_WARNING_SCRIPT = """
+import asyncio, sys, time
+from pathlib import Path
+from temporalio.client import Client
+from temporalio.worker import Worker
+from infra.telemetry import core_log_to_file, forward_core_logs
+from workflows.ticket import TicketWorkflow
+
+if sys.argv[3] == "forward":
+    forward_core_logs()
+    log = core_log_to_file(Path(sys.argv[2]))
+
+async def main():
+    client = await Client.connect(sys.argv[1], namespace="no-such-namespace")
+    try:
+        async with Worker(client, task_queue="q", workflows=[TicketWorkflow]):
+            await asyncio.sleep(10)
+    except RuntimeError:
+        pass  # the worker refuses to start: the namespace does not exist
+
+asyncio.run(main())
+deadline = time.monotonic() + 15  # the core forwards its lines in batches
+while sys.argv[3] == "forward" and time.monotonic() < deadline:
+    if log.exists() and "no-such-namespace" in log.read_text():
+        break
+    time.sleep(0.1)
+"""
+
+
+def test_core_warnings_go_to_the_log_file_not_the_terminal(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A core warning (here: a worker on a namespace that does not exist) is written to
+    ``<data dir>/unstuck.log`` instead of stderr, where it came with raw colour codes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CORE_WARNING_SCRIPT,
+            settings.temporal_address,
+            str(tmp_path),
+            "forward",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "WARN" not in run.stderr and "\x1b[" not in run.stderr, run.stderr[-2000:]
+    logged = (tmp_path / "unstuck.log").read_text()
+    assert "WARNING temporalio.core" in logged and "no-such-namespace" in logged

@@ -96,6 +96,8 @@ MAX_UPDATES_PER_RUN = 1500
 #: upserted, and a change of the open-task count alone at most every OPEN_TASKS_REFRESH.
 #: Runs started before it publish after each change, all attributes at once.
 PUBLISH_ONCE_PER_ACTIVATION = "publish-once-per-activation"
+#: Agents whose claims found nothing are served first (core.ticket._claim_for).
+FAIR_CLAIMS = "fair-claims"
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -510,6 +512,11 @@ class TicketWorkflow:
 
     # ---- updates (refusable) -------------------------------------------------------------
 
+    def _fair_claims(self) -> bool:
+        # Which agent a claim serves changes the replies and so the history that follows:
+        # tickets started before fair claims keep first come, first served when replayed.
+        return workflow.patched(FAIR_CLAIMS)
+
     def _check(self, fn: Callable[..., Any], msg: BaseModel, **kwargs: Any) -> None:
         try:
             fn(self._state, msg, workflow.now(), apply=False, **kwargs)
@@ -537,7 +544,7 @@ class TicketWorkflow:
 
     @workflow.update(name="claim")
     async def claim(self, msg: ClaimTask) -> ClaimReply:
-        return self._apply(core.claim, msg)
+        return self._apply(core.claim, msg, fair=self._fair_claims())
 
     @claim.validator
     def _validate_claim(self, msg: ClaimTask) -> None:
@@ -545,7 +552,7 @@ class TicketWorkflow:
 
     @workflow.update(name="complete")
     async def complete(self, msg: CompleteTask) -> CompleteReply:
-        return self._apply(core.complete, msg)
+        return self._apply(core.complete, msg, fair=self._fair_claims())
 
     @complete.validator
     def _validate_complete(self, msg: CompleteTask) -> None:
