@@ -217,26 +217,14 @@ class TicketSpec(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> TicketSpec:
-        phase_names = [p.name for p in self.phases]
-        _unique(phase_names, "phases", "phase name")
-        _unique([t.key for t in self.tasks], "tasks", "task key")
-        _unique([a.name for a in self.agents], "agents", "agent name")
-        keys = {t.key for t in self.tasks}
-        for i, task in enumerate(self.tasks):
-            if len(set(task.depends_on)) != len(task.depends_on):
-                raise ValueError(f"tasks[{i}].depends_on: lists a task key twice")
-            if task.phase not in phase_names:
-                raise ValueError(
-                    f"tasks[{i}].phase: unknown phase {task.phase!r} (phases: {phase_names})"
-                )
-            for dep in task.depends_on:
-                if dep not in keys:
-                    raise ValueError(f"tasks[{i}].depends_on: unknown task key {dep!r}")
-                if dep == task.key:
-                    raise ValueError(f"tasks[{i}].depends_on: a task cannot depend on itself")
-        cycle = _find_cycle({t.key: t.depends_on for t in self.tasks})
-        if cycle:
-            raise ValueError(f"tasks.depends_on: dependency cycle {' -> '.join(cycle)}")
+        problems = reference_problems(
+            [p.name for p in self.phases],
+            [(t.key, t.phase, t.depends_on) for t in self.tasks],
+            [a.name for a in self.agents],
+        )
+        if problems:
+            # One error whose lines each name their own field (see format_errors).
+            raise ValueError("\n".join(f"{path}: {msg}" for path, msg in problems))
         return self
 
     def criteria_text(self) -> list[str]:
@@ -244,12 +232,47 @@ class TicketSpec(_Strict):
         return [c.description for c in self.result_criteria]
 
 
-def _unique(values: list[str], field: str, what: str) -> None:
+def reference_problems(
+    phases: list[str], tasks: list[tuple[str, str, list[str]]], agents: list[str]
+) -> list[tuple[str, str]]:
+    """Every problem that needs the whole spec, as ``(path, message)``, all at once.
+
+    ``tasks`` are ``(key, phase, depends_on)``. Unique names, known phases, known
+    dependencies, no self-dependency, no cycle.
+    """
+    problems: list[tuple[str, str]] = []
+    problems += _duplicates(phases, "phases", "name", "phase name")
+    problems += _duplicates([t[0] for t in tasks], "tasks", "key", "task key")
+    problems += _duplicates(agents, "agents", "name", "agent name")
+    keys = {t[0] for t in tasks}
+    for i, (key, phase, depends_on) in enumerate(tasks):
+        if phase not in phases:
+            problems.append((f"tasks[{i}].phase", f"unknown phase {phase!r} (phases: {phases})"))
+        if len(set(depends_on)) != len(depends_on):
+            problems.append((f"tasks[{i}].depends_on", "lists a task key twice"))
+        for dep in dict.fromkeys(depends_on):
+            if dep == key:
+                problems.append((f"tasks[{i}].depends_on", "a task cannot depend on itself"))
+            elif dep not in keys:
+                problems.append((f"tasks[{i}].depends_on", f"unknown task key {dep!r}"))
+    graph: dict[str, list[str]] = {}
+    for key, _, depends_on in tasks:  # a duplicate key is reported above; the first counts
+        graph.setdefault(key, [d for d in depends_on if d != key])
+    cycle = _find_cycle(graph)
+    if cycle:
+        i = next(n for n, t in enumerate(tasks) if t[0] == cycle[0])
+        problems.append((f"tasks[{i}].depends_on", f"dependency cycle {' -> '.join(cycle)}"))
+    return problems
+
+
+def _duplicates(values: list[str], field: str, attr: str, what: str) -> list[tuple[str, str]]:
     seen: set[str] = set()
-    for v in values:
+    found = []
+    for i, v in enumerate(values):
         if v in seen:
-            raise ValueError(f"{field}: duplicate {what} {v!r}")
+            found.append((f"{field}[{i}].{attr}", f"duplicate {what} {v!r}"))
         seen.add(v)
+    return found
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
@@ -302,23 +325,67 @@ def load_spec(path: str | Path) -> TicketSpec:
 
 
 def parse_spec(raw: dict[str, Any], *, source: str = "ticket spec") -> TicketSpec:
+    """Validate a spec; every problem is reported at once, one line each."""
     from pydantic import ValidationError
 
     try:
         return TicketSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(f"{source}: invalid ticket spec\n{format_errors(exc)}") from None
+        lines = format_errors(exc)
+        # Field errors stop pydantic before the whole-spec checks: run those on the raw
+        # data too, so that one run names every problem.
+        lines += [f"  {path}: {msg}" for path, msg in _raw_reference_problems(raw)]
+        body = "\n".join(dict.fromkeys(lines))
+        raise SpecError(f"{source}: invalid ticket spec\n{body}") from None
+
+
+def _raw_reference_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The whole-spec checks on unvalidated data, skipping what is too malformed to check."""
+
+    def names(items: Any, attr: str) -> list[str]:
+        if not isinstance(items, list):
+            return []
+        return [str(x.get(attr)) for x in items if isinstance(x, dict) and x.get(attr)]
+
+    raw_phases = raw.get("phases")
+    phases = [p.name for p in DEFAULT_PHASES] if raw_phases is None else names(raw_phases, "name")
+    tasks: list[tuple[str, str, list[str]]] = []
+    raw_tasks = raw.get("tasks")
+    if isinstance(raw_tasks, list):
+        for item in raw_tasks:
+            if not isinstance(item, dict):
+                return []  # indexes would not line up with the field errors' paths
+            deps = item.get("depends_on") or []
+            tasks.append(
+                (
+                    str(item.get("key", "")),
+                    str(item.get("phase", "")),
+                    [str(d) for d in deps] if isinstance(deps, list) else [],
+                )
+            )
+    return reference_problems(phases, tasks, names(raw.get("agents"), "name"))
 
 
 class SpecError(ValueError):
     """A ticket spec that cannot be used; the message names each field and rule."""
 
 
-def format_errors(exc: Any) -> str:
-    """One line per pydantic error: ``field.path: message``."""
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """``('tasks', 1, 'depends_on')`` -> ``tasks[1].depends_on``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def format_errors(exc: Any) -> list[str]:
+    """One line per problem: ``  field.path[i].name: message``."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        path = error_path(tuple(err["loc"]))
+        if not path:  # a whole-spec check: its message names the fields line by line
+            lines += [f"  {line}" for line in msg.splitlines()]
+        else:
+            lines.append(f"  {path}: {msg}")
+    return lines

@@ -226,7 +226,7 @@ def test_unknown_field_in_task(tmp_path: Path) -> None:
     msg = spec_error(
         tmp_path, with_(tasks=[{"key": "a", "phase": "testing", "title": "A", "dependson": []}])
     )
-    assert "tasks.0.dependson" in msg and "Extra inputs" in msg
+    assert "tasks[0].dependson" in msg and "Extra inputs" in msg
 
 
 @pytest.mark.parametrize("bad", ["Bad-Id", "has space", "-leading", "", "x" * 64, "a/b"])
@@ -237,7 +237,7 @@ def test_bad_id_slug(tmp_path: Path, bad: str) -> None:
 
 def test_bad_task_key_slug(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, with_(tasks=[{"key": "Key A", "phase": "testing", "title": "A"}]))
-    assert "tasks.0.key" in msg and "should match pattern" in msg
+    assert "tasks[0].key" in msg and "should match pattern" in msg
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_dependency_cycle_shows_the_cycle(tmp_path: Path) -> None:
         {"key": "d", "phase": "testing", "title": "D", "depends_on": ["a"]},
     ]
     msg = spec_error(tmp_path, with_(tasks=tasks))
-    assert "tasks.depends_on: dependency cycle a -> b -> c -> a" in msg
+    assert "tasks[0].depends_on: dependency cycle a -> b -> c -> a" in msg
 
 
 def test_diamond_is_not_a_cycle() -> None:
@@ -334,17 +334,19 @@ def test_duplicate_task_keys(tmp_path: Path) -> None:
         {"key": "a", "phase": "testing", "title": "A"},
         {"key": "a", "phase": "testing", "title": "A again"},
     ]
-    assert "tasks: duplicate task key 'a'" in spec_error(tmp_path, with_(tasks=tasks))
+    assert "tasks[1].key: duplicate task key 'a'" in spec_error(tmp_path, with_(tasks=tasks))
 
 
 def test_duplicate_phase_names(tmp_path: Path) -> None:
     phases = [{"name": "build"}, {"name": "build"}]
-    assert "phases: duplicate phase name 'build'" in spec_error(tmp_path, with_(phases=phases))
+    msg = spec_error(tmp_path, with_(phases=phases))
+    assert "phases[1].name: duplicate phase name 'build'" in msg
 
 
 def test_duplicate_agent_names(tmp_path: Path) -> None:
     agents = [{"name": "alice"}, {"name": "alice", "kind": "validator"}]
-    assert "agents: duplicate agent name 'alice'" in spec_error(tmp_path, with_(agents=agents))
+    msg = spec_error(tmp_path, with_(agents=agents))
+    assert "agents[1].name: duplicate agent name 'alice'" in msg
 
 
 def test_empty_phase_list(tmp_path: Path) -> None:
@@ -354,12 +356,12 @@ def test_empty_phase_list(tmp_path: Path) -> None:
 
 def test_local_process_agent_needs_command(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, with_(agents=[{"name": "bob", "runtime": "local-process"}]))
-    assert "agents.0: command is required when runtime is local-process" in msg
+    assert "agents[0]: command is required when runtime is local-process" in msg
 
 
 def test_unknown_enum_values(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, with_(agents=[{"name": "x", "kind": "manager"}]))
-    assert "agents.0.kind" in msg and "worker" in msg
+    assert "agents[0].kind" in msg and "worker" in msg
     msg = spec_error(tmp_path, with_(policy={"results": {"on_result_found": "stop"}}))
     assert "policy.results.on_result_found" in msg and "stop_all" in msg
 
@@ -454,3 +456,41 @@ def test_a_dependency_listed_twice_is_refused() -> None:
     }
     with pytest.raises(SpecError, match=r"tasks\[1\]\.depends_on: lists a task key twice"):
         parse_spec(raw)
+
+
+def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
+    """Field errors and whole-spec errors together, one path style, no ``(root)``."""
+    tasks = [
+        {"key": "a", "phase": "implementation", "title": "A", "depends_on": ["c"]},
+        {"key": "b", "phase": "deploy", "title": "B", "depends_on": ["nope"]},
+        {"key": "c", "phase": "testing", "title": "C", "depends_on": ["a"], "priority": "urgent"},
+        {"key": "a", "phase": "testing", "title": "", "depends_on": ["a"]},
+    ]
+    msg = spec_error(tmp_path, with_(tasks=tasks))
+    lines = msg.splitlines()[1:]
+    assert lines == [
+        "  tasks[2].priority: Input should be 'low', 'normal', 'high' or 'critical'",
+        "  tasks[3].title: String should have at least 1 character",
+        "  tasks[3].key: duplicate task key 'a'",
+        "  tasks[1].phase: unknown phase 'deploy' (phases: "
+        "['requirements', 'implementation', 'testing'])",
+        "  tasks[1].depends_on: unknown task key 'nope'",
+        "  tasks[3].depends_on: a task cannot depend on itself",
+        "  tasks[0].depends_on: dependency cycle a -> c -> a",
+    ]
+    assert "(root)" not in msg and ".0." not in msg
+
+
+def test_whole_spec_problems_alone_are_all_reported(tmp_path: Path) -> None:
+    tasks = [
+        {"key": "a", "phase": "build", "title": "A", "depends_on": ["x", "y"]},
+        {"key": "b", "phase": "testing", "title": "B", "depends_on": ["b"]},
+    ]
+    lines = spec_error(tmp_path, with_(tasks=tasks)).splitlines()[1:]
+    assert lines == [
+        "  tasks[0].phase: unknown phase 'build' (phases: "
+        "['requirements', 'implementation', 'testing'])",
+        "  tasks[0].depends_on: unknown task key 'x'",
+        "  tasks[0].depends_on: unknown task key 'y'",
+        "  tasks[1].depends_on: a task cannot depend on itself",
+    ]

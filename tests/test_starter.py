@@ -249,7 +249,7 @@ async def test_invalid_spec_exits_2_naming_the_field(
     code, out, err = await run(capsys, cli("launch", str(bad)))
     assert code == 2
     assert "invalid ticket spec" in err
-    assert "tasks.0.priority" in err
+    assert "tasks[0].priority" in err
     assert "Traceback" not in err + out
 
     code, _, err = await run(capsys, cli("launch", str(tmp_path / "missing.yaml")))
