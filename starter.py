@@ -10,11 +10,15 @@
     python starter.py cancel login-1 --reason "superseded"
     python starter.py schema --out schemas
     python starter.py demo                      (the whole story, end to end)
+    python starter.py worker                    (the worker; as `python worker.py`)
+
+Installed as the `unstuck` command (`.venv/bin/unstuck launch ...`).
 
 Settings come from ``UNSTUCK_*`` environment variables; ``--address``, ``--namespace``,
 ``--task-queue``, ``--database-url`` and ``--data-dir`` override them (as in ``worker.py``).
-Only ``demo`` starts a Temporal dev server; every other command talks to the server that
-answers at the address and needs a worker (``python worker.py``) for queries.
+Only ``demo`` and ``worker`` start a Temporal dev server; every other command talks to the
+server that answers at the address and needs a worker (``python starter.py worker``) for
+queries.
 
 Exit codes: 0 success; 1 failure (ticket not found, server unreachable, message refused);
 2 bad usage or an invalid ticket spec.
@@ -36,7 +40,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -1312,6 +1316,16 @@ async def _finish_server(server: DevServer, out: Console, keep_server: bool) -> 
     )
 
 
+async def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
+    from worker import serve
+
+    logging.getLogger().setLevel(logging.INFO)  # the worker's log is its output
+    settings = ctx.settings
+    if args.no_dev_server:
+        settings = settings.model_copy(update={"start_dev_server": False})
+    return await serve(settings)
+
+
 async def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     outcome = await run_demo(
         ctx.settings,
@@ -1367,9 +1381,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "starter.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="starter.py",
+        prog=prog,
         description="Launch, watch and operate Unstuck tickets.",
         epilog="Exit codes: 0 success, 1 failure, 2 bad usage or invalid ticket spec.",
     )
@@ -1474,6 +1488,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up after S seconds (120)",
     )
+    worker = command(
+        "worker",
+        cmd_worker,
+        "Run the Unstuck worker (starts the embedded dev server when nothing answers).",
+    )
+    worker.add_argument(
+        "--no-dev-server",
+        action="store_true",
+        help="never start the embedded dev server; fail if Temporal does not answer",
+    )
     return parser
 
 
@@ -1494,12 +1518,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-async def run(argv: Sequence[str] | None = None) -> int:
+async def run(argv: Sequence[str] | None = None, *, prog: str = "starter.py") -> int:
     """Parse ``argv``, run one command and return its exit code, in the running event loop.
 
     Expected failures are printed as one ``error: ...`` line on stderr, never raised.
     """
-    parser = build_parser()
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: argparse already printed it
@@ -1521,22 +1545,35 @@ async def run(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "starter.py") -> int:
     """Run one command in a new event loop; returns the exit code."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     forward_core_logs()
     try:
-        return asyncio.run(run(argv))
+        return asyncio.run(run(argv, prog=prog))
     except KeyboardInterrupt:
         Console(stderr=True).print(Text("interrupted", style="yellow"))
         return 130
 
 
-if __name__ == "__main__":
-    exit_code = main()
-    # The SDK's Rust runtime threads can crash CPython's teardown of a short-lived client
-    # process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300). Everything
-    # is done and flushed here, so skip the teardown.
+def _exit(code: int) -> NoReturn:
+    """Leave without interpreter teardown.
+
+    The SDK's Rust runtime threads can crash CPython's teardown of a short-lived client
+    process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300). Everything
+    is done and flushed here, so skip the teardown.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exit_code)
+    os._exit(code)
+
+
+def cli() -> NoReturn:
+    """The installed ``unstuck`` command ([project.scripts])."""
+    _exit(main(prog="unstuck"))
+
+
+if __name__ == "__main__":
+    _exit(main())

@@ -127,7 +127,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 async def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = parse_args(argv)
+    return await serve(parse_args(argv))
+
+
+async def serve(settings: Settings) -> int:
+    """Run the worker until SIGINT or SIGTERM (starting the dev server when allowed)."""
     try:
         server = await ensure_server(settings, log=log.info)
     except DevServerError as exc:

@@ -269,6 +269,14 @@ def forward_core_logs() -> None:
     )
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """Creates its directory with its file, at the first line: most runs log nothing."""
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def core_log_to_file(data_dir: Path) -> Path:
     """Write forwarded core log lines to ``<data_dir>/unstuck.log``; returns the path."""
     path = data_dir / CORE_LOG_FILE
@@ -276,8 +284,7 @@ def core_log_to_file(data_dir: Path) -> Path:
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler = _LazyFileHandler(path, delay=True, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
