@@ -665,7 +665,7 @@ def render_header(view: StatusView) -> Text:
     text.append(" · ")
     text.append(view.title)
     text.append(" · ")
-    text.append_text(_styled(view.status))
+    text.append_text(_styled(view.ticket_status or view.status))
     text.append(f" · phase {view.phase or '-'} · {view.open_tasks} open task(s)")
     text.append(f" · {view.agents} agent(s) · {view.results} result version(s)")
     if view.validated_version is not None:

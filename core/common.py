@@ -140,6 +140,38 @@ def open_tasks(state: TicketState) -> int:
     return sum(1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES)
 
 
+def blocked_tasks(state: TicketState) -> set[str]:
+    """Pending tasks that can never become eligible: a dependency, directly or through other
+    blocked tasks, failed for good or was cancelled."""
+    blocked: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for task in state.tasks.values():
+            if task.status != "pending" or task.id in blocked:
+                continue
+            for dep in task.depends_on:
+                other = state.tasks.get(dep)
+                if other is None:
+                    continue
+                if other.status in ("failed", "cancelled") or dep in blocked:
+                    blocked.add(task.id)
+                    changed = True
+                    break
+    return blocked
+
+
+def moving_tasks(state: TicketState) -> int:
+    """Active tasks that are not blocked: work that can still happen without help."""
+    if not state.healing_v2:
+        return open_tasks(state)
+    active = [t.id for t in state.tasks.values() if t.status in ACTIVE_STATUSES]
+    if not active:
+        return 0
+    blocked = blocked_tasks(state)
+    return sum(1 for t in active if t not in blocked)
+
+
 def current_phase(state: TicketState) -> str | None:
     """The first phase (in order) with unfinished tasks; else the last phase that had tasks."""
     last = None

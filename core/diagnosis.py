@@ -34,9 +34,10 @@ from core.common import (
     StartDiagnosis,
     Step,
     add_task,
+    blocked_tasks,
     check_operator,
     log,
-    open_tasks,
+    moving_tasks,
     validated_version,
 )
 from core.state import ACTIVE_STATUSES, HELD_STATUSES, DiagnosisRun, Escalation, Task, TicketState
@@ -77,9 +78,13 @@ def stuck_at(state: TicketState) -> datetime | None:
     """When the ticket is (or will be, if nothing happens) stuck; None if it cannot be."""
     if state.status != "open" or not state.tasks:
         return None
-    if open_tasks(state) > 0 or validated_version(state) is not None:
+    if moving_tasks(state) > 0 or validated_version(state) is not None:
         return None
-    if running_diagnosis(state) is not None or guard_reason(state) is not None:
+    if running_diagnosis(state) is not None:
+        return None
+    if guard_reason(state) is not None and (not state.healing_v2 or guard_escalated(state)):
+        # With healing v2 the stuck check still fires once more, to escalate (a spent
+        # budget must reach a person, not leave the ticket silently open).
         return None
     policy = state.spec.policy.stuck
     window_end = state.last_activity_at + timedelta(seconds=policy.window_s)
@@ -111,13 +116,20 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
     if state.stuck_since is None:
         state.stuck_since = now
     idle = (now - state.last_activity_at).total_seconds()
+    blocked = sorted(blocked_tasks(state), key=lambda t: state.tasks[t].seq)
+    if blocked and state.healing_v2:
+        more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
+        shown = ", ".join(blocked[:5]) + more
+        why = f"only blocked tasks remain ({shown}: a dependency failed for good or was cancelled)"
+        log(state, now, "stuck", f"ticket stuck: {why}, idle {idle:.0f}s")
+        return request_diagnosis(state, "no_result", now, reason=why)
     log(state, now, "stuck", f"ticket stuck: no active task, no validated result, idle {idle:.0f}s")
     return request_diagnosis(state, "no_result", now, reason=f"no task activity for {idle:.0f}s")
 
 
 def note_activity(state: TicketState) -> None:
     """Work is moving again: the current stuck spell is over."""
-    if state.stuck_since is not None and open_tasks(state) > 0:
+    if state.stuck_since is not None and moving_tasks(state) > 0:
         state.stuck_since = None
 
 
@@ -148,6 +160,13 @@ def guard_reason(state: TicketState) -> str | None:
     if started >= policy.max_runs:
         return f"{started} diagnoses ran (the limit is {policy.max_runs})"
     return None
+
+
+def guard_escalated(state: TicketState) -> bool:
+    """A person was told that automatic diagnosing stopped (and has not acknowledged it)."""
+    return any(
+        e.source == "diagnosis_guard" and not e.acknowledged for e in state.escalations
+    )
 
 
 def request_diagnosis(
@@ -317,6 +336,8 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
             )
             task.diagnosis_run_id = run.run_id
             created.append(task.id)
+            if rec.remedy == "replace_task" and rec.replaces is not None:
+                _replace(state, rec.replaces, task, now)
     run.status = "completed"
     run.finished_at = now
     run.task_ids = created
@@ -335,6 +356,40 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
         f"{run.run_id}: {top}; recovery tasks {', '.join(created) or 'none'}",
     )
     return created
+
+
+def _replace(state: TicketState, old_id: str, new: Task, now: datetime) -> None:
+    """The remedy replace_task: ``new`` takes over the dependants of ``old_id``.
+
+    Only a task that failed for good or was cancelled is replaced (anything else may still
+    finish); dependants that already finished or failed keep their history as it is.
+    """
+    old = state.tasks.get(old_id)
+    if old is None or old.status not in ("failed", "cancelled"):
+        log(
+            state,
+            now,
+            "remedy_skipped",
+            f"{new.id} does not replace {old_id}: "
+            + ("no such task" if old is None else f"it is {old.status}"),
+            task_id=new.id,
+        )
+        return
+    moved = []
+    for task in state.tasks.values():
+        if old_id in task.depends_on and task.status in ACTIVE_STATUSES:
+            task.depends_on = [new.id if d == old_id else d for d in task.depends_on]
+            task.updated_at = now
+            moved.append(task.id)
+    new.replaces = old_id
+    log(
+        state,
+        now,
+        "task_replaced",
+        f"{new.id} replaces {old.status} {old_id}"
+        + (f"; {', '.join(moved)} now wait on {new.id}" if moved else ""),
+        task_id=new.id,
+    )
 
 
 def diagnosis_failed(state: TicketState, run_id: str, error: str, now: datetime) -> None:

@@ -86,6 +86,9 @@ class Task(BaseModel):
     diagnosis_run_id: str | None = Field(
         default=None, description="the diagnosis that created this recovery task"
     )
+    replaces: str | None = Field(
+        default=None, description="the failed or cancelled task whose dependants this one took"
+    )
     # Validation in iterations (tasks with validation on).
     iteration: int = Field(default=0, description="how many times the result went to review")
     reviewer: str | None = None
@@ -125,6 +128,7 @@ class Agent(BaseModel):
     waiting_since: datetime | None = Field(default=None, description="first empty claim")
     waiting_phases: list[str] | None = None
     last_claim_at: datetime | None = None
+    claim_gap_s: float | None = Field(default=None, description="between its last empty claims")
 
 
 class Lineage(BaseModel):
@@ -239,6 +243,13 @@ class TicketState(BaseModel):
     restarts_total: int = 0
     ignored_messages: int = Field(default=0, description="signals from unknown/unauthenticated")
     outbox: LedgerBatch = Field(description="ledger rows not yet confirmed written")
+    healing_v2: bool = Field(
+        default=False,
+        description=(
+            "set by the workflow each run (patch healing-v2): blocked tasks are not active, "
+            "a spent diagnosis budget escalates at once"
+        ),
+    )
 
     @property
     def ticket_id(self) -> str:

@@ -898,11 +898,15 @@ def _claim_for(
         )
     task = next_eligible(state, phases)
     if fair:
+        previous = agent.last_claim_at if agent.waiting_since is not None else None
         agent.last_claim_at = now
         ahead = _waiting_ahead(state, agent, task, now) if task is not None else 0
         if task is None or (ahead and _eligible_count(state, phases, ahead + 1) <= ahead):
+            if previous is not None:  # it keeps asking: how often tells how long it waits
+                agent.claim_gap_s = (now - previous).total_seconds()
             if agent.waiting_since is None:
                 agent.waiting_since = now
+                agent.claim_gap_s = None
             agent.waiting_phases = list(phases) if phases else None
             if task is None:
                 return ClaimReply(task=None, reason=_why_nothing(state, phases), inbox=box)
@@ -931,13 +935,21 @@ def _claim_for(
     return ClaimReply(task=task_view(task), reason="", inbox=box)
 
 
+#: Fair claims: how long an agent that found nothing counts as waiting after its last claim.
+FIRST_WAIT_S = 2.0  # after its first empty claim (how often it asks is not known yet)
+MIN_WAIT_S = 1.0
+POLLS_MISSED = 3  # else: three of its own polls, as measured between its empty claims
+
+
 def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) -> int:
     """How many other agents wait for a task like ``task`` since before ``agent`` did.
 
     Without this an agent that polls starves behind agents that claim in the same update
     that completes their last task (``claim_next``): tasks unlocked by a completion go to
     the completer before any poller can ask. An agent counts as waiting only while it keeps
-    asking (its last claim within the window) and could take the task now.
+    asking and could take the task now: until it missed about three of its own polls (at
+    least 1 s; 2 s after its first empty claim), never longer than the window. An agent that
+    stopped asking holds nobody up for long.
     """
     window = state.spec.policy.tasks.fair_claim_window_s
     if window <= 0:
@@ -947,11 +959,13 @@ def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) 
     ahead = 0
     for other in state.agents.values():
         since = other.waiting_since
+        gap = other.claim_gap_s
+        patience = FIRST_WAIT_S if gap is None else max(MIN_WAIT_S, POLLS_MISSED * gap)
         if (
             other.id == agent.id
             or since is None
             or other.last_claim_at is None
-            or (now - other.last_claim_at).total_seconds() > window
+            or (now - other.last_claim_at).total_seconds() > min(window, patience)
             or (mine is not None and since >= mine)
             or other.kind == "validator"
             or other.stop

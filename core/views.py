@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from core.diagnosis import display_status
 from core.state import HELD_STATUSES, Agent, ResultVersion, TicketState
 from core.ticket import current_phase, open_tasks, validated_version
 from models.messages import AgentView, ResultVersionView, StatusView, TimelineEntry
@@ -19,6 +20,7 @@ def status_view(state: TicketState) -> StatusView:
         ticket_id=state.ticket_id,
         title=state.spec.title,
         status=state.status,
+        ticket_status=display_status(state),
         phase=current_phase(state),
         counts_by_status=dict(sorted(by_status.items())),
         counts_by_phase=by_phase,

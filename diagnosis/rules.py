@@ -272,6 +272,7 @@ def _recommend(
     *,
     priority: Priority = "high",
     type: RecommendationType = "fix",
+    replaces: str | None = None,
 ) -> Recommendation:
     return Recommendation(
         title=_line(title, 200),
@@ -279,6 +280,8 @@ def _recommend(
         phase=phase,
         priority=priority,
         type=type,
+        remedy="replace_task" if replaces else "create_task",
+        replaces=replaces,
     )
 
 
@@ -834,11 +837,15 @@ def dependency_deadlock(evidence: Evidence) -> Hypothesis | None:
                 f"Redo {root.status} dependency {root.id}: {root.title}",
                 f"{_task_label(root)} is {root.status}"
                 + (f" ({_quote(root.failure_reason or '', 300)})" if root.failure_reason else "")
-                + f"; {_ids(waiting)} {'waits' if len(waiting) == 1 else 'wait'} on it and can "
-                f"never start. Fix the cause, redo its work, then do the blocked tasks' work "
-                f"or create replacements for them that do not depend on {root.id}.",
+                + f"; {_ids(waiting)} {'waits' if len(waiting) == 1 else 'wait'} on it and "
+                f"could never start. This task replaces {root.id}: the tasks that waited on "
+                f"{root.id} wait on this task instead. "
+                f"Fix the cause of the failure, then do {root.id}'s work"
+                + (f" ({_quote(root.title, 200)})" if root.title else "")
+                + ".",
                 root.phase,
                 type=_rec_type(root.type),
+                replaces=root.id,
             )
         )
     return _hypothesis(

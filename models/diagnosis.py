@@ -186,7 +186,12 @@ class Evidence(BaseModel):
 
 
 class Recommendation(BaseModel):
-    """A recovery task to create."""
+    """A recovery task to create, and the remedy it carries out.
+
+    ``create_task`` adds the task. ``replace_task`` adds it *in place of* a task that
+    failed for good or was cancelled (``replaces``): every task waiting on that one waits on
+    the new task instead, so the work blocked behind it can go on once the new task is done.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -197,6 +202,12 @@ class Recommendation(BaseModel):
     type: Literal[
         "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
     ] = "fix"
+    remedy: Literal["create_task", "replace_task"] = "create_task"
+    replaces: str | None = Field(
+        default=None,
+        max_length=63,
+        description="replace_task: the id of the failed or cancelled task to take over from",
+    )
 
 
 class Hypothesis(BaseModel):

@@ -344,6 +344,13 @@ class StatusView(BaseModel):
     ticket_id: str
     title: str
     status: str
+    ticket_status: str = Field(
+        default="",
+        description=(
+            "what people filter on (search attribute TicketStatus): open, stuck, diagnosing, "
+            "escalated, completed, cancelled"
+        ),
+    )
     phase: str | None
     counts_by_status: dict[str, int]
     counts_by_phase: dict[str, dict[str, int]]

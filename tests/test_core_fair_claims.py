@@ -70,11 +70,36 @@ def test_the_completer_keeps_working_when_there_is_enough_for_everyone() -> None
 
 
 def test_a_waiter_that_stopped_asking_does_not_hold_others_up() -> None:
-    state = chain(2, fair_claim_window_s=5)
+    state = chain(3, fair_claim_window_s=5)
     fast, gone = join(state, "fast"), join(state, "gone")
     assert claim(state, fast, 1) == "T1"
     assert claim(state, gone, 2) is None  # and never asks again
-    assert complete_next(state, fast, "T1", 7.5) == "T2"  # its last claim was 5.5 s ago
+    assert complete_next(state, fast, "T1", 3.9) is None  # 1.9 s: still counts (2 s)
+    assert claim(state, fast, 4.1) == "T2"  # 2.1 s after its only empty claim: gone
+
+
+def test_how_long_a_waiter_counts_follows_how_often_it_asks() -> None:
+    state = chain(4, fair_claim_window_s=5)
+    fast, slow, quick = join(state, "fast"), join(state, "slow"), join(state, "quick")
+    assert claim(state, fast, 0) == "T1"
+    for t in (1.0, 2.0, 3.0):  # asks every second: counts for three seconds
+        assert claim(state, slow, t) is None
+    for t in (3.0, 3.3, 3.6):  # asks every 0.3 s: counts for one second (the minimum)
+        assert claim(state, quick, t) is None
+    assert state.agents[slow["agent_id"]].claim_gap_s == 1.0
+    # At 4.7 s quick (last asked 3.6 s) is gone, slow (last asked 3.0 s) still waits.
+    assert complete_next(state, fast, "T1", 4.7) is None
+    assert claim(state, quick, 4.8) is None  # slow is ahead, one task
+    assert claim(state, slow, 4.9) == "T2"
+
+
+def test_no_waiter_counts_longer_than_the_window() -> None:
+    state = chain(2, fair_claim_window_s=1.5)
+    fast, slow = join(state, "fast"), join(state, "slow")
+    assert claim(state, fast, 0) == "T1"
+    for t in (1.0, 3.0):  # every 2 s: it would count for 6 s
+        assert claim(state, slow, t) is None
+    assert complete_next(state, fast, "T1", 4.6) == "T2"  # but the window is 1.5 s
 
 
 def test_a_waiter_for_other_phases_does_not_count() -> None:

@@ -352,6 +352,9 @@ def test_dependency_deadlock_is_transitive() -> None:
     rec = h.recommendations[0]
     assert rec.title == "Redo failed dependency T2: Task 2"
     assert rec.phase == "implementation"
+    # The remedy: the new task takes over T2's dependants (T3 waits on it instead).
+    assert rec.remedy == "replace_task" and rec.replaces == "T2"
+    assert "the tasks that waited on T2 wait on this task instead" in rec.description
 
 
 def test_no_deadlock_when_dependencies_can_still_finish() -> None:

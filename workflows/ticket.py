@@ -98,6 +98,9 @@ MAX_UPDATES_PER_RUN = 1500
 PUBLISH_ONCE_PER_ACTIVATION = "publish-once-per-activation"
 #: Agents whose claims found nothing are served first (core.ticket._claim_for).
 FAIR_CLAIMS = "fair-claims"
+#: Blocked tasks (a dependency failed for good) are not active, so a ticket with only
+#: blocked tasks is stuck; a spent diagnosis budget escalates at once (TicketState.healing_v2).
+HEALING_V2 = "healing-v2"
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -176,6 +179,9 @@ class TicketWorkflow:
 
     @workflow.run
     async def run(self, input: TicketInput) -> StatusView:
+        # Decided once per run, before anything reads it: it changes when the stuck timer
+        # fires, so runs recorded before the patch keep the old rules when replayed.
+        self._state.healing_v2 = workflow.patched(HEALING_V2)
         if input.state is None:
             self._apply_effects(health.start(self._state))  # spawn local-process agents
         self._after_change()

@@ -1,0 +1,176 @@
+"""Healing v2 in the pure core (DESIGN §11): blocked is not active, replace_task rewires the
+dependants of a task that failed for good, a spent budget escalates at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core import diagnosis
+from core import ticket as core
+from core.common import blocked_tasks, moving_tasks, open_tasks
+from core.state import TicketState
+from models.diagnosis import (
+    DiagnosisReport,
+    Hypothesis,
+    HypothesisSet,
+    Recommendation,
+    RecoveryPlan,
+)
+from models.messages import ClaimTask, CompleteTask, DiagnoseTicket, FailTask, RegisterAgent
+from models.spec import parse_spec
+from tests.test_core_diagnosis import OPERATOR, auth, finish_all, report, s, started, ticket
+
+
+def chain_ticket(*, healing_v2: bool = True) -> tuple[TicketState, dict[str, str]]:
+    """a <- b <- c (c waits on b, b on a), plus an independent task d."""
+    spec = parse_spec(
+        {
+            "id": "t",
+            "title": "Build login system",
+            "tasks": [
+                {"key": "a", "phase": "implementation", "title": "Set up the database"},
+                {"key": "b", "phase": "implementation", "title": "Users", "depends_on": ["a"]},
+                {"key": "c", "phase": "testing", "title": "Test users", "depends_on": ["b"]},
+                {"key": "d", "phase": "implementation", "title": "Docs"},
+            ],
+            "policy": {"stuck": {"window_s": 5, "cooldown_s": 5}, "tasks": {"max_retries": 0}},
+        }
+    )
+    state = core.new_ticket(spec, s(0))
+    state.operator_token_sha256 = core.hash_token(OPERATOR)
+    state.healing_v2 = healing_v2
+    reply = core.register(state, RegisterAgent(name="w", kind="worker"), s(0), token="w")
+    return state, {"w": reply.reply.agent_id}
+
+
+def claim(state: TicketState, agents: dict[str, str], at: float) -> str | None:
+    task = core.claim(state, ClaimTask(**auth(agents)), s(at)).reply.task
+    return task.id if task else None
+
+
+def fail_for_good(state: TicketState, agents: dict[str, str], task_id: str, at: float) -> Any:
+    reason = "ModuleNotFoundError: No module named 'bcrypt'"
+    return core.fail(state, FailTask(**auth(agents), task_id=task_id, reason=reason), s(at))
+
+
+def complete(state: TicketState, agents: dict[str, str], task_id: str, at: float) -> None:
+    msg = CompleteTask(**auth(agents), task_id=task_id, result="# ok", result_type="fix")
+    core.complete(state, msg, s(at))
+
+
+def replace_report(run_id: str, replaces: str) -> DiagnosisReport:
+    rec = Recommendation(
+        title=f"Redo failed dependency {replaces}",
+        phase="implementation",
+        remedy="replace_task",
+        replaces=replaces,
+    )
+    return DiagnosisReport(
+        run_id=run_id,
+        trigger="task_failed",
+        hypotheses=HypothesisSet(
+            hypotheses=[
+                Hypothesis(
+                    signature="dependency_deadlock",
+                    statement="T2 and T3 wait on T1, which failed for good",
+                    likelihood=0.9,
+                    recommendations=[rec],
+                )
+            ]
+        ),
+        plan=RecoveryPlan(tasks=[rec]),
+        evidence_summary="summary",
+        started_at=s(0),
+        finished_at=s(1),
+    )
+
+
+def test_tasks_behind_a_failed_dependency_are_blocked_not_moving() -> None:
+    state, agents = chain_ticket()
+    assert claim(state, agents, 1) == "T1"
+    fail_for_good(state, agents, "T1", 2)
+    assert blocked_tasks(state) == {"T2", "T3"}  # T3 through T2
+    assert open_tasks(state) == 3 and moving_tasks(state) == 1  # d (T4) can still move
+    assert claim(state, agents, 3) == "T4"
+    complete(state, agents, "T4", 4)
+    assert moving_tasks(state) == 0
+
+
+def test_a_ticket_with_only_blocked_tasks_is_stuck_and_says_why() -> None:
+    state, agents = chain_ticket()
+    claim(state, agents, 1)
+    effects = fail_for_good(state, agents, "T1", 2).effects
+    run = started(effects)  # task_failed: diagnosed at once
+    diagnosis.diagnosis_finished(state, report(state, run.input.run_id), s(3))
+    # The recovery task (create_task) is done, but T2 and T3 still wait on the failed T1.
+    claim(state, agents, 4)
+    complete(state, agents, "T5", 4)
+    claim(state, agents, 5)
+    complete(state, agents, "T4", 5)
+    assert diagnosis.stuck_at(state) == s(10)  # not None: blocked is not active
+    effect = started(diagnosis.tick(state, s(10)))
+    assert effect.input.reason.startswith("only blocked tasks remain (T2, T3")
+    assert state.stuck_since == s(10)
+    diagnosis.note_activity(state)
+    assert diagnosis.display_status(state) == "diagnosing"
+
+
+def test_before_healing_v2_blocked_tasks_count_as_active() -> None:
+    """Runs recorded before the patch keep the old rule (and replay the same)."""
+    state, agents = chain_ticket(healing_v2=False)
+    claim(state, agents, 1)
+    fail_for_good(state, agents, "T1", 2)
+    claim(state, agents, 3)
+    complete(state, agents, "T4", 3)
+    assert moving_tasks(state) == 2 and diagnosis.stuck_at(state) is None
+
+
+def test_replace_task_rewires_the_dependants_and_the_work_goes_on() -> None:
+    state, agents = chain_ticket()
+    claim(state, agents, 1)
+    run = started(fail_for_good(state, agents, "T1", 2).effects)
+    created = diagnosis.diagnosis_finished(state, replace_report(run.input.run_id, "T1"), s(3))
+    assert created == ["T5"]
+    assert state.tasks["T2"].depends_on == ["T5"] and state.tasks["T5"].replaces == "T1"
+    assert state.tasks["T3"].depends_on == ["T2"]  # waits on T2 as before
+    assert blocked_tasks(state) == set()
+    assert state.timeline[-2].kind == "task_replaced"
+    assert "T5 replaces failed T1; T2 now wait on T5" in state.timeline[-2].message
+    # The replacement is done: T2 becomes claimable, the run recovered the ticket.
+    assert claim(state, agents, 4) == "T5"
+    complete(state, agents, "T5", 5)
+    assert state.diagnoses[0].outcome == "recovered"
+    assert claim(state, agents, 6) == "T2"
+
+
+def test_replace_task_leaves_a_task_that_did_not_fail_alone() -> None:
+    state, _ = chain_ticket()
+    effect = diagnosis.manual(
+        state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(1)
+    )
+    run_id = effect.reply.run_id
+    diagnosis.diagnosis_finished(state, replace_report(run_id, "T1"), s(2))
+    assert state.tasks["T2"].depends_on == ["T1"]
+    assert state.timeline[-2].kind == "remedy_skipped"
+    assert "is pending" in state.timeline[-2].message
+
+
+def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -> None:
+    state, agents = ticket(tasks=1, window_s=1, cooldown_s=1, max_runs=3)
+    state.healing_v2 = True
+    finish_all(state, agents, s(0))
+    now = 0.0
+    for _ in range(3):  # each run "recovers" (its task is done) but the ticket stays stuck
+        now += 10
+        effect = started(diagnosis.tick(state, s(now)))
+        diagnosis.diagnosis_finished(state, report(state, effect.input.run_id), s(now))
+        finish_all(state, agents, s(now))
+    assert diagnosis.guard_reason(state) == "3 diagnoses ran (the limit is 3)"
+    assert diagnosis.stuck_at(state) is not None  # fires once more: to tell a person
+    assert diagnosis.tick(state, s(now + 10)) == []
+    [escalation] = state.escalations
+    assert escalation.source == "diagnosis_guard" and escalation.severity == "SEV-2"
+    assert "3 diagnoses ran" in escalation.reason
+    assert diagnosis.display_status(state) == "escalated"
+    assert diagnosis.stuck_at(state) is None  # and then waits for the person
+    assert diagnosis.tick(state, s(now + 1000)) == [] and len(state.escalations) == 1

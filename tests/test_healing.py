@@ -1,0 +1,96 @@
+"""Healing on the real server (DESIGN §11): a task that failed for good no longer blocks the
+work behind it, and a spent diagnosis budget reaches a person."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client
+
+from agent_client.session import AgentSession
+from infra.settings import Settings
+from models.messages import DiagnosisView, StatusView
+from tests.conftest import unique_id
+from tests.test_self_healing import wait_for
+from tests.ticketkit import launch
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_dependency_failed_for_good_is_replaced_and_the_ticket_finishes(
+    client: Client, settings: Settings
+) -> None:
+    spec = {
+        "id": unique_id("dep-failed"),
+        "title": "Add password reset",
+        "result_criteria": ["reset works"],
+        "tasks": [
+            {"key": "mailer", "phase": "implementation", "title": "Set up the mailer"},
+            {"key": "reset", "phase": "implementation", "title": "Reset endpoint",
+             "depends_on": ["mailer"]},
+            {"key": "test", "phase": "testing", "title": "Test reset", "depends_on": ["reset"]},
+        ],
+        "policy": {"tasks": {"max_retries": 1}, "stuck": {"window_s": 2, "cooldown_s": 2}},
+    }
+    ticket = await launch(client, settings, spec)
+    async with (
+        AgentSession(client, ticket.ticket_id, name="ada") as ada,
+        AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        for _ in range(2):  # the mailer task fails on every attempt: failed for good
+            task = await ada.claim()
+            assert task is not None and task.id == "T1"
+            await ada.fail("T1", "SMTP_HOST is not set")
+
+        async def diagnosed() -> list[DiagnosisView]:
+            runs = await ticket.handle.query("diagnoses", result_type=list[DiagnosisView])
+            return [r for r in runs if r.status == "completed"]
+
+        [run] = await wait_for(diagnosed, what="the task_failed diagnosis")
+        assert run.trigger == "task_failed"
+        assert run.hypotheses[0]["signature"] == "dependency_deadlock"
+        state = await ticket.state()
+        [new_id] = [t for t in run.task_ids if state.tasks[t].replaces == "T1"]
+        assert state.tasks["T2"].depends_on == [new_id]  # rewired: T2 can run once it is done
+        done = []
+        while (task := await ada.claim()) is not None:
+            await ada.complete(task.id, f"# {task.title}\nDone.", "implementation")
+            done.append(task.id)
+        assert sorted(done) == sorted([*run.task_ids, "T2", "T3"])
+        assert done.index(new_id) < done.index("T2") < done.index("T3")
+        reply = await ada.submit_result("# Password reset\n- [x] reset works")
+        await vera.review_result(reply.version, passed=True, evidence=["tried it"])
+        final = await client.get_workflow_handle(ticket.ticket_id, result_type=StatusView).result()
+    assert final.status == "completed"
+    [run] = await ticket.handle.query("diagnoses", result_type=list[DiagnosisView])
+    assert run.outcome == "recovered"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_spent_diagnosis_budget_escalates_instead_of_going_silent(
+    client: Client, settings: Settings
+) -> None:
+    """Every run 'recovers' (its task is marked done) yet nothing gets submitted: once the
+    budget is spent the ticket is escalated, not left open with nobody told."""
+    spec = {
+        "id": unique_id("budget"),
+        "title": "Build login system",
+        "result_criteria": ["login works"],
+        "tasks": [{"key": "a", "phase": "implementation", "title": "Implement login"}],
+        "policy": {"stuck": {"window_s": 1, "cooldown_s": 1, "max_runs": 2}},
+    }
+    ticket = await launch(client, settings, spec)
+    async with AgentSession(client, ticket.ticket_id, name="lazy") as lazy:
+
+        async def work_without_submitting() -> bool:
+            task = await lazy.claim()
+            if task is not None:  # the recovery task too: done, but nothing submitted
+                await lazy.complete(task.id, "Looked at it.", "analysis")
+            state = await ticket.state()
+            return any(e.source == "diagnosis_guard" for e in state.escalations)
+
+        await wait_for(work_without_submitting, timeout=60, what="the escalation")
+        state = await ticket.state()
+        status = await ticket.handle.query("status", result_type=StatusView)
+    assert len(state.diagnoses) == 2
+    [escalation] = [e for e in state.escalations if e.source == "diagnosis_guard"]
+    assert "2 diagnoses ran (the limit is 2)" in escalation.reason
+    assert status.status == "open" and status.ticket_status == "escalated"
