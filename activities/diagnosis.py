@@ -12,8 +12,9 @@ child's history and in an LLM prompt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -469,10 +470,38 @@ class DiagnosisActivities:
 
     @activity.defn(name=GENERATE_HYPOTHESES_ACTIVITY)
     async def generate_hypotheses(self, evidence: Evidence) -> HypothesisSet:
-        """Hypotheses from the LLM when configured, else (or when it fails) from the rules."""
-        return await _generate_hypotheses(evidence, self.llm)
+        """Hypotheses from the LLM when configured, else (or when it fails) from the rules.
+
+        Heartbeats while it waits (an LLM call takes seconds to minutes): a worker that dies
+        mid-call costs the workflow's heartbeat timeout, not the activity's whole time limit.
+        """
+        async with _heartbeating("generating hypotheses"):
+            return await _generate_hypotheses(evidence, self.llm)
 
     @activity.defn(name=PLAN_RECOVERY_ACTIVITY)
     async def plan_recovery(self, request: PlanRequest) -> RecoveryPlan:
         """1–5 recovery tasks from the ranked hypotheses (phases checked against the ticket)."""
         return _plan_recovery(request.hypotheses, request.snapshot)
+
+
+#: How often a long activity heartbeats while it waits (the workflow's heartbeat timeouts
+#: are several of these).
+HEARTBEAT_EVERY_S = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(detail: str) -> AsyncIterator[None]:
+    """Heartbeat every HEARTBEAT_EVERY_S while the body runs (the body must await)."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(detail)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating

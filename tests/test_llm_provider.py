@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -294,3 +295,32 @@ def test_settings_from_the_environment() -> None:
                 "UNSTUCK_LLM_TIMEOUT_S": "soon",
             }
         )
+
+
+async def test_the_hypotheses_activity_heartbeats_while_the_llm_thinks(
+    fake_llm: FakeLLM, tmp_path: Any
+) -> None:
+    """A worker killed during a slow LLM call is noticed by its heartbeat timeout (10 s),
+    not after the activity's 3-minute limit: the activity beats every 2 s while it waits."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.diagnosis import HEARTBEAT_EVERY_S, DiagnosisActivities
+    from ledger.store import Ledger
+    from workflows import diagnosis as diagnosis_workflow
+
+    fake_llm.reply = Reply(
+        content=json.dumps({"hypotheses": [hypothesis("missing_result_submission", 0.9)]}),
+        delay_s=2.5 * HEARTBEAT_EVERY_S,
+    )
+    beats: list[Any] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    acts = DiagnosisActivities(None, ledger, fake_llm.settings(timeout_s=30))  # type: ignore[arg-type]
+    found = await env.run(acts.generate_hypotheses, evidence())
+    ledger.dispose()
+    assert found.generator.startswith("llm")
+    assert len(beats) >= 3 and beats[0] == ("generating hypotheses",)
+    # ... and the workflow gives it a heartbeat timeout a few beats long.
+    source = Path(diagnosis_workflow.__file__).read_text()
+    assert "heartbeat_timeout=timedelta(seconds=10)" in source

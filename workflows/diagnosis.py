@@ -59,6 +59,8 @@ class DiagnosticWorkflow:
             evidence,
             result_type=HypothesisSet,
             start_to_close_timeout=timedelta(minutes=3),
+            # It heartbeats every 2 s: a worker killed mid-call costs seconds, not 3 minutes.
+            heartbeat_timeout=timedelta(seconds=10),
             retry_policy=RETRY,
             summary="generate hypotheses",
         )
@@ -66,7 +68,7 @@ class DiagnosticWorkflow:
             PLAN_RECOVERY_ACTIVITY,
             PlanRequest(hypotheses=hypotheses, snapshot=input.snapshot),
             result_type=RecoveryPlan,
-            start_to_close_timeout=timedelta(minutes=1),
+            start_to_close_timeout=timedelta(seconds=10),  # pure and fast: a lost worker
             retry_policy=RETRY,
             summary="plan recovery tasks",
         )
