@@ -25,6 +25,9 @@ def next_deadline(state: TicketState) -> Deadline | None:
     stuck = diagnosis.next_deadline(state)
     if stuck is not None:
         candidates.append(stuck)
+    verify = diagnosis.verification_deadline(state)
+    if verify is not None:
+        candidates.append(verify)
     if state.status == "open":
         timeout = timedelta(seconds=state.spec.policy.validation.validator_timeout_s)
         label = f"validator timeout {timeout.total_seconds():g}s"
@@ -104,4 +107,5 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
                 reason=f"result v{version.version} awaits a verdict for "
                 f"{timeout.total_seconds():g} s",
             )
+    diagnosis.verify_tick(state, now)  # a failed verification first: the ladder sees it
     return effects + diagnosis.tick(state, now)

@@ -319,6 +319,19 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
     last_phase = state.spec.phases[-1].name
     phases = {p.name for p in state.spec.phases}
     created: list[str] = []
+    # Condition "unblocked": the tasks waiting directly on a failed or cancelled one.
+    blocked_before = (
+        sorted(
+            t
+            for t in blocked_tasks(state)
+            if any(
+                (dep := state.tasks.get(d)) is not None and dep.status in ("failed", "cancelled")
+                for d in state.tasks[t].depends_on
+            )
+        )
+        if state.healing_v2
+        else []
+    )
     if state.status == "open":
         for rec in report.plan.tasks:
             task = add_task(
@@ -343,6 +356,10 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
     run.task_ids = created
     run.outcome = "pending" if created else None
     run.hypotheses = list(report.hypotheses.hypotheses)
+    if state.healing_v2 and created:
+        signature = run.hypotheses[0].signature if run.hypotheses else None
+        run.condition = condition_for(run.trigger, signature)
+        run.subjects = blocked_before if run.condition == "unblocked" else []
     run.generator = report.hypotheses.generator
     run.evidence_summary = report.evidence_summary
     if created:
@@ -408,11 +425,18 @@ def diagnosis_failed(state: TicketState, run_id: str, error: str, now: datetime)
 
 
 def recovery_task_done(state: TicketState, task: Task, now: datetime) -> None:
-    """A completed recovery task resets the failure count; its run recovered the ticket."""
+    """A completed recovery task resets the failure count; its run recovered the ticket.
+
+    With healing v2 a done task is not yet a success: the run recovered the ticket only
+    when its condition cleared (see :func:`settle_runs`).
+    """
     if task.diagnosis_run_id is None:
         return
-    state.consecutive_failed_diagnoses = 0
     run = _run(state, task.diagnosis_run_id)
+    if state.healing_v2 and run is not None and run.condition is not None:
+        settle_runs(state, now)
+        return
+    state.consecutive_failed_diagnoses = 0
     if run is not None and run.outcome != "recovered":
         run.outcome = "recovered"
         _record_run(state, run)
@@ -447,6 +471,9 @@ def recovery_task_failed(state: TicketState, task: Task, now: datetime) -> None:
     run = _run(state, task.diagnosis_run_id)
     if run is None or run.outcome != "pending":
         return
+    if state.healing_v2 and run.condition is not None:
+        settle_runs(state, now)
+        return
     statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
     if statuses and all(s in ("failed", "cancelled") for s in statuses):
         run.outcome = "failed"
@@ -460,6 +487,151 @@ def recovery_task_failed(state: TicketState, task: Task, now: datetime) -> None:
             f"({state.consecutive_failed_diagnoses} consecutive)",
         )
         _escalate_if_guarded(state, now, run.run_id)
+
+
+# ---- verified healing (healing v2) ----------------------------------------------------------
+
+#: What a diagnosis must achieve to count as a success, by condition.
+CONDITIONS: dict[str, str] = {
+    "result_submitted": "a result version is submitted",
+    "unblocked": "no task waits on a failed or cancelled one",
+    "validator_verdict": "a validator gives a verdict",
+    "review_passed": "a review passes",
+    "moving": "work moves again (a task in progress, or a result submitted)",
+}
+
+
+def condition_for(trigger: str, signature: str | None) -> str:
+    """The condition a diagnosis must clear, from its trigger and its top signature."""
+    if signature in ("missing_result_submission", "premature_completion"):
+        return "result_submitted"
+    if signature == "dependency_deadlock":
+        return "unblocked"
+    if signature == "validator_unavailable" or trigger == "validation_timeout":
+        return "validator_verdict"
+    if signature == "validation_loop" or trigger == "repeated_validation_failures":
+        return "review_passed"
+    return "moving"
+
+
+def condition_cleared(state: TicketState, run: DiagnosisRun) -> bool:
+    """Whether what ``run`` was for has happened (a validated result clears every one)."""
+    if validated_version(state) is not None:
+        return True
+    since = run.started_at
+    submitted = any(r.submitted_at >= since for r in state.results)
+    reviews = [r for t in state.tasks.values() for r in t.reviews if r.at >= since]
+    verdicts = [r for r in state.results if r.verdict_at is not None and r.verdict_at >= since]
+    kind = run.condition
+    if kind == "result_submitted":
+        return submitted
+    if kind == "unblocked":  # every task that was blocked can be claimed now, or is done
+        return all(_claimable_or_beyond(state, t) for t in run.subjects)
+    if kind == "validator_verdict":
+        return bool(reviews or verdicts)
+    if kind == "review_passed":
+        return any(r.passed for r in reviews)
+    own = set(run.task_ids)
+    blocked = blocked_tasks(state)
+    moving = any(
+        t.status in ACTIVE_STATUSES and t.id not in own and t.id not in blocked
+        for t in state.tasks.values()
+    )
+    return moving or submitted
+
+
+def _claimable_or_beyond(state: TicketState, task_id: str) -> bool:
+    task = state.tasks.get(task_id)
+    if task is None or task.status in ("failed", "cancelled"):
+        return False
+    if task.status != "pending":
+        return True  # claimed, in review or done
+    return all(
+        (dep := state.tasks.get(d)) is not None and dep.status == "done" for d in task.depends_on
+    )
+
+
+def settle_runs(state: TicketState, now: datetime) -> None:
+    """After any change: runs whose condition cleared recovered the ticket; a run whose
+    remedies all finished while its condition persists is verified for one stuck window.
+
+    Pure and idempotent; only runs with a condition (healing v2) are looked at.
+    """
+    if not state.healing_v2 or state.status != "open":
+        return
+    for run in state.diagnoses:
+        if run.outcome != "pending" or run.condition is None:
+            continue
+        if condition_cleared(state, run):
+            _recovered(state, run, now, f"{CONDITIONS[run.condition]}: done")
+            continue
+        if run.verify_by is not None:
+            continue
+        statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
+        if statuses and all(st in ("failed", "cancelled") for st in statuses):
+            _failed(state, run, now, "all its recovery tasks failed")
+        elif statuses and all(st in ("done", "failed", "cancelled") for st in statuses):
+            window = timedelta(seconds=state.spec.policy.stuck.window_s)
+            run.verify_by = now + window
+            log(
+                state,
+                now,
+                "diagnosis_verifying",
+                f"{run.run_id}: its recovery tasks are finished; it succeeds if "
+                f"{CONDITIONS[run.condition]} within {window.total_seconds():g} s",
+            )
+
+
+def verification_deadline(state: TicketState) -> Deadline | None:
+    """The earliest moment a run's verification window ends (on the ticket's one timer)."""
+    due = [
+        run.verify_by
+        for run in state.diagnoses
+        if run.outcome == "pending" and run.verify_by is not None
+    ]
+    if not due or state.status != "open":
+        return None
+    return Deadline(min(due), "verify diagnosis outcome")
+
+
+def verify_tick(state: TicketState, now: datetime) -> None:
+    """Runs whose verification window ended with the condition still there failed."""
+    if state.status != "open":
+        return
+    for run in state.diagnoses:
+        if run.outcome != "pending" or run.verify_by is None or run.verify_by > now:
+            continue
+        if condition_cleared(state, run):
+            _recovered(state, run, now, f"{CONDITIONS[run.condition or 'moving']}: done")
+            continue
+        _failed(
+            state,
+            run,
+            now,
+            f"its recovery tasks finished but not {CONDITIONS[run.condition or 'moving']}",
+        )
+
+
+def _failed(state: TicketState, run: DiagnosisRun, now: datetime, why: str) -> None:
+    run.outcome = "failed"
+    run.verify_by = None
+    state.consecutive_failed_diagnoses += 1
+    _record_run(state, run)
+    log(
+        state,
+        now,
+        "diagnosis_ineffective",
+        f"{run.run_id}: {why} ({state.consecutive_failed_diagnoses} consecutive)",
+    )
+    _escalate_if_guarded(state, now, run.run_id)
+
+
+def _recovered(state: TicketState, run: DiagnosisRun, now: datetime, why: str) -> None:
+    run.outcome = "recovered"
+    run.verify_by = None
+    state.consecutive_failed_diagnoses = 0
+    _record_run(state, run)
+    log(state, now, "diagnosis_recovered", f"{run.run_id}: {why}")
 
 
 def _escalate_if_guarded(state: TicketState, now: datetime, run_id: str) -> None:

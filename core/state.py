@@ -189,6 +189,16 @@ class DiagnosisRun(BaseModel):
     generator: str | None = None
     evidence_summary: str = ""
     error: str | None = None
+    # Verified healing (healing v2): what must happen for the run to count as a success.
+    condition: str | None = Field(
+        default=None, description="core.diagnosis.CONDITIONS key, from trigger and signature"
+    )
+    verify_by: datetime | None = Field(
+        default=None, description="its remedies are finished; the condition must clear by then"
+    )
+    subjects: list[str] = Field(
+        default_factory=list, description="condition unblocked: the tasks blocked at the time"
+    )
 
 
 class Escalation(BaseModel):

@@ -936,7 +936,7 @@ def _claim_for(
 
 
 #: Fair claims: how long an agent that found nothing counts as waiting after its last claim.
-FIRST_WAIT_S = 2.0  # after its first empty claim (how often it asks is not known yet)
+FIRST_WAIT_S = 1.0  # after its first empty claim (how often it asks is not known yet)
 MIN_WAIT_S = 1.0
 POLLS_MISSED = 3  # else: three of its own polls, as measured between its empty claims
 
@@ -948,7 +948,7 @@ def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) 
     that completes their last task (``claim_next``): tasks unlocked by a completion go to
     the completer before any poller can ask. An agent counts as waiting only while it keeps
     asking and could take the task now: until it missed about three of its own polls (at
-    least 1 s; 2 s after its first empty claim), never longer than the window. An agent that
+    least 1 s; 1 s after its first empty claim), never longer than the window. An agent that
     stopped asking holds nobody up for long.
     """
     window = state.spec.policy.tasks.fair_claim_window_s

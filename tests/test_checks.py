@@ -362,7 +362,7 @@ def test_progress_is_reported_while_a_command_runs(project: Path) -> None:
     assert result.passed
     assert len(calls) >= 3, calls  # at the start, then every 0.5 s
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert max(gaps) < 1.0, gaps
+    assert max(gaps) < 2.0, gaps  # every 0.5 s, with room for a loaded machine
 
 
 def test_a_failing_progress_callback_kills_the_command(project: Path, tmp_path: Path) -> None:

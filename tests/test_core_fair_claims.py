@@ -50,8 +50,8 @@ def test_waiters_are_served_in_the_order_they_started_waiting() -> None:
     state = make_ticket([seed("a"), seed("b", depends_on=["a"]), seed("c", depends_on=["a"])])
     first, second, third, late = (join(state, n) for n in ("first", "second", "third", "late"))
     assert claim(state, first, 1) == "T1"
-    assert claim(state, second, 2) is None
-    assert claim(state, third, 3) is None
+    assert claim(state, second, 3.3) is None
+    assert claim(state, third, 3.5) is None
     # T1 done unlocks two tasks for two waiters: the completer gets neither.
     assert complete_next(state, first, "T1", 4) is None
     assert claim(state, late, 4.1) is None  # asked later than both waiters
@@ -74,8 +74,8 @@ def test_a_waiter_that_stopped_asking_does_not_hold_others_up() -> None:
     fast, gone = join(state, "fast"), join(state, "gone")
     assert claim(state, fast, 1) == "T1"
     assert claim(state, gone, 2) is None  # and never asks again
-    assert complete_next(state, fast, "T1", 3.9) is None  # 1.9 s: still counts (2 s)
-    assert claim(state, fast, 4.1) == "T2"  # 2.1 s after its only empty claim: gone
+    assert complete_next(state, fast, "T1", 2.9) is None  # 0.9 s: still counts (1 s)
+    assert claim(state, fast, 3.1) == "T2"  # 1.1 s after its only empty claim: gone
 
 
 def test_how_long_a_waiter_counts_follows_how_often_it_asks() -> None:

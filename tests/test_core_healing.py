@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import diagnosis
+from core import deadlines, diagnosis
 from core import ticket as core
 from core.common import blocked_tasks, moving_tasks, open_tasks
 from core.state import TicketState
@@ -16,7 +16,14 @@ from models.diagnosis import (
     Recommendation,
     RecoveryPlan,
 )
-from models.messages import ClaimTask, CompleteTask, DiagnoseTicket, FailTask, RegisterAgent
+from models.messages import (
+    ClaimTask,
+    CompleteTask,
+    DiagnoseTicket,
+    FailTask,
+    RegisterAgent,
+    SubmitResult,
+)
 from models.spec import parse_spec
 from tests.test_core_diagnosis import OPERATOR, auth, finish_all, report, s, started, ticket
 
@@ -174,3 +181,106 @@ def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -
     assert diagnosis.display_status(state) == "escalated"
     assert diagnosis.stuck_at(state) is None  # and then waits for the person
     assert diagnosis.tick(state, s(now + 1000)) == [] and len(state.escalations) == 1
+
+
+def missing_result_report(run_id: str) -> DiagnosisReport:
+    rec = Recommendation(title="Submit final result with evidence", phase="testing",
+                         type="submission")
+    return DiagnosisReport(
+        run_id=run_id,
+        trigger="no_result",
+        hypotheses=HypothesisSet(
+            hypotheses=[
+                Hypothesis(
+                    signature="missing_result_submission",
+                    statement="nobody submitted the final result",
+                    likelihood=0.9,
+                    recommendations=[rec],
+                )
+            ]
+        ),
+        plan=RecoveryPlan(tasks=[rec]),
+        evidence_summary="summary",
+        started_at=s(0),
+        finished_at=s(1),
+    )
+
+
+def stuck_and_diagnosed(at: float = 10) -> tuple[TicketState, dict[str, str], str]:
+    """All work done, nothing submitted: diagnosed at ``at``; returns the recovery task id."""
+    state, agents = ticket(tasks=1, window_s=5, cooldown_s=5)
+    state.healing_v2 = True
+    finish_all(state, agents, s(0))
+    effect = started(diagnosis.tick(state, s(at)))
+    [task_id] = diagnosis.diagnosis_finished(
+        state, missing_result_report(effect.input.run_id), s(at + 1)
+    )
+    assert state.diagnoses[0].condition == "result_submitted"
+    return state, agents, task_id
+
+
+def test_a_recovery_task_done_while_its_condition_persists_is_a_failed_diagnosis() -> None:
+    state, agents, task_id = stuck_and_diagnosed()
+    assert claim(state, agents, 12) == task_id
+    complete(state, agents, task_id, 13)  # "done", but no result was submitted
+    run = state.diagnoses[0]
+    assert run.outcome == "pending" and run.verify_by == s(18)  # one stuck window
+    assert "diagnosis_verifying" in [e.kind for e in state.timeline[-2:]]
+    assert deadlines.next_deadline(state).at == s(18)  # type: ignore[union-attr]
+    effects = deadlines.tick(state, s(18))
+    assert run.outcome == "failed" and state.consecutive_failed_diagnoses == 1
+    assert any(e.kind == "diagnosis_ineffective" for e in state.timeline)
+    # The ticket is still stuck: the next diagnosis starts at once (cooldown passed).
+    assert started(effects).input.number == 2
+
+
+def test_the_condition_clearing_within_the_window_is_a_recovery() -> None:
+    state, agents, task_id = stuck_and_diagnosed()
+    state.consecutive_failed_diagnoses = 2
+    claim(state, agents, 12)
+    complete(state, agents, task_id, 13)
+    core.submit_result(state, SubmitResult(**auth(agents), content="# Result"), s(15))
+    diagnosis.settle_runs(state, s(15))  # the workflow calls it after every change
+    run = state.diagnoses[0]
+    assert run.outcome == "recovered" and run.verify_by is None
+    assert state.consecutive_failed_diagnoses == 0
+    assert "a result version is submitted: done" in state.timeline[-1].message
+    assert deadlines.tick(state, s(18)) == [] and run.outcome == "recovered"
+
+
+def test_a_submission_made_by_the_recovery_task_recovers_at_once() -> None:
+    state, agents, task_id = stuck_and_diagnosed()
+    claim(state, agents, 12)
+    core.submit_result(state, SubmitResult(**auth(agents), content="# Result"), s(13))
+    complete(state, agents, task_id, 14)
+    assert state.diagnoses[0].outcome == "recovered"
+
+
+def test_a_replacement_that_fails_too_does_not_count_as_unblocking() -> None:
+    state, agents = chain_ticket()
+    claim(state, agents, 1)
+    run = started(fail_for_good(state, agents, "T1", 2).effects)
+    diagnosis.diagnosis_finished(state, replace_report(run.input.run_id, "T1"), s(3))
+    assert state.diagnoses[0].subjects == ["T2"]  # T3 waits on T2, not on T1
+    assert claim(state, agents, 4) == "T5"
+    fail_for_good(state, agents, "T5", 5)  # the replacement failed for good as well
+    assert state.diagnoses[0].outcome == "failed"  # all its tasks failed: no need to wait
+    assert state.consecutive_failed_diagnoses == 1
+
+
+def test_a_run_with_a_done_and_a_failed_task_is_verified() -> None:
+    state, agents = chain_ticket()
+    claim(state, agents, 1)
+    run = started(fail_for_good(state, agents, "T1", 2).effects)
+    report = replace_report(run.input.run_id, "T1")
+    extra = Recommendation(title="Check the environment", phase="implementation")
+    report.plan.tasks.append(extra)
+    assert diagnosis.diagnosis_finished(state, report, s(3)) == ["T5", "T6"]
+    assert claim(state, agents, 4) == "T5"
+    fail_for_good(state, agents, "T5", 5)
+    assert claim(state, agents, 6) == "T6"
+    complete(state, agents, "T6", 7)
+    assert state.diagnoses[0].outcome == "pending"
+    assert state.diagnoses[0].verify_by == s(12)
+    deadlines.tick(state, s(12))
+    assert state.diagnoses[0].outcome == "failed"  # T2 is still blocked (behind T5)

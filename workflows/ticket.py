@@ -457,6 +457,7 @@ class TicketWorkflow:
     def _after_change(self, *, publish_now: bool = False) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
         diagnosis.note_activity(self._state)
+        diagnosis.settle_runs(self._state, workflow.now())  # healing v2: verified outcomes
         self._flush_ledger()
         if self._coalesce_publish is None:
             self._coalesce_publish = workflow.patched(PUBLISH_ONCE_PER_ACTIVATION)
