@@ -151,8 +151,16 @@ def active_recovery_task(state: TicketState) -> Task | None:
     )
 
 
+#: Escalations after which automatic diagnosing stops until a person acts.
+GUARD_SOURCES = ("diagnosis_guard", "diagnosis_ladder")
+
+
 def guard_reason(state: TicketState) -> str | None:
     """Why no more automatic diagnoses may run, or None."""
+    if state.healing_v2:
+        for e in state.escalations:
+            if e.source == "diagnosis_ladder" and not e.acknowledged:
+                return f"escalated to a person ({e.reason[:200]})"
     policy = state.spec.policy.stuck
     if state.consecutive_failed_diagnoses >= policy.max_consecutive_failures:
         return f"{state.consecutive_failed_diagnoses} consecutive diagnoses failed"
@@ -164,9 +172,7 @@ def guard_reason(state: TicketState) -> str | None:
 
 def guard_escalated(state: TicketState) -> bool:
     """A person was told that automatic diagnosing stopped (and has not acknowledged it)."""
-    return any(
-        e.source == "diagnosis_guard" and not e.acknowledged for e in state.escalations
-    )
+    return any(e.source in GUARD_SOURCES and not e.acknowledged for e in state.escalations)
 
 
 def request_diagnosis(
@@ -332,8 +338,13 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
         if state.healing_v2
         else []
     )
+    escalations: list[str] = []
     if state.status == "open":
         for rec in report.plan.tasks:
+            if rec.remedy == "escalate":
+                why = f"{rec.title}: {rec.description}" if rec.description else rec.title
+                escalations.append(why)
+                continue
             task = add_task(
                 state,
                 now,
@@ -364,6 +375,15 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
     run.evidence_summary = report.evidence_summary
     if created:
         state.last_activity_at = now
+    if escalations:
+        escalate(
+            state,
+            now,
+            source="diagnosis_ladder",
+            severity="SEV-2",
+            reason=f"{run.run_id}: " + "; ".join(escalations),
+            diagnosis_run_id=run.run_id,
+        )
     _record_run(state, run)
     top = run.hypotheses[0].statement if run.hypotheses else "no hypothesis"
     log(
@@ -746,6 +766,8 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
                 top_hypothesis=d.hypotheses[0].statement if d.hypotheses else None,
                 top_signature=d.hypotheses[0].signature if d.hypotheses else None,
                 task_ids=list(d.task_ids),
+                plan=[_plan_key(state, t) for t in d.task_ids if t in state.tasks],
+                condition=d.condition,
             )
             for d in state.diagnoses
         ],
@@ -753,6 +775,12 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         last_activity_at=state.last_activity_at,
         taken_at=now,
     )
+
+
+def _plan_key(state: TicketState, task_id: str) -> str:
+    task = state.tasks[task_id]
+    remedy = "replace_task" if task.replaces else "create_task"
+    return f"{remedy}: {' '.join(task.title.lower().split())}"
 
 
 def _blocked(state: TicketState, task: Task) -> bool:

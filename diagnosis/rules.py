@@ -273,6 +273,7 @@ def _recommend(
     priority: Priority = "high",
     type: RecommendationType = "fix",
     replaces: str | None = None,
+    remedy: Literal["create_task", "escalate"] | None = None,
 ) -> Recommendation:
     return Recommendation(
         title=_line(title, 200),
@@ -280,7 +281,7 @@ def _recommend(
         phase=phase,
         priority=priority,
         type=type,
-        remedy="replace_task" if replaces else "create_task",
+        remedy=remedy or ("replace_task" if replaces else "create_task"),
         replaces=replaces,
     )
 
@@ -912,16 +913,21 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
     s = evidence.snapshot
     pending = [r for r in s.results if r.status == "pending_validation"]
     reviewing = _count(s, REVIEW_STATUSES)
-    if not pending and not reviewing:
+    # A validation timeout points at the validator even though the task it hit has failed
+    # (and so is no longer under review).
+    timed_out = evidence.trigger == "validation_timeout"
+    if not pending and not reviewing and not timed_out:
         return None
     validators = [a for a in s.agents if a.kind == "validator"]
     if any(a.state in LIVE_AGENT_STATES for a in validators):
         return None
-    likelihood = 0.85 if not validators else 0.8
+    likelihood = (0.85 if not validators else 0.8) + (0.1 if timed_out else 0.0)
     support = [
         f"result v{r.version} by {r.agent_id} awaits validation since {_at(r.submitted_at)}"
         for r in pending
     ]
+    if timed_out:
+        support.insert(0, f"validator timeout: {evidence.reason or 'no verdict in time'}")
     waiting_tasks = [t for t in _known_tasks(s).values() if t.status in REVIEW_STATUSES]
     if reviewing:
         support.append(
@@ -939,15 +945,20 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
     parts = [f"result v{r.version}" for r in pending]
     if reviewing:
         parts.append(f"{_n(reviewing, 'task', verb=False)} under review")
+    if not parts:
+        parts.append("the work whose review timed out")
     what = " and ".join(parts)
+    # A worker cannot start a validator: a task asking one to would be done and change
+    # nothing. No remedy of the ticket's own can work, so a person is told at once.
     recs = [
         _recommend(
-            "Restore a validator for the pending reviews",
-            f"Start or restart a validator agent (kind validator) for ticket {s.ticket_id} so "
-            f"that {what} gets reviewed against the result criteria ({_criteria_text(s)}); if "
-            f"no validator can run, escalate to an operator.",
+            "No validator can review the pending work",
+            f"Start a validator agent (kind: validator) for ticket {s.ticket_id}, or add one "
+            f"to the spec's agents with a runtime that starts it, so that {what} gets "
+            f"reviewed against the result criteria ({_criteria_text(s)}).",
             _last_phase(s),
             priority="critical",
+            remedy="escalate",
         )
     ]
     return _hypothesis(
@@ -1064,6 +1075,36 @@ def _title_key(title: str) -> str:
     return " ".join(title.lower().split())
 
 
+def _plan_key(rec: Recommendation) -> str:
+    return f"{rec.remedy}: {_title_key(rec.title)}"
+
+
+def _tried_before(
+    top: Hypothesis, plan: list[Recommendation], snapshot: TicketSnapshot
+) -> Recommendation | None:
+    """A ladder, never a loop: a plan that already ran for the same signature without
+    clearing its condition is not run again; the ticket escalates instead (returned)."""
+    if any(rec.remedy == "escalate" for rec in plan):
+        return None
+    keys = {_plan_key(rec) for rec in plan}
+    for earlier in reversed(snapshot.diagnoses):
+        if earlier.outcome != "failed" or not earlier.plan or not _same_signature(earlier, top):
+            continue
+        if set(earlier.plan) != keys:
+            continue
+        tried = "; ".join(rec.title for rec in plan)
+        return _recommend(
+            f"Escalate: {top.signature.replace('_', ' ')} persists after the same remedy",
+            f"Diagnosis {earlier.run_id} already ran this plan ({tried}) and it did not help"
+            + (f" (condition: {earlier.condition})" if earlier.condition else "")
+            + f". Top hypothesis now: {top.statement}",
+            _last_phase(snapshot),
+            priority="critical",
+            remedy="escalate",
+        )
+    return None
+
+
 def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> RecoveryPlan:
     """1–5 recovery tasks from the top hypotheses' recommendations.
 
@@ -1071,7 +1112,8 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
     half the top's (and ≥ 0.3). Recommendations are taken in rank order, de-duplicated by
     title (case and spacing ignored); a phase the ticket does not have becomes its last
     phase. Priorities are kept as recommended. With no usable recommendation at all the
-    plan is the single task "Investigate why the ticket stopped moving".
+    plan is the single task "Investigate why the ticket stopped moving". A plan equal to one
+    that already failed for the same signature becomes an ``escalate`` remedy.
     """
     phases = set(_phase_names(snapshot))
     ranked = rank(hypotheses.hypotheses)
@@ -1091,6 +1133,8 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
                 tasks.append(rec)
                 if len(tasks) == MAX_RECOVERY_TASKS:
                     return RecoveryPlan(tasks=tasks)
+    if tasks and ranked and (tried := _tried_before(ranked[0], tasks, snapshot)) is not None:
+        return RecoveryPlan(tasks=[tried])
     if not tasks:
         statement = ranked[0].statement if ranked else "no hypothesis was produced"
         tasks.append(

@@ -102,6 +102,10 @@ class SnapshotDiagnosis(BaseModel):
         default=None, description="the top hypothesis's signature (rules avoid repeating it)"
     )
     task_ids: list[str] = Field(default_factory=list)
+    plan: list[str] = Field(
+        default_factory=list, description="what it ran: '<remedy>: <title>' per recovery task"
+    )
+    condition: str | None = Field(default=None, description="what it had to clear")
 
 
 class SnapshotPhase(BaseModel):
@@ -191,6 +195,8 @@ class Recommendation(BaseModel):
     ``create_task`` adds the task. ``replace_task`` adds it *in place of* a task that
     failed for good or was cancelled (``replaces``): every task waiting on that one waits on
     the new task instead, so the work blocked behind it can go on once the new task is done.
+    ``escalate`` creates no task: it hands the ticket to a person (title and description say
+    why and what was tried) and automatic diagnoses stop until a person acts.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -202,7 +208,7 @@ class Recommendation(BaseModel):
     type: Literal[
         "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
     ] = "fix"
-    remedy: Literal["create_task", "replace_task"] = "create_task"
+    remedy: Literal["create_task", "replace_task", "escalate"] = "create_task"
     replaces: str | None = Field(
         default=None,
         max_length=63,

@@ -284,3 +284,26 @@ def test_a_run_with_a_done_and_a_failed_task_is_verified() -> None:
     assert state.diagnoses[0].verify_by == s(12)
     deadlines.tick(state, s(12))
     assert state.diagnoses[0].outcome == "failed"  # T2 is still blocked (behind T5)
+
+
+def test_the_escalate_remedy_tells_a_person_and_stops_automatic_diagnoses() -> None:
+    state, agents = ticket(tasks=1, window_s=5, cooldown_s=5)
+    state.healing_v2 = True
+    finish_all(state, agents, s(0))
+    effect = started(diagnosis.tick(state, s(10)))
+    rec = Recommendation(
+        title="No validator can review the pending work",
+        description="Start a validator agent",
+        phase="testing",
+        remedy="escalate",
+    )
+    rep = report(state, effect.input.run_id)
+    rep.plan.tasks = [rec]
+    assert diagnosis.diagnosis_finished(state, rep, s(11)) == []  # no task for anyone
+    [escalation] = state.escalations
+    assert escalation.source == "diagnosis_ladder" and escalation.severity == "SEV-2"
+    assert "No validator can review the pending work: Start a validator agent" in escalation.reason
+    assert diagnosis.guard_reason(state) is not None
+    assert diagnosis.display_status(state) == "escalated"
+    assert diagnosis.stuck_at(state) is None  # waits for the person, does not loop
+    assert diagnosis.request_diagnosis(state, "task_failed", s(100)) == []

@@ -94,3 +94,37 @@ async def test_a_spent_diagnosis_budget_escalates_instead_of_going_silent(
     [escalation] = [e for e in state.escalations if e.source == "diagnosis_guard"]
     assert "2 diagnoses ran (the limit is 2)" in escalation.reason
     assert status.status == "open" and status.ticket_status == "escalated"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_no_validator_escalates_at_once_instead_of_creating_tasks(
+    client: Client, settings: Settings
+) -> None:
+    """A reviewed task and nobody to review it: no worker can fix that, so the ticket
+    escalates on its first diagnosis instead of handing workers a task they cannot do."""
+    spec = {
+        "id": unique_id("no-validator"),
+        "title": "Fix the session bug",
+        "result_criteria": ["sessions last 24 h"],
+        "phases": [{"name": "implementation"}],
+        "tasks": [{"key": "fix", "phase": "implementation", "title": "Fix", "validation": True}],
+        "policy": {"validation": {"validator_timeout_s": 2}},
+    }
+    ticket = await launch(client, settings, spec)
+    async with AgentSession(client, ticket.ticket_id, name="ada") as ada:
+        task = await ada.claim()
+        assert task is not None
+        await ada.complete(task.id, "# Fixed\nParse the TTL as seconds.", "fix")
+
+        async def escalated() -> bool:
+            status = await ticket.handle.query("status", result_type=StatusView)
+            return status.ticket_status == "escalated"
+
+        await wait_for(escalated, timeout=30, what="the escalation")
+        state = await ticket.state()
+    [run] = state.diagnoses
+    assert run.trigger == "validation_timeout" and run.task_ids == []
+    assert run.hypotheses[0].signature == "validator_unavailable"
+    [escalation] = [e for e in state.escalations if e.source == "diagnosis_ladder"]
+    assert "No validator can review the pending work" in escalation.reason
+    assert set(state.tasks) == {"T1"}  # nobody was handed a task they cannot do

@@ -398,6 +398,40 @@ def test_validator_unavailable() -> None:
     assert any("1 task is under review (T2)" in e for e in h.evidence)
     assert any("validator V1" in e and "unresponsive" in e for e in h.evidence)
     assert h.recommendations[0].priority == "critical"
+    # A worker cannot start a validator: no task, a person is told at once.
+    assert h.recommendations[0].remedy == "escalate"
+    assert "Start a validator agent (kind: validator)" in h.recommendations[0].description
+
+
+def test_a_plan_that_already_failed_for_the_same_signature_escalates() -> None:
+    """A ladder, never a loop: the same plan is not run again for the same signature."""
+    first = seed_scenario()
+    plan = plan_recovery(rule_hypotheses(first), first.snapshot)
+    keys = [f"{t.remedy}: {' '.join(t.title.lower().split())}" for t in plan.tasks]
+    failed = SnapshotDiagnosis(
+        run_id="login-diagnosis-1",
+        trigger="no_result",
+        status="completed",
+        outcome="failed",
+        started_at=T0,
+        top_signature="missing_result_submission",
+        plan=keys,
+        condition="result_submitted",
+    )
+    again = seed_scenario()
+    again.snapshot.diagnoses = [failed]
+    [rec] = plan_recovery(rule_hypotheses(again), again.snapshot).tasks
+    assert rec.remedy == "escalate" and rec.priority == "critical"
+    assert rec.title == "Escalate: missing result submission persists after the same remedy"
+    assert "login-diagnosis-1 already ran this plan" in rec.description
+    assert "condition: result_submitted" in rec.description
+    # Not for a run that recovered, nor for one that ran another plan.
+    for other in (
+        failed.model_copy(update={"outcome": "recovered"}),
+        failed.model_copy(update={"plan": ["create_task: something else"]}),
+    ):
+        again.snapshot.diagnoses = [other]
+        assert plan_recovery(rule_hypotheses(again), again.snapshot).tasks == plan.tasks
 
 
 def test_validator_available_is_not_flagged() -> None:
@@ -545,3 +579,14 @@ def test_plan_skips_unlikely_hypotheses_but_never_is_empty() -> None:
     assert plan_recovery(HypothesisSet(hypotheses=[]), snapshot).tasks[0].title == (
         INVESTIGATE_TITLE
     )
+
+
+def test_a_validation_timeout_points_at_the_missing_validator() -> None:
+    """The timed-out task has failed (no longer under review): still the validator's fault."""
+    ev = evidence([task(1, "failed", failure_reason="no review within 600 s")],
+                  trigger="validation_timeout")
+    ev.reason = "T1: no review from any validator within 600 s"
+    h = validator_unavailable(ev)
+    assert h is not None and h.likelihood >= 0.9
+    assert h.evidence[0].startswith("validator timeout: T1: no review")
+    assert rule_hypotheses(ev).hypotheses[0].signature == "validator_unavailable"
