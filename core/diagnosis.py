@@ -802,6 +802,7 @@ def _snapshot_task(task: Task) -> SnapshotTask:
         attempt=task.attempt,
         failures=task.failures,
         failure_reason=task.failure_reason,
+        failure_reasons=list(task.failure_reasons),
         result_preview=task.result_preview,
         notes=list(task.notes[-5:]),
         created_by=task.created_by,

@@ -89,6 +89,9 @@ class Task(BaseModel):
     replaces: str | None = Field(
         default=None, description="the failed or cancelled task whose dependants this one took"
     )
+    failure_reasons: list[str] = Field(
+        default_factory=list, description="the reasons of its latest failed attempts (capped)"
+    )
     # Validation in iterations (tasks with validation on).
     iteration: int = Field(default=0, description="how many times the result went to review")
     reviewer: str | None = None

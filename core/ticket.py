@@ -344,6 +344,9 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
     effects: list[Effect] = []
     task.failures += 1
     task.failure_reason = msg.reason
+    task.failure_reasons = [*task.failure_reasons, msg.reason[:FAILURE_REASON_CHARS]][
+        -FAILURE_REASONS_KEPT:
+    ]
     task.assigned_agent = None
     task.updated_at = now
     state.last_activity_at = now
@@ -934,6 +937,11 @@ def _claim_for(
     )
     return ClaimReply(task=task_view(task), reason="", inbox=box)
 
+
+#: Per task, the reasons of this many latest failed attempts are kept (for the diagnosis:
+#: the same error on one task's attempts is a signature from its first repetition).
+FAILURE_REASONS_KEPT = 5
+FAILURE_REASON_CHARS = 500
 
 #: Fair claims: how long an agent that found nothing counts as waiting after its last claim.
 FIRST_WAIT_S = 1.0  # after its first empty claim (how often it asks is not known yet)

@@ -689,32 +689,44 @@ def error_line(reason: str) -> str:
 
 
 def environment_error(evidence: Evidence) -> Hypothesis | None:
-    """Two or more tasks failed with the same (normalised) error line."""
+    """The same (normalised) error line twice or more: across tasks, or on the attempts of
+    one task (recognised from its first repetition, before it spreads)."""
     s = evidence.snapshot
     groups: dict[str, list[SnapshotTask]] = {}
+    seen: Counter[str] = Counter()  # failed attempts per error line
     shown: dict[str, str] = {}
     for task in _known_tasks(s).values():
-        if not task.failure_reason:
-            continue
-        line = error_line(task.failure_reason)
-        if not line:
-            continue
-        key = line.lower()
-        groups.setdefault(key, []).append(task)
-        shown.setdefault(key, line)
-    candidates = [(key, tasks) for key, tasks in groups.items() if len(tasks) >= 2]
+        reasons = task.failure_reasons or ([task.failure_reason] if task.failure_reason else [])
+        keys = set()
+        for reason in reasons:
+            line = error_line(reason)
+            if not line:
+                continue
+            key = line.lower()
+            seen[key] += 1
+            shown.setdefault(key, line)
+            keys.add(key)
+        for key in keys:
+            groups.setdefault(key, []).append(task)
+    candidates = [(key, tasks) for key, tasks in groups.items() if seen[key] >= 2]
     if not candidates:
         return None
-    key, tasks = min(candidates, key=lambda kv: (-len(kv[1]), kv[0]))
+    key, tasks = min(candidates, key=lambda kv: (-len(kv[1]), -seen[kv[0]], kv[0]))
     line = shown[key]
     environmental = bool(_ENVIRONMENTAL.search(line))
-    likelihood = 0.55 + 0.1 * min(len(tasks) - 2, 3) + (0.1 if environmental else 0.0)
+    spread = max(len(tasks), min(seen[key], 3))  # attempts of one task count, a little less
+    likelihood = 0.55 + 0.1 * min(spread - 2, 3) + (0.1 if environmental else 0.0)
+    if len(tasks) == 1:
+        likelihood -= 0.05
     support = [
         f"{_task_label(t)} ({t.status}, {t.failures} failures, phase {t.phase}): "
         f"{_quote(t.failure_reason or '', 200)}"
         for t in tasks[:6]
     ]
-    support.append(f"{len(tasks)} tasks share the error line {_quote(line)}")
+    if len(tasks) == 1:
+        support.append(f"{seen[key]} failed attempts of {tasks[0].id} end in {_quote(line)}")
+    else:
+        support.append(f"{len(tasks)} tasks share the error line {_quote(line)}")
     agents = sorted({t.assigned_agent for t in tasks if t.assigned_agent})
     counter = []
     if len(agents) > 1:
@@ -758,8 +770,13 @@ def environment_error(evidence: Evidence) -> Hypothesis | None:
         )
     return _hypothesis(
         "environment_error",
-        f"{len(tasks)} tasks failed with the same error, which points to the environment "
-        f"rather than the tasks: {_quote(line)}.",
+        (
+            f"{len(tasks)} tasks failed with the same error, which points to the environment "
+            f"rather than the tasks: {_quote(line)}."
+            if len(tasks) > 1
+            else f"{tasks[0].id} failed {seen[key]} times with the same error, which points to "
+            f"the environment rather than the task: {_quote(line)}."
+        ),
         likelihood,
         support,
         counter,

@@ -64,6 +64,9 @@ class SnapshotTask(BaseModel):
     attempt: int = 0
     failures: int = 0
     failure_reason: str | None = None
+    failure_reasons: list[str] = Field(
+        default_factory=list, description="the reasons of its latest failed attempts"
+    )
     result_preview: str | None = None
     notes: list[str] = Field(default_factory=list)
     created_by: str = "spec"

@@ -590,3 +590,25 @@ def test_a_validation_timeout_points_at_the_missing_validator() -> None:
     assert h is not None and h.likelihood >= 0.9
     assert h.evidence[0].startswith("validator timeout: T1: no review")
     assert rule_hypotheses(ev).hypotheses[0].signature == "validator_unavailable"
+
+
+def test_the_same_error_on_one_tasks_attempts_is_recognised_at_once() -> None:
+    """One environment error seen twice on one task: named from its first repetition, not
+    only once it has spread to a second task."""
+    err = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'bcrypt'"
+    once = evidence([task(1, "pending", failures=1, failure_reason=err, failure_reasons=[err])])
+    assert environment_error(once) is None
+    twice = evidence(
+        [
+            task(1, "failed", failures=2, failure_reason=err, failure_reasons=[err, err]),
+            task(2, "done", "requirements"),
+            task(3, "pending", "testing"),
+        ],
+        trigger="task_failed",
+    )
+    h = environment_error(twice)
+    assert h is not None and h.likelihood >= 0.6
+    assert h.statement.startswith("T1 failed 2 times with the same error")
+    assert "ModuleNotFoundError: No module named 'bcrypt'" in h.statement
+    assert rule_hypotheses(twice).hypotheses[0].signature == "environment_error"
+    assert h.recommendations[0].title.startswith("Fix the environment: ModuleNotFoundError")
