@@ -118,6 +118,8 @@ TICKET_STATUSES = ("open", "completed", "cancelled")
 #: How long connecting to Temporal, and a query (which needs a worker), may take.
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 30.0
+#: A query failing in transit (not refused by the server) is asked this many times in all.
+QUERY_ATTEMPTS = 3
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -221,14 +223,43 @@ async def _query(
     result_type: type[T],
     *args: Any,
 ) -> T:
-    call = handle.query(
-        name,
-        args=list(args),
-        result_type=result_type,
-        rpc_timeout=timedelta(seconds=QUERY_TIMEOUT),
+    result: T = await _call(
+        settings,
+        handle.id,
+        _read(
+            lambda: handle.query(
+                name,
+                args=list(args),
+                result_type=result_type,
+                rpc_timeout=timedelta(seconds=QUERY_TIMEOUT),
+            )
+        ),
     )
-    result: T = await _call(settings, handle.id, call)
     return result
+
+
+async def _read(make_call: Callable[[], Awaitable[T]]) -> T:
+    """A read (query), asked again when the connection fails in transit.
+
+    Seen with the suite under load: "h2 protocol error" on a query right after a cancel.
+    Reads have no effect, so asking again is always safe; the last failure is raised.
+    """
+    for attempt in range(1, QUERY_ATTEMPTS + 1):
+        try:
+            return await make_call()
+        except RPCError as exc:
+            if attempt == QUERY_ATTEMPTS or not _transient(exc):
+                raise
+            await asyncio.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: RPCError) -> bool:
+    """A failure of the connection rather than an answer of the server."""
+    text = str(exc).lower()
+    return exc.status == RPCStatusCode.UNAVAILABLE or any(
+        marker in text for marker in ("h2 protocol error", "connection reset", "transport error")
+    )
 
 
 # ==== launch ===============================================================================

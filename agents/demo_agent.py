@@ -27,6 +27,19 @@ Fault knobs:
                             later ones normally
 ``--slow-heartbeats S``     heartbeat every S seconds instead of the ticket's interval
 ``--work-seconds A B``      each task takes a random time between A and B seconds
+``--fail-tasks REGEX``      fail every claimed task whose id or title matches, with
+                           ``--fail-reason`` (until a done task's title starts with
+                           ``--fixed-by PREFIX``, when given: the environment was fixed)
+``--reject-reviews``        validator: reject every review iteration of every task
+``--never-review``          validator: claim reviews and never give a verdict
+``--loop``                  worker: take one task and report the same progress forever
+``--storm N``               worker: create N tasks as fast as it can, once
+``--trivial-results``       worker: every result (tasks and the final one) is just "ok"
+``--submit-early``          worker: submit a result before any work is done, covering no
+                           criterion, and never revise it by itself
+
+And one habit of a healthy fleet: ``--submit-when-done`` submits the final result once every
+task is done and nobody has (without it, only a ``submission`` task makes an agent submit).
 
 Exit codes: 0 when the ticket tells it to stop (inbox), the ticket is closed, or on
 SIGTERM/SIGINT (within about a second: heartbeats stop, nothing else is sent); 1 on an
@@ -41,6 +54,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -97,6 +111,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fail-review-once", action="store_true")
     p.add_argument("--slow-heartbeats", type=float, default=None, metavar="S")
     p.add_argument("--work-seconds", type=float, nargs=2, default=(0.1, 0.3), metavar=("A", "B"))
+    p.add_argument("--fail-tasks", default=None, metavar="REGEX")
+    p.add_argument("--fail-reason", default="fault knob: the task failed")
+    p.add_argument("--fixed-by", default=None, metavar="PREFIX")
+    p.add_argument("--reject-reviews", action="store_true")
+    p.add_argument("--never-review", action="store_true")
+    p.add_argument("--loop", action="store_true")
+    p.add_argument("--submit-when-done", action="store_true")
+    p.add_argument("--storm", type=int, default=0, metavar="N")
+    p.add_argument("--trivial-results", action="store_true")
+    p.add_argument("--submit-early", action="store_true")
     args = p.parse_args(argv)
     if not args.ticket:
         p.error("--ticket (or UNSTUCK_TICKET_ID) is required")
@@ -162,16 +186,33 @@ class DemoAgent:
 
     async def _work(self) -> None:
         agent = self.session
+        if self.args.storm:
+            await self._storm(self.args.storm)
+        if self.args.submit_early and not await self._results():
+            log.warning("fault knob: submitting a result before doing any work")
+            await agent.submit_result("# Result\n\nAlmost there.\n")
         task = await self._claim()
         while not await self._should_stop():
             if task is None:
                 await self._resubmit_if_rejected()
+                if self.args.submit_when_done:
+                    await self._submit_if_all_done()
                 await _wait(agent.stop_requested, IDLE_S)
                 task = await self._claim()
                 continue
             await agent.progress(task.id, f"working on {task.title!r}")
+            if self.args.loop:
+                await self._loop_forever(task)
             await asyncio.sleep(random.uniform(*self.args.work_seconds))
-            if task.type == "submission":
+            if await self._should_fail(task):
+                log.warning("fault knob: failing %s %r", task.id, task.title)
+                with contextlib.suppress(Refused):
+                    await agent.fail(task.id, self.args.fail_reason)
+                task = None
+                continue
+            if self.args.trivial_results and task.type != "submission":
+                result = "ok"
+            elif task.type == "submission":
                 result = await self._do_submission()
             else:
                 result = f"## {task.title}\n\nDone for phase *{task.phase}* ({task.type}).\n"
@@ -193,6 +234,40 @@ class DemoAgent:
             task = reply.next.task if reply.next is not None else None
             if task is not None:
                 self._claimed(task)
+
+    async def _storm(self, n: int) -> None:
+        """Runaway creation: n tasks as fast as the ticket takes them (refusals logged)."""
+        log.warning("fault knob: creating %d tasks", n)
+        made = refused = 0
+        for i in range(n):
+            try:
+                await self.session.create_task("implementation", f"Investigate flaky check {i}")
+                made += 1
+            except Refused as exc:
+                refused += 1
+                if refused == 1:
+                    log.warning("create_task refused: %s", exc)
+        log.warning("fault knob: storm done, %d created, %d refused", made, refused)
+
+    async def _should_fail(self, task: TaskView) -> bool:
+        pattern = self.args.fail_tasks
+        if pattern is None or not (re.search(pattern, task.id) or re.search(pattern, task.title)):
+            return False
+        if self.args.fixed_by is None:
+            return True
+        tasks = await self.handle.query("tasks", result_type=list[TaskView])
+        fixed = any(
+            t.status == "done" and t.title.startswith(self.args.fixed_by) for t in tasks
+        )
+        return not fixed
+
+    async def _loop_forever(self, task: TaskView) -> None:
+        """Busy but stuck: the same note every second, heartbeats going, never done."""
+        log.warning("fault knob: looping on %s", task.id)
+        while not await self._should_stop():
+            await self.session.progress(task.id, "checking the build again")
+            await asyncio.sleep(1.0)
+        raise TicketClosed("the ticket finished while this agent looped")
 
     async def _claim(self) -> TaskView | None:
         task = await self.session.claim()
@@ -219,6 +294,9 @@ class DemoAgent:
         return f"Submitted the final result as v{version}.\n"
 
     async def _submit(self, feedback: str | None = None) -> int:
+        if self.args.trivial_results:
+            reply = await self.session.submit_result("ok")
+            return reply.version
         spec = await self.handle.query("spec", result_type=TicketSpec)
         tasks = await self.handle.query("tasks", result_type=list[TaskView])
         lines = [f"# {spec.title}: final result", ""]
@@ -232,9 +310,17 @@ class DemoAgent:
         log.info("submitted the final result as v%d", reply.version)
         return reply.version
 
+    async def _submit_if_all_done(self) -> None:
+        tasks = await self.handle.query("tasks", result_type=list[TaskView])
+        if not tasks or any(t.status not in ("done", "cancelled") for t in tasks):
+            return
+        if await self._results():
+            return
+        await self._submit()
+
     async def _resubmit_if_rejected(self) -> None:
         """When the latest version is ours and was rejected, submit a revised one."""
-        if self.args.forget_result:
+        if self.args.forget_result or self.args.submit_early:
             return
         results = await self._results()
         if not results or any(r.status != "rejected" for r in results):
@@ -259,7 +345,13 @@ class DemoAgent:
 
     async def _review_task(self, task: TaskView) -> None:
         await asyncio.sleep(random.uniform(*self.args.work_seconds))
-        if self.args.fail_review_once and task.iteration <= 1:
+        if self.args.never_review:
+            log.warning("fault knob: holding the review of %s forever", task.id)
+            await self.session.stop_requested.wait()
+            return
+        if self.args.reject_reviews:
+            passed, feedback = False, "fault knob: rejected again; the tests still fail"
+        elif self.args.fail_review_once and task.iteration <= 1:
             passed, feedback = False, "fault knob: first iteration rejected; add evidence"
         else:
             passed = bool((task.result_content or task.result_preview or "").strip())

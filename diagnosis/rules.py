@@ -936,7 +936,9 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
     if not pending and not reviewing and not timed_out:
         return None
     validators = [a for a in s.agents if a.kind == "validator"]
-    if any(a.state in LIVE_AGENT_STATES for a in validators):
+    # Alive is not enough after a timeout: a validator that holds a review without a verdict
+    # is as unavailable as a dead one.
+    if not timed_out and any(a.state in LIVE_AGENT_STATES for a in validators):
         return None
     likelihood = (0.85 if not validators else 0.8) + (0.1 if timed_out else 0.0)
     support = [

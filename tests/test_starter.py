@@ -395,3 +395,26 @@ async def test_release_refuses_an_agent_that_is_not_quarantined(
     assert "Traceback" not in out + err
     code, _, err = await run(capsys, cli("release", ticket_id, "nobody-9"))
     assert code == 1 and "unknown agent 'nobody-9'" in err
+
+
+async def test_a_query_failing_in_transit_is_asked_again_and_a_refusal_is_not() -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RPCError("h2 protocol error: http2 error", RPCStatusCode.UNKNOWN, b"")
+        return "answer"
+
+    assert await starter._read(flaky) == "answer" and len(calls) == 3
+
+    async def missing() -> str:
+        calls.append(1)
+        raise RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b"")
+
+    calls.clear()
+    with pytest.raises(RPCError):
+        await starter._read(missing)
+    assert len(calls) == 1

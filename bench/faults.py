@@ -1,0 +1,371 @@
+"""The fault suite (DESIGN §11): common faults, end to end, on a real server with real agents.
+
+    .venv/bin/python -m bench.faults                  # every fault kind, then the table
+    .venv/bin/python -m bench.faults --only dependency_failed,validator_absent
+    .venv/bin/python -m bench.faults --healthy 20     # 20 healthy runs: no diagnosis allowed
+
+Each fault is a small ticket whose fleet (``agents/demo_agent.py`` processes started by the
+ticket's local-process runtime) is told to fail one way. A run ends when the ticket completes
+with a validated result (**healed**), is escalated to a person (**escalated**), or at its
+time limit (**not healed**). Prints fault · expected · outcome · time · diagnoses · remedies ·
+history events, writes ``bench/RESULTS-faults.md`` and exits 1 when an outcome differs from
+the expected one. ``tests/test_faults.py`` runs the short form (``QUICK``) in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.table import Table
+from temporalio.client import Client
+
+import starter
+from bench.harness import REPO, environment, fresh_server, make_console, progress_display
+from core.state import TicketState
+from infra.settings import Settings
+from infra.telemetry import core_log_to_file, forward_core_logs
+from models.messages import StatusView
+from models.spec import parse_spec
+
+OUT = REPO / "bench" / "RESULTS-faults.md"
+Outcome = Literal["healed", "escalated", "not healed"]
+
+#: Demo-scaled windows (production: 60 s) so that a fault heals in seconds.
+POLICY: dict[str, Any] = {
+    "stuck": {"window_s": 3, "cooldown_s": 3},
+    "health": {
+        "idle_deadline_s": 3,
+        "running_deadline_s": 2,
+        "restart_cooldown_s": 2,
+        "stop_grace_s": 1,
+    },
+    "validation": {"validator_timeout_s": 6},
+}
+CRITERIA = ["the feature works", "it is tested"]
+
+
+def agent(name: str, *knobs: str, kind: str = "worker") -> dict[str, Any]:
+    """A demo agent process the ticket starts, with fault knobs."""
+    command = ["{python}", "-m", "agents.demo_agent", "--ticket", "{ticket_id}",
+               "--name", "{agent_name}", "--kind", kind, "--work-seconds", "0.1", "0.3", *knobs]
+    return {"name": name, "kind": kind, "runtime": "local-process", "command": command}
+
+
+def tasks(validation: bool = False) -> list[dict[str, Any]]:
+    """Four tasks over three phases; the implementation depends on the design."""
+    return [
+        {"key": "design", "phase": "requirements", "title": "Design the API", "type": "design"},
+        {"key": "build", "phase": "implementation", "title": "Build the endpoint",
+         "depends_on": ["design"], "validation": validation},
+        {"key": "docs", "phase": "implementation", "title": "Write the docs",
+         "type": "documentation"},
+        {"key": "tests", "phase": "testing", "title": "Test the endpoint", "type": "test",
+         "depends_on": ["build"]},
+    ]
+
+
+def spec(ticket_id: str, agents: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    return {
+        "id": ticket_id,
+        "title": "Add the export endpoint",
+        "result_criteria": CRITERIA,
+        "tasks": tasks(),
+        "agents": agents,
+        "policy": POLICY,
+        **overrides,
+    }
+
+
+VALIDATOR = agent("vera", kind="validator")
+SUBMITTER = ("--submit-when-done",)
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    what: str
+    expected: Outcome
+    build: Callable[[str], dict[str, Any]]
+    timeout_s: float = 60.0
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault(
+        "healthy",
+        "no fault: a fleet that submits its result when the work is done",
+        "healed",
+        lambda tid: spec(tid, [agent("ada", *SUBMITTER), agent("linus"), VALIDATOR]),
+    ),
+    Fault(
+        "missing_result",
+        "every task done, nobody submits the final result",
+        "healed",
+        lambda tid: spec(tid, [agent("ada"), agent("linus"), VALIDATOR]),
+    ),
+    Fault(
+        "crashed_agent",
+        "an agent is SIGKILLed holding a task (once)",
+        "healed",
+        lambda tid: spec(tid, [
+            agent("ada", *SUBMITTER),
+            agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
+            VALIDATOR,
+        ]),
+    ),
+    Fault(
+        "crash_looping_agent",
+        "an agent crashes on every claim, in every generation",
+        "healed",
+        lambda tid: spec(tid, [
+            agent("ada", *SUBMITTER), agent("grace", "--crash-after-claims", "1"), VALIDATOR,
+        ]),
+        timeout_s=90,
+    ),
+    Fault(
+        "dependency_failed",
+        "a task fails for good; the tasks behind it wait on it",
+        "healed",
+        lambda tid: spec(
+            tid,
+            [agent("ada", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set",
+                   *SUBMITTER), VALIDATOR],
+            policy={**POLICY, "tasks": {"max_retries": 1}},
+        ),
+    ),
+    Fault(
+        "environment_error",
+        "one missing module fails every implementation task until someone fixes it",
+        "healed",
+        lambda tid: spec(
+            tid,
+            [agent(name, "--fail-tasks", "Build|Write", "--fail-reason",
+                   "ModuleNotFoundError: No module named 'bcrypt'",
+                   "--fixed-by", "Fix the environment", *SUBMITTER) for name in ("ada", "linus")]
+            + [VALIDATOR],
+            policy={**POLICY, "tasks": {"max_retries": 1}},
+        ),
+        timeout_s=90,
+    ),
+    Fault(
+        "validator_absent",
+        "a reviewed task and no validator at all",
+        "escalated",
+        lambda tid: spec(tid, [agent("ada", *SUBMITTER)], tasks=tasks(validation=True)),
+    ),
+    Fault(
+        "validator_timeout",
+        "the validator takes the review and never answers",
+        "escalated",
+        lambda tid: spec(
+            tid,
+            [agent("ada", *SUBMITTER), agent("vera", "--never-review", kind="validator")],
+            tasks=tasks(validation=True),
+        ),
+    ),
+    Fault(
+        "validation_loop",
+        "the validator rejects every iteration of the reviewed task",
+        "escalated",
+        lambda tid: spec(
+            tid,
+            [agent("ada", *SUBMITTER), agent("vera", "--reject-reviews", kind="validator")],
+            tasks=tasks(validation=True),
+        ),
+        timeout_s=90,
+    ),
+    Fault(
+        "premature_completion",
+        "a result is submitted before the work is done and never revised by its author",
+        "healed",
+        lambda tid: spec(tid, [agent("ada", "--submit-early"), agent("linus"), VALIDATOR]),
+    ),
+    Fault(
+        "trivial_results",
+        "every result, the final one too, is just 'ok'",
+        "escalated",  # §12's result-quality signal (issue 13): not built yet
+        lambda tid: spec(tid, [agent("ada", "--trivial-results", *SUBMITTER), VALIDATOR]),
+        timeout_s=45,
+    ),
+    Fault(
+        "task_storm",
+        "an agent creates 300 tasks as fast as it can",
+        "escalated",  # §12's creation-rate bound and task_storm signature (issue 13)
+        lambda tid: spec(tid, [agent("ada", "--storm", "300", *SUBMITTER), VALIDATOR]),
+        timeout_s=45,
+    ),
+    Fault(
+        "looping_agent",
+        "an agent holds a task and reports the same note every second, forever",
+        "escalated",  # §12's anomaly detection (issue 13): not built yet
+        lambda tid: spec(tid, [agent("ada", "--loop", *SUBMITTER), VALIDATOR],
+                         tasks=tasks()[:1]),
+        timeout_s=45,
+    ),
+)
+#: The short form CI runs (tests/test_faults.py): one of each kind of ending.
+QUICK = ("healthy", "missing_result", "dependency_failed", "validator_absent")
+
+
+@dataclass
+class FaultRun:
+    fault: Fault
+    outcome: Outcome
+    seconds: float
+    diagnoses: int
+    remedies: dict[str, int] = field(default_factory=dict)
+    history_events: int = 0
+    signatures: list[str] = field(default_factory=list)
+
+    @property
+    def as_expected(self) -> bool:
+        if self.fault.kind == "healthy" and self.diagnoses:
+            return False  # a healthy run must not be diagnosed at all
+        return self.outcome == self.fault.expected
+
+
+def remedies(state: TicketState) -> dict[str, int]:
+    """What the ticket did about it, counted from its timeline and state."""
+    kinds = Counter(e.kind for e in state.timeline)
+    found = {
+        "recovery tasks": sum(1 for t in state.tasks.values() if t.diagnosis_run_id),
+        "replaced": kinds["task_replaced"],
+        "restarts": state.restarts_total,
+        "quarantined": kinds["agent_quarantined"],
+        "escalations": len(state.escalations),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+async def run_fault(
+    client: Client, settings: Settings, fault: Fault, *, ticket_id: str | None = None
+) -> FaultRun:
+    """Launch the fault's ticket on the worker at ``settings`` and wait for its ending."""
+    tid = ticket_id or f"fault-{fault.kind.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+    launched = await starter.launch_ticket(client, settings, parse_spec(fault.build(tid)))
+    handle = client.get_workflow_handle(launched.ticket_id)
+    started = time.monotonic()
+    outcome: Outcome = "not healed"
+    while time.monotonic() - started < fault.timeout_s:
+        status = await handle.query("status", result_type=StatusView)
+        if status.status == "completed" and status.validated_version is not None:
+            outcome = "healed"
+            break
+        if status.ticket_status == "escalated":
+            outcome = "escalated"
+            break
+        if status.finished_at is not None:
+            break
+        await asyncio.sleep(0.2)
+    seconds = time.monotonic() - started
+    state = await handle.query("state", result_type=TicketState)
+    if state.status == "open":  # stop its agent processes
+        await starter.cancel_ticket(client, settings, tid, f"fault suite: {outcome}", "bench")
+    events = len((await handle.fetch_history()).events)
+    return FaultRun(
+        fault=fault,
+        outcome=outcome,
+        seconds=seconds,
+        diagnoses=len(state.diagnoses),
+        remedies=remedies(state),
+        history_events=events,
+        signatures=[d.hypotheses[0].signature for d in state.diagnoses if d.hypotheses],
+    )
+
+
+def table(runs: list[FaultRun]) -> Table:
+    t = Table(title="Fault suite")
+    for column in ("fault", "expected", "outcome", "time", "diagnoses", "remedies", "events"):
+        t.add_column(column)
+    for r in runs:
+        style = "green" if r.as_expected else "red"
+        t.add_row(
+            r.fault.kind,
+            r.fault.expected,
+            f"[{style}]{r.outcome}",
+            f"{r.seconds:.1f} s",
+            f"{r.diagnoses} ({', '.join(r.signatures)})" if r.signatures else str(r.diagnoses),
+            ", ".join(f"{k} {v}" for k, v in r.remedies.items()) or "-",
+            str(r.history_events),
+        )
+    return t
+
+
+def markdown(runs: list[FaultRun], healthy: list[FaultRun], env: dict[str, Any]) -> str:
+    good = sum(r.as_expected for r in runs)
+    lines = [
+        "# The fault suite",
+        "",
+        f"`python -m bench.faults`: {len(runs)} fault kinds end to end on a real Temporal dev "
+        f"server, agents as real processes (python {env['python']}, temporalio "
+        f"{env['temporalio']}, {env['cpus']} cores). **{good} of {len(runs)} ended as "
+        "expected.**",
+        "",
+        "| fault | what | expected | outcome | time | diagnoses | remedies | events |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        mark = "" if r.as_expected else " ✗"
+        signatures = f" ({', '.join(r.signatures)})" if r.signatures else ""
+        done = ", ".join(f"{k} {v}" for k, v in r.remedies.items()) or "-"
+        lines.append(
+            f"| {r.fault.kind} | {r.fault.what} | {r.fault.expected} | {r.outcome}{mark} "
+            f"| {r.seconds:.1f} s | {r.diagnoses}{signatures} | {done} | {r.history_events} |"
+        )
+    if healthy:
+        diagnosed = sum(1 for r in healthy if r.diagnoses)
+        secs = sorted(r.seconds for r in healthy)
+        lines += [
+            "",
+            f"Healthy runs: {len(healthy)}, diagnosed: **{diagnosed}** (target 0); "
+            f"time median {secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def amain(args: argparse.Namespace) -> int:
+    console = make_console(170)
+    chosen = [f for f in FAULTS if not args.only or f.kind in args.only.split(",")]
+    healthy_fault = next(f for f in FAULTS if f.kind == "healthy")
+    runs: list[FaultRun] = []
+    healthy: list[FaultRun] = []
+    async with fresh_server(console, task_queue="faults") as bench:
+        with progress_display(console) as progress:
+            bar = progress.add_task("faults", total=len(chosen) + args.healthy)
+            for fault in chosen:
+                runs.append(await run_fault(bench.client, bench.settings, fault))
+                progress.advance(bar)
+            for _ in range(args.healthy):
+                healthy.append(await run_fault(bench.client, bench.settings, healthy_fault))
+                progress.advance(bar)
+    console.print(table(runs))
+    if healthy:
+        diagnosed = sum(1 for r in healthy if r.diagnoses)
+        console.print(f"healthy runs: {len(healthy)}, diagnosed: {diagnosed}")
+    if not args.only:
+        args.out.write_text(markdown(runs, healthy, environment(temporal_cli=False)))
+        console.print(f"wrote {args.out}")
+    ok = all(r.as_expected for r in runs) and not any(r.diagnoses for r in healthy)
+    return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
+    p.add_argument("--only", default="", help="comma list of fault kinds")
+    p.add_argument("--healthy", type=int, default=0, help="extra healthy runs (0 diagnoses)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    forward_core_logs()
+    core_log_to_file(REPO / "bench" / "out")
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
