@@ -320,12 +320,14 @@ def markdown(runs: list[FaultRun], healthy: list[FaultRun], env: dict[str, Any])
             f"| {r.seconds:.1f} s | {r.diagnoses}{signatures} | {done} | {r.history_events} |"
         )
     if healthy:
-        diagnosed = sum(1 for r in healthy if r.diagnoses)
+        diagnosed = [r for r in healthy if r.diagnoses]
         secs = sorted(r.seconds for r in healthy)
+        why = "; ".join(", ".join(r.signatures) for r in diagnosed)
         lines += [
             "",
-            f"Healthy runs: {len(healthy)}, diagnosed: **{diagnosed}** (target 0); "
-            f"time median {secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s.",
+            f"Healthy runs: {len(healthy)}, diagnosed: **{len(diagnosed)}** (target 0)"
+            + (f" ({why})" if why else "")
+            + f"; time median {secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -347,8 +349,8 @@ async def amain(args: argparse.Namespace) -> int:
                 progress.advance(bar)
     console.print(table(runs))
     if healthy:
-        diagnosed = sum(1 for r in healthy if r.diagnoses)
-        console.print(f"healthy runs: {len(healthy)}, diagnosed: {diagnosed}")
+        diagnosed = [", ".join(r.signatures) for r in healthy if r.diagnoses]
+        console.print(f"healthy runs: {len(healthy)}, diagnosed: {len(diagnosed)} {diagnosed}")
     if not args.only:
         args.out.write_text(markdown(runs, healthy, environment(temporal_cli=False)))
         console.print(f"wrote {args.out}")

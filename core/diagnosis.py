@@ -80,6 +80,10 @@ def stuck_at(state: TicketState) -> datetime | None:
         return None
     if moving_tasks(state) > 0 or validated_version(state) is not None:
         return None
+    if state.healing_v2 and any(
+        r.status == "pending_validation" and not r.timeout_reported for r in state.results
+    ):
+        return None  # a validator's turn: its own timeout covers a verdict that never comes
     if running_diagnosis(state) is not None:
         return None
     if guard_reason(state) is not None and (not state.healing_v2 or guard_escalated(state)):

@@ -940,7 +940,8 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
     # is as unavailable as a dead one.
     if not timed_out and any(a.state in LIVE_AGENT_STATES for a in validators):
         return None
-    likelihood = (0.85 if not validators else 0.8) + (0.1 if timed_out else 0.0)
+    # After a timeout it outranks what the timeout caused (a failed task's dependants).
+    likelihood = (0.85 if not validators else 0.8) + (0.12 if timed_out else 0.0)
     support = [
         f"result v{r.version} by {r.agent_id} awaits validation since {_at(r.submitted_at)}"
         for r in pending

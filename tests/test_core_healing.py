@@ -307,3 +307,15 @@ def test_the_escalate_remedy_tells_a_person_and_stops_automatic_diagnoses() -> N
     assert diagnosis.display_status(state) == "escalated"
     assert diagnosis.stuck_at(state) is None  # waits for the person, does not loop
     assert diagnosis.request_diagnosis(state, "task_failed", s(100)) == []
+
+
+def test_a_result_awaiting_its_verdict_is_not_stuck_until_its_timeout() -> None:
+    """Healthy fleets were diagnosed when the validator was slow: waiting for a verdict is
+    the validator's turn, and the validator timeout covers a verdict that never comes."""
+    state, agents = ticket(tasks=1, window_s=5, cooldown_s=5)
+    state.healing_v2 = True
+    finish_all(state, agents, s(0))
+    core.submit_result(state, SubmitResult(**auth(agents), content="# Result"), s(1))
+    assert diagnosis.stuck_at(state) is None
+    state.results[0].timeout_reported = True  # the validator timeout fired for it
+    assert diagnosis.stuck_at(state) is not None
