@@ -13,10 +13,13 @@ import starter
 from infra.settings import Settings
 
 
-def demo_agents_alive() -> list[str]:
+def demo_agents_alive(ticket_id: str) -> list[str]:
+    """This ticket's agent processes still running (other tickets' agents may run beside)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [
-        line for line in out.splitlines() if "agents.demo_agent" in line and "ps -eo" not in line
+        line
+        for line in out.splitlines()
+        if "agents.demo_agent" in line and f"--ticket {ticket_id} " in line
     ]
 
 
@@ -27,7 +30,6 @@ async def test_the_demo_tells_the_whole_story(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "250")
-    before = demo_agents_alive()
     code = await starter.run(
         [
             "demo",
@@ -53,4 +55,6 @@ async def test_the_demo_tells_the_whole_story(
     assert re.search(r"\(recovery\s+T\d+:\s+recovered\)", out), "its recovery task was done"
     assert re.search(r"validated version\s+v\d", out)
     # The ticket stopped its agent processes when it finished: no orphan survives.
-    assert demo_agents_alive() == before
+    launched = re.search(r"Launched ticket (\S+)", out)
+    assert launched, out[:2000]
+    assert demo_agents_alive(launched[1]) == []
