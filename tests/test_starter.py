@@ -160,8 +160,8 @@ async def test_launch_status_list_cancel(
     assert "ticket_started" in out and "ticket_finished" in out
 
     # watch returns at once for a finished ticket, with its outcome.
-    code, out, _ = await run(capsys, cli("watch", ticket_id, "--interval", "0.1"))
-    assert code == 0
+    code, out, err = await run(capsys, cli("watch", ticket_id, "--interval", "0.1"))
+    assert code == 0, err
     assert f"Ticket {ticket_id} is cancelled" in out
 
     # A closed ticket cannot be cancelled again; the message says so.
