@@ -161,6 +161,16 @@ FAULTS: tuple[Fault, ...] = (
         lambda tid: spec(tid, [agent("ada", *SUBMITTER)], tasks=tasks(validation=True)),
     ),
     Fault(
+        "validator_on_demand",
+        "a reviewed task; the spec's validator starts only on demand and nobody started it",
+        "healed",
+        lambda tid: spec(
+            tid,
+            [agent("ada", *SUBMITTER), {**agent("vera", kind="validator"), "spawn": "on_demand"}],
+            tasks=tasks(validation=True),
+        ),
+    ),
+    Fault(
         "validator_timeout",
         "the validator takes the review and never answers",
         "escalated",
@@ -211,7 +221,8 @@ FAULTS: tuple[Fault, ...] = (
     ),
 )
 #: The short form CI runs (tests/test_faults.py): one of each kind of ending.
-QUICK = ("healthy", "missing_result", "dependency_failed", "validator_absent")
+QUICK = ("healthy", "missing_result", "dependency_failed", "validator_absent",
+         "validator_on_demand")
 
 
 @dataclass

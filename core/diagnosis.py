@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from core.common import (
     Effect,
     Refused,
+    SpawnAgentProcesses,
     StartDiagnosis,
     Step,
     add_task,
@@ -48,6 +49,7 @@ from models.diagnosis import (
     SnapshotDiagnosis,
     SnapshotPhase,
     SnapshotResult,
+    SnapshotSpawnable,
     SnapshotTask,
     TicketSnapshot,
 )
@@ -58,7 +60,7 @@ from models.ledger import (
     escalation_record_id,
 )
 from models.messages import DiagnoseReply, DiagnoseTicket, DiagnosisView
-from models.spec import boost
+from models.spec import AgentSpec, boost
 
 RECENT_TASKS = 15
 
@@ -321,8 +323,15 @@ def escalate(
 # ---- the diagnosis finishes --------------------------------------------------------------
 
 
-def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetime) -> list[str]:
-    """Add the run's recovery tasks (priority boosted one level, linked to the run)."""
+def diagnosis_finished(
+    state: TicketState,
+    report: DiagnosisReport,
+    now: datetime,
+    effects: list[Effect] | None = None,
+) -> list[str]:
+    """Apply the run's remedies: recovery tasks (priority boosted one level, linked to the
+    run), replacements, agents to spawn (appended to ``effects``), escalations. Returns the
+    ids of the tasks created."""
     run = _run(state, report.run_id)
     if run is None or run.status != "running":
         return []
@@ -349,6 +358,13 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
                 why = f"{rec.title}: {rec.description}" if rec.description else rec.title
                 escalations.append(why)
                 continue
+            if rec.remedy == "spawn_agent":
+                spawned = _spawn_on_demand(state, rec.agent, run.run_id, now)
+                if spawned is not None:
+                    run.spawned.append(spawned.name)
+                    if effects is not None:
+                        effects.append(SpawnAgentProcesses((spawned,)))
+                continue
             task = add_task(
                 state,
                 now,
@@ -369,9 +385,9 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
     run.status = "completed"
     run.finished_at = now
     run.task_ids = created
-    run.outcome = "pending" if created else None
+    run.outcome = "pending" if created or run.spawned else None
     run.hypotheses = list(report.hypotheses.hypotheses)
-    if state.healing_v2 and created:
+    if state.healing_v2 and (created or run.spawned):
         signature = run.hypotheses[0].signature if run.hypotheses else None
         run.condition = condition_for(run.trigger, signature)
         run.subjects = blocked_before if run.condition == "unblocked" else []
@@ -399,6 +415,24 @@ def diagnosis_finished(state: TicketState, report: DiagnosisReport, now: datetim
     return created
 
 
+def _spawn_on_demand(
+    state: TicketState, name: str | None, run_id: str, now: datetime
+) -> AgentSpec | None:
+    """The spec agent ``name`` (spawn: on_demand) to start, if it exists and is not running."""
+    spec = next((a for a in state.spec.agents if a.name == name), None)
+    lineage = state.lineages.get(name or "")
+    if spec is None or spec.spawn != "on_demand" or lineage is None:
+        why = "no such on-demand agent" if spec is None or spec.spawn != "on_demand" else "?"
+        log(state, now, "remedy_skipped", f"{run_id}: spawn_agent {name!r}: {why}")
+        return None
+    if lineage.process is not None or lineage.quarantined:
+        state_now = "quarantined" if lineage.quarantined else "running"
+        log(state, now, "remedy_skipped", f"{run_id}: spawn_agent {name!r}: it is {state_now}")
+        return None
+    log(state, now, "agent_spawn_requested", f"{run_id}: starting on-demand agent {name!r}")
+    return spec
+
+
 def _replace(state: TicketState, old_id: str, new: Task, now: datetime) -> None:
     """The remedy replace_task: ``new`` takes over the dependants of ``old_id``.
 
@@ -423,6 +457,7 @@ def _replace(state: TicketState, old_id: str, new: Task, now: datetime) -> None:
             task.updated_at = now
             moved.append(task.id)
     new.replaces = old_id
+    new.validation = old.validation  # reviewed work stays reviewed
     log(
         state,
         now,
@@ -592,6 +627,11 @@ def settle_runs(state: TicketState, now: datetime) -> None:
         if run.verify_by is not None:
             continue
         statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
+        if not statuses and run.spawned and run.finished_at is not None:
+            # Only agents were started: they have one stuck window to make the difference.
+            window = timedelta(seconds=state.spec.policy.stuck.window_s)
+            run.verify_by = run.finished_at + window
+            continue
         if statuses and all(st in ("failed", "cancelled") for st in statuses):
             _failed(state, run, now, "all its recovery tasks failed")
         elif statuses and all(st in ("done", "failed", "cancelled") for st in statuses):
@@ -747,6 +787,16 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
                 ],
             )
             for a in state.agents.values()
+        ],
+        spawnable=[
+            SnapshotSpawnable(
+                name=spec.name,
+                kind=spec.kind,
+                running=(lineage := state.lineages.get(spec.name)) is not None
+                and lineage.process is not None,
+            )
+            for spec in state.spec.agents
+            if spec.spawn == "on_demand"
         ],
         results=[
             SnapshotResult(

@@ -527,7 +527,7 @@ def start(state: TicketState) -> list[Effect]:
     local = []
     for spec in state.spec.agents:
         state.lineages.setdefault(spec.name, Lineage(name=spec.name, spec=spec))
-        if spec.runtime == "local-process":
+        if spec.runtime == "local-process" and spec.spawn == "at_start":
             local.append(spec)
     return [SpawnAgentProcesses(tuple(local))] if local else []
 

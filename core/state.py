@@ -202,6 +202,7 @@ class DiagnosisRun(BaseModel):
     subjects: list[str] = Field(
         default_factory=list, description="condition unblocked: the tasks blocked at the time"
     )
+    spawned: list[str] = Field(default_factory=list, description="on-demand agents it started")
 
 
 class Escalation(BaseModel):

@@ -969,7 +969,29 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
         parts.append("the work whose review timed out")
     what = " and ".join(parts)
     # A worker cannot start a validator: a task asking one to would be done and change
-    # nothing. No remedy of the ticket's own can work, so a person is told at once.
+    # nothing. The ticket starts one itself when its spec has one on demand; otherwise no
+    # remedy of the ticket's own can work, and a person is told at once.
+    spare = next((a for a in s.spawnable if a.kind == "validator" and not a.running), None)
+    if spare is not None:
+        support.append(f"the spec has validator {spare.name!r} to start on demand")
+        return _hypothesis(
+            "validator_unavailable",
+            f"Work is waiting for validation ({what}) but no validator agent is alive to "
+            f"review it; the spec's on-demand validator {spare.name!r} is not running.",
+            likelihood,
+            support,
+            [],
+            [
+                Recommendation(
+                    title=f"Start the on-demand validator {spare.name}",
+                    description=f"Start {spare.name!r} (spawn: on_demand) to review {what}.",
+                    phase=_last_phase(s),
+                    priority="critical",
+                    remedy="spawn_agent",
+                    agent=spare.name,
+                )
+            ],
+        )
     recs = [
         _recommend(
             "No validator can review the pending work",

@@ -84,6 +84,14 @@ class SnapshotAgent(BaseModel):
     tasks: list[str] = Field(default_factory=list)
 
 
+class SnapshotSpawnable(BaseModel):
+    """A spec agent with ``spawn: on_demand`` (and whether a process of it runs now)."""
+
+    name: str
+    kind: str
+    running: bool = False
+
+
 class SnapshotResult(BaseModel):
     version: int
     agent_id: str
@@ -135,6 +143,9 @@ class TicketSnapshot(BaseModel):
         default_factory=list, description="failed, blocked or repeatedly failing tasks (≤ 15)"
     )
     agents: list[SnapshotAgent]
+    spawnable: list[SnapshotSpawnable] = Field(
+        default_factory=list, description="spec agents a spawn_agent remedy can start"
+    )
     results: list[SnapshotResult]
     diagnoses: list[SnapshotDiagnosis]
     validated_version: int | None = None
@@ -198,8 +209,10 @@ class Recommendation(BaseModel):
     ``create_task`` adds the task. ``replace_task`` adds it *in place of* a task that
     failed for good or was cancelled (``replaces``): every task waiting on that one waits on
     the new task instead, so the work blocked behind it can go on once the new task is done.
-    ``escalate`` creates no task: it hands the ticket to a person (title and description say
-    why and what was tried) and automatic diagnoses stop until a person acts.
+    ``spawn_agent`` creates no task: it starts the spec agent ``agent`` (``spawn:
+    on_demand``, e.g. a validator). ``escalate`` creates no task: it hands the ticket to a
+    person (title and description say why and what was tried) and automatic diagnoses stop
+    until a person acts.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -211,11 +224,16 @@ class Recommendation(BaseModel):
     type: Literal[
         "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
     ] = "fix"
-    remedy: Literal["create_task", "replace_task", "escalate"] = "create_task"
+    remedy: Literal["create_task", "replace_task", "spawn_agent", "escalate"] = "create_task"
     replaces: str | None = Field(
         default=None,
         max_length=63,
         description="replace_task: the id of the failed or cancelled task to take over from",
+    )
+    agent: str | None = Field(
+        default=None,
+        max_length=63,
+        description="spawn_agent: the name of a spec agent with spawn: on_demand to start",
     )
 
 

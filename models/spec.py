@@ -131,11 +131,20 @@ class AgentSpec(_Strict):
     )
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
+    spawn: Literal["at_start", "on_demand"] = Field(
+        default="at_start",
+        description=(
+            "at_start: the ticket starts it when it starts; on_demand: only when a diagnosis "
+            "needs it (e.g. a validator for work waiting on review)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _command_for_local(self) -> AgentSpec:
         if self.runtime == "local-process" and not self.command:
             raise ValueError("command is required when runtime is local-process")
+        if self.spawn == "on_demand" and self.runtime != "local-process":
+            raise ValueError("spawn: on_demand needs runtime local-process (the ticket starts it)")
         return self
 
 

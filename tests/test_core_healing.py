@@ -319,3 +319,50 @@ def test_a_result_awaiting_its_verdict_is_not_stuck_until_its_timeout() -> None:
     assert diagnosis.stuck_at(state) is None
     state.results[0].timeout_reported = True  # the validator timeout fired for it
     assert diagnosis.stuck_at(state) is not None
+
+
+def test_spawn_agent_starts_an_on_demand_validator_and_is_verified_by_its_verdict() -> None:
+    from core import health
+    from core.common import SpawnAgentProcesses
+
+    spec = parse_spec(
+        {
+            "id": "t",
+            "title": "Fix the session bug",
+            "tasks": [{"key": "fix", "phase": "implementation", "title": "Fix",
+                       "validation": True}],
+            "agents": [{"name": "vera", "kind": "validator", "runtime": "local-process",
+                        "command": ["run-vera"], "spawn": "on_demand"}],
+            "policy": {"stuck": {"window_s": 5, "cooldown_s": 5}},
+        }
+    )
+    state = core.new_ticket(spec, s(0))
+    state.operator_token_sha256 = core.hash_token(OPERATOR)
+    state.healing_v2 = True
+    assert health.start(state) == []  # on demand: not started with the ticket
+    assert "vera" in state.lineages
+    snap = diagnosis.snapshot(state, s(1))
+    assert [(a.name, a.kind, a.running) for a in snap.spawnable] == [("vera", "validator", False)]
+    effect = diagnosis.manual(
+        state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(1)
+    )
+    rec = Recommendation(
+        title="Start the on-demand validator vera", phase="implementation",
+        remedy="spawn_agent", agent="vera",
+    )
+    rep = replace_report(effect.reply.run_id, "T1")
+    rep.hypotheses.hypotheses[0].signature = "validator_unavailable"
+    rep.plan.tasks = [rec]
+    effects: list[Any] = []
+    assert diagnosis.diagnosis_finished(state, rep, s(2), effects) == []
+    [spawn] = effects
+    assert isinstance(spawn, SpawnAgentProcesses) and spawn.specs[0].name == "vera"
+    run = state.diagnoses[0]
+    assert run.spawned == ["vera"] and run.outcome == "pending"
+    assert run.condition == "validator_verdict"
+    diagnosis.settle_runs(state, s(2))
+    assert run.verify_by == s(7)  # the agent has one stuck window to make the difference
+    # Asking again while it is running does nothing.
+    state.lineages["vera"].process = object()  # type: ignore[assignment]
+    assert diagnosis._spawn_on_demand(state, "vera", "r2", s(3)) is None
+    assert "it is running" in state.timeline[-1].message

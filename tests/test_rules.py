@@ -612,3 +612,17 @@ def test_the_same_error_on_one_tasks_attempts_is_recognised_at_once() -> None:
     assert "ModuleNotFoundError: No module named 'bcrypt'" in h.statement
     assert rule_hypotheses(twice).hypotheses[0].signature == "environment_error"
     assert h.recommendations[0].title.startswith("Fix the environment: ModuleNotFoundError")
+
+
+def test_an_on_demand_validator_is_started_instead_of_escalating() -> None:
+    from models.diagnosis import SnapshotSpawnable
+
+    ev = evidence([task(1), task(2, "under_review")], results=[result(1, "pending_validation")])
+    ev.snapshot.spawnable = [SnapshotSpawnable(name="vera", kind="validator")]
+    h = validator_unavailable(ev)
+    assert h is not None
+    [rec] = h.recommendations
+    assert (rec.remedy, rec.agent) == ("spawn_agent", "vera")
+    ev.snapshot.spawnable = [SnapshotSpawnable(name="vera", kind="validator", running=True)]
+    h = validator_unavailable(ev)
+    assert h is not None and h.recommendations[0].remedy == "escalate"

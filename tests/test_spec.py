@@ -494,3 +494,9 @@ def test_whole_spec_problems_alone_are_all_reported(tmp_path: Path) -> None:
         "  tasks[0].depends_on: unknown task key 'y'",
         "  tasks[1].depends_on: a task cannot depend on itself",
     ]
+
+
+def test_spawn_on_demand_needs_a_runtime_that_starts_the_agent(tmp_path: Path) -> None:
+    agents = [{"name": "vera", "kind": "validator", "spawn": "on_demand"}]
+    msg = spec_error(tmp_path, with_(agents=agents))
+    assert "agents[0]: spawn: on_demand needs runtime local-process" in msg

@@ -450,7 +450,9 @@ class TicketWorkflow:
                 self._state, input.run_id, str(exc.cause or exc), workflow.now()
             )
         else:
-            diagnosis.diagnosis_finished(self._state, report, workflow.now())
+            effects: list[core.Effect] = []
+            diagnosis.diagnosis_finished(self._state, report, workflow.now(), effects)
+            self._apply_effects(effects)  # on-demand agents to start
         self._diagnoses.pop(input.run_id, None)
         self._after_change()
 
