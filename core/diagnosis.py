@@ -224,6 +224,16 @@ def request_diagnosis(
                     task_id=recovery.id,
                 )
             return []
+        if apply and state.healing_v2:
+            # A run still in its verification window when the ticket needs another
+            # diagnosis did not clear what it was for: it failed (the ladder sees it).
+            for earlier in state.diagnoses:
+                if earlier.outcome == "pending" and earlier.verify_by is not None:
+                    if condition_cleared(state, earlier):
+                        _recovered(state, earlier, now, "its condition cleared")
+                    else:
+                        why = f"the ticket needed another diagnosis ({trigger})"
+                        _failed(state, earlier, now, why)
         guard = guard_reason(state)
         if guard is not None:
             if apply:
@@ -358,6 +368,11 @@ def diagnosis_finished(
                 why = f"{rec.title}: {rec.description}" if rec.description else rec.title
                 escalations.append(why)
                 continue
+            if rec.remedy == "retry_task":
+                retried = _retry(state, rec.task_id, run.run_id, now)
+                if retried is not None:
+                    created.append(retried.id)  # the run follows it like a recovery task
+                continue
             if rec.remedy == "spawn_agent":
                 spawned = _spawn_on_demand(state, rec.agent, run.run_id, now)
                 if spawned is not None:
@@ -385,6 +400,7 @@ def diagnosis_finished(
     run.status = "completed"
     run.finished_at = now
     run.task_ids = created
+    run.plan = [rec.key() for rec in report.plan.tasks]
     run.outcome = "pending" if created or run.spawned else None
     run.hypotheses = list(report.hypotheses.hypotheses)
     if state.healing_v2 and (created or run.spawned):
@@ -413,6 +429,32 @@ def diagnosis_finished(
         f"{run.run_id}: {top}; recovery tasks {', '.join(created) or 'none'}",
     )
     return created
+
+
+def _retry(state: TicketState, task_id: str | None, run_id: str, now: datetime) -> Task | None:
+    """The remedy retry_task: a task that failed for good goes back to pending, with fresh
+    retries; the tasks waiting on it keep waiting, now for something that can happen."""
+    task = state.tasks.get(task_id or "")
+    if task is None or task.status not in ("failed", "cancelled"):
+        why = "no such task" if task is None else f"it is {task.status}"
+        log(state, now, "remedy_skipped", f"{run_id}: retry_task {task_id}: {why}")
+        return None
+    before = task.status
+    task.status = "pending"
+    task.failures = 0
+    task.assigned_agent = None
+    task.diagnosis_run_id = run_id
+    task.updated_at = now
+    state.last_activity_at = now
+    log(
+        state,
+        now,
+        "task_retried",
+        f"{task.id} ({before}) back to pending with fresh retries by {run_id}"
+        + (f"; it failed with: {task.failure_reason[:200]}" if task.failure_reason else ""),
+        task_id=task.id,
+    )
+    return task
 
 
 def _spawn_on_demand(
@@ -820,7 +862,7 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
                 top_hypothesis=d.hypotheses[0].statement if d.hypotheses else None,
                 top_signature=d.hypotheses[0].signature if d.hypotheses else None,
                 task_ids=list(d.task_ids),
-                plan=[_plan_key(state, t) for t in d.task_ids if t in state.tasks],
+                plan=list(d.plan),
                 condition=d.condition,
             )
             for d in state.diagnoses
@@ -829,12 +871,6 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         last_activity_at=state.last_activity_at,
         taken_at=now,
     )
-
-
-def _plan_key(state: TicketState, task_id: str) -> str:
-    task = state.tasks[task_id]
-    remedy = "replace_task" if task.replaces else "create_task"
-    return f"{remedy}: {' '.join(task.title.lower().split())}"
 
 
 def _blocked(state: TicketState, task: Task) -> bool:

@@ -203,6 +203,7 @@ class DiagnosisRun(BaseModel):
         default_factory=list, description="condition unblocked: the tasks blocked at the time"
     )
     spawned: list[str] = Field(default_factory=list, description="on-demand agents it started")
+    plan: list[str] = Field(default_factory=list, description="Recommendation.key() of each")
 
 
 class Escalation(BaseModel):

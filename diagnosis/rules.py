@@ -847,9 +847,35 @@ def dependency_deadlock(evidence: Evidence) -> Hypothesis | None:
     dependents = {r: [t for t in blocked if r in roots[t]] for r in all_roots}
     ranked_roots = sorted(all_roots, key=lambda r: (-len(dependents[r]), _task_order(r)))
     recs = []
+    tried = [key for d in s.diagnoses for key in d.plan]
     for root_id in ranked_roots[:3]:
         root = tasks[root_id]
         waiting = dependents[root_id]
+        # The ladder: retry it first (the cause may be gone); a retry that already failed
+        # is not repeated: a new task takes its place.
+        if not any(key.startswith(f"retry_task({root_id})") for key in tried):
+            recs.append(
+                Recommendation(
+                    title=f"Retry failed dependency {root.id}: {root.title}"[:200],
+                    description=_clip(
+                        f"{_task_label(root)} is {root.status}"
+                        + (
+                            f" ({_quote(root.failure_reason or '', 300)})"
+                            if root.failure_reason
+                            else ""
+                        )
+                        + f"; {_ids(waiting)} {'waits' if len(waiting) == 1 else 'wait'} on it. "
+                        f"It goes back to pending with fresh retries.",
+                        4000,
+                    ),
+                    phase=root.phase,
+                    priority="high",
+                    type=_rec_type(root.type),
+                    remedy="retry_task",
+                    task_id=root.id,
+                )
+            )
+            continue
         recs.append(
             _recommend(
                 f"Redo {root.status} dependency {root.id}: {root.title}",
@@ -1117,10 +1143,6 @@ def _title_key(title: str) -> str:
     return " ".join(title.lower().split())
 
 
-def _plan_key(rec: Recommendation) -> str:
-    return f"{rec.remedy}: {_title_key(rec.title)}"
-
-
 def _tried_before(
     top: Hypothesis, plan: list[Recommendation], snapshot: TicketSnapshot
 ) -> Recommendation | None:
@@ -1128,7 +1150,7 @@ def _tried_before(
     clearing its condition is not run again; the ticket escalates instead (returned)."""
     if any(rec.remedy == "escalate" for rec in plan):
         return None
-    keys = {_plan_key(rec) for rec in plan}
+    keys = {rec.key() for rec in plan}
     for earlier in reversed(snapshot.diagnoses):
         if earlier.outcome != "failed" or not earlier.plan or not _same_signature(earlier, top):
             continue

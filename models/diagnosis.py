@@ -114,7 +114,7 @@ class SnapshotDiagnosis(BaseModel):
     )
     task_ids: list[str] = Field(default_factory=list)
     plan: list[str] = Field(
-        default_factory=list, description="what it ran: '<remedy>: <title>' per recovery task"
+        default_factory=list, description="what it ran: Recommendation.key() of each remedy"
     )
     condition: str | None = Field(default=None, description="what it had to clear")
 
@@ -206,9 +206,11 @@ class Evidence(BaseModel):
 class Recommendation(BaseModel):
     """A recovery task to create, and the remedy it carries out.
 
-    ``create_task`` adds the task. ``replace_task`` adds it *in place of* a task that
-    failed for good or was cancelled (``replaces``): every task waiting on that one waits on
-    the new task instead, so the work blocked behind it can go on once the new task is done.
+    ``create_task`` adds the task. ``retry_task`` puts the failed task ``task_id`` back to
+    pending with fresh retries (its dependants keep waiting on it). ``replace_task`` adds it
+    *in place of* a task that failed for good or was cancelled (``replaces``): every task
+    waiting on that one waits on the new task instead, so the work blocked behind it can go
+    on once the new task is done.
     ``spawn_agent`` creates no task: it starts the spec agent ``agent`` (``spawn:
     on_demand``, e.g. a validator). ``escalate`` creates no task: it hands the ticket to a
     person (title and description say why and what was tried) and automatic diagnoses stop
@@ -224,7 +226,9 @@ class Recommendation(BaseModel):
     type: Literal[
         "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
     ] = "fix"
-    remedy: Literal["create_task", "replace_task", "spawn_agent", "escalate"] = "create_task"
+    remedy: Literal["create_task", "retry_task", "replace_task", "spawn_agent", "escalate"] = (
+        "create_task"
+    )
     replaces: str | None = Field(
         default=None,
         max_length=63,
@@ -235,6 +239,16 @@ class Recommendation(BaseModel):
         max_length=63,
         description="spawn_agent: the name of a spec agent with spawn: on_demand to start",
     )
+    task_id: str | None = Field(
+        default=None,
+        max_length=63,
+        description="retry_task: the failed task to put back to pending with fresh retries",
+    )
+
+    def key(self) -> str:
+        """What the remedy does, for comparing plans: ``retry_task(T1): redo t1``."""
+        target = self.task_id or self.replaces or self.agent or ""
+        return f"{self.remedy}({target}): {' '.join(self.title.lower().split())}"
 
 
 class Hypothesis(BaseModel):

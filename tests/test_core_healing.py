@@ -163,11 +163,12 @@ def test_replace_task_leaves_a_task_that_did_not_fail_alone() -> None:
 
 
 def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -> None:
-    state, agents = ticket(tasks=1, window_s=1, cooldown_s=1, max_runs=3)
+    state, agents = ticket(tasks=1, window_s=1, cooldown_s=1, max_runs=3,
+                           max_consecutive_failures=10)
     state.healing_v2 = True
     finish_all(state, agents, s(0))
     now = 0.0
-    for _ in range(3):  # each run "recovers" (its task is done) but the ticket stays stuck
+    for _ in range(3):  # each run's task is done, yet the ticket stays stuck
         now += 10
         effect = started(diagnosis.tick(state, s(now)))
         diagnosis.diagnosis_finished(state, report(state, effect.input.run_id), s(now))
@@ -366,3 +367,21 @@ def test_spawn_agent_starts_an_on_demand_validator_and_is_verified_by_its_verdic
     state.lineages["vera"].process = object()  # type: ignore[assignment]
     assert diagnosis._spawn_on_demand(state, "vera", "r2", s(3)) is None
     assert "it is running" in state.timeline[-1].message
+
+
+def test_a_run_still_verifying_when_another_diagnosis_starts_failed() -> None:
+    """No credit for a later run's work: the ticket needed diagnosing again, so the earlier
+    run's remedies did not clear what they were for (and the ladder sees it failed)."""
+    state, agents, task_id = stuck_and_diagnosed()
+    claim(state, agents, 12)
+    complete(state, agents, task_id, 13)  # done, nothing submitted: verifying until 18
+    effect = diagnosis.manual(
+        state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(14)
+    )
+    assert effect.reply.run_id  # manual runs do not settle earlier runs
+    assert state.diagnoses[0].outcome == "pending"
+    diagnosis.diagnosis_finished(state, report(state, effect.reply.run_id), s(15))
+    finish_all(state, agents, s(15))
+    started(diagnosis.request_diagnosis(state, "task_failed", s(30), reason="again"))
+    assert state.diagnoses[0].outcome == "failed"
+    assert any("needed another diagnosis (task_failed)" in e.message for e in state.timeline)

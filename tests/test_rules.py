@@ -349,10 +349,23 @@ def test_dependency_deadlock_is_transitive() -> None:
     assert "T3, T4" in h.statement and "T5" not in h.statement
     assert any(e.startswith("T3 ") and "T2 (failed" in e for e in h.evidence)
     assert any(e.startswith("T4 ") and "itself blocked" in e for e in h.evidence)
+    # First rung: T2 goes back to pending with fresh retries.
+    rec = h.recommendations[0]
+    assert rec.title == "Retry failed dependency T2: Task 2"
+    assert rec.phase == "implementation"
+    assert (rec.remedy, rec.task_id) == ("retry_task", "T2")
+    # Next rung, once a retry of T2 was tried: a new task takes over T2's dependants.
+    ev.snapshot.diagnoses = [
+        SnapshotDiagnosis(
+            run_id="login-diagnosis-1", trigger="task_failed", status="completed",
+            outcome="failed", started_at=T0, top_signature="dependency_deadlock",
+            plan=[rec.key()],
+        )
+    ]
+    h = dependency_deadlock(ev)
+    assert h is not None
     rec = h.recommendations[0]
     assert rec.title == "Redo failed dependency T2: Task 2"
-    assert rec.phase == "implementation"
-    # The remedy: the new task takes over T2's dependants (T3 waits on it instead).
     assert rec.remedy == "replace_task" and rec.replaces == "T2"
     assert "the tasks that waited on T2 wait on this task instead" in rec.description
 
@@ -407,7 +420,7 @@ def test_a_plan_that_already_failed_for_the_same_signature_escalates() -> None:
     """A ladder, never a loop: the same plan is not run again for the same signature."""
     first = seed_scenario()
     plan = plan_recovery(rule_hypotheses(first), first.snapshot)
-    keys = [f"{t.remedy}: {' '.join(t.title.lower().split())}" for t in plan.tasks]
+    keys = [t.key() for t in plan.tasks]
     failed = SnapshotDiagnosis(
         run_id="login-diagnosis-1",
         trigger="no_result",
@@ -428,7 +441,7 @@ def test_a_plan_that_already_failed_for_the_same_signature_escalates() -> None:
     # Not for a run that recovered, nor for one that ran another plan.
     for other in (
         failed.model_copy(update={"outcome": "recovered"}),
-        failed.model_copy(update={"plan": ["create_task: something else"]}),
+        failed.model_copy(update={"plan": ["create_task(): something else"]}),
     ):
         again.snapshot.diagnoses = [other]
         assert plan_recovery(rule_hypotheses(again), again.snapshot).tasks == plan.tasks
