@@ -103,7 +103,8 @@ excerpts and reviews. Secrets were replaced by [REDACTED].
 
 Answer with one JSON object matching the given JSON Schema, nothing else:
 {"hypotheses": [{"signature", "statement", "likelihood", "evidence", "counterpoints",
-"recommendations": [{"title", "description", "phase", "priority", "type"}]}]}
+"recommendations": [{"title", "description", "phase", "priority", "type", "remedy",
+"task_id", "replaces", "agent"}]}]}
 - At most 5 hypotheses, most likely first; likelihood is a probability between 0 and 1.
 - signature: one of missing_result_submission, premature_completion, validation_loop,
   crash_looping_agent, environment_error, dependency_deadlock, phase_without_tasks,
@@ -115,6 +116,13 @@ Answer with one JSON object matching the given JSON Schema, nothing else:
   {phases}, a priority (low, normal, high, critical) and a type (implementation, analysis,
   fix, design, test, documentation, submission). If all work is done but no final result
   was submitted, recommend exactly "Submit final result with evidence" (type submission).
+- remedy (default create_task) says what the ticket does with a recommendation:
+  create_task adds it as a task; retry_task puts the failed task task_id back to pending
+  with fresh retries; replace_task adds it in place of the failed or cancelled task
+  replaces (the tasks waiting on that one wait on the new one); spawn_agent starts the
+  snapshot's on-demand agent named agent (see "spawnable"); escalate hands the ticket to a
+  person when no agent can fix it (e.g. no validator can be had). Do not repeat a plan an
+  earlier diagnosis already ran without success (its "plan" and "outcome").
 """
 
 

@@ -324,3 +324,15 @@ async def test_the_hypotheses_activity_heartbeats_while_the_llm_thinks(
     # ... and the workflow gives it a heartbeat timeout a few beats long.
     source = Path(diagnosis_workflow.__file__).read_text()
     assert "heartbeat_timeout=timedelta(seconds=10)" in source
+
+
+async def test_the_llm_picks_among_the_same_typed_remedies(fake_llm: FakeLLM) -> None:
+    answer = hypothesis("dependency_deadlock", 0.8, title="Redo the mailer setup")
+    answer["recommendations"][0].update(remedy="replace_task", replaces="T2")
+    fake_llm.reply = Reply(content=json.dumps({"hypotheses": [answer]}))
+    found = await generate_hypotheses(evidence(), fake_llm.settings())
+    assert found.generator == "llm:test-model"
+    [rec] = found.hypotheses[0].recommendations
+    assert (rec.remedy, rec.replaces) == ("replace_task", "T2")
+    sent = fake_llm.requests[-1]["body"]["messages"][0]["content"]
+    assert "replace_task adds it in place of the failed or cancelled task" in sent
