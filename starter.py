@@ -117,8 +117,10 @@ WORKFLOW_TYPE = "Ticket"
 TICKET_STATUSES = ("open", "completed", "cancelled")
 #: How long connecting to Temporal, and a query (which needs a worker), may take.
 CONNECT_TIMEOUT = 10.0
-QUERY_TIMEOUT = 30.0
-#: A query failing in transit (not refused by the server) is asked this many times in all.
+QUERY_TIMEOUT = 10.0
+#: A query failing in transit or unanswered in QUERY_TIMEOUT is asked this many times in all:
+#: a query that reaches a worker while it evicts a just-finished ticket is dropped by the SDK
+#: ("leftover buffered tasks when evicting run") and would otherwise wait out its timeout.
 QUERY_ATTEMPTS = 3
 
 T = TypeVar("T")
@@ -159,8 +161,9 @@ def _rpc_failure(exc: RPCError, settings: Settings, ticket_id: str | None = None
         if ticket_id is not None:
             # Queries are answered by a worker; with none polling they wait until the timeout.
             return StarterError(
-                f"no answer about ticket {ticket_id} within {QUERY_TIMEOUT:.0f} s from {where}: "
-                "is a worker (python worker.py) running on the ticket's task queue?"
+                f"no answer about ticket {ticket_id} within "
+                f"{QUERY_TIMEOUT * QUERY_ATTEMPTS:.0f} s from {where}: is a worker "
+                "(unstuck worker) running on the ticket's task queue?"
             )
         return StarterError(f"the Temporal server at {settings.temporal_address} did not answer")
     return StarterError(f"Temporal ({where}) refused the request: {_one_line(message)}")
@@ -241,8 +244,9 @@ async def _query(
 async def _read(make_call: Callable[[], Awaitable[T]]) -> T:
     """A read (query), asked again when the connection fails in transit.
 
-    Seen with the suite under load: "h2 protocol error" on a query right after a cancel.
-    Reads have no effect, so asking again is always safe; the last failure is raised.
+    Seen with the suite under load: "h2 protocol error" on a query right after a cancel, and
+    a query of a just-finished ticket never answered. Reads have no effect, so asking again
+    is always safe; the last failure is raised.
     """
     for attempt in range(1, QUERY_ATTEMPTS + 1):
         try:
@@ -255,9 +259,9 @@ async def _read(make_call: Callable[[], Awaitable[T]]) -> T:
 
 
 def _transient(exc: RPCError) -> bool:
-    """A failure of the connection rather than an answer of the server."""
+    """A failure of the connection, or no answer in time, rather than an answer."""
     text = str(exc).lower()
-    return exc.status == RPCStatusCode.UNAVAILABLE or any(
+    return exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED) or any(
         marker in text for marker in ("h2 protocol error", "connection reset", "transport error")
     )
 
