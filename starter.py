@@ -71,7 +71,7 @@ from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
 from infra.settings import Settings
-from infra.telemetry import core_log_to_file, forward_core_logs
+from infra.telemetry import CORE_LOGGER, core_log_to_file, forward_core_logs
 from ledger.store import Ledger
 from models.messages import (
     AgentView,
@@ -1354,7 +1354,8 @@ async def _finish_server(server: DevServer, out: Console, keep_server: bool) -> 
 async def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     from worker import serve
 
-    logging.getLogger().setLevel(logging.INFO)  # the worker's log is its output
+    logging.getLogger().setLevel(logging.INFO)  # the worker's log is its output,
+    logging.getLogger(CORE_LOGGER).propagate = True  # the SDK core's warnings included
     settings = ctx.settings
     if args.no_dev_server:
         settings = settings.model_copy(update={"start_dev_server": False})

@@ -82,8 +82,13 @@ def stuck_at(state: TicketState) -> datetime | None:
         return None
     if moving_tasks(state) > 0 or validated_version(state) is not None:
         return None
-    if state.healing_v2 and any(
-        r.status == "pending_validation" and not r.timeout_reported for r in state.results
+    if (
+        state.healing_v2
+        and any(r.status == "pending_validation" and not r.timeout_reported for r in state.results)
+        and any(
+            a.kind == "validator" and a.state in ("idle", "running", "spawning", "degraded")
+            for a in state.agents.values()
+        )
     ):
         return None  # a validator's turn: its own timeout covers a verdict that never comes
     if running_diagnosis(state) is not None:
@@ -402,6 +407,9 @@ def diagnosis_finished(
     run.task_ids = created
     run.plan = [rec.key() for rec in report.plan.tasks]
     run.outcome = "pending" if created or run.spawned else None
+    nothing_applied = (
+        state.healing_v2 and state.status == "open" and not (created or run.spawned or escalations)
+    )
     run.hypotheses = list(report.hypotheses.hypotheses)
     if state.healing_v2 and (created or run.spawned):
         signature = run.hypotheses[0].signature if run.hypotheses else None
@@ -428,6 +436,8 @@ def diagnosis_finished(
         "diagnosis_completed",
         f"{run.run_id}: {top}; recovery tasks {', '.join(created) or 'none'}",
     )
+    if nothing_applied:  # every remedy was skipped: it cannot help, and must not loop
+        _failed(state, run, now, "none of its remedies could be applied")
     return created
 
 
@@ -442,6 +452,8 @@ def _retry(state: TicketState, task_id: str | None, run_id: str, now: datetime) 
     before = task.status
     task.status = "pending"
     task.failures = 0
+    task.iteration = 0  # fresh review iterations too
+    task.consecutive_review_failures = 0
     task.assigned_agent = None
     task.diagnosis_run_id = run_id
     task.updated_at = now
@@ -626,19 +638,23 @@ def condition_cleared(state: TicketState, run: DiagnosisRun) -> bool:
     kind = run.condition
     if kind == "result_submitted":
         return submitted
-    if kind == "unblocked":  # every task that was blocked can be claimed now, or is done
+    if kind == "unblocked" and run.subjects:  # every task blocked then is claimable or done
         return all(_claimable_or_beyond(state, t) for t in run.subjects)
     if kind == "validator_verdict":
         return bool(reviews or verdicts)
     if kind == "review_passed":
         return any(r.passed for r in reviews)
+    # Moving: since the run's remedies were applied, a task it did not create was claimed,
+    # worked on or finished (a task merely pending, e.g. a rewired dependant, is not movement).
     own = set(run.task_ids)
-    blocked = blocked_tasks(state)
-    moving = any(
-        t.status in ACTIVE_STATUSES and t.id not in own and t.id not in blocked
+    after = run.finished_at or run.started_at
+    moved = any(
+        t.id not in own
+        and t.updated_at > after
+        and t.status in ("assigned", "running", "under_review", "validation_in_progress", "done")
         for t in state.tasks.values()
     )
-    return moving or submitted
+    return moved or submitted
 
 
 def _claimable_or_beyond(state: TicketState, task_id: str) -> bool:
@@ -670,9 +686,12 @@ def settle_runs(state: TicketState, now: datetime) -> None:
             continue
         statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
         if not statuses and run.spawned and run.finished_at is not None:
-            # Only agents were started: they have one stuck window to make the difference.
-            window = timedelta(seconds=state.spec.policy.stuck.window_s)
-            run.verify_by = run.finished_at + window
+            # Only agents were started: they have one stuck window to make the difference,
+            # a validator as long as any validator has for a verdict.
+            seconds = state.spec.policy.stuck.window_s
+            if run.condition == "validator_verdict":
+                seconds = max(seconds, state.spec.policy.validation.validator_timeout_s)
+            run.verify_by = run.finished_at + timedelta(seconds=seconds)
             continue
         if statuses and all(st in ("failed", "cancelled") for st in statuses):
             _failed(state, run, now, "all its recovery tasks failed")

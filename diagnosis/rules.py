@@ -1029,9 +1029,18 @@ def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
             remedy="escalate",
         )
     ]
+    live = [a for a in validators if a.state in LIVE_AGENT_STATES]
+    statement = (
+        f"No verdict on {what} came within the validator timeout although "
+        f"{_ids(a.id for a in live)} {'is' if len(live) == 1 else 'are'} alive: the "
+        f"validator holds reviews without judging them."
+        if live
+        else f"Work is waiting for validation ({what}) but no validator agent is alive to "
+        f"review it."
+    )
     return _hypothesis(
         "validator_unavailable",
-        f"Work is waiting for validation ({what}) but no validator agent is alive to review it.",
+        statement,
         likelihood,
         support,
         [],
@@ -1196,7 +1205,9 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
                     rec = rec.model_copy(update={"phase": _last_phase(snapshot)})
                 tasks.append(rec)
                 if len(tasks) == MAX_RECOVERY_TASKS:
-                    return RecoveryPlan(tasks=tasks)
+                    break
+            if len(tasks) == MAX_RECOVERY_TASKS:
+                break
     if tasks and ranked and (tried := _tried_before(ranked[0], tasks, snapshot)) is not None:
         return RecoveryPlan(tasks=[tried])
     if not tasks:

@@ -47,6 +47,7 @@ from temporalio.runtime import (
 from infra.settings import Settings
 
 __all__ = [
+    "CORE_LOGGER",
     "EXPORTERS",
     "SPAN_FILE",
     "JsonlSpanExporter",
@@ -249,8 +250,9 @@ CORE_LOG_FILE = "unstuck.log"
 
 
 def _core_logging() -> LoggingConfig:
+    """Core log lines as Python log records of CORE_LOGGER (where they go is the process's
+    logging configuration: the CLI sends them to a file, see core_log_to_file)."""
     logger = logging.getLogger(CORE_LOGGER)
-    logger.propagate = False  # not the terminal: see core_log_to_file
     return LoggingConfig(
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=logger),
@@ -306,6 +308,8 @@ def metrics_runtime(settings: Settings) -> Runtime | None:
         return None
     if address not in _runtimes:
         _runtimes[address] = Runtime(
-            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address))
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=address), logging=_core_logging()
+            )
         )
     return _runtimes[address]

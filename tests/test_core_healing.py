@@ -362,7 +362,8 @@ def test_spawn_agent_starts_an_on_demand_validator_and_is_verified_by_its_verdic
     assert run.spawned == ["vera"] and run.outcome == "pending"
     assert run.condition == "validator_verdict"
     diagnosis.settle_runs(state, s(2))
-    assert run.verify_by == s(7)  # the agent has one stuck window to make the difference
+    # A validator has as long as any validator has for a verdict (the validator timeout).
+    assert run.verify_by == s(2 + 600)
     # Asking again while it is running does nothing.
     state.lineages["vera"].process = object()  # type: ignore[assignment]
     assert diagnosis._spawn_on_demand(state, "vera", "r2", s(3)) is None
@@ -385,3 +386,36 @@ def test_a_run_still_verifying_when_another_diagnosis_starts_failed() -> None:
     started(diagnosis.request_diagnosis(state, "task_failed", s(30), reason="again"))
     assert state.diagnoses[0].outcome == "failed"
     assert any("needed another diagnosis (task_failed)" in e.message for e in state.timeline)
+
+
+def test_moving_means_a_task_moved_after_the_remedies_not_merely_pending() -> None:
+    """Found in review: a run with condition 'moving' counted as recovered at once because an
+    unrelated task was pending."""
+    state, agents = chain_ticket()
+    claim(state, agents, 1)
+    run = started(fail_for_good(state, agents, "T1", 2).effects)
+    rep = report(state, run.input.run_id)  # signature "other": condition "moving"
+    diagnosis.diagnosis_finished(state, rep, s(3))
+    diagnosis.settle_runs(state, s(3))
+    assert state.diagnoses[0].condition == "moving"
+    assert state.diagnoses[0].outcome == "pending"  # T4 is pending: that is not movement
+    assert claim(state, agents, 4) == "T5"  # its own recovery task: not what it is about
+    complete(state, agents, "T5", 5)
+    assert state.diagnoses[0].outcome == "pending" and state.diagnoses[0].verify_by == s(10)
+    assert claim(state, agents, 6) == "T4"  # an independent task gets claimed: it moved
+    diagnosis.settle_runs(state, s(6))
+    assert state.diagnoses[0].outcome == "recovered"
+
+
+def test_a_run_whose_remedies_could_not_be_applied_failed() -> None:
+    state, _ = chain_ticket()
+    effect = diagnosis.manual(
+        state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(1)
+    )
+    rec = Recommendation(title="Retry T1", phase="implementation", remedy="retry_task",
+                         task_id="T1")  # T1 has not failed: nothing to retry
+    rep = report(state, effect.reply.run_id)
+    rep.plan.tasks = [rec]
+    assert diagnosis.diagnosis_finished(state, rep, s(2)) == []
+    assert state.diagnoses[0].outcome == "failed"
+    assert state.consecutive_failed_diagnoses == 1

@@ -639,3 +639,19 @@ def test_an_on_demand_validator_is_started_instead_of_escalating() -> None:
     ev.snapshot.spawnable = [SnapshotSpawnable(name="vera", kind="validator", running=True)]
     h = validator_unavailable(ev)
     assert h is not None and h.recommendations[0].remedy == "escalate"
+
+
+def test_the_ladder_also_holds_for_a_full_plan_of_five() -> None:
+    """Found in review: a plan that reached five remedies was returned before the check."""
+    recs = [Recommendation(title=f"Step {i}", phase="testing") for i in range(5)]
+    top = Hypothesis(signature="other", statement="stuck", likelihood=0.9, recommendations=recs)
+    snapshot = seed_scenario().snapshot
+    plan = plan_recovery(HypothesisSet(hypotheses=[top]), snapshot)
+    assert len(plan.tasks) == 5
+    snapshot.diagnoses = [
+        SnapshotDiagnosis(run_id="d1", trigger="no_result", status="completed",
+                          outcome="failed", started_at=T0, top_signature="other",
+                          plan=[t.key() for t in plan.tasks])
+    ]
+    [rec] = plan_recovery(HypothesisSet(hypotheses=[top]), snapshot).tasks
+    assert rec.remedy == "escalate"

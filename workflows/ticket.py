@@ -158,6 +158,10 @@ class TicketWorkflow:
             self._state.operator_token_sha256 = input.operator_token_sha256
             self._state.agent_address = input.agent_address
             self._state.agent_namespace = input.agent_namespace
+        # Decided once per run, before any handler reads it (updates of the first activation
+        # run before run()): it changes when the stuck timer fires and what diagnoses do, so
+        # runs recorded before the patch keep the old rules when replayed.
+        self._state.healing_v2 = workflow.patched(HEALING_V2)
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
@@ -179,9 +183,6 @@ class TicketWorkflow:
 
     @workflow.run
     async def run(self, input: TicketInput) -> StatusView:
-        # Decided once per run, before anything reads it: it changes when the stuck timer
-        # fires, so runs recorded before the patch keep the old rules when replayed.
-        self._state.healing_v2 = workflow.patched(HEALING_V2)
         if input.state is None:
             self._apply_effects(health.start(self._state))  # spawn local-process agents
         self._after_change()
