@@ -589,17 +589,7 @@ def recovery_task_failed(state: TicketState, task: Task, now: datetime) -> None:
         return
     statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
     if statuses and all(s in ("failed", "cancelled") for s in statuses):
-        run.outcome = "failed"
-        state.consecutive_failed_diagnoses += 1
-        _record_run(state, run)
-        log(
-            state,
-            now,
-            "diagnosis_ineffective",
-            f"{run.run_id}: all its recovery tasks failed "
-            f"({state.consecutive_failed_diagnoses} consecutive)",
-        )
-        _escalate_if_guarded(state, now, run.run_id)
+        _failed(state, run, now, "all its recovery tasks failed")
 
 
 # ---- verified healing (healing v2) ----------------------------------------------------------

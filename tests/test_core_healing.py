@@ -65,21 +65,17 @@ def complete(state: TicketState, agents: dict[str, str], task_id: str, at: float
     core.complete(state, msg, s(at))
 
 
-def replace_report(run_id: str, replaces: str) -> DiagnosisReport:
-    rec = Recommendation(
-        title=f"Redo failed dependency {replaces}",
-        phase="implementation",
-        remedy="replace_task",
-        replaces=replaces,
-    )
+def one_hypothesis_report(
+    run_id: str, trigger: str, signature: str, statement: str, rec: Recommendation
+) -> DiagnosisReport:
     return DiagnosisReport(
         run_id=run_id,
-        trigger="task_failed",
+        trigger=trigger,  # type: ignore[arg-type]
         hypotheses=HypothesisSet(
             hypotheses=[
                 Hypothesis(
-                    signature="dependency_deadlock",
-                    statement="T2 and T3 wait on T1, which failed for good",
+                    signature=signature,  # type: ignore[arg-type]
+                    statement=statement,
                     likelihood=0.9,
                     recommendations=[rec],
                 )
@@ -89,6 +85,19 @@ def replace_report(run_id: str, replaces: str) -> DiagnosisReport:
         evidence_summary="summary",
         started_at=s(0),
         finished_at=s(1),
+    )
+
+
+def replace_report(run_id: str, replaces: str) -> DiagnosisReport:
+    rec = Recommendation(
+        title=f"Redo failed dependency {replaces}",
+        phase="implementation",
+        remedy="replace_task",
+        replaces=replaces,
+    )
+    return one_hypothesis_report(
+        run_id, "task_failed", "dependency_deadlock",
+        "T2 and T3 wait on T1, which failed for good", rec,
     )
 
 
@@ -187,23 +196,8 @@ def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -
 def missing_result_report(run_id: str) -> DiagnosisReport:
     rec = Recommendation(title="Submit final result with evidence", phase="testing",
                          type="submission")
-    return DiagnosisReport(
-        run_id=run_id,
-        trigger="no_result",
-        hypotheses=HypothesisSet(
-            hypotheses=[
-                Hypothesis(
-                    signature="missing_result_submission",
-                    statement="nobody submitted the final result",
-                    likelihood=0.9,
-                    recommendations=[rec],
-                )
-            ]
-        ),
-        plan=RecoveryPlan(tasks=[rec]),
-        evidence_summary="summary",
-        started_at=s(0),
-        finished_at=s(1),
+    return one_hypothesis_report(
+        run_id, "no_result", "missing_result_submission", "nobody submitted the final result", rec
     )
 
 
