@@ -21,6 +21,11 @@ from models.diagnosis import DiagnosisInput
 from models.runtime import AgentProcess
 from models.spec import AgentSpec
 
+#: Per task, the reasons of this many latest failed attempts are kept (for the diagnosis:
+#: the same error on one task's attempts is a signature from its first repetition).
+FAILURE_REASONS_KEPT = 5
+FAILURE_REASON_CHARS = 500
+
 ReplyT = TypeVar("ReplyT")
 
 
@@ -140,6 +145,35 @@ def open_tasks(state: TicketState) -> int:
     return sum(1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES)
 
 
+def claimable(state: TicketState, task: Task, phases: list[str] | None = None) -> bool:
+    """Pending, every dependency done, in ``phases`` (all when None): a claim could take it."""
+    return (
+        task.status == "pending"
+        and (not phases or task.phase in phases)
+        and all(
+            (dep := state.tasks.get(d)) is not None and dep.status == "done"
+            for d in task.depends_on
+        )
+    )
+
+
+def waits_on_dead(state: TicketState, task: Task) -> bool:
+    """Pending, with a dependency that failed for good or was cancelled (directly)."""
+    return task.status == "pending" and any(
+        (dep := state.tasks.get(d)) is not None and dep.status in ("failed", "cancelled")
+        for d in task.depends_on
+    )
+
+
+def record_failure(task: Task, reason: str) -> None:
+    """A failed attempt of ``task``: its reason, and the latest few reasons (for diagnosis)."""
+    task.failures += 1
+    task.failure_reason = reason
+    task.failure_reasons = [*task.failure_reasons, reason[:FAILURE_REASON_CHARS]][
+        -FAILURE_REASONS_KEPT:
+    ]
+
+
 def blocked_tasks(state: TicketState) -> set[str]:
     """Pending tasks that can never become eligible: a dependency, directly or through other
     blocked tasks, failed for good or was cancelled."""
@@ -163,13 +197,14 @@ def blocked_tasks(state: TicketState) -> set[str]:
 
 def moving_tasks(state: TicketState) -> int:
     """Active tasks that are not blocked: work that can still happen without help."""
-    if not state.healing_v2:
-        return open_tasks(state)
-    active = [t.id for t in state.tasks.values() if t.status in ACTIVE_STATUSES]
-    if not active:
-        return 0
+    if not state.healing_v2 or not any(
+        t.status in ("failed", "cancelled") for t in state.tasks.values()
+    ):
+        return open_tasks(state)  # nothing can be blocked: no fixpoint on the hot path
     blocked = blocked_tasks(state)
-    return sum(1 for t in active if t not in blocked)
+    return sum(
+        1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES and t.id not in blocked
+    )
 
 
 def current_phase(state: TicketState) -> str | None:

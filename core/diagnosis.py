@@ -37,9 +37,11 @@ from core.common import (
     add_task,
     blocked_tasks,
     check_operator,
+    claimable,
     log,
     moving_tasks,
     validated_version,
+    waits_on_dead,
 )
 from core.state import ACTIVE_STATUSES, HELD_STATUSES, DiagnosisRun, Escalation, Task, TicketState
 from models.diagnosis import (
@@ -127,15 +129,18 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
     if state.stuck_since is None:
         state.stuck_since = now
     idle = (now - state.last_activity_at).total_seconds()
-    blocked = sorted(blocked_tasks(state), key=lambda t: state.tasks[t].seq)
-    if blocked and state.healing_v2:
+    why, reason = "no active task, no validated result", f"no task activity for {idle:.0f}s"
+    blocked = (
+        sorted(blocked_tasks(state), key=lambda t: state.tasks[t].seq) if state.healing_v2 else []
+    )
+    if blocked:
         more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
         shown = ", ".join(blocked[:5]) + more
-        why = f"only blocked tasks remain ({shown}: a dependency failed for good or was cancelled)"
-        log(state, now, "stuck", f"ticket stuck: {why}, idle {idle:.0f}s")
-        return request_diagnosis(state, "no_result", now, reason=why)
-    log(state, now, "stuck", f"ticket stuck: no active task, no validated result, idle {idle:.0f}s")
-    return request_diagnosis(state, "no_result", now, reason=f"no task activity for {idle:.0f}s")
+        why = reason = (
+            f"only blocked tasks remain ({shown}: a dependency failed for good or was cancelled)"
+        )
+    log(state, now, "stuck", f"ticket stuck: {why}, idle {idle:.0f}s")
+    return request_diagnosis(state, "no_result", now, reason=reason)
 
 
 def note_activity(state: TicketState) -> None:
@@ -234,11 +239,9 @@ def request_diagnosis(
             # diagnosis did not clear what it was for: it failed (the ladder sees it).
             for earlier in state.diagnoses:
                 if earlier.outcome == "pending" and earlier.verify_by is not None:
-                    if condition_cleared(state, earlier):
-                        _recovered(state, earlier, now, "its condition cleared")
-                    else:
-                        why = f"the ticket needed another diagnosis ({trigger})"
-                        _failed(state, earlier, now, why)
+                    _end_verification(
+                        state, earlier, now, f"the ticket needed another diagnosis ({trigger})"
+                    )
         guard = guard_reason(state)
         if guard is not None:
             if apply:
@@ -354,18 +357,7 @@ def diagnosis_finished(
     phases = {p.name for p in state.spec.phases}
     created: list[str] = []
     # Condition "unblocked": the tasks waiting directly on a failed or cancelled one.
-    blocked_before = (
-        sorted(
-            t
-            for t in blocked_tasks(state)
-            if any(
-                (dep := state.tasks.get(d)) is not None and dep.status in ("failed", "cancelled")
-                for d in state.tasks[t].depends_on
-            )
-        )
-        if state.healing_v2
-        else []
-    )
+    blocked_before = [t.id for t in state.tasks.values() if waits_on_dead(state, t)]
     escalations: list[str] = []
     if state.status == "open":
         for rec in report.plan.tasks:
@@ -476,8 +468,7 @@ def _spawn_on_demand(
     spec = next((a for a in state.spec.agents if a.name == name), None)
     lineage = state.lineages.get(name or "")
     if spec is None or spec.spawn != "on_demand" or lineage is None:
-        why = "no such on-demand agent" if spec is None or spec.spawn != "on_demand" else "?"
-        log(state, now, "remedy_skipped", f"{run_id}: spawn_agent {name!r}: {why}")
+        log(state, now, "remedy_skipped", f"{run_id}: spawn_agent {name!r}: no on-demand agent")
         return None
     if lineage.process is not None or lineage.quarantined:
         state_now = "quarantined" if lineage.quarantined else "running"
@@ -623,15 +614,15 @@ def condition_cleared(state: TicketState, run: DiagnosisRun) -> bool:
         return True
     since = run.started_at
     submitted = any(r.submitted_at >= since for r in state.results)
-    reviews = [r for t in state.tasks.values() for r in t.reviews if r.at >= since]
-    verdicts = [r for r in state.results if r.verdict_at is not None and r.verdict_at >= since]
     kind = run.condition
     if kind == "result_submitted":
         return submitted
     if kind == "unblocked" and run.subjects:  # every task blocked then is claimable or done
         return all(_claimable_or_beyond(state, t) for t in run.subjects)
+    reviews = (r for t in state.tasks.values() for r in t.reviews if r.at >= since)
     if kind == "validator_verdict":
-        return bool(reviews or verdicts)
+        verdicts = (r for r in state.results if r.verdict_at is not None and r.verdict_at >= since)
+        return any(True for _ in reviews) or any(True for _ in verdicts)
     if kind == "review_passed":
         return any(r.passed for r in reviews)
     # Moving: since the run's remedies were applied, a task it did not create was claimed,
@@ -651,11 +642,7 @@ def _claimable_or_beyond(state: TicketState, task_id: str) -> bool:
     task = state.tasks.get(task_id)
     if task is None or task.status in ("failed", "cancelled"):
         return False
-    if task.status != "pending":
-        return True  # claimed, in review or done
-    return all(
-        (dep := state.tasks.get(d)) is not None and dep.status == "done" for d in task.depends_on
-    )
+    return task.status != "pending" or claimable(state, task)  # claimed, reviewed, done
 
 
 def settle_runs(state: TicketState, now: datetime) -> None:
@@ -714,17 +701,21 @@ def verify_tick(state: TicketState, now: datetime) -> None:
     if state.status != "open":
         return
     for run in state.diagnoses:
-        if run.outcome != "pending" or run.verify_by is None or run.verify_by > now:
-            continue
-        if condition_cleared(state, run):
-            _recovered(state, run, now, f"{CONDITIONS[run.condition or 'moving']}: done")
-            continue
-        _failed(
-            state,
-            run,
-            now,
-            f"its recovery tasks finished but not {CONDITIONS[run.condition or 'moving']}",
-        )
+        if run.outcome == "pending" and run.verify_by is not None and run.verify_by <= now:
+            _end_verification(
+                state,
+                run,
+                now,
+                f"its recovery tasks finished but not {CONDITIONS[run.condition or 'moving']}",
+            )
+
+
+def _end_verification(state: TicketState, run: DiagnosisRun, now: datetime, why: str) -> None:
+    """The verification window of ``run`` is over: recovered if its condition cleared."""
+    if condition_cleared(state, run):
+        _recovered(state, run, now, f"{CONDITIONS[run.condition or 'moving']}: done")
+    else:
+        _failed(state, run, now, why)
 
 
 def _failed(state: TicketState, run: DiagnosisRun, now: datetime, why: str) -> None:
@@ -802,7 +793,7 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
     problems = [
         t
         for t in state.tasks.values()
-        if t.status == "failed" or t.failures > 0 or _blocked(state, t)
+        if t.status == "failed" or t.failures > 0 or waits_on_dead(state, t)
     ][-RECENT_TASKS:]
     return TicketSnapshot(
         ticket_id=state.ticket_id,
@@ -879,12 +870,6 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         validated_version=validated_version(state),
         last_activity_at=state.last_activity_at,
         taken_at=now,
-    )
-
-
-def _blocked(state: TicketState, task: Task) -> bool:
-    return task.status == "pending" and any(
-        state.tasks[d].status in ("failed", "cancelled") for d in task.depends_on
     )
 
 

@@ -28,6 +28,7 @@ from core.common import (
     StopAgentProcesses,
     check_operator,
     log,
+    record_failure,
 )
 from core.diagnosis import Deadline
 from core.state import HELD_STATUSES, Agent, Lineage, TicketState
@@ -284,8 +285,7 @@ def _release_tasks(
             continue
         if task.assigned_agent != agent.id or task.status not in HELD_STATUSES:
             continue
-        task.failures += 1
-        task.failure_reason = f"agent {agent.id} was unresponsive ({reason})"
+        record_failure(task, f"agent {agent.id} was unresponsive ({reason})")
         task.assigned_agent = None
         task.updated_at = now
         agent.released_task_ids.append(task.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -21,7 +22,9 @@ from core import diagnosis, health
 from core.common import (
     Effect,
     add_task,
+    claimable,
     log,
+    record_failure,
 )
 
 # Re-exported: callers use ``core.ticket`` as the one entry point of the ticket core.
@@ -342,11 +345,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
     if not apply:
         return Step(task_view(task))
     effects: list[Effect] = []
-    task.failures += 1
-    task.failure_reason = msg.reason
-    task.failure_reasons = [*task.failure_reasons, msg.reason[:FAILURE_REASON_CHARS]][
-        -FAILURE_REASONS_KEPT:
-    ]
+    record_failure(task, msg.reason)
     task.assigned_agent = None
     task.updated_at = now
     state.last_activity_at = now
@@ -938,11 +937,6 @@ def _claim_for(
     return ClaimReply(task=task_view(task), reason="", inbox=box)
 
 
-#: Per task, the reasons of this many latest failed attempts are kept (for the diagnosis:
-#: the same error on one task's attempts is a signature from its first repetition).
-FAILURE_REASONS_KEPT = 5
-FAILURE_REASON_CHARS = 500
-
 #: Fair claims: how long an agent that found nothing counts as waiting after its last claim.
 FIRST_WAIT_S = 1.0  # after its first empty claim (how often it asks is not known yet)
 MIN_WAIT_S = 1.0
@@ -962,9 +956,8 @@ def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) 
     window = state.spec.policy.tasks.fair_claim_window_s
     if window <= 0:
         return 0
-    limit = state.spec.policy.tasks.max_tasks_per_agent
     mine = agent.waiting_since
-    ahead = 0
+    waiting: list[str] = []
     for other in state.agents.values():
         since = other.waiting_since
         gap = other.claim_gap_s
@@ -981,27 +974,26 @@ def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) 
             or (other.waiting_phases and task.phase not in other.waiting_phases)
         ):
             continue
-        held = sum(
-            1
-            for t in state.tasks.values()
-            if t.assigned_agent == other.id and t.status in HELD_STATUSES
-        )
-        if held < limit:
-            ahead += 1
-    return ahead
+        waiting.append(other.id)
+    if not waiting:  # the usual case: no pass over the tasks
+        return 0
+    held = Counter(
+        t.assigned_agent
+        for t in state.tasks.values()
+        if t.assigned_agent in waiting and t.status in HELD_STATUSES
+    )
+    limit = state.spec.policy.tasks.max_tasks_per_agent
+    return sum(1 for other in waiting if held[other] < limit)
 
 
 def _eligible_count(state: TicketState, phases: list[str] | None, enough: int) -> int:
     """How many tasks a claim could get now, counting no further than ``enough``."""
     count = 0
     for task in state.tasks.values():
-        if task.status != "pending" or (phases and task.phase not in phases):
-            continue
-        if any(state.tasks[d].status != "done" for d in task.depends_on):
-            continue
-        count += 1
-        if count >= enough:
-            break
+        if claimable(state, task, phases):
+            count += 1
+            if count >= enough:
+                break
     return count
 
 
@@ -1065,9 +1057,7 @@ def next_eligible(state: TicketState, phases: list[str] | None = None) -> Task |
     best: Task | None = None
     best_key: tuple[int, int, int] | None = None
     for task in state.tasks.values():
-        if task.status != "pending" or (phases and task.phase not in phases):
-            continue
-        if any(state.tasks[d].status != "done" for d in task.depends_on):
+        if not claimable(state, task, phases):
             continue
         k = (-PRIORITY_RANK[task.priority], order.get(task.phase, 0), task.seq)
         if best_key is None or k < best_key:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -42,52 +42,38 @@ async def _until_closed(agent_loop: Coroutine[Any, Any, None]) -> None:
             raise
 
 
-async def _work(client: Client, ticket_id: str, criteria: list[str]) -> None:
-    await _until_closed(_work_loop(client, ticket_id, criteria))
-
-
-async def _review(client: Client, ticket_id: str) -> None:
-    await _until_closed(_review_loop(client, ticket_id))
+async def _while_open(handle: Any) -> AsyncIterator[StatusView]:
+    """The ticket's status, round after round, until it finishes."""
+    while (status := await handle.query("status", result_type=StatusView)).finished_at is None:
+        yield status
+        await asyncio.sleep(0.2)
 
 
 async def _work_loop(client: Client, ticket_id: str, criteria: list[str]) -> None:
     """A worker that does every task it can claim, then submits the final result."""
     async with AgentSession(client, ticket_id, name="worker") as agent:
-        handle = client.get_workflow_handle(ticket_id)
         submitted = False
-        while True:
-            status = await handle.query("status", result_type=StatusView)
-            if status.finished_at is not None:
-                return
-            task = await agent.claim()
-            if task is not None:
+        async for status in _while_open(client.get_workflow_handle(ticket_id)):
+            while (task := await agent.claim()) is not None:
                 note = f"\nAddressed: {task.last_feedback}" if task.last_feedback else ""
                 await agent.complete(task.id, f"# {task.title}\nDone.{note}", "implementation")
-                continue
             if not submitted and status.counts_by_status.keys() <= {"done"}:
                 lines = [f"- [x] {c}" for c in criteria]
                 await agent.submit_result("# Final result\n" + "\n".join(lines))
                 submitted = True
-            await asyncio.sleep(0.2)
 
 
 async def _review_loop(client: Client, ticket_id: str) -> None:
     """A validator that passes every task and result version it is given."""
     async with AgentSession(client, ticket_id, name="reviewer", kind="validator") as agent:
         handle = client.get_workflow_handle(ticket_id)
-        while True:
-            status = await handle.query("status", result_type=StatusView)
-            if status.finished_at is not None:
-                return
-            task = await agent.claim()
-            if task is not None:
+        async for _ in _while_open(handle):
+            while (task := await agent.claim()) is not None:
                 await agent.review_task(task.id, task.iteration, True, evidence=["read it"])
-                continue
             results = await handle.query("results", result_type=list[ResultVersionView])
             for r in results:
                 if r.status == "pending_validation":
                     await agent.review_result(r.version, True, evidence=["criteria covered"])
-            await asyncio.sleep(0.2)
 
 
 @pytest.mark.usefixtures("worker")
@@ -119,7 +105,11 @@ async def test_example_launches_and_reaches_a_validated_result(
     assert code == 0, capsys.readouterr().err
     criteria = spec.criteria_text()
     await asyncio.wait_for(
-        asyncio.gather(_work(client, ticket_id, criteria), _review(client, ticket_id)), 90
+        asyncio.gather(
+            _until_closed(_work_loop(client, ticket_id, criteria)),
+            _until_closed(_review_loop(client, ticket_id)),
+        ),
+        90,
     )
     handle = client.get_workflow_handle(ticket_id, result_type=StatusView)
     final = await handle.result()
