@@ -67,6 +67,7 @@ def build_worker(
         ledger,
         llm if llm is not None else LLMSettings.from_env(),
         span_file=span_file if span_file is not None else _traced_span_file(settings),
+        agent_log_dir=Path(settings.data_dir) / "agents",
     )
     # A client's interceptors that are also worker interceptors apply to its workers;
     # add tracing only where the client does not already carry it.

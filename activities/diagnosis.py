@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,8 +53,10 @@ from models.diagnosis import (
     PlanRequest,
     RecoveryPlan,
     ReviewEvidence,
+    SnapshotAgent,
     TicketSnapshot,
 )
+from runtimes.local_process import log_tail
 
 __all__ = ["DiagnosisActivities", "HistoryDigest"]
 
@@ -290,6 +293,43 @@ def _finish(evidence: Evidence) -> Evidence:
     return fit_evidence(redacted.model_copy(update={"redactions": count}), EVIDENCE_MAX_BYTES)
 
 
+#: Process log tail per involved agent in the evidence: at most this many lines and bytes.
+AGENT_LOG_LINES = 40
+AGENT_LOG_BYTES = 4000
+
+
+def involved_agents(snapshot: TicketSnapshot, reason: str) -> list[SnapshotAgent]:
+    """Agents a diagnosis is about: an anomaly score that counts, named by the trigger's
+    reason, or restarted again and again."""
+    return [
+        a
+        for a in snapshot.agents
+        if a.anomaly >= 0.5 or a.id in reason or a.restarts >= 2 or a.state == "quarantined"
+    ]
+
+
+def agent_log_tails(log_dir: Path, snapshot: TicketSnapshot, reason: str) -> dict[str, list[str]]:
+    """The tail of each involved local-process agent's newest process log (redacted later,
+    with the rest of the evidence)."""
+    tails: dict[str, list[str]] = {}
+    folder = log_dir / snapshot.ticket_id
+    for agent in involved_agents(snapshot, reason):
+        if agent.runtime != "local-process":
+            continue
+        name = agent.lineage or agent.name
+        logs = sorted(
+            folder.glob(f"{glob.escape(name)}.*.log"),
+            key=lambda p: int(p.suffixes[-2][1:]) if p.suffixes[-2][1:].isdigit() else -1,
+        )
+        if not logs:
+            continue
+        text = log_tail(logs[-1], AGENT_LOG_BYTES)
+        lines = [line for line in text.splitlines() if line.strip()][-AGENT_LOG_LINES:]
+        if lines:
+            tails[agent.id] = [f"({logs[-1].name})", *lines]
+    return tails
+
+
 class DiagnosisActivities:
     """Diagnosis activities bound to a Temporal client, the ledger and optional LLM settings."""
 
@@ -300,11 +340,13 @@ class DiagnosisActivities:
         llm: LLMSettings | None = None,
         *,
         span_file: Path | None = None,
+        agent_log_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.llm = llm
         self.span_file = span_file  # the tracing file exporter's output; None = no spans
+        self.agent_log_dir = agent_log_dir  # where local-process agents log; None = no logs
 
     def activities(self) -> list[Callable[..., Any]]:
         """The activity callables to pass to a ``Worker``."""
@@ -335,6 +377,11 @@ class DiagnosisActivities:
             metrics["history_events_in_window"] = float(history.events_in_window)
         if spans:
             metrics["spans"] = float(len(spans))
+        agent_logs: dict[str, list[str]] = {}
+        if self.agent_log_dir is not None:
+            agent_logs = await asyncio.to_thread(
+                agent_log_tails, self.agent_log_dir, snapshot, input.reason
+            )
         evidence = Evidence(
             run_id=input.run_id,
             trigger=input.trigger,
@@ -346,6 +393,7 @@ class DiagnosisActivities:
             ledger_excerpts=excerpts,
             reviews=stored.reviews,
             spans=spans,
+            agent_logs=agent_logs,
             metrics=metrics,
             truncated=notes_cut or excerpts_cut,
             collected_at=now,

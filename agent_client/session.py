@@ -206,9 +206,7 @@ class AgentSession:
     @_refuse_invalid
     async def claim(self, phases: list[str] | None = None) -> TaskView | None:
         """The next task for this agent, or None (see ``last_claim_reason``)."""
-        reply = await self._update(
-            "claim", ClaimTask(**self._auth(), phases=phases), ClaimReply
-        )
+        reply = await self._update("claim", ClaimTask(**self._auth(), phases=phases), ClaimReply)
         return self._took(reply)
 
     @_refuse_invalid
@@ -354,8 +352,21 @@ class AgentSession:
         self.inbox = box
         if box.stop:
             self.stop_requested.set()
+        if self.current_task_id is not None and self.current_task_id in box.interrupted:
+            log.warning(
+                "%s: a diagnosis took %s back: %s",
+                self.name,
+                self.current_task_id,
+                box.feedback[-1] if box.feedback else "no reason given",
+            )
+            self.current_task_id = None
         if self._on_inbox is not None:
             self._on_inbox(box)
+
+    def interrupted(self, task_id: str) -> bool:
+        """Whether a diagnosis took ``task_id`` from this agent (stop work on it; the inbox's
+        latest feedback says why). Claiming the task again clears it."""
+        return task_id in self.inbox.interrupted
 
     def _auth(self) -> dict[str, Any]:
         if self.agent_id is None or self._token is None:

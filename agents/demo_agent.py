@@ -33,6 +33,10 @@ Fault knobs:
 ``--reject-reviews``        validator: reject every review iteration of every task
 ``--never-review``          validator: claim reviews and never give a verdict
 ``--loop``                  worker: take one task and report the same progress forever
+                           (when a diagnosis takes the task back, claim again and loop on;
+                           ``--alternate``: two notes in turn, A/B/A/B)
+``--stall``                 worker: hold the first task it claims and do nothing (heartbeats
+                           going) until a diagnosis takes it back; then work normally
 ``--storm N``               worker: create N tasks as fast as it can, once
 ``--trivial-results``       worker: every result (tasks and the final one) is just "ok"
 ``--submit-early``          worker: submit a result before any work is done, covering no
@@ -117,6 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reject-reviews", action="store_true")
     p.add_argument("--never-review", action="store_true")
     p.add_argument("--loop", action="store_true")
+    p.add_argument("--stall", action="store_true")
+    p.add_argument("--alternate", action="store_true")
     p.add_argument("--submit-when-done", action="store_true")
     p.add_argument("--storm", type=int, default=0, metavar="N")
     p.add_argument("--trivial-results", action="store_true")
@@ -203,6 +209,12 @@ class DemoAgent:
             await agent.progress(task.id, f"working on {task.title!r}")
             if self.args.loop:
                 await self._loop_forever(task)
+                task = await self._claim()
+                continue
+            if self.args.stall and self.claims == 1:
+                await self._stall(task)
+                task = await self._claim()
+                continue
             await asyncio.sleep(random.uniform(*self.args.work_seconds))
             if await self._should_fail(task):
                 log.warning("fault knob: failing %s %r", task.id, task.title)
@@ -256,18 +268,35 @@ class DemoAgent:
         if self.args.fixed_by is None:
             return True
         tasks = await self.handle.query("tasks", result_type=list[TaskView])
-        fixed = any(
-            t.status == "done" and t.title.startswith(self.args.fixed_by) for t in tasks
-        )
+        fixed = any(t.status == "done" and t.title.startswith(self.args.fixed_by) for t in tasks)
         return not fixed
 
     async def _loop_forever(self, task: TaskView) -> None:
-        """Busy but stuck: the same note every second, heartbeats going, never done."""
+        """Busy but stuck: the same note every second, heartbeats going, never done (until
+        a diagnosis takes the task back)."""
         log.warning("fault knob: looping on %s", task.id)
+        notes = ["checking the build again"]
+        if self.args.alternate:
+            notes = ["reverting the config change", "applying the config change"]
+        beat = 0
         while not await self._should_stop():
-            await self.session.progress(task.id, "checking the build again")
+            if self.session.interrupted(task.id):
+                log.warning("interrupted on %s; claiming again", task.id)
+                return
+            await self.session.progress(task.id, notes[beat % len(notes)])
+            beat += 1
             await asyncio.sleep(1.0)
         raise TicketClosed("the ticket finished while this agent looped")
+
+    async def _stall(self, task: TaskView) -> None:
+        """Hung: hold the task and do nothing, heartbeats going, until it is taken back."""
+        log.warning("fault knob: stalling on %s", task.id)
+        while not await self._should_stop():
+            if self.session.interrupted(task.id):
+                log.warning("interrupted on %s; back to normal work", task.id)
+                return
+            await asyncio.sleep(0.5)
+        raise TicketClosed("the ticket finished while this agent stalled")
 
     async def _claim(self) -> TaskView | None:
         task = await self.session.claim()

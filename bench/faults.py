@@ -48,14 +48,28 @@ POLICY: dict[str, Any] = {
         "stop_grace_s": 1,
     },
     "validation": {"validator_timeout_s": 6},
+    "tasks": {"stall_s": 4},
 }
 CRITERIA = ["the feature works", "it is tested"]
 
 
 def agent(name: str, *knobs: str, kind: str = "worker") -> dict[str, Any]:
     """A demo agent process the ticket starts, with fault knobs."""
-    command = ["{python}", "-m", "agents.demo_agent", "--ticket", "{ticket_id}",
-               "--name", "{agent_name}", "--kind", kind, "--work-seconds", "0.1", "0.3", *knobs]
+    command = [
+        "{python}",
+        "-m",
+        "agents.demo_agent",
+        "--ticket",
+        "{ticket_id}",
+        "--name",
+        "{agent_name}",
+        "--kind",
+        kind,
+        "--work-seconds",
+        "0.1",
+        "0.3",
+        *knobs,
+    ]
     return {"name": name, "kind": kind, "runtime": "local-process", "command": command}
 
 
@@ -63,12 +77,26 @@ def tasks(validation: bool = False) -> list[dict[str, Any]]:
     """Four tasks over three phases; the implementation depends on the design."""
     return [
         {"key": "design", "phase": "requirements", "title": "Design the API", "type": "design"},
-        {"key": "build", "phase": "implementation", "title": "Build the endpoint",
-         "depends_on": ["design"], "validation": validation},
-        {"key": "docs", "phase": "implementation", "title": "Write the docs",
-         "type": "documentation"},
-        {"key": "tests", "phase": "testing", "title": "Test the endpoint", "type": "test",
-         "depends_on": ["build"]},
+        {
+            "key": "build",
+            "phase": "implementation",
+            "title": "Build the endpoint",
+            "depends_on": ["design"],
+            "validation": validation,
+        },
+        {
+            "key": "docs",
+            "phase": "implementation",
+            "title": "Write the docs",
+            "type": "documentation",
+        },
+        {
+            "key": "tests",
+            "phase": "testing",
+            "title": "Test the endpoint",
+            "type": "test",
+            "depends_on": ["build"],
+        },
     ]
 
 
@@ -114,19 +142,27 @@ FAULTS: tuple[Fault, ...] = (
         "crashed_agent",
         "an agent is SIGKILLed holding a task (once)",
         "healed",
-        lambda tid: spec(tid, [
-            agent("ada", *SUBMITTER),
-            agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
-            VALIDATOR,
-        ]),
+        lambda tid: spec(
+            tid,
+            [
+                agent("ada", *SUBMITTER),
+                agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
+                VALIDATOR,
+            ],
+        ),
     ),
     Fault(
         "crash_looping_agent",
         "an agent crashes on every claim, in every generation",
         "healed",
-        lambda tid: spec(tid, [
-            agent("ada", *SUBMITTER), agent("grace", "--crash-after-claims", "1"), VALIDATOR,
-        ]),
+        lambda tid: spec(
+            tid,
+            [
+                agent("ada", *SUBMITTER),
+                agent("grace", "--crash-after-claims", "1"),
+                VALIDATOR,
+            ],
+        ),
         timeout_s=90,
     ),
     Fault(
@@ -135,9 +171,18 @@ FAULTS: tuple[Fault, ...] = (
         "healed",
         lambda tid: spec(
             tid,
-            [agent("ada", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set",
-                   *SUBMITTER), VALIDATOR],
-            policy={**POLICY, "tasks": {"max_retries": 1}},
+            [
+                agent(
+                    "ada",
+                    "--fail-tasks",
+                    "^T2$",
+                    "--fail-reason",
+                    "SMTP_HOST is not set",
+                    *SUBMITTER,
+                ),
+                VALIDATOR,
+            ],
+            policy={**POLICY, "tasks": {**POLICY["tasks"], "max_retries": 1}},
         ),
     ),
     Fault(
@@ -146,11 +191,21 @@ FAULTS: tuple[Fault, ...] = (
         "healed",
         lambda tid: spec(
             tid,
-            [agent(name, "--fail-tasks", "Build|Write", "--fail-reason",
-                   "ModuleNotFoundError: No module named 'bcrypt'",
-                   "--fixed-by", "Fix the environment", *SUBMITTER) for name in ("ada", "linus")]
+            [
+                agent(
+                    name,
+                    "--fail-tasks",
+                    "Build|Write",
+                    "--fail-reason",
+                    "ModuleNotFoundError: No module named 'bcrypt'",
+                    "--fixed-by",
+                    "Fix the environment",
+                    *SUBMITTER,
+                )
+                for name in ("ada", "linus")
+            ]
             + [VALIDATOR],
-            policy={**POLICY, "tasks": {"max_retries": 1}},
+            policy={**POLICY, "tasks": {**POLICY["tasks"], "max_retries": 1}},
         ),
         timeout_s=90,
     ),
@@ -199,30 +254,50 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault(
         "trivial_results",
-        "every result, the final one too, is just 'ok'",
-        "escalated",  # §12's result-quality signal (issue 13): not built yet
+        "every result, the final one too, is just 'ok' (interrupt and restart do not help)",
+        "escalated",
         lambda tid: spec(tid, [agent("ada", "--trivial-results", *SUBMITTER), VALIDATOR]),
-        timeout_s=45,
+        timeout_s=60,
     ),
     Fault(
         "task_storm",
-        "an agent creates 300 tasks as fast as it can",
-        "escalated",  # §12's creation-rate bound and task_storm signature (issue 13)
+        "an agent tries to create 300 tasks as fast as it can, once, then works",
+        "healed",  # 20 accepted (the rate bound), the duplicates cancelled, the agent told
         lambda tid: spec(tid, [agent("ada", "--storm", "300", *SUBMITTER), VALIDATOR]),
         timeout_s=45,
     ),
     Fault(
         "looping_agent",
-        "an agent holds a task and reports the same note every second, forever",
-        "escalated",  # §12's anomaly detection (issue 13): not built yet
-        lambda tid: spec(tid, [agent("ada", "--loop", *SUBMITTER), VALIDATOR],
-                         tasks=tasks()[:1]),
+        "an agent holds a task and reports the same note every second, in every generation",
+        "escalated",  # interrupted, then restarted, then a person
+        lambda tid: spec(tid, [agent("ada", "--loop", *SUBMITTER), VALIDATOR], tasks=tasks()[:1]),
+        timeout_s=60,
+    ),
+    Fault(
+        "flip_flopping_agent",
+        "an agent alternates between two notes on one task (A/B/A/B), never finishing",
+        "escalated",
+        lambda tid: spec(
+            tid, [agent("ada", "--loop", "--alternate", *SUBMITTER), VALIDATOR], tasks=tasks()[:1]
+        ),
+        timeout_s=60,
+    ),
+    Fault(
+        "stalled_agent",
+        "an agent hangs on its first task, heartbeats going, until someone takes the task",
+        "healed",  # interrupted: the task goes back to the queue, the agent works again
+        lambda tid: spec(tid, [agent("ada", "--stall", *SUBMITTER), VALIDATOR]),
         timeout_s=45,
     ),
 )
 #: The short form CI runs (tests/test_faults.py): one of each kind of ending.
-QUICK = ("healthy", "missing_result", "dependency_failed", "validator_absent",
-         "validator_on_demand")
+QUICK = (
+    "healthy",
+    "missing_result",
+    "dependency_failed",
+    "validator_absent",
+    "validator_on_demand",
+)
 
 
 @dataclass
@@ -232,6 +307,7 @@ class FaultRun:
     seconds: float
     diagnoses: int
     remedies: dict[str, int] = field(default_factory=dict)
+    timeline: list[str] = field(default_factory=list)
     history_events: int = 0
     signatures: list[str] = field(default_factory=list)
 
@@ -248,6 +324,10 @@ def remedies(state: TicketState) -> dict[str, int]:
     found = {
         "recovery tasks": sum(1 for t in state.tasks.values() if t.diagnosis_run_id),
         "replaced": kinds["task_replaced"],
+        "interrupts": kinds["agent_interrupted"],
+        "cancelled": sum(
+            1 for t in state.tasks.values() if (t.failure_reason or "").startswith("cancelled by")
+        ),
         "restarts": state.restarts_total,
         "quarantined": kinds["agent_quarantined"],
         "escalations": len(state.escalations),
@@ -288,6 +368,11 @@ async def run_fault(
         remedies=remedies(state),
         history_events=events,
         signatures=[d.hypotheses[0].signature for d in state.diagnoses if d.hypotheses],
+        timeline=[
+            f"{(e.at - state.created_at).total_seconds():6.1f}s {e.kind}: {e.message[:160]}"
+            for e in state.timeline
+            if e.kind not in ("heartbeat_missed", "progress")
+        ],
     )
 
 
@@ -359,6 +444,11 @@ async def amain(args: argparse.Namespace) -> int:
                 healthy.append(await run_fault(bench.client, bench.settings, healthy_fault))
                 progress.advance(bar)
     console.print(table(runs))
+    if args.timelines:
+        for r in runs:
+            if not r.as_expected:
+                console.rule(f"{r.fault.kind}: {r.outcome} (expected {r.fault.expected})")
+                console.print("\n".join(r.timeline[-120:]), markup=False, highlight=False)
     if healthy:
         diagnosed = [", ".join(r.signatures) for r in healthy if r.diagnoses]
         console.print(f"healthy runs: {len(healthy)}, diagnosed: {len(diagnosed)} {diagnosed}")
@@ -374,6 +464,9 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma list of fault kinds")
     p.add_argument("--healthy", type=int, default=0, help="extra healthy runs (0 diagnoses)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--timelines", action="store_true", help="print the timeline of unexpected outcomes"
+    )
     args = p.parse_args()
     forward_core_logs()
     core_log_to_file(REPO / "bench" / "out")

@@ -13,6 +13,7 @@ from core.state import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
     TIMELINE_LIMIT,
+    Agent,
     Task,
     TicketState,
     TimelineEvent,
@@ -154,6 +155,21 @@ def claimable(state: TicketState, task: Task, phases: list[str] | None = None) -
             (dep := state.tasks.get(d)) is not None and dep.status == "done"
             for d in task.depends_on
         )
+    )
+
+
+def avoided(state: TicketState, task: Task, agent: Agent) -> bool:
+    """reassign_task: ``agent``'s lineage is not given ``task`` while another live agent
+    that may take it exists (the task never waits for nobody)."""
+    if agent.lineage not in task.avoid and agent.id not in task.avoid:
+        return False
+    return any(
+        other.kind == agent.kind
+        and other.state in ("idle", "running", "spawning", "degraded")
+        and not other.stop
+        and other.lineage not in task.avoid
+        and other.id not in task.avoid
+        for other in state.agents.values()
     )
 
 

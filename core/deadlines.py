@@ -3,7 +3,8 @@
 - the stuck check (:mod:`core.diagnosis`): window and cooldown;
 - validator timeouts: a task result under review, or a final result awaiting its verdict,
   longer than ``validation.validator_timeout_s``;
-- agent health (:mod:`core.health`): heartbeat deadlines, restart cooldowns, releases.
+- agent health (:mod:`core.health`): heartbeat deadlines, restart cooldowns, releases;
+- agent behaviour (:mod:`core.behaviour`): an anomalous spell's window, a stall bound.
 
 :func:`next_deadline` says when the ticket must next look at itself; :func:`tick` handles
 everything due at ``now``. Both are pure.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from core import diagnosis, health
+from core import behaviour, diagnosis, health
 from core.common import Effect, log
 from core.diagnosis import Deadline
 from core.state import TicketState
@@ -21,7 +22,7 @@ from core.state import TicketState
 
 def next_deadline(state: TicketState) -> Deadline | None:
     """The earliest deadline, with a label for the timer's summary."""
-    candidates: list[Deadline] = health.deadlines(state)
+    candidates: list[Deadline] = health.deadlines(state) + behaviour.deadlines(state)
     stuck = diagnosis.next_deadline(state)
     if stuck is not None:
         candidates.append(stuck)
@@ -107,5 +108,7 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
                 reason=f"result v{version.version} awaits a verdict for "
                 f"{timeout.total_seconds():g} s",
             )
+    behaviour.rescore(state, now)  # fresh scores for the verification of calm
     diagnosis.verify_tick(state, now)  # a failed verification first: the ladder sees it
+    effects += behaviour.tick(state, now)  # an anomaly is more specific than being stuck
     return effects + diagnosis.tick(state, now)

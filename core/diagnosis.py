@@ -43,11 +43,25 @@ from core.common import (
     validated_version,
     waits_on_dead,
 )
-from core.state import ACTIVE_STATUSES, HELD_STATUSES, DiagnosisRun, Escalation, Task, TicketState
+from core.state import (
+    ACTIVE_STATUSES,
+    FEEDBACK_LIMIT,
+    HELD_STATUSES,
+    NOTES_LIMIT,
+    Agent,
+    Behaviour,
+    DiagnosisRun,
+    Escalation,
+    Task,
+    TicketState,
+)
 from models.diagnosis import (
+    BEHAVIOUR_SIGNATURES,
     DiagnosisInput,
     DiagnosisReport,
+    Recommendation,
     SnapshotAgent,
+    SnapshotCreated,
     SnapshotDiagnosis,
     SnapshotPhase,
     SnapshotResult,
@@ -359,11 +373,19 @@ def diagnosis_finished(
     # Condition "unblocked": the tasks waiting directly on a failed or cancelled one.
     blocked_before = [t.id for t in state.tasks.values() if waits_on_dead(state, t)]
     escalations: list[str] = []
+    agents_acted_on: list[str] = []
     if state.status == "open":
         for rec in report.plan.tasks:
             if rec.remedy == "escalate":
                 why = f"{rec.title}: {rec.description}" if rec.description else rec.title
                 escalations.append(why)
+                continue
+            if rec.remedy in ("interrupt_agent", "restart_agent", "reassign_task", "cancel_tasks"):
+                done = _act(state, rec, run.run_id, now, effects)
+                if done is not None:
+                    run.acted.append(done)
+                    if rec.agent and rec.remedy != "cancel_tasks":
+                        agents_acted_on.append(rec.agent)
                 continue
             if rec.remedy == "retry_task":
                 retried = _retry(state, rec.task_id, run.run_id, now)
@@ -398,15 +420,26 @@ def diagnosis_finished(
     run.finished_at = now
     run.task_ids = created
     run.plan = [rec.key() for rec in report.plan.tasks]
-    run.outcome = "pending" if created or run.spawned else None
+    run.outcome = "pending" if created or run.spawned or run.acted else None
     nothing_applied = (
-        state.healing_v2 and state.status == "open" and not (created or run.spawned or escalations)
+        state.healing_v2
+        and state.status == "open"
+        and not (created or run.spawned or run.acted or escalations)
     )
     run.hypotheses = list(report.hypotheses.hypotheses)
-    if state.healing_v2 and (created or run.spawned):
+    if state.healing_v2 and (created or run.spawned or run.acted):
         signature = run.hypotheses[0].signature if run.hypotheses else None
         run.condition = condition_for(run.trigger, signature)
-        run.subjects = blocked_before if run.condition == "unblocked" else []
+        if run.condition == "unblocked":
+            run.subjects = blocked_before
+        elif run.condition == "calm":
+            run.subjects = agents_acted_on or _anomalous(state)
+        elif run.condition == "quiet":
+            run.subjects = [
+                name
+                for name, lineage in state.lineages.items()
+                if lineage.quarantined or len(lineage.restarts) >= 2
+            ]
     run.generator = report.hypotheses.generator
     run.evidence_summary = report.evidence_summary
     if created:
@@ -431,6 +464,137 @@ def diagnosis_finished(
     if nothing_applied:  # every remedy was skipped: it cannot help, and must not loop
         _failed(state, run, now, "none of its remedies could be applied")
     return created
+
+
+def _act(
+    state: TicketState,
+    rec: Recommendation,
+    run_id: str,
+    now: datetime,
+    effects: list[Effect] | None,
+) -> str | None:
+    """Apply a remedy that acts on agents or tasks; what it did, or None when skipped."""
+    if rec.remedy == "cancel_tasks":
+        return _cancel(state, rec.task_ids, rec.description or rec.title, run_id, now)
+    if rec.remedy == "reassign_task":
+        return _reassign(state, rec.task_id, run_id, now)
+    agent = state.agents.get(rec.agent or "")
+    if agent is None or agent.state in ("terminated", "restarting", "quarantined"):
+        why = "no such agent" if agent is None else f"it is {agent.state}"
+        log(state, now, "remedy_skipped", f"{run_id}: {rec.remedy} {rec.agent}: {why}")
+        return None
+    if rec.remedy == "interrupt_agent":
+        feedback = f"{run_id}: {rec.description or rec.title}"
+        taken = _take_back(state, agent, now, f"interrupted by {run_id}")
+        agent.interrupted = [*agent.interrupted, *taken][-10:]
+        agent.feedback = [*agent.feedback, feedback[:2000]][-FEEDBACK_LIMIT:]
+        behaviour_reset(agent, now)
+        log(
+            state,
+            now,
+            "agent_interrupted",
+            f"{agent.id} interrupted by {run_id}"
+            + (f"; {', '.join(taken)} back to pending" if taken else "")
+            + f"; feedback: {(rec.description or rec.title)[:200]}",
+            agent_id=agent.id,
+        )
+        return f"interrupted {agent.id}"
+    from core import health  # core.health builds on this module
+
+    behaviour_reset(agent, now)
+    restart = health.restart_agent(state, agent, now, f"restarted by {run_id}: {rec.title}")
+    if effects is not None:
+        effects.extend(restart)
+    return f"restarted {agent.id}"
+
+
+def behaviour_reset(agent: Agent, now: datetime) -> None:
+    """A remedy acted on the agent: its behaviour signals start afresh (core.behaviour)."""
+    agent.behaviour = Behaviour(progress_at=now)
+
+
+def _take_back(state: TicketState, agent: Agent, now: datetime, why: str) -> list[str]:
+    """The agent's held tasks go back to pending (no retry used), its reviews to the queue."""
+    taken = []
+    for task in state.tasks.values():
+        if task.reviewer == agent.id and task.status == "validation_in_progress":
+            task.status = "under_review"
+            task.reviewer = None
+            task.updated_at = now
+            taken.append(task.id)
+        elif task.assigned_agent == agent.id and task.status in HELD_STATUSES:
+            task.status = "pending"
+            task.assigned_agent = None
+            task.claimed_at = None
+            task.notes = [*task.notes, why][-NOTES_LIMIT:]
+            task.updated_at = now
+            taken.append(task.id)
+    if taken:
+        state.last_activity_at = now
+    return taken
+
+
+def _reassign(state: TicketState, task_id: str | None, run_id: str, now: datetime) -> str | None:
+    """The remedy reassign_task: a held task back to pending, away from its holder."""
+    task = state.tasks.get(task_id or "")
+    holder = state.agents.get(task.assigned_agent or "") if task is not None else None
+    if task is None or holder is None or task.status not in HELD_STATUSES:
+        why = "no such task" if task is None else f"it is {task.status}, held by nobody"
+        log(state, now, "remedy_skipped", f"{run_id}: reassign_task {task_id}: {why}")
+        return None
+    task.status = "pending"
+    task.assigned_agent = None
+    task.claimed_at = None
+    task.avoid = [*task.avoid, holder.lineage or holder.id][-10:]
+    task.notes = [*task.notes, f"reassigned by {run_id}, away from {holder.id}"][-NOTES_LIMIT:]
+    task.updated_at = now
+    state.last_activity_at = now
+    holder.interrupted = [*holder.interrupted, task.id][-10:]
+    log(
+        state,
+        now,
+        "task_reassigned",
+        f"{task.id} taken from {holder.id} by {run_id}, back to pending for another agent",
+        agent_id=holder.id,
+        task_id=task.id,
+    )
+    return f"reassigned {task.id}"
+
+
+def _cancel(
+    state: TicketState, task_ids: list[str], why: str, run_id: str, now: datetime
+) -> str | None:
+    """The remedy cancel_tasks: open tasks nobody works on are cancelled (kept, visible)."""
+    cancelled, skipped = [], []
+    for task_id in task_ids:
+        task = state.tasks.get(task_id)
+        if task is None or task.status not in ("pending", "needs_work") or task.assigned_agent:
+            skipped.append(task_id)
+            continue
+        task.status = "cancelled"
+        task.failure_reason = f"cancelled by {run_id}: {why[:200]}"
+        task.updated_at = now
+        cancelled.append(task_id)
+    if skipped:
+        log(
+            state,
+            now,
+            "remedy_skipped",
+            f"{run_id}: cancel_tasks left {len(skipped)} task(s) that are held, finished or "
+            f"unknown: {', '.join(skipped[:8])}",
+        )
+    if not cancelled:
+        return None
+    state.last_activity_at = now
+    shown = ", ".join(cancelled[:8]) + (
+        f" and {len(cancelled) - 8} more" if len(cancelled) > 8 else ""
+    )
+    log(state, now, "tasks_cancelled", f"{run_id} cancelled {shown}: {why[:200]}")
+    return f"cancelled {len(cancelled)} tasks"
+
+
+def _anomalous(state: TicketState) -> list[str]:
+    return [a.id for a in state.agents.values() if a.behaviour.anomaly_since is not None]
 
 
 def _retry(state: TicketState, task_id: str | None, run_id: str, now: datetime) -> Task | None:
@@ -592,11 +756,17 @@ CONDITIONS: dict[str, str] = {
     "validator_verdict": "a validator gives a verdict",
     "review_passed": "a review passes",
     "moving": "work moves again (a task in progress, or a result submitted)",
+    "calm": "the agents it acted on stay below the anomaly threshold",
+    "quiet": "the restarting agents run a restart cooldown x 3 without a restart, unquarantined",
 }
 
 
 def condition_for(trigger: str, signature: str | None) -> str:
     """The condition a diagnosis must clear, from its trigger and its top signature."""
+    if signature in BEHAVIOUR_SIGNATURES or (trigger == "anomaly" and signature == "other"):
+        return "calm"
+    if signature == "crash_looping_agent" or trigger == "restart_escalation":
+        return "quiet"
     if signature in ("missing_result_submission", "premature_completion"):
         return "result_submitted"
     if signature == "dependency_deadlock":
@@ -608,13 +778,21 @@ def condition_for(trigger: str, signature: str | None) -> str:
     return "moving"
 
 
-def condition_cleared(state: TicketState, run: DiagnosisRun) -> bool:
-    """Whether what ``run`` was for has happened (a validated result clears every one)."""
+def condition_cleared(state: TicketState, run: DiagnosisRun, *, final: bool = False) -> bool:
+    """Whether what ``run`` was for has happened (a validated result clears every one).
+
+    ``calm`` is judged only at the end of its window (``final``): an agent told to stop
+    looping is calm at once, and must stay calm for the whole window.
+    """
     if validated_version(state) is not None:
         return True
     since = run.started_at
     submitted = any(r.submitted_at >= since for r in state.results)
     kind = run.condition
+    if kind == "calm":
+        return final and _calm(state, run)
+    if kind == "quiet":
+        return final and _quiet(state, run)
     if kind == "result_submitted":
         return submitted
     if kind == "unblocked" and run.subjects:  # every task blocked then is claimable or done
@@ -638,11 +816,52 @@ def condition_cleared(state: TicketState, run: DiagnosisRun) -> bool:
     return moved or submitted
 
 
+def _calm(state: TicketState, run: DiagnosisRun) -> bool:
+    """No agent of the lineages the run acted on is (or was since) anomalous."""
+    threshold = state.spec.policy.anomaly.threshold
+    lineages = {(a.lineage or a.id) for a in state.agents.values() if a.id in run.subjects} or set(
+        run.subjects
+    )
+    after = run.finished_at or run.started_at
+    for agent in state.agents.values():
+        if (agent.lineage or agent.id) not in lineages:
+            continue
+        b = agent.behaviour
+        if b.score >= threshold or (b.anomaly_since is not None and b.anomaly_reported):
+            return False
+        if b.anomaly_since is not None and b.anomaly_since >= after:
+            return False
+    return True
+
+
+def _quiet(state: TicketState, run: DiagnosisRun) -> bool:
+    """The lineages that were restarting are out of quarantine and were not restarted since
+    the run's remedies were applied."""
+    after = run.finished_at or run.started_at
+    for name in run.subjects:
+        lineage = state.lineages.get(name)
+        if lineage is None:
+            continue
+        if lineage.quarantined or any(t > after for t in lineage.restarts):
+            return False
+    return True
+
+
 def _claimable_or_beyond(state: TicketState, task_id: str) -> bool:
     task = state.tasks.get(task_id)
     if task is None or task.status in ("failed", "cancelled"):
         return False
     return task.status != "pending" or claimable(state, task)  # claimed, reviewed, done
+
+
+def _verify_seconds(state: TicketState, run: DiagnosisRun) -> float:
+    """How long a run's condition has to clear once its remedies are done."""
+    policy = state.spec.policy
+    if run.condition == "calm":
+        return policy.anomaly.window_s or policy.stuck.window_s
+    if run.condition == "quiet":  # a full restart cooldown x 3 without a restart
+        return max(policy.stuck.window_s, 3 * policy.health.restart_cooldown_s)
+    return policy.stuck.window_s
 
 
 def settle_runs(state: TicketState, now: datetime) -> None:
@@ -662,10 +881,10 @@ def settle_runs(state: TicketState, now: datetime) -> None:
         if run.verify_by is not None:
             continue
         statuses = [state.tasks[t].status for t in run.task_ids if t in state.tasks]
-        if not statuses and run.spawned and run.finished_at is not None:
-            # Only agents were started: they have one stuck window to make the difference,
-            # a validator as long as any validator has for a verdict.
-            seconds = state.spec.policy.stuck.window_s
+        if not statuses and (run.spawned or run.acted) and run.finished_at is not None:
+            # Only agents were started or acted on: they have one window to make the
+            # difference, a validator as long as any validator has for a verdict.
+            seconds = _verify_seconds(state, run)
             if run.condition == "validator_verdict":
                 seconds = max(seconds, state.spec.policy.validation.validator_timeout_s)
             run.verify_by = run.finished_at + timedelta(seconds=seconds)
@@ -673,7 +892,7 @@ def settle_runs(state: TicketState, now: datetime) -> None:
         if statuses and all(st in ("failed", "cancelled") for st in statuses):
             _failed(state, run, now, "all its recovery tasks failed")
         elif statuses and all(st in ("done", "failed", "cancelled") for st in statuses):
-            window = timedelta(seconds=state.spec.policy.stuck.window_s)
+            window = timedelta(seconds=_verify_seconds(state, run))
             run.verify_by = now + window
             log(
                 state,
@@ -702,17 +921,15 @@ def verify_tick(state: TicketState, now: datetime) -> None:
         return
     for run in state.diagnoses:
         if run.outcome == "pending" and run.verify_by is not None and run.verify_by <= now:
+            what = "its recovery tasks finished" if run.task_ids else "its window ended"
             _end_verification(
-                state,
-                run,
-                now,
-                f"its recovery tasks finished but not {CONDITIONS[run.condition or 'moving']}",
+                state, run, now, f"{what} but not {CONDITIONS[run.condition or 'moving']}"
             )
 
 
 def _end_verification(state: TicketState, run: DiagnosisRun, now: datetime, why: str) -> None:
     """The verification window of ``run`` is over: recovered if its condition cleared."""
-    if condition_cleared(state, run):
+    if condition_cleared(state, run, final=True):
         _recovered(state, run, now, f"{CONDITIONS[run.condition or 'moving']}: done")
     else:
         _failed(state, run, now, why)
@@ -815,21 +1032,7 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         total_tasks=len(state.tasks),
         recent_tasks=[_snapshot_task(t) for t in reversed(recent)],
         problem_tasks=[_snapshot_task(t) for t in problems],
-        agents=[
-            SnapshotAgent(
-                id=a.id,
-                name=a.name,
-                kind=a.kind,
-                state=a.state,
-                last_heartbeat_at=a.last_heartbeat_at,
-                tasks=[
-                    t.id
-                    for t in state.tasks.values()
-                    if t.assigned_agent == a.id and t.status in HELD_STATUSES
-                ],
-            )
-            for a in state.agents.values()
-        ],
+        agents=[_snapshot_agent(state, a, now) for a in state.agents.values()],
         spawnable=[
             SnapshotSpawnable(
                 name=spec.name,
@@ -870,6 +1073,41 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         validated_version=validated_version(state),
         last_activity_at=state.last_activity_at,
         taken_at=now,
+    )
+
+
+def _snapshot_agent(state: TicketState, agent: Agent, now: datetime) -> SnapshotAgent:
+    from core import behaviour  # core.behaviour builds on this module
+
+    lineage = state.lineages.get(agent.lineage)
+    spec = lineage.spec if lineage is not None else None
+    score = behaviour.score(state, agent, now) if state.behaviour_v1 else None
+    return SnapshotAgent(
+        id=agent.id,
+        name=agent.name,
+        kind=agent.kind,
+        state=agent.state,
+        last_heartbeat_at=agent.last_heartbeat_at,
+        restarts=len(lineage.restarts) if lineage is not None else 0,
+        tasks=[
+            t.id
+            for t in state.tasks.values()
+            if t.assigned_agent == agent.id and t.status in HELD_STATUSES
+        ],
+        lineage=agent.lineage,
+        runtime=spec.runtime if spec is not None else "external",
+        anomaly=score.score if score is not None else 0.0,
+        signals=score.explain() if score is not None else [],
+        anomaly_signature=score.signature if score is not None else None,
+        notes=[f"{m.task_id}: {m.text}" for m in agent.behaviour.notes],
+        created_last_minute=len(behaviour.recent_creates(agent, now)),
+        created_open=[
+            SnapshotCreated(id=t.id, title=t.title, phase=t.phase)
+            for t in state.tasks.values()
+            if t.created_by == agent.id
+            and t.status == "pending"
+            and t.created_at > now - behaviour.MINUTE
+        ][:200],
     )
 
 

@@ -153,7 +153,9 @@ def lineage_of(state: TicketState, agent: Agent) -> Lineage:
     return lineage
 
 
-def _restart(state: TicketState, agent: Agent, now: datetime, reason: str) -> list[Effect]:
+def _restart(
+    state: TicketState, agent: Agent, now: datetime, reason: str, *, why: str = "unresponsive"
+) -> list[Effect]:
     """Reassign the agent's work, then restart, defer (cooldown) or quarantine it."""
     policy = state.spec.policy.health
     lineage = lineage_of(state, agent)
@@ -161,9 +163,9 @@ def _restart(state: TicketState, agent: Agent, now: datetime, reason: str) -> li
     if len(recent) >= policy.max_restarts_per_hour:
         # The quarantine's restart_escalation diagnosis is the more specific one: a task that
         # runs out of retries here must not take the one diagnosis slot first.
-        _release_tasks(state, agent, now, reason, diagnose=False)
+        _release_tasks(state, agent, now, reason, diagnose=False, why=why)
         return _quarantine(state, agent, lineage, now, reason, len(recent))
-    effects: list[Effect] = list(_release_tasks(state, agent, now, reason))
+    effects: list[Effect] = list(_release_tasks(state, agent, now, reason, why=why))
     cooldown = timedelta(seconds=policy.restart_cooldown_s)
     if lineage.restarts and now - lineage.restarts[-1] < cooldown:
         lineage.pending_restart_agent = agent.id
@@ -192,7 +194,7 @@ def _restart(state: TicketState, agent: Agent, now: datetime, reason: str) -> li
             now,
             source="external_restart",
             severity="SEV-3",
-            reason=f"external agent {agent.id} is unresponsive ({reason}); "
+            reason=f"external agent {agent.id} is {why} ({reason}); "
             "its tasks were reassigned and it was asked to restart",
             agent_id=agent.id,
         )
@@ -238,6 +240,12 @@ def _restart(state: TicketState, agent: Agent, now: datetime, reason: str) -> li
     return effects
 
 
+def restart_agent(state: TicketState, agent: Agent, now: datetime, reason: str) -> list[Effect]:
+    """The remedy restart_agent: as for an unresponsive agent, its work goes back to pending
+    and the lineage's restart cooldown and hourly limit apply (past it: quarantine)."""
+    return _restart(state, agent, now, reason, why="restarted by a diagnosis")
+
+
 def _quarantine(
     state: TicketState, agent: Agent, lineage: Lineage, now: datetime, reason: str, recent: int
 ) -> list[Effect]:
@@ -272,7 +280,13 @@ def _quarantine(
 
 
 def _release_tasks(
-    state: TicketState, agent: Agent, now: datetime, reason: str, *, diagnose: bool = True
+    state: TicketState,
+    agent: Agent,
+    now: datetime,
+    reason: str,
+    *,
+    diagnose: bool = True,
+    why: str = "unresponsive",
 ) -> list[Effect]:
     """The agent's tasks go back to pending; the attempt counts against their retries."""
     effects: list[Effect] = []
@@ -285,7 +299,7 @@ def _release_tasks(
             continue
         if task.assigned_agent != agent.id or task.status not in HELD_STATUSES:
             continue
-        record_failure(task, f"agent {agent.id} was unresponsive ({reason})")
+        record_failure(task, f"agent {agent.id} was {why} ({reason})")
         task.assigned_agent = None
         task.updated_at = now
         agent.released_task_ids.append(task.id)
@@ -310,7 +324,7 @@ def _release_tasks(
                 now,
                 "task_reassigned",
                 f"{task.id} back to pending ({task.failures}/{retries} retries used): "
-                f"{agent.id} unresponsive",
+                f"{agent.id} {why}",
                 task_id=task.id,
             )
     if agent.released_task_ids:

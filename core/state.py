@@ -92,6 +92,11 @@ class Task(BaseModel):
     failure_reasons: list[str] = Field(
         default_factory=list, description="the reasons of its latest failed attempts (capped)"
     )
+    claimed_at: datetime | None = Field(default=None, description="its current attempt began")
+    avoid: list[str] = Field(
+        default_factory=list,
+        description="reassign_task: agent lineages it is not given to while another can take it",
+    )
     # Validation in iterations (tasks with validation on).
     iteration: int = Field(default=0, description="how many times the result went to review")
     reviewer: str | None = None
@@ -102,6 +107,40 @@ class Task(BaseModel):
     result_submitted_at: datetime | None = None
     reviews: list[TaskReview] = Field(default_factory=list)
     consecutive_review_failures: int = 0
+
+
+class NoteMark(BaseModel):
+    """One progress note or failure reason of an agent, normalised (core.behaviour)."""
+
+    at: datetime
+    task_id: str
+    text: str
+
+
+class Behaviour(BaseModel):
+    """What an agent actually does, for its anomaly score (core.behaviour)."""
+
+    progress_at: datetime | None = Field(
+        default=None,
+        description="its last state-changing act (claim, complete, fail, create, "
+        "submit, or a note different from the previous)",
+    )
+    notes: list[NoteMark] = Field(default_factory=list, description="the latest (capped)")
+    creates: list[datetime] = Field(
+        default_factory=list,
+        description="its accepted create_task in the last minute, since its last remedy",
+    )
+    low_quality: list[str] = Field(
+        default_factory=list, description="its latest results in a row that were trivial"
+    )
+    low_quality_since: datetime | None = None
+    score: float = Field(default=0.0, description="the composite anomaly score, 0-1")
+    anomaly_since: datetime | None = Field(
+        default=None, description="since when the score is at or above the threshold"
+    )
+    anomaly_reported: bool = Field(
+        default=False, description="this spell already asked for a diagnosis"
+    )
 
 
 class Agent(BaseModel):
@@ -132,6 +171,15 @@ class Agent(BaseModel):
     waiting_phases: list[str] | None = None
     last_claim_at: datetime | None = None
     claim_gap_s: float | None = Field(default=None, description="between its last empty claims")
+    # Behaviour signals (core.behaviour) and what a diagnosis told it (interrupt_agent).
+    behaviour: Behaviour = Field(default_factory=Behaviour)
+    creates: list[datetime] = Field(
+        default_factory=list,
+        description="its accepted create_task in the last minute (the door's rate bound)",
+    )
+    interrupted: list[str] = Field(
+        default_factory=list, description="tasks taken from it by interrupt_agent (its inbox)"
+    )
 
 
 class Lineage(BaseModel):
@@ -203,6 +251,10 @@ class DiagnosisRun(BaseModel):
         default_factory=list, description="condition unblocked: the tasks blocked at the time"
     )
     spawned: list[str] = Field(default_factory=list, description="on-demand agents it started")
+    acted: list[str] = Field(
+        default_factory=list,
+        description="what its agent and task remedies did (interrupted, restarted, cancelled)",
+    )
     plan: list[str] = Field(default_factory=list, description="Recommendation.key() of each")
 
 
@@ -264,6 +316,17 @@ class TicketState(BaseModel):
             "set by the workflow each run (patch healing-v2): blocked tasks are not active, "
             "a spent diagnosis budget escalates at once"
         ),
+    )
+
+    behaviour_v1: bool = Field(
+        default=False,
+        description=(
+            "set by the workflow each run (patch behaviour-signals): anomaly scores, the "
+            "anomaly trigger and the hard bounds of create_task"
+        ),
+    )
+    durations: list[float] = Field(
+        default_factory=list, description="seconds from claim to done of its latest done tasks"
     )
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,10 +19,11 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from core import diagnosis, health
+from core import behaviour, diagnosis, health
 from core.common import (
     Effect,
     add_task,
+    avoided,
     claimable,
     log,
     record_failure,
@@ -245,6 +247,7 @@ def progress(state: TicketState, msg: ReportProgress, now: datetime) -> bool:
     task.updated_at = now
     state.last_activity_at = now
     log(state, now, "progress", msg.note[:200], agent_id=agent.id, task_id=task.id)
+    behaviour.noted(state, agent, task.id, msg.note, now)
     return True
 
 
@@ -292,6 +295,7 @@ def complete(
     if not apply:
         return Step(CompleteReply(task=task_view(task)))
     sha = hashlib.sha256(msg.result.encode("utf-8")).hexdigest()
+    previous_sha = [task.result_sha256] if task.result_sha256 else []
     task.result_preview = msg.result[:PREVIEW_CHARS]
     task.result_type = msg.result_type
     task.result_sha256 = sha
@@ -307,7 +311,10 @@ def complete(
         task.review_content = msg.result
     else:
         task.status = "done"
+        behaviour.done(state, agent, task.claimed_at, now)
         diagnosis.recovery_task_done(state, task, now)
+    # Only the task's own earlier iteration counts as a copy: two tasks may well end alike.
+    behaviour.result_given(state, agent, msg.result, sha, set(previous_sha), now)
     state.outbox.task_results.append(_task_result_record(state, task, agent.id, msg.result))
     if task.validation:
         log(
@@ -346,6 +353,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
         return Step(task_view(task))
     effects: list[Effect] = []
     record_failure(task, msg.reason)
+    behaviour.failed(state, agent, task.id, msg.reason, now)
     task.assigned_agent = None
     task.updated_at = now
     state.last_activity_at = now
@@ -401,6 +409,8 @@ def create_task(
         raise Refused("depends_on", "lists a task twice")
     if len(state.tasks) >= MAX_TASKS:
         raise Refused("ticket", f"already holds {MAX_TASKS} tasks (the limit)")
+    if state.behaviour_v1:
+        _within_bounds(state, agent, msg, now)
     if not apply:
         return Step(_placeholder_task(state, msg, now))
     task = add_task(
@@ -417,9 +427,48 @@ def create_task(
         created_by=agent.id,
     )
     state.last_activity_at = now
+    behaviour.created(state, agent, now)
     reply = task_view(task)
     _remember(state, key, reply)
     return Step(reply)
+
+
+def _title_key(title: str) -> str:
+    """A task title as compared for duplicates: case, punctuation and spacing aside."""
+    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
+
+
+def _within_bounds(state: TicketState, agent: Agent, msg: CreateTask, now: datetime) -> None:
+    """DESIGN §12's hard bounds on create_task, refused at the door with the rule named."""
+    policy = state.spec.policy.tasks
+    recent = behaviour.door_creates(agent, now)
+    if len(recent) >= policy.max_creates_per_minute:
+        wait = (recent[0] + behaviour.MINUTE - now).total_seconds()
+        raise Refused(
+            "agent_id",
+            f"{agent.id} created {len(recent)} tasks in the last minute; the limit is "
+            f"{policy.max_creates_per_minute} (policy.tasks.max_creates_per_minute): "
+            f"try again in {wait:.0f} s",
+        )
+    count = open_tasks(state)
+    if count >= policy.max_open_tasks:
+        raise Refused(
+            "ticket",
+            f"holds {count} open tasks; the limit is {policy.max_open_tasks} "
+            "(policy.tasks.max_open_tasks)",
+        )
+    title = _title_key(msg.title)
+    for task in state.tasks.values():
+        if (
+            task.phase == msg.phase
+            and task.status in ACTIVE_STATUSES
+            and _title_key(task.title) == title
+        ):
+            raise Refused(
+                "title",
+                f"duplicates the active task {task.id} {task.title!r} in phase {msg.phase!r} "
+                "(one active task per title and phase)",
+            )
 
 
 def submit_result(
@@ -482,8 +531,10 @@ def submit_result(
         submitted_at=now,
         criteria=state.spec.criteria_text(),
     )
+    earlier = {v.sha256 for v in state.results}
     state.results.append(version)
     state.last_activity_at = now
+    behaviour.result_given(state, agent, content, version.sha256, earlier, now)
     state.outbox.workflow_results.append(
         WorkflowResultRecord(
             id=workflow_result_record_id(state.ticket_id, version.version),
@@ -879,6 +930,7 @@ def _claim_for(
         rework.status = "running"
         rework.updated_at = now
         state.last_activity_at = now
+        behaviour.claimed(state, agent, now)
         log(
             state,
             now,
@@ -898,7 +950,7 @@ def _claim_for(
         return ClaimReply(
             task=None, reason=f"agent holds {held} tasks (the limit is {limit})", inbox=box
         )
-    task = next_eligible(state, phases)
+    task = next_eligible(state, phases, agent)
     if fair:
         previous = agent.last_claim_at if agent.waiting_since is not None else None
         agent.last_claim_at = now
@@ -925,7 +977,12 @@ def _claim_for(
     task.assigned_agent = agent.id
     task.attempt += 1
     task.updated_at = now
+    task.claimed_at = now
     state.last_activity_at = now
+    behaviour.claimed(state, agent, now)
+    if task.id in agent.interrupted:  # taken again: no longer interrupted
+        agent.interrupted = [t for t in agent.interrupted if t != task.id]
+        box = inbox(state, agent.id)
     log(
         state,
         now,
@@ -1051,13 +1108,17 @@ def _task_result_record(
     )
 
 
-def next_eligible(state: TicketState, phases: list[str] | None = None) -> Task | None:
-    """The task a claim would get now, without claiming it."""
+def next_eligible(
+    state: TicketState, phases: list[str] | None = None, agent: Agent | None = None
+) -> Task | None:
+    """The task a claim (of ``agent``, when given) would get now, without claiming it."""
     order = {p.name: i for i, p in enumerate(state.spec.phases)}
     best: Task | None = None
     best_key: tuple[int, int, int] | None = None
     for task in state.tasks.values():
         if not claimable(state, task, phases):
+            continue
+        if agent is not None and task.avoid and avoided(state, task, agent):
             continue
         k = (-PRIORITY_RANK[task.priority], order.get(task.phase, 0), task.seq)
         if best_key is None or k < best_key:
@@ -1192,4 +1253,5 @@ def inbox(state: TicketState, agent_id: str) -> AgentInbox:
         stop_reason=agent.stop_reason,
         feedback=list(agent.feedback),
         restart=agent.restart_requested,
+        interrupted=list(agent.interrupted),
     )

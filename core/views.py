@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 
+from core import behaviour
 from core.diagnosis import display_status
 from core.state import HELD_STATUSES, Agent, ResultVersion, TicketState
 from core.ticket import current_phase, open_tasks, validated_version
-from models.messages import AgentView, ResultVersionView, StatusView, TimelineEntry
+from models.messages import (
+    AgentView,
+    AnomalyView,
+    ResultVersionView,
+    StatusView,
+    TimelineEntry,
+)
+
+#: The AnomalyScore search attribute shows scores from this up (lower ones are noise), to
+#: one decimal: a filter such as ``AnomalyScore >= 0.7`` finds tickets with a suspect agent.
+PUBLISHED_FROM = 0.5
 
 
-def status_view(state: TicketState) -> StatusView:
+def anomalies(state: TicketState, now: datetime | None = None) -> list[AnomalyView]:
+    """Every live agent with a non-zero anomaly score, highest first, explained."""
+    if not state.behaviour_v1:
+        return []
+    at = now or state.last_activity_at
+    threshold = state.spec.policy.anomaly.threshold
+    found = [
+        AnomalyView(
+            agent_id=s.agent_id,
+            score=s.score,
+            anomalous=s.score >= threshold,
+            signature=s.signature,
+            signals=s.explain(),
+        )
+        for s in behaviour.scores(state, at)
+        if s.score > 0
+    ]
+    return sorted(found, key=lambda a: (-a.score, a.agent_id))
+
+
+def published_anomaly(state: TicketState) -> float:
+    """The highest live agent's score as last computed, for the AnomalyScore attribute."""
+    top = max(
+        (a.behaviour.score for a in state.agents.values() if a.state in behaviour.LIVE),
+        default=0.0,
+    )
+    return round(top, 1) if top >= PUBLISHED_FROM else 0.0
+
+
+def status_view(state: TicketState, now: datetime | None = None) -> StatusView:
     by_status = Counter(t.status for t in state.tasks.values())
     by_phase: dict[str, dict[str, int]] = {p.name: {} for p in state.spec.phases}
     for task in state.tasks.values():
@@ -33,6 +74,7 @@ def status_view(state: TicketState) -> StatusView:
         finished_at=state.finished_at.isoformat() if state.finished_at else None,
         outcome=state.outcome,
         ignored_messages=state.ignored_messages,
+        anomalies=anomalies(state, now),
     )
 
 

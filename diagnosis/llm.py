@@ -104,11 +104,14 @@ excerpts and reviews. Secrets were replaced by [REDACTED].
 Answer with one JSON object matching the given JSON Schema, nothing else:
 {"hypotheses": [{"signature", "statement", "likelihood", "evidence", "counterpoints",
 "recommendations": [{"title", "description", "phase", "priority", "type", "remedy",
-"task_id", "replaces", "agent"}]}]}
+"task_id", "task_ids", "replaces", "agent"}]}]}
 - At most 5 hypotheses, most likely first; likelihood is a probability between 0 and 1.
 - signature: one of missing_result_submission, premature_completion, validation_loop,
   crash_looping_agent, environment_error, dependency_deadlock, phase_without_tasks,
-  validator_unavailable, other.
+  validator_unavailable, agent_looping, agent_stalled, task_storm, low_quality_results,
+  other. Each agent in the snapshot carries its anomaly score (0-1) and the behaviour
+  signals behind it (repetition, stall, creation, quality), its latest notes, and
+  "agent_logs" may hold the tail of its process log.
 - evidence: concrete facts from the evidence (task ids, counts, quoted feedback);
   counterpoints: facts that speak against the hypothesis.
 - recommendations: 1 to 3 recovery tasks an agent can do, each with a short imperative
@@ -120,9 +123,14 @@ Answer with one JSON object matching the given JSON Schema, nothing else:
   create_task adds it as a task; retry_task puts the failed task task_id back to pending
   with fresh retries; replace_task adds it in place of the failed or cancelled task
   replaces (the tasks waiting on that one wait on the new one); spawn_agent starts the
-  snapshot's on-demand agent named agent (see "spawnable"); escalate hands the ticket to a
-  person when no agent can fix it (e.g. no validator can be had). Do not repeat a plan an
-  earlier diagnosis already ran without success (its "plan" and "outcome").
+  snapshot's on-demand agent named agent (see "spawnable"); reassign_task takes the held
+  task task_id from its agent for another one; interrupt_agent makes the agent with id
+  agent drop its tasks and gives it the description as feedback; restart_agent restarts
+  the agent with id agent; cancel_tasks cancels the pending tasks task_ids (duplicates, a
+  storm); escalate hands the ticket to a person when no agent can fix it (e.g. no
+  validator can be had). Do not repeat a plan an earlier diagnosis already ran without
+  success (its "plan" and "outcome"): take the next rung (interrupt, then restart, then
+  escalate).
 """
 
 

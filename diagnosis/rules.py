@@ -20,6 +20,7 @@ from typing import Literal, get_args
 
 from core.state import ACTIVE_STATUSES
 from models.diagnosis import (
+    BEHAVIOUR_SIGNATURES,
     MAX_HYPOTHESES,
     MAX_RECOVERY_TASKS,
     Evidence,
@@ -27,6 +28,7 @@ from models.diagnosis import (
     HypothesisSet,
     Recommendation,
     RecoveryPlan,
+    Remedy,
     Signature,
     SnapshotAgent,
     SnapshotDiagnosis,
@@ -38,6 +40,7 @@ __all__ = [
     "RULES",
     "SIGNATURE_ORDER",
     "SUBMIT_RESULT_TITLE",
+    "agent_anomaly",
     "crash_looping_agent",
     "dependency_deadlock",
     "environment_error",
@@ -273,7 +276,9 @@ def _recommend(
     priority: Priority = "high",
     type: RecommendationType = "fix",
     replaces: str | None = None,
-    remedy: Literal["create_task", "escalate"] | None = None,
+    remedy: Remedy | None = None,
+    agent: str | None = None,
+    task_ids: Sequence[str] = (),
 ) -> Recommendation:
     return Recommendation(
         title=_line(title, 200),
@@ -283,6 +288,8 @@ def _recommend(
         type=type,
         remedy=remedy or ("replace_task" if replaces else "create_task"),
         replaces=replaces,
+        agent=agent,
+        task_ids=list(task_ids)[:500],
     )
 
 
@@ -1084,6 +1091,157 @@ def other(evidence: Evidence) -> Hypothesis:
     )
 
 
+# ---- behaviour anomalies (DESIGN §12) ------------------------------------------------------
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _rung(snapshot: TicketSnapshot, signature: str, agent: SnapshotAgent) -> list[str]:
+    """The earlier diagnoses that acted on this agent's lineage for this signature: the
+    ladder's next rung is one past them. One that looked calm for its window counts too:
+    the agent relapsed into the same behaviour, so that remedy did not hold."""
+    ids = {a.id for a in snapshot.agents if a.lineage and a.lineage == agent.lineage} | {agent.id}
+    return [
+        d.run_id
+        for d in snapshot.diagnoses
+        if d.outcome in ("failed", "recovered")
+        and d.top_signature == signature
+        and any(f"({aid})" in key for key in d.plan for aid in ids)
+    ]
+
+
+def _storm_duplicates(agent: SnapshotAgent) -> list[str]:
+    """Its pending tasks of the burst that repeat an earlier one's title (numbers aside)."""
+    seen: set[tuple[str, str]] = set()
+    extra = []
+    for task in sorted(agent.created_open, key=lambda t: _task_order(t.id)):
+        family = (task.phase, _DIGITS.sub("#", " ".join(task.title.lower().split())))
+        if family in seen:
+            extra.append(task.id)
+        seen.add(family)
+    return extra
+
+
+def agent_anomaly(evidence: Evidence) -> Hypothesis | None:
+    """An agent busy but stuck: looping, stalled, storming or handing in trivial results.
+
+    Its composite anomaly score (core.behaviour) names the signature. The remedy climbs a
+    ladder per agent lineage: interrupt with feedback (a storm: its duplicate tasks
+    cancelled too), then restart, then escalate to a person.
+    """
+    s = evidence.snapshot
+    suspects = sorted(
+        (a for a in s.agents if a.anomaly_signature and a.anomaly >= 0.5),
+        key=lambda a: (-a.anomaly, a.id),
+    )
+    if not suspects:
+        return None
+    agent = suspects[0]
+    signature = agent.anomaly_signature or "agent_looping"
+    # Anomalous now (at or above the default threshold), whatever triggered the diagnosis:
+    # the agent's behaviour explains the symptoms (trivial results make a validation loop).
+    if evidence.trigger == "anomaly" and agent.id in evidence.reason:
+        likelihood = 0.99  # the detector named this agent and measured it for a whole window
+    elif agent.anomaly >= 0.7:
+        likelihood = 0.5 + 0.45 * agent.anomaly
+    else:
+        likelihood = 0.4 * agent.anomaly
+    phase = _current_phase(s)
+    held = _ids(agent.tasks) if agent.tasks else "nothing"
+    support = [
+        f"agent {agent.id} ({agent.kind}, {agent.state}) anomaly score {agent.anomaly:.2f}, "
+        f"holds {held}",
+        *agent.signals[:4],
+    ]
+    if agent.notes:
+        support.append("its latest notes: " + " | ".join(_quote(n, 80) for n in agent.notes[-4:]))
+    counter = (
+        [f"{_n(len(suspects) - 1, 'other agent')} also scores high"] if len(suspects) > 1 else []
+    )
+    earlier = _rung(s, signature, agent)
+    what = {
+        "agent_looping": "repeats itself without progress",
+        "agent_stalled": "holds work without progress",
+        "task_storm": "creates tasks faster than the ticket's bound",
+        "low_quality_results": "hands in trivial results",
+    }.get(signature, "behaves abnormally")
+    signal = agent.signals[0].split(": ", 1)[-1] if agent.signals else what
+    feedback = {
+        "agent_looping": (
+            f"Unstuck interrupted you: {signal}. Your task went back to the queue. Do not "
+            "repeat the same step: if you are blocked, fail the task with the reason."
+        ),
+        "agent_stalled": (
+            f"Unstuck interrupted you: {signal}. Your task went back to the queue. Report "
+            "progress while you work, and fail a task you cannot finish."
+        ),
+        "task_storm": (
+            f"Unstuck interrupted you: {signal}. Create a task only for distinct work; "
+            "duplicates of your burst were cancelled."
+        ),
+        "low_quality_results": (
+            f"Unstuck interrupted you: {signal}. A result must meet the criteria: "
+            f"{_criteria_text(s)}."
+        ),
+    }.get(signature, f"Unstuck interrupted you: {signal}.")
+    recs: list[Recommendation] = []
+    duplicates = _storm_duplicates(agent) if signature == "task_storm" else []
+    if duplicates:
+        recs.append(
+            _recommend(
+                f"Cancel {len(duplicates)} duplicate tasks of {agent.id}'s burst",
+                f"{agent.id} created {agent.created_last_minute} tasks in a minute; these repeat "
+                f"an earlier title of the burst: {_ids(duplicates)}",
+                phase,
+                remedy="cancel_tasks",
+                agent=agent.id,
+                task_ids=duplicates,
+            )
+        )
+    if not earlier:
+        recs.append(
+            _recommend(
+                f"Interrupt {agent.id}: it {what}",
+                feedback,
+                phase,
+                remedy="interrupt_agent",
+                agent=agent.id,
+            )
+        )
+    elif len(earlier) == 1:
+        recs.append(
+            _recommend(
+                f"Restart {agent.id}: it {what} after an interrupt",
+                f"{earlier[0]} interrupted this agent's lineage with feedback and it went on: "
+                f"{signal}. A fresh process starts from a clean context; its tasks go back to "
+                "the queue.",
+                phase,
+                remedy="restart_agent",
+                agent=agent.id,
+            )
+        )
+    else:
+        recs = [
+            _recommend(
+                f"Escalate: {agent.id} {what} after interrupt and restart",
+                f"Diagnoses {', '.join(earlier)} interrupted and restarted this agent's lineage "
+                f"({agent.lineage or agent.id}); it still {what}: {signal}. A person should look "
+                "at its prompt, tools or task.",
+                phase,
+                priority="critical",
+                remedy="escalate",
+            )
+        ]
+    return _hypothesis(
+        signature,  # type: ignore[arg-type]
+        f"Agent {agent.id} {what}: {signal}.",
+        likelihood,
+        support,
+        counter,
+        recs,
+    )
+
+
 #: Every signature rule, in ``Signature`` order.
 RULES: tuple[Callable[[Evidence], Hypothesis | None], ...] = (
     missing_result_submission,
@@ -1094,6 +1252,7 @@ RULES: tuple[Callable[[Evidence], Hypothesis | None], ...] = (
     dependency_deadlock,
     phase_without_tasks,
     validator_unavailable,
+    agent_anomaly,
 )
 
 
@@ -1108,8 +1267,9 @@ def _same_signature(diagnosis: SnapshotDiagnosis, hypothesis: Hypothesis) -> boo
 
 
 def _penalise_repeats(hypothesis: Hypothesis, snapshot: TicketSnapshot) -> Hypothesis:
-    """Lower a signature that earlier diagnoses already acted on without success."""
-    if hypothesis.signature == "other":
+    """Lower a signature that earlier diagnoses already acted on without success (behaviour
+    anomalies climb their own ladder instead: :func:`agent_anomaly`)."""
+    if hypothesis.signature == "other" or hypothesis.signature in BEHAVIOUR_SIGNATURES:
         return hypothesis
     failed = [
         d for d in snapshot.diagnoses if d.outcome == "failed" and _same_signature(d, hypothesis)
@@ -1182,11 +1342,13 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
     """1–5 recovery tasks from the top hypotheses' recommendations.
 
     The top hypothesis always contributes; others only when their likelihood is at least
-    half the top's (and ≥ 0.3). Recommendations are taken in rank order, de-duplicated by
-    title (case and spacing ignored); a phase the ticket does not have becomes its last
-    phase. Priorities are kept as recommended. With no usable recommendation at all the
-    plan is the single task "Investigate why the ticket stopped moving". A plan equal to one
-    that already failed for the same signature becomes an ``escalate`` remedy.
+    half the top's (and ≥ 0.3), unless the top is a behaviour anomaly (its remedies aim at
+    one agent and are judged by that agent alone). Recommendations are taken in rank
+    order, de-duplicated by title (case and spacing ignored); a phase the ticket does not
+    have becomes its last phase. Priorities are kept as recommended. With no usable
+    recommendation at all the plan is the single task "Investigate why the ticket stopped
+    moving". A plan equal to one that already failed for the same signature becomes an
+    ``escalate`` remedy.
     """
     phases = set(_phase_names(snapshot))
     ranked = rank(hypotheses.hypotheses)
@@ -1195,6 +1357,8 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
     if ranked:
         cutoff = max(PLAN_ABSOLUTE_CUTOFF, ranked[0].likelihood * PLAN_RELATIVE_CUTOFF)
         chosen = [ranked[0], *(h for h in ranked[1:] if h.likelihood >= cutoff)]
+        if ranked[0].signature in BEHAVIOUR_SIGNATURES:
+            chosen = chosen[:1]  # a remedy aimed at one agent; judged by that agent alone
         for hypothesis in chosen:
             for rec in hypothesis.recommendations:
                 key = _title_key(rec.title)

@@ -21,6 +21,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "StuckSince": "Datetime",
     "Diagnoses": "Int",
     "Restarts": "Int",
+    "AnomalyScore": "Double",
 }
 
 

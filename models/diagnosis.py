@@ -14,6 +14,7 @@ Trigger = Literal[
     "validation_timeout",
     "restart_escalation",
     "task_failed",
+    "anomaly",
     "manual",
 ]
 TRIGGERS: tuple[str, ...] = (
@@ -22,6 +23,7 @@ TRIGGERS: tuple[str, ...] = (
     "validation_timeout",
     "restart_escalation",
     "task_failed",
+    "anomaly",
     "manual",
 )
 RunStatus = Literal["created", "running", "completed", "failed", "skipped"]
@@ -37,8 +39,32 @@ Signature = Literal[
     "dependency_deadlock",
     "phase_without_tasks",
     "validator_unavailable",
+    "agent_looping",
+    "agent_stalled",
+    "task_storm",
+    "low_quality_results",
     "other",
 ]
+#: The signatures of behaviour anomalies (core.behaviour): their subject is one agent.
+BEHAVIOUR_SIGNATURES: tuple[str, ...] = (
+    "agent_looping",
+    "agent_stalled",
+    "task_storm",
+    "low_quality_results",
+)
+Remedy = Literal[
+    "create_task",
+    "retry_task",
+    "replace_task",
+    "reassign_task",
+    "spawn_agent",
+    "restart_agent",
+    "interrupt_agent",
+    "cancel_tasks",
+    "escalate",
+]
+#: Remedies that create no task: they act on agents, tasks or people.
+AGENT_REMEDIES: tuple[str, ...] = ("spawn_agent", "restart_agent", "interrupt_agent")
 
 MAX_HYPOTHESES = 5
 MAX_RECOVERY_TASKS = 5
@@ -74,6 +100,14 @@ class SnapshotTask(BaseModel):
     updated_at: datetime
 
 
+class SnapshotCreated(BaseModel):
+    """A task an agent created in the last minute that nobody has taken yet."""
+
+    id: str
+    title: str
+    phase: str
+
+
 class SnapshotAgent(BaseModel):
     id: str
     name: str
@@ -82,6 +116,20 @@ class SnapshotAgent(BaseModel):
     last_heartbeat_at: datetime | None = None
     restarts: int = 0
     tasks: list[str] = Field(default_factory=list)
+    lineage: str = ""
+    runtime: str = "external"
+    anomaly: float = Field(default=0.0, description="its composite anomaly score, 0-1")
+    signals: list[str] = Field(
+        default_factory=list, description="each behaviour signal that contributes, explained"
+    )
+    anomaly_signature: str | None = Field(
+        default=None, description="what its strongest signal points to (agent_looping, ...)"
+    )
+    notes: list[str] = Field(default_factory=list, description="its latest notes and errors")
+    created_last_minute: int = 0
+    created_open: list[SnapshotCreated] = Field(
+        default_factory=list, description="its tasks of the last minute still pending (≤ 200)"
+    )
 
 
 class SnapshotSpawnable(BaseModel):
@@ -196,6 +244,10 @@ class Evidence(BaseModel):
         default_factory=list, description="the latest reviews from the ledger, oldest first"
     )
     spans: list[str] = Field(default_factory=list, description="the ticket's trace spans")
+    agent_logs: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="agents involved in an anomaly: the tail of their process log (redacted)",
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
     redactions: int = 0
     truncated: bool = False
@@ -204,17 +256,25 @@ class Evidence(BaseModel):
 
 
 class Recommendation(BaseModel):
-    """A recovery task to create, and the remedy it carries out.
+    """One remedy of a recovery plan (DESIGN §11), a typed effect of the core.
 
-    ``create_task`` adds the task. ``retry_task`` puts the failed task ``task_id`` back to
-    pending with fresh retries (its dependants keep waiting on it). ``replace_task`` adds it
-    *in place of* a task that failed for good or was cancelled (``replaces``): every task
-    waiting on that one waits on the new task instead, so the work blocked behind it can go
-    on once the new task is done.
-    ``spawn_agent`` creates no task: it starts the spec agent ``agent`` (``spawn:
-    on_demand``, e.g. a validator). ``escalate`` creates no task: it hands the ticket to a
-    person (title and description say why and what was tried) and automatic diagnoses stop
-    until a person acts.
+    - ``create_task``: a new recovery task.
+    - ``retry_task``: the failed task ``task_id`` back to pending with fresh retries (its
+      dependants keep waiting on it).
+    - ``replace_task``: a new task *in place of* a task that failed for good or was cancelled
+      (``replaces``): every task waiting on that one waits on the new task instead.
+    - ``reassign_task``: the task ``task_id`` is taken from the agent holding it, back to
+      pending; that agent's lineage is not given it again while another agent can take it.
+    - ``spawn_agent``: starts the spec agent ``agent`` (``spawn: on_demand``, e.g. a
+      validator). No task.
+    - ``restart_agent``: restarts the agent ``agent`` (an agent id); its tasks go back to
+      pending. No task.
+    - ``interrupt_agent``: the agent ``agent`` drops its current tasks (back to pending) and
+      finds ``description`` in its inbox as feedback. No task.
+    - ``cancel_tasks``: cancels the open tasks ``task_ids`` (duplicates, a storm); they stay
+      in the ticket and the ledger, cancelled. No task.
+    - ``escalate``: hands the ticket to a person (title and description say why and what was
+      tried); automatic diagnoses stop until a person acts. No task.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -226,9 +286,7 @@ class Recommendation(BaseModel):
     type: Literal[
         "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
     ] = "fix"
-    remedy: Literal["create_task", "retry_task", "replace_task", "spawn_agent", "escalate"] = (
-        "create_task"
-    )
+    remedy: Remedy = "create_task"
     replaces: str | None = Field(
         default=None,
         max_length=63,
@@ -237,18 +295,29 @@ class Recommendation(BaseModel):
     agent: str | None = Field(
         default=None,
         max_length=63,
-        description="spawn_agent: the name of a spec agent with spawn: on_demand to start",
+        description=(
+            "spawn_agent: the name of a spec agent with spawn: on_demand; restart_agent and "
+            "interrupt_agent: the agent's id"
+        ),
     )
     task_id: str | None = Field(
         default=None,
         max_length=63,
-        description="retry_task: the failed task to put back to pending with fresh retries",
+        description="retry_task: the failed task; reassign_task: the held task to take back",
+    )
+    task_ids: list[str] = Field(
+        default_factory=list, max_length=500, description="cancel_tasks: the tasks to cancel"
     )
 
     def key(self) -> str:
         """What the remedy does, for comparing plans: ``retry_task(T1): redo t1``."""
         target = self.task_id or self.replaces or self.agent or ""
+        if self.remedy == "cancel_tasks" and not target:
+            target = f"{len(self.task_ids)} tasks"
         return f"{self.remedy}({target}): {' '.join(self.title.lower().split())}"
+
+    def creates_task(self) -> bool:
+        return self.remedy in ("create_task", "replace_task")
 
 
 class Hypothesis(BaseModel):

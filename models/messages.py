@@ -127,6 +127,10 @@ class AgentInbox(BaseModel):
     restart: bool = Field(
         default=False, description="external agents: restart yourself and register again"
     )
+    interrupted: list[str] = Field(
+        default_factory=list,
+        description="tasks a diagnosis took from this agent: stop work on them (feedback: why)",
+    )
 
 
 class ClaimReply(BaseModel):
@@ -340,6 +344,18 @@ class TimelineEntry(BaseModel):
     task_id: str | None = None
 
 
+class AnomalyView(BaseModel):
+    """An agent's composite anomaly score (DESIGN §12), explained by its signals."""
+
+    agent_id: str
+    score: float = Field(ge=0, le=1)
+    anomalous: bool = Field(description="at or above policy.anomaly.threshold")
+    signature: str | None = Field(
+        default=None, description="agent_looping, agent_stalled, task_storm, low_quality_results"
+    )
+    signals: list[str] = Field(default_factory=list, description="name value x weight: detail")
+
+
 class StatusView(BaseModel):
     ticket_id: str
     title: str
@@ -363,6 +379,9 @@ class StatusView(BaseModel):
     finished_at: str | None
     outcome: str | None
     ignored_messages: int
+    anomalies: list[AnomalyView] = Field(
+        default_factory=list, description="agents with a non-zero anomaly score, highest first"
+    )
 
 
 #: Every inbound message type, by the update/signal name it travels under.

@@ -170,6 +170,20 @@ class TaskPolicy(_Strict):
             "as long as it claimed again within this many seconds (0: first come, first served)"
         ),
     )
+    stall_s: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "an agent holding a task without progress for longer than max(stall_s, 3 x p90 of "
+            "the ticket's done task durations) is stalled (behaviour signal)"
+        ),
+    )
+    max_creates_per_minute: int = Field(
+        default=20, ge=1, le=10_000, description="create_task per agent per rolling minute"
+    )
+    max_open_tasks: int = Field(
+        default=500, ge=1, le=5000, description="open (not finished) tasks per ticket"
+    )
 
 
 class StuckPolicy(_Strict):
@@ -194,12 +208,29 @@ class ValidationPolicy(_Strict):
     failures_before_diagnosis: int = Field(default=2, ge=1)
 
 
+class AnomalyPolicy(_Strict):
+    """Behaviour signals per agent (core.behaviour): when an agent's composite score stays
+    at or above ``threshold`` for a whole window, the ticket is diagnosed (trigger anomaly)."""
+
+    threshold: float = Field(default=0.7, gt=0, le=1)
+    window_s: float | None = Field(
+        default=None, gt=0, description="how long the score must stay high (default: stuck window)"
+    )
+    repeats: int = Field(
+        default=3, ge=2, le=100, description="the same note on one task this many times in a row"
+    )
+    min_result_chars: int = Field(
+        default=16, ge=0, le=10_000, description="a result shorter than this is trivial"
+    )
+
+
 class Policy(_Strict):
     results: ResultPolicy = Field(default_factory=ResultPolicy)
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
     stuck: StuckPolicy = Field(default_factory=StuckPolicy)
     health: HealthPolicy = Field(default_factory=HealthPolicy)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    anomaly: AnomalyPolicy = Field(default_factory=AnomalyPolicy)
 
 
 class TicketSpec(_Strict):

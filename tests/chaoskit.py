@@ -834,7 +834,9 @@ async def history_facts(client: Client, ticket_id: str, first_run_id: str | None
                     event.activity_task_started_event_attributes.attempt,
                 )
             elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-                next_run = event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id  # noqa: E501
+                next_run = (
+                    event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+                )
         if not next_run or run_id is None:
             return facts
         run_id = next_run
@@ -872,9 +874,7 @@ async def stuck_report(client: Client, runs: list[TicketRun]) -> str:
                 f"pending activities {[(p.activity_type.name, p.state, p.attempt) for p in raw.pending_activities]}"  # noqa: E501
             )
             if d.status == WorkflowExecutionStatus.RUNNING:
-                status = await run.launched.handle.query(
-                    "status", rpc_timeout=timedelta(seconds=5)
-                )
+                status = await run.launched.handle.query("status", rpc_timeout=timedelta(seconds=5))
                 line += f"; status {status}"
         except Exception as exc:  # a report must not fail on the way
             line += f"; (describe/query failed: {exc})"

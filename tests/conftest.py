@@ -131,17 +131,18 @@ def unique_id(prefix: str) -> str:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def time_skipping(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
-    tuple[WorkflowEnvironment, Settings, Ledger]
-]:
+async def time_skipping(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[WorkflowEnvironment, Settings, Ledger]]:
     server = find_temporal_binary().parent / "temporal-test-server"
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(server), data_converter=pydantic_data_converter
     )
     await ensure_search_attributes(env.client, "default")
     data = tmp_path_factory.mktemp("time-skipping")
-    settings = Settings(task_queue="unstuck-ts", data_dir=data,
-                        database_url=f"sqlite:///{Path(data) / 'ledger.db'}")
+    settings = Settings(
+        task_queue="unstuck-ts", data_dir=data, database_url=f"sqlite:///{Path(data) / 'ledger.db'}"
+    )
     ledger = Ledger(settings.ledger_url)
     ledger.create_all()
     async with env, build_worker(env.client, settings, ledger):

@@ -107,9 +107,7 @@ async def cross_check(
     totals: Counter[str] = Counter()
     for run in runs:
         state = await run.launched.state()
-        problems += agreement_problems(
-            state, ledger, run.record, check_heartbeats=check_heartbeats
-        )
+        problems += agreement_problems(state, ledger, run.record, check_heartbeats=check_heartbeats)
         facts = await history_facts(client, run.ticket_id, run.first_run_id)
         bad = bad_wft_failures(facts)
         if bad:
@@ -173,8 +171,7 @@ async def test_worker_sigkilled_at_random_moments_loses_and_duplicates_nothing(
         await asyncio.gather(*(run.register(client) for run in runs))
         # Half the tickets submit their result while the kills go on, the others after.
         finale_at = [
-            rng.randint(KILLS // 3, 2 * KILLS // 3) if i % 2 == 0 else KILLS
-            for i in range(TICKETS)
+            rng.randint(KILLS // 3, 2 * KILLS // 3) if i % 2 == 0 else KILLS for i in range(TICKETS)
         ]
         drivers = [asyncio.create_task(run.drive()) for run in runs]
 

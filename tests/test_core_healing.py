@@ -96,8 +96,11 @@ def replace_report(run_id: str, replaces: str) -> DiagnosisReport:
         replaces=replaces,
     )
     return one_hypothesis_report(
-        run_id, "task_failed", "dependency_deadlock",
-        "T2 and T3 wait on T1, which failed for good", rec,
+        run_id,
+        "task_failed",
+        "dependency_deadlock",
+        "T2 and T3 wait on T1, which failed for good",
+        rec,
     )
 
 
@@ -172,8 +175,9 @@ def test_replace_task_leaves_a_task_that_did_not_fail_alone() -> None:
 
 
 def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -> None:
-    state, agents = ticket(tasks=1, window_s=1, cooldown_s=1, max_runs=3,
-                           max_consecutive_failures=10)
+    state, agents = ticket(
+        tasks=1, window_s=1, cooldown_s=1, max_runs=3, max_consecutive_failures=10
+    )
     state.healing_v2 = True
     finish_all(state, agents, s(0))
     now = 0.0
@@ -194,8 +198,9 @@ def test_a_spent_budget_escalates_at_once_instead_of_leaving_the_ticket_open() -
 
 
 def missing_result_report(run_id: str) -> DiagnosisReport:
-    rec = Recommendation(title="Submit final result with evidence", phase="testing",
-                         type="submission")
+    rec = Recommendation(
+        title="Submit final result with evidence", phase="testing", type="submission"
+    )
     return one_hypothesis_report(
         run_id, "no_result", "missing_result_submission", "nobody submitted the final result", rec
     )
@@ -324,10 +329,18 @@ def test_spawn_agent_starts_an_on_demand_validator_and_is_verified_by_its_verdic
         {
             "id": "t",
             "title": "Fix the session bug",
-            "tasks": [{"key": "fix", "phase": "implementation", "title": "Fix",
-                       "validation": True}],
-            "agents": [{"name": "vera", "kind": "validator", "runtime": "local-process",
-                        "command": ["run-vera"], "spawn": "on_demand"}],
+            "tasks": [
+                {"key": "fix", "phase": "implementation", "title": "Fix", "validation": True}
+            ],
+            "agents": [
+                {
+                    "name": "vera",
+                    "kind": "validator",
+                    "runtime": "local-process",
+                    "command": ["run-vera"],
+                    "spawn": "on_demand",
+                }
+            ],
             "policy": {"stuck": {"window_s": 5, "cooldown_s": 5}},
         }
     )
@@ -342,8 +355,10 @@ def test_spawn_agent_starts_an_on_demand_validator_and_is_verified_by_its_verdic
         state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(1)
     )
     rec = Recommendation(
-        title="Start the on-demand validator vera", phase="implementation",
-        remedy="spawn_agent", agent="vera",
+        title="Start the on-demand validator vera",
+        phase="implementation",
+        remedy="spawn_agent",
+        agent="vera",
     )
     rep = replace_report(effect.reply.run_id, "T1")
     rep.hypotheses.hypotheses[0].signature = "validator_unavailable"
@@ -406,8 +421,9 @@ def test_a_run_whose_remedies_could_not_be_applied_failed() -> None:
     effect = diagnosis.manual(
         state, DiagnoseTicket(operator_token=OPERATOR, operator="op", reason="x"), s(1)
     )
-    rec = Recommendation(title="Retry T1", phase="implementation", remedy="retry_task",
-                         task_id="T1")  # T1 has not failed: nothing to retry
+    rec = Recommendation(
+        title="Retry T1", phase="implementation", remedy="retry_task", task_id="T1"
+    )  # T1 has not failed: nothing to retry
     rep = report(state, effect.reply.run_id)
     rep.plan.tasks = [rec]
     assert diagnosis.diagnosis_finished(state, rep, s(2)) == []

@@ -32,8 +32,7 @@ def ticket(runtime: str = "local-process", tasks: int = 2, **health_policy: Any)
             "id": "h",
             "title": "Health",
             "tasks": [
-                {"key": f"k{i}", "phase": "implementation", "title": f"t{i}"}
-                for i in range(tasks)
+                {"key": f"k{i}", "phase": "implementation", "title": f"t{i}"} for i in range(tasks)
             ],
             "agents": [agent],
             "policy": {"health": health_policy, "stuck": {"window_s": 86_400}},
@@ -47,8 +46,14 @@ def ticket(runtime: str = "local-process", tasks: int = 2, **health_policy: Any)
 
 
 def process(pid: int, generation: int = 0) -> AgentProcess:
-    return AgentProcess(agent_name="alice", runtime="local-process", pid=pid, pgid=pid,
-                        generation=generation, started_at=T0)
+    return AgentProcess(
+        agent_name="alice",
+        runtime="local-process",
+        pid=pid,
+        pgid=pid,
+        generation=generation,
+        started_at=T0,
+    )
 
 
 def join(state: TicketState, at: datetime, name: str = "alice") -> dict[str, Any]:
@@ -56,8 +61,9 @@ def join(state: TicketState, at: datetime, name: str = "alice") -> dict[str, Any
     return {"agent_id": reply.agent_id, "token": name + str(at)}
 
 
-def beat(state: TicketState, who: dict[str, Any], seq: int, at: datetime,
-         status: str = "idle") -> bool:
+def beat(
+    state: TicketState, who: dict[str, Any], seq: int, at: datetime, status: str = "idle"
+) -> bool:
     return core.heartbeat(state, Heartbeat(**who, seq=seq, status=status), at)  # type: ignore[arg-type]
 
 
@@ -141,8 +147,10 @@ def test_restart_reassigns_tasks_counting_the_attempt() -> None:
     [row] = state.outbox.restart_events
     assert (row.outcome, row.reassigned_task_ids, row.old_pid) == ("requested", ["T1", "T2"], 100)
     # The replacement finishes: the old agent is gone; the new process registers itself.
-    outcome = RestartOutcome(stop=StopOutcome(stopped=True, forced=True, was_alive=True),
-                             process=process(200, generation=1))
+    outcome = RestartOutcome(
+        stop=StopOutcome(stopped=True, forced=True, was_alive=True),
+        process=process(200, generation=1),
+    )
     health.restart_finished(state, "alice-1", 1, outcome, s(50))
     assert state.agents["alice-1"].state == "terminated"
     assert state.lineages["alice"].process == process(200, generation=1)
@@ -170,9 +178,12 @@ def crash(state: TicketState, at: float, generation: int) -> tuple[list[Any], di
     effects = deadlines.tick(state, s(at + 90))
     for restart in restarts(effects):
         health.restart_finished(
-            state, restart.agent_id, restart.number,
-            RestartOutcome(stop=StopOutcome(stopped=True), process=process(300 + generation,
-                                                                            generation)),
+            state,
+            restart.agent_id,
+            restart.number,
+            RestartOutcome(
+                stop=StopOutcome(stopped=True), process=process(300 + generation, generation)
+            ),
             s(at + 91),
         )
     return effects, who
@@ -235,8 +246,9 @@ def test_release_refusals() -> None:
     alice = join(state, s(0))
     before = state.model_dump()
     with pytest.raises(core.Refused) as info:
-        health.release(state, ReleaseAgent(agent_id=alice["agent_id"], operator_token=OPERATOR),
-                       s(1))
+        health.release(
+            state, ReleaseAgent(agent_id=alice["agent_id"], operator_token=OPERATOR), s(1)
+        )
     assert info.value.field == "agent_id" and "not quarantined" in info.value.rule
     with pytest.raises(core.Refused) as info:
         health.release(state, ReleaseAgent(agent_id="alice-1", operator_token="nope"), s(1))

@@ -38,14 +38,19 @@ def ticket(**validation: Any) -> tuple[TicketState, dict[str, dict[str, Any]]]:
                 {"key": "a", "phase": "implementation", "title": "Login form", "validation": True}
             ],
             # Heartbeat deadlines far away: these tests are about validation deadlines.
-            "policy": {"validation": validation,
-                       "health": {"idle_deadline_s": 86_400, "running_deadline_s": 86_400}},
+            "policy": {
+                "validation": validation,
+                "health": {"idle_deadline_s": 86_400, "running_deadline_s": 86_400},
+            },
         }
     )
     state = core.new_ticket(spec, T0)
     creds: dict[str, dict[str, Any]] = {}
     roles: tuple[tuple[str, AgentKind], ...] = (
-        ("w", "worker"), ("x", "worker"), ("v", "validator"), ("u", "validator")
+        ("w", "worker"),
+        ("x", "worker"),
+        ("v", "validator"),
+        ("u", "validator"),
     )
     for name, kind in roles:
         reply = core.register(state, RegisterAgent(name=name, kind=kind), T0, token=name).reply
@@ -56,19 +61,26 @@ def ticket(**validation: Any) -> tuple[TicketState, dict[str, dict[str, Any]]]:
 def submit(state: TicketState, w: dict[str, Any], at: datetime, text: str = "# v") -> str:
     task = core.claim(state, ClaimTask(**w), at).reply.task
     assert task is not None
-    core.complete(state, CompleteTask(**w, task_id=task.id, result=text,
-                                      result_type="implementation"), at)
+    core.complete(
+        state, CompleteTask(**w, task_id=task.id, result=text, result_type="implementation"), at
+    )
     return task.id
 
 
-def review(state: TicketState, v: dict[str, Any], at: datetime, passed: bool,
-           feedback: str = "") -> Any:
+def review(
+    state: TicketState, v: dict[str, Any], at: datetime, passed: bool, feedback: str = ""
+) -> Any:
     claimed = core.claim(state, ClaimTask(**v), at).reply
     assert claimed.task is not None and claimed.task.status == "validation_in_progress"
     return core.review_task(
         state,
-        ReviewTask(**v, task_id=claimed.task.id, iteration=claimed.task.iteration, passed=passed,
-                   feedback=feedback),
+        ReviewTask(
+            **v,
+            task_id=claimed.task.id,
+            iteration=claimed.task.iteration,
+            passed=passed,
+            feedback=feedback,
+        ),
         at,
     )
 
@@ -81,8 +93,11 @@ def test_full_pass_loop_and_verified_result() -> None:
     claimed = core.claim(state, ClaimTask(**c["v"]), s(2)).reply
     assert claimed.task is not None and claimed.task.result_content == "# the login form"
     assert state.tasks[task_id].reviewer == c["v"]["agent_id"]
-    step = core.review_task(state, ReviewTask(**c["v"], task_id=task_id, iteration=1, passed=True,
-                                              evidence=["renders"]), s(3))
+    step = core.review_task(
+        state,
+        ReviewTask(**c["v"], task_id=task_id, iteration=1, passed=True, evidence=["renders"]),
+        s(3),
+    )
     assert step.reply.status == "done" and step.effects == []
     assert state.tasks[task_id].review_content is None  # state keeps no copy after the verdict
     [submitted, verified] = state.outbox.task_results
@@ -109,13 +124,19 @@ def test_fail_fix_pass_with_feedback_reaching_the_worker() -> None:
     assert back.task is not None and back.task.id == task_id and back.task.status == "running"
     assert back.task.last_feedback == "password field is not masked"
     assert back.inbox.feedback
-    core.complete(state, CompleteTask(**c["w"], task_id=task_id, result="# masked now",
-                                      result_type="fix"), s(5))
+    core.complete(
+        state,
+        CompleteTask(**c["w"], task_id=task_id, result="# masked now", result_type="fix"),
+        s(5),
+    )
     assert (task.status, task.iteration) == ("under_review", 2)
     assert review(state, c["v"], s(6), passed=True).reply.status == "done"
     assert [r.passed for r in task.reviews] == [False, True]
     assert [r.id for r in state.outbox.task_results] == [
-        "v/T1/a1/i1", "v/T1/a1/i1", "v/T1/a1/i2", "v/T1/a1/i2"
+        "v/T1/a1/i1",
+        "v/T1/a1/i1",
+        "v/T1/a1/i2",
+        "v/T1/a1/i2",
     ]
 
 
@@ -124,8 +145,9 @@ def test_two_failures_in_a_row_ask_for_a_diagnosis() -> None:
     submit(state, c["w"], s(1))
     assert review(state, c["v"], s(2), passed=False, feedback="no").effects == []
     core.claim(state, ClaimTask(**c["w"]), s(3))
-    core.complete(state, CompleteTask(**c["w"], task_id="T1", result="# again",
-                                      result_type="fix"), s(4))
+    core.complete(
+        state, CompleteTask(**c["w"], task_id="T1", result="# again", result_type="fix"), s(4)
+    )
     step = review(state, c["v"], s(5), passed=False, feedback="still no")
     [effect] = step.effects
     assert isinstance(effect, StartDiagnosis)
@@ -138,8 +160,11 @@ def test_max_iterations_fail_the_task() -> None:
     for i in range(3):
         if i:
             core.claim(state, ClaimTask(**c["w"]), s(10 * i))
-            core.complete(state, CompleteTask(**c["w"], task_id="T1", result=f"# try {i}",
-                                              result_type="fix"), s(10 * i + 1))
+            core.complete(
+                state,
+                CompleteTask(**c["w"], task_id="T1", result=f"# try {i}", result_type="fix"),
+                s(10 * i + 1),
+            )
         else:
             submit(state, c["w"], s(0))
         step = review(state, c["v"], s(10 * i + 2), passed=False, feedback=f"wrong {i}")
@@ -163,36 +188,49 @@ def test_refusals() -> None:
     submit(state, c["w"], s(1))
     assert_refused_unchanged(
         state,
-        lambda: core.review_task(state, ReviewTask(**c["w"], task_id="T1", iteration=1,
-                                                   passed=True), s(2)),
-        "agent_id", "only validator",
+        lambda: core.review_task(
+            state, ReviewTask(**c["w"], task_id="T1", iteration=1, passed=True), s(2)
+        ),
+        "agent_id",
+        "only validator",
     )
     assert_refused_unchanged(
         state,
-        lambda: core.review_task(state, ReviewTask(**c["v"], task_id="T1", iteration=2,
-                                                   passed=True), s(2)),
-        "iteration", "at iteration 1, not 2",
+        lambda: core.review_task(
+            state, ReviewTask(**c["v"], task_id="T1", iteration=2, passed=True), s(2)
+        ),
+        "iteration",
+        "at iteration 1, not 2",
     )
     assert_refused_unchanged(
         state,
-        lambda: core.review_task(state, ReviewTask(**c["v"], task_id="T9", iteration=1,
-                                                   passed=True), s(2)),
-        "task_id", "unknown task",
+        lambda: core.review_task(
+            state, ReviewTask(**c["v"], task_id="T9", iteration=1, passed=True), s(2)
+        ),
+        "task_id",
+        "unknown task",
     )
     core.claim(state, ClaimTask(**c["v"]), s(2))  # v takes it
     assert_refused_unchanged(
         state,
-        lambda: core.review_task(state, ReviewTask(**c["u"], task_id="T1", iteration=1,
-                                                   passed=True), s(3)),
-        "task_id", "being reviewed by v-3",
+        lambda: core.review_task(
+            state, ReviewTask(**c["u"], task_id="T1", iteration=1, passed=True), s(3)
+        ),
+        "task_id",
+        "being reviewed by v-3",
     )
     core.review_task(state, ReviewTask(**c["v"], task_id="T1", iteration=1, passed=True), s(3))
     assert_refused_unchanged(
         state,
-        lambda: core.review_task(state, ReviewTask(**c["v"], task_id="T1", iteration=1,
-                                                   passed=False, feedback="on second thought"),
-                                 s(4)),
-        "iteration", "already has a verdict",
+        lambda: core.review_task(
+            state,
+            ReviewTask(
+                **c["v"], task_id="T1", iteration=1, passed=False, feedback="on second thought"
+            ),
+            s(4),
+        ),
+        "iteration",
+        "already has a verdict",
     )
     with pytest.raises(ValidationError, match="feedback is required"):
         ReviewTask(**c["v"], task_id="T1", iteration=1, passed=False)
@@ -220,8 +258,9 @@ def test_a_result_without_a_verdict_asks_for_one_diagnosis() -> None:
     core.submit_result(state, SubmitResult(**c["w"], content="# result"), s(0))
     claimed = core.claim(state, ClaimTask(**c["v"]), s(1)).reply
     assert claimed.result_version == 1 and "result v1 awaits a verdict" in claimed.reason
-    assert deadlines.next_deadline(state) == deadlines.Deadline(s(60),
-                                                                "validator timeout 60s result v1")
+    assert deadlines.next_deadline(state) == deadlines.Deadline(
+        s(60), "validator timeout 60s result v1"
+    )
     effects = deadlines.tick(state, s(60))
     assert [e.input.trigger for e in effects if isinstance(e, StartDiagnosis)] == [
         "validation_timeout"

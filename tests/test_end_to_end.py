@@ -64,8 +64,9 @@ async def work(
         idle_rounds = 0
         log.append((agent.agent_id or "", task.id))
         await agent.progress(task.id, f"working on {task.title}")
-        reply = await agent.complete(task.id, f"# {task.title}\ndone", "implementation",
-                                     claim_next=True)
+        reply = await agent.complete(
+            task.id, f"# {task.title}\ndone", "implementation", claim_next=True
+        )
         task = reply.next.task if reply.next else None
 
 
@@ -75,13 +76,19 @@ async def test_fifteen_tasks_three_agents_validated_result(
     ticket = await launch(
         client,
         settings,
-        {"id": unique_id("login"), "title": "Build login system", "tasks": fifteen_tasks(),
-         "result_criteria": ["every phase done"]},
+        {
+            "id": unique_id("login"),
+            "title": "Build login system",
+            "tasks": fifteen_tasks(),
+            "result_criteria": ["every phase done"],
+        },
     )
     log: list[tuple[str, str]] = []
     agents = [AgentSession(client, ticket.ticket_id, name=f"worker-{i}") for i in range(3)]
     async with (
-        agents[0], agents[1], agents[2],
+        agents[0],
+        agents[1],
+        agents[2],
         AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
     ):
         await asyncio.gather(*(work(a, log) for a in agents))

@@ -14,9 +14,18 @@ QUICK_FAULTS = [f for f in FAULTS if f.kind in QUICK]
 def test_the_suite_covers_the_fault_kinds_of_the_design() -> None:
     kinds = {f.kind for f in FAULTS}
     assert {
-        "missing_result", "premature_completion", "crashed_agent", "crash_looping_agent",
-        "validation_loop", "validator_absent", "validator_timeout", "environment_error",
-        "dependency_failed", "looping_agent", "task_storm", "trivial_results",
+        "missing_result",
+        "premature_completion",
+        "crashed_agent",
+        "crash_looping_agent",
+        "validation_loop",
+        "validator_absent",
+        "validator_timeout",
+        "environment_error",
+        "dependency_failed",
+        "looping_agent",
+        "task_storm",
+        "trivial_results",
     } <= kinds
     assert len(kinds - {"healthy"}) >= 12
 

@@ -28,8 +28,12 @@ async def test_a_dependency_failed_for_good_is_retried_then_replaced_and_the_tic
         "result_criteria": ["reset works"],
         "tasks": [
             {"key": "mailer", "phase": "implementation", "title": "Set up the mailer"},
-            {"key": "reset", "phase": "implementation", "title": "Reset endpoint",
-             "depends_on": ["mailer"]},
+            {
+                "key": "reset",
+                "phase": "implementation",
+                "title": "Reset endpoint",
+                "depends_on": ["mailer"],
+            },
             {"key": "test", "phase": "testing", "title": "Test reset", "depends_on": ["reset"]},
         ],
         "policy": {"tasks": {"max_retries": 1}, "stuck": {"window_s": 2, "cooldown_s": 2}},

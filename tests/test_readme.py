@@ -57,7 +57,11 @@ def test_the_operator_commands_work_as_written(settings: Settings, tmp_path: Pat
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         worker = subprocess.Popen(
-            worker_cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            worker_cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -68,7 +72,11 @@ def test_the_operator_commands_work_as_written(settings: Settings, tmp_path: Pat
         assert "worker on" in log.read_text(), log.read_text()
         run = subprocess.run(
             ["bash", "-e", "-x", "-c", operator_block],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "Launched ticket csv-1" in run.stdout

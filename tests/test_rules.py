@@ -357,8 +357,12 @@ def test_dependency_deadlock_is_transitive() -> None:
     # Next rung, once a retry of T2 was tried: a new task takes over T2's dependants.
     ev.snapshot.diagnoses = [
         SnapshotDiagnosis(
-            run_id="login-diagnosis-1", trigger="task_failed", status="completed",
-            outcome="failed", started_at=T0, top_signature="dependency_deadlock",
+            run_id="login-diagnosis-1",
+            trigger="task_failed",
+            status="completed",
+            outcome="failed",
+            started_at=T0,
+            top_signature="dependency_deadlock",
             plan=[rec.key()],
         )
     ]
@@ -596,8 +600,9 @@ def test_plan_skips_unlikely_hypotheses_but_never_is_empty() -> None:
 
 def test_a_validation_timeout_points_at_the_missing_validator() -> None:
     """The timed-out task has failed (no longer under review): still the validator's fault."""
-    ev = evidence([task(1, "failed", failure_reason="no review within 600 s")],
-                  trigger="validation_timeout")
+    ev = evidence(
+        [task(1, "failed", failure_reason="no review within 600 s")], trigger="validation_timeout"
+    )
     ev.reason = "T1: no review from any validator within 600 s"
     h = validator_unavailable(ev)
     assert h is not None and h.likelihood >= 0.9
@@ -649,9 +654,15 @@ def test_the_ladder_also_holds_for_a_full_plan_of_five() -> None:
     plan = plan_recovery(HypothesisSet(hypotheses=[top]), snapshot)
     assert len(plan.tasks) == 5
     snapshot.diagnoses = [
-        SnapshotDiagnosis(run_id="d1", trigger="no_result", status="completed",
-                          outcome="failed", started_at=T0, top_signature="other",
-                          plan=[t.key() for t in plan.tasks])
+        SnapshotDiagnosis(
+            run_id="d1",
+            trigger="no_result",
+            status="completed",
+            outcome="failed",
+            started_at=T0,
+            top_signature="other",
+            plan=[t.key() for t in plan.tasks],
+        )
     ]
     [rec] = plan_recovery(HypothesisSet(hypotheses=[top]), snapshot).tasks
     assert rec.remedy == "escalate"

@@ -41,8 +41,11 @@ def seed_done(ticket: Launched) -> Callable[[], Awaitable[bool]]:
 
     async def check() -> bool:
         state = await ticket.state()
-        return all(t.status in ("done", "failed", "cancelled")
-                   for t in state.tasks.values() if t.created_by == "spec")
+        return all(
+            t.status in ("done", "failed", "cancelled")
+            for t in state.tasks.values()
+            if t.created_by == "spec"
+        )
 
     return check
 
@@ -76,11 +79,14 @@ async def recover(ticket: Launched, worker: AgentSession, validator: AgentSessio
 async def test_seed_scenario_on_the_dev_server(
     client: Client, settings: Settings, ledger: Ledger
 ) -> None:
-    ticket = await launch(client, settings, seed_spec(unique_id("seed"), window_s=1.5,
-                                                      cooldown_s=1.0))
+    ticket = await launch(
+        client, settings, seed_spec(unique_id("seed"), window_s=1.5, cooldown_s=1.0)
+    )
     agents = [AgentSession(client, ticket.ticket_id, name=f"worker-{i}") for i in range(3)]
     async with (
-        agents[0], agents[1], agents[2],
+        agents[0],
+        agents[1],
+        agents[2],
         AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
     ):
         await asyncio.gather(*(work(a, [], done=seed_done(ticket)) for a in agents))
@@ -113,8 +119,14 @@ async def test_seed_scenario_on_the_dev_server(
     assert outcome["status"] == "completed" and outcome["validated_version"] == 1
     final = await ticket.state()
     kinds = [e.kind for e in final.timeline]
-    for kind in ("stuck", "diagnosis_started", "diagnosis_completed", "diagnosis_recovered",
-                 "result_validated", "ticket_finished"):
+    for kind in (
+        "stuck",
+        "diagnosis_started",
+        "diagnosis_completed",
+        "diagnosis_recovered",
+        "result_validated",
+        "ticket_finished",
+    ):
         assert kind in kinds, kind
     assert final.diagnoses[0].outcome == "recovered"
     [row] = ledger.diagnostic_runs(ticket.ticket_id)
@@ -134,9 +146,7 @@ async def _completed_runs(ticket: Launched) -> list[DiagnosisView]:
 
 
 @pytest.mark.usefixtures("worker")
-async def test_manual_trigger_skips_cooldown_and_window(
-    client: Client, settings: Settings
-) -> None:
+async def test_manual_trigger_skips_cooldown_and_window(client: Client, settings: Settings) -> None:
     ticket = await launch(client, settings, seed_spec(unique_id("manual")))
     async with AgentSession(client, ticket.ticket_id, name="alice") as alice:
         task = await alice.claim()
@@ -220,8 +230,9 @@ async def test_seed_scenario_with_production_windows_under_time_skipping(
     ticket = await launch(client, settings, seed_spec(unique_id("seed-60s")))
     async with (
         AgentSession(client, ticket.ticket_id, name="worker", heartbeat_interval_s=3600) as w,
-        AgentSession(client, ticket.ticket_id, name="vera", kind="validator",
-                     heartbeat_interval_s=3600) as vera,
+        AgentSession(
+            client, ticket.ticket_id, name="vera", kind="validator", heartbeat_interval_s=3600
+        ) as vera,
     ):
         await work(w, [], done=seed_done(ticket))
         done = await ticket.state()

@@ -386,9 +386,7 @@ async def test_release_refuses_an_agent_that_is_not_quarantined(
     ticket_id = unique_id("starter-release")
     code, _, err = await run(capsys, cli("launch", str(write_spec(tmp_path)), "--id", ticket_id))
     assert code == 0, err
-    reg = await client.get_workflow_handle(ticket_id).execute_update(
-        "register", {"name": "alice"}
-    )
+    reg = await client.get_workflow_handle(ticket_id).execute_update("register", {"name": "alice"})
     code, out, err = await run(capsys, cli("release", ticket_id, reg["agent_id"]))
     assert code == 1 and err.startswith("error: ")
     assert "alice-1 is idle, not quarantined" in err

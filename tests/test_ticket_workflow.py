@@ -380,9 +380,7 @@ async def test_the_web_ui_is_published_once_per_workflow_task_and_stays_exact(
     """Updates handled together cost one search-attribute upsert, carrying only the attributes
     that changed; a burst of task completions refreshes the open-task count at most every
     OPEN_TASKS_REFRESH; the values the Web UI filters on end up exact."""
-    tasks = [
-        {"key": f"t{i}", "phase": "implementation", "title": f"Task {i}"} for i in range(24)
-    ]
+    tasks = [{"key": f"t{i}", "phase": "implementation", "title": f"Task {i}"} for i in range(24)]
     ticket = await launch(client, settings, spec_dict(unique_id("publish"), tasks=tasks))
     agents = [AgentSession(client, ticket.ticket_id, name=f"a{i}") for i in range(8)]
     await asyncio.gather(*(a.register() for a in agents))

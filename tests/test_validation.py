@@ -24,8 +24,12 @@ def validated_spec(ticket_id: str, **validation: Any) -> dict[str, Any]:
         "id": ticket_id,
         "title": "Login form",
         "tasks": [
-            {"key": "form", "phase": "implementation", "title": "Build the login form",
-             "validation": True},
+            {
+                "key": "form",
+                "phase": "implementation",
+                "title": "Build the login form",
+                "validation": True,
+            },
         ],
     }
     if validation:
@@ -55,8 +59,9 @@ async def test_fail_fix_pass_loop_feedback_reaches_the_worker(
         assert review.result_content == "# form\n<input name=password>"
         with pytest.raises(Refused, match="feedback is required"):
             await vera.review_task(task.id, 1, passed=False)
-        verdict = await vera.review_task(task.id, 1, passed=False,
-                                         feedback="the password field must be masked")
+        verdict = await vera.review_task(
+            task.id, 1, passed=False, feedback="the password field must be masked"
+        )
         assert verdict.status == "needs_work"
         with pytest.raises(Refused) as info:
             await vera.review_task(task.id, 1, passed=True)
@@ -103,8 +108,9 @@ async def test_two_failed_reviews_in_a_row_start_a_diagnosis(
             assert task is not None
             await ada.complete(task.id, f"# attempt {iteration}", "implementation")
             assert await vera.claim() is not None
-            await vera.review_task(task.id, iteration, passed=False,
-                                   feedback="criterion 'masked password' not met")
+            await vera.review_task(
+                task.id, iteration, passed=False, feedback="criterion 'masked password' not met"
+            )
         for _ in range(100):
             runs = await ticket.handle.query("diagnoses", result_type=list[DiagnosisView])
             if runs and runs[0].status == "completed":
@@ -124,8 +130,9 @@ async def test_validator_timeout_with_the_production_ten_minutes(
 ) -> None:
     env, settings, _ = time_skipping
     ticket = await launch(env.client, settings, validated_spec(unique_id("timeout")))
-    async with AgentSession(env.client, ticket.ticket_id, name="ada",
-                            heartbeat_interval_s=3600) as ada:
+    async with AgentSession(
+        env.client, ticket.ticket_id, name="ada", heartbeat_interval_s=3600
+    ) as ada:
         task = await ada.claim()
         assert task is not None
         await ada.complete(task.id, "# form", "implementation")
@@ -163,10 +170,14 @@ async def test_result_criteria_checks_reject_then_validate(
     spec = validated_spec(unique_id("checks"))
     spec["tasks"] = []
     spec["result_criteria"] = [
-        {"description": "the login module exists",
-         "check": {"kind": "file_exists", "path": "auth.py"}},
-        {"description": "passwords are hashed",
-         "check": {"kind": "file_contains", "path": "auth.py", "text": "bcrypt"}},
+        {
+            "description": "the login module exists",
+            "check": {"kind": "file_exists", "path": "auth.py"},
+        },
+        {
+            "description": "passwords are hashed",
+            "check": {"kind": "file_contains", "path": "auth.py", "text": "bcrypt"},
+        },
     ]
     spec["policy"] = {"results": {"files_root": str(tmp_path)}}
     ticket = await launch(client, settings, spec)

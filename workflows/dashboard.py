@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from core import ticket as core
+from core import views
 from core.state import HELD_STATUSES, TicketState
 
 STATUS_ORDER = (
@@ -18,7 +21,9 @@ STATUS_ORDER = (
 )
 
 
-def render_dashboard(state: TicketState, timeline_lines: int = 8) -> str:
+def render_dashboard(
+    state: TicketState, timeline_lines: int = 8, now: datetime | None = None
+) -> str:
     """Markdown: status line, tasks by phase and status, agents, results, latest events."""
     lines = [
         f"## {state.spec.title}",
@@ -46,6 +51,16 @@ def render_dashboard(state: TicketState, timeline_lines: int = 8) -> str:
             ]
             lines.append(
                 f"| {agent.id} | {agent.kind} | {agent.state} | {', '.join(held) or '-'} |"
+            )
+    suspects = views.anomalies(state, now)
+    if suspects:
+        lines += ["", "| agent | anomaly | signature | signals |", "|---|---|---|---|"]
+        for a in suspects[:5]:
+            flag = " ⚠" if a.anomalous else ""
+            lines.append(
+                f"| {a.agent_id} | {a.score:.2f}{flag} | {a.signature or '-'} | "
+                + "; ".join(s.replace("|", "/") for s in a.signals[:2])
+                + " |"
             )
     if state.results:
         lines += ["", "Results: " + ", ".join(f"v{r.version} {r.status}" for r in state.results)]

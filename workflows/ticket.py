@@ -83,8 +83,10 @@ OPEN_TASKS = SearchAttributeKey.for_int("OpenTasks")
 STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
 DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
 RESTARTS = SearchAttributeKey.for_int("Restarts")
+ANOMALY_SCORE = SearchAttributeKey.for_float("AnomalyScore")
 SEARCH_ATTRIBUTE_KEYS: dict[str, SearchAttributeKey[Any]] = {
-    k.name: k for k in (TICKET_STATUS, PHASE, OPEN_TASKS, STUCK_SINCE, DIAGNOSES, RESTARTS)
+    k.name: k
+    for k in (TICKET_STATUS, PHASE, OPEN_TASKS, STUCK_SINCE, DIAGNOSES, RESTARTS, ANOMALY_SCORE)
 }
 DIAGNOSIS_WORKFLOW = "Diagnosis"
 
@@ -101,6 +103,9 @@ FAIR_CLAIMS = "fair-claims"
 #: Blocked tasks (a dependency failed for good) are not active, so a ticket with only
 #: blocked tasks is stuck; a spent diagnosis budget escalates at once (TicketState.healing_v2).
 HEALING_V2 = "healing-v2"
+#: Behaviour signals per agent (core.behaviour): anomaly scores and their search attribute,
+#: the anomaly trigger, and create_task's hard bounds (TicketState.behaviour_v1).
+BEHAVIOUR_SIGNALS = "behaviour-signals"
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -162,6 +167,7 @@ class TicketWorkflow:
         # run before run()): it changes when the stuck timer fires and what diagnoses do, so
         # runs recorded before the patch keep the old rules when replayed.
         self._state.healing_v2 = workflow.patched(HEALING_V2)
+        self._state.behaviour_v1 = workflow.patched(BEHAVIOUR_SIGNALS)
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
@@ -494,6 +500,8 @@ class TicketWorkflow:
             "Diagnoses": len(state.diagnoses),
             "Restarts": state.restarts_total,
         }
+        if state.behaviour_v1:
+            wanted["AnomalyScore"] = views.published_anomaly(state)
         published = self._search_attributes
         if not self._coalesce_publish:  # the shape of runs started before the patch
             changed = list(wanted) if wanted != published else []
@@ -517,7 +525,7 @@ class TicketWorkflow:
             self._held_back = False
         # Current details are metadata, not history events: cheap to keep fresh.
         self._metrics.observe(state)
-        self._dashboard = render_dashboard(state)
+        self._dashboard = render_dashboard(state, now=workflow.now())
         workflow.set_current_details(self._dashboard)
 
     # ---- updates (refusable) -------------------------------------------------------------
@@ -706,7 +714,7 @@ class TicketWorkflow:
 
     @workflow.query(name="status")
     def status(self) -> StatusView:
-        return views.status_view(self._state)
+        return views.status_view(self._state, workflow.now())
 
     @workflow.query(name="tasks")
     def tasks(self) -> list[TaskView]:
