@@ -68,6 +68,7 @@ def test_histories_are_recorded() -> None:
         "ticket-validation-loop",
         "ticket-seed-stuck-diagnosed",
         "ticket-agent-restart",
+        "ticket-looping-interrupted",
     } <= names
 
 
@@ -96,7 +97,11 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
     can = await launch(
         client,
         settings,
-        spec_dict(unique_id("replay-can"), tasks=[]),
+        spec_dict(
+            unique_id("replay-can"),
+            tasks=[],
+            policy={"tasks": {"max_creates_per_minute": 100}},  # 30 in a few seconds
+        ),
         continue_as_new_after_events=100,
     )
     async with (
@@ -163,7 +168,38 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         await vera.review_result(1, passed=True)
     await seed.handle.result()
 
+    looping = await launch(
+        client,
+        settings,
+        spec_dict(
+            unique_id("replay-loop"),
+            tasks=[{"key": "a", "phase": "testing", "title": "A"}],
+            phases=[{"name": "testing"}],
+            policy={"stuck": {"window_s": 0.5, "cooldown_s": 0.5}},
+        ),
+    )
+    async with (
+        AgentSession(client, looping.ticket_id, name="alice") as alice,
+        AgentSession(client, looping.ticket_id, name="vera", kind="validator") as vera,
+    ):
+        task = await alice.claim()
+        assert task is not None
+        for _ in range(3):  # busy but stuck: the anomaly diagnosis interrupts alice
+            await alice.progress(task.id, "checking the build again")
+        for _ in range(100):
+            if alice.interrupted(task.id) or task.id in (await alice.refresh_inbox()).interrupted:
+                break
+            await asyncio.sleep(0.1)
+        assert alice.interrupted(task.id)
+        again = await alice.claim()
+        assert again is not None and again.id == task.id
+        await alice.complete(task.id, "# done, differently this time", "test")
+        await alice.submit_result("# the result, with evidence")
+        await vera.review_result(1, passed=True)
+    await looping.handle.result()
+
     histories = {
+        "ticket-looping-interrupted": await looping.handle.fetch_history(),
         "ticket-happy-path": await happy.handle.fetch_history(),
         "ticket-validation-loop": await review.handle.fetch_history(),
         "ticket-seed-stuck-diagnosed": await seed.handle.fetch_history(),

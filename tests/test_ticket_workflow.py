@@ -259,7 +259,10 @@ async def test_do_nothing_keeps_the_ticket_going(client: Client, settings: Setti
 async def test_continue_as_new_loses_nothing(client: Client, settings: Settings) -> None:
     """Forced early continue-as-new, with updates in flight across the boundary."""
     ticket = await launch(
-        client, settings, spec_dict(unique_id("can"), tasks=[]), continue_as_new_after_events=250
+        client,
+        settings,
+        spec_dict(unique_id("can"), tasks=[], policy={"tasks": {"max_creates_per_minute": 100}}),
+        continue_as_new_after_events=250,
     )
     async with (
         AgentSession(client, ticket.ticket_id, name="alice") as alice,
