@@ -24,11 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
 import starter
-from bench.harness import REPO, environment, fresh_server, make_console, progress_display
+from bench.harness import (
+    REPO,
+    environment,
+    fresh_server,
+    make_console,
+    progress_display,
+    write_json,
+)
 from core.state import TicketState
 from infra.settings import Settings
 from infra.telemetry import core_log_to_file, forward_core_logs
@@ -297,6 +305,9 @@ QUICK = (
     "dependency_failed",
     "validator_absent",
     "validator_on_demand",
+    "looping_agent",
+    "stalled_agent",
+    "task_storm",
 )
 
 
@@ -376,60 +387,77 @@ async def run_fault(
     )
 
 
-def table(runs: list[FaultRun]) -> Table:
+def table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="Fault suite")
     for column in ("fault", "expected", "outcome", "time", "diagnoses", "remedies", "events"):
         t.add_column(column)
-    for r in runs:
-        style = "green" if r.as_expected else "red"
+    for r in rows:
+        style = "green" if r["as_expected"] else "bold red"
         t.add_row(
-            r.fault.kind,
-            r.fault.expected,
-            f"[{style}]{r.outcome}",
-            f"{r.seconds:.1f} s",
-            f"{r.diagnoses} ({', '.join(r.signatures)})" if r.signatures else str(r.diagnoses),
-            ", ".join(f"{k} {v}" for k, v in r.remedies.items()) or "-",
-            str(r.history_events),
+            r["fault"],
+            r["expected"],
+            f"[{style}]{r['outcome']}",
+            f"{r['seconds']:.1f} s",
+            diagnoses_cell(r),
+            remedies_cell(r),
+            str(r["history_events"]),
         )
     return t
 
 
-def markdown(runs: list[FaultRun], healthy: list[FaultRun], env: dict[str, Any]) -> str:
-    good = sum(r.as_expected for r in runs)
+def diagnoses_cell(r: dict[str, Any]) -> str:
+    signatures = r["signatures"]
+    return f"{r['diagnoses']} ({', '.join(signatures)})" if signatures else str(r["diagnoses"])
+
+
+def remedies_cell(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in r["remedies"].items()) or "-"
+
+
+def markdown_table(report: dict[str, Any]) -> list[str]:
     lines = [
-        "# The fault suite",
-        "",
-        f"`python -m bench.faults`: {len(runs)} fault kinds end to end on a real Temporal dev "
-        f"server, agents as real processes (python {env['python']}, temporalio "
-        f"{env['temporalio']}, {env['cpus']} cores). **{good} of {len(runs)} ended as "
-        "expected.**",
-        "",
         "| fault | what | expected | outcome | time | diagnoses | remedies | events |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in runs:
-        mark = "" if r.as_expected else " ✗"
-        signatures = f" ({', '.join(r.signatures)})" if r.signatures else ""
-        done = ", ".join(f"{k} {v}" for k, v in r.remedies.items()) or "-"
+    for r in report["rows"]:
+        mark = "" if r["as_expected"] else " ✗"
         lines.append(
-            f"| {r.fault.kind} | {r.fault.what} | {r.fault.expected} | {r.outcome}{mark} "
-            f"| {r.seconds:.1f} s | {r.diagnoses}{signatures} | {done} | {r.history_events} |"
+            f"| {r['fault']} | {r['what']} | {r['expected']} | {r['outcome']}{mark} "
+            f"| {r['seconds']:.1f} s | {diagnoses_cell(r)} | {remedies_cell(r)} "
+            f"| {r['history_events']} |"
         )
-    if healthy:
-        diagnosed = [r for r in healthy if r.diagnoses]
-        secs = sorted(r.seconds for r in healthy)
-        why = "; ".join(", ".join(r.signatures) for r in diagnosed)
+    h = report["healthy"]
+    if h["runs"]:
+        why = "; ".join(h["signatures"])
         lines += [
             "",
-            f"Healthy runs: {len(healthy)}, diagnosed: **{len(diagnosed)}** (target 0)"
+            f"Healthy runs: {h['runs']}, diagnosed: **{h['diagnosed']}** (target 0)"
             + (f" ({why})" if why else "")
-            + f"; time median {secs[len(secs) // 2]:.1f} s, max {secs[-1]:.1f} s.",
+            + f"; time median {h['median_s']:.1f} s, max {h['max_s']:.1f} s.",
         ]
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    rows = report["rows"]
+    good = sum(r["as_expected"] for r in rows)
+    lines = [
+        "# The fault suite",
+        "",
+        f"`python -m bench.faults`: {len(rows)} fault kinds end to end on a real Temporal dev "
+        f"server, agents as real processes (python {env['python']}, temporalio "
+        f"{env['temporalio']}, {env['cpus']} cores). **{good} of {len(rows)} ended as "
+        "expected.**",
+        "",
+        *markdown_table(report),
+    ]
     return "\n".join(lines) + "\n"
 
 
-async def amain(args: argparse.Namespace) -> int:
-    console = make_console(170)
+async def measure(
+    args: argparse.Namespace, console: Console
+) -> tuple[list[FaultRun], list[FaultRun]]:
     chosen = [f for f in FAULTS if not args.only or f.kind in args.only.split(",")]
     healthy_fault = next(f for f in FAULTS if f.kind == "healthy")
     runs: list[FaultRun] = []
@@ -443,34 +471,95 @@ async def amain(args: argparse.Namespace) -> int:
             for _ in range(args.healthy):
                 healthy.append(await run_fault(bench.client, bench.settings, healthy_fault))
                 progress.advance(bar)
-    console.print(table(runs))
     if args.timelines:
         for r in runs:
             if not r.as_expected:
                 console.rule(f"{r.fault.kind}: {r.outcome} (expected {r.fault.expected})")
                 console.print("\n".join(r.timeline[-120:]), markup=False, highlight=False)
-    if healthy:
-        diagnosed = [", ".join(r.signatures) for r in healthy if r.diagnoses]
-        console.print(f"healthy runs: {len(healthy)}, diagnosed: {len(diagnosed)} {diagnosed}")
-    if not args.only:
-        args.out.write_text(markdown(runs, healthy, environment(temporal_cli=False)))
-        console.print(f"wrote {args.out}")
-    ok = all(r.as_expected for r in runs) and not any(r.diagnoses for r in healthy)
-    return 0 if ok else 1
+    return runs, healthy
 
 
-def main() -> int:
+def build_report(runs: list[FaultRun], healthy: list[FaultRun]) -> dict[str, Any]:
+    """The suite as JSON (bench/out/faults.json; bench/RESULTS.md through bench.run_all)."""
+    good = sum(r.as_expected for r in runs)
+    diagnosed = [r for r in healthy if r.diagnoses]
+    secs = sorted(r.seconds for r in healthy)
+    return {
+        "config": {"kinds": len(runs), "healthy_runs": len(healthy)},
+        "environment": environment(temporal_cli=False),
+        "rows": [
+            {
+                "fault": r.fault.kind,
+                "what": r.fault.what,
+                "expected": r.fault.expected,
+                "outcome": r.outcome,
+                "as_expected": r.as_expected,
+                "seconds": round(r.seconds, 1),
+                "diagnoses": r.diagnoses,
+                "signatures": r.signatures,
+                "remedies": r.remedies,
+                "history_events": r.history_events,
+            }
+            for r in runs
+        ],
+        "healthy": {
+            "runs": len(healthy),
+            "diagnosed": len(diagnosed),
+            "signatures": ["; ".join(r.signatures) for r in diagnosed],
+            "median_s": secs[len(secs) // 2] if secs else None,
+            "max_s": secs[-1] if secs else None,
+        },
+        "targets": {
+            "as_expected": {
+                "target": "every fault kind ends as expected (healed or escalated)",
+                "value": f"{good} of {len(runs)}",
+                "pass": good == len(runs),
+            },
+            "healthy_diagnosed": {
+                "target": "0 diagnoses over the healthy runs",
+                "value": len(diagnosed),
+                "pass": not diagnosed,
+            },
+        },
+    }
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    runs, healthy = await measure(args, console)
+    return build_report(runs, healthy)
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    console.print(table(report["rows"]))
+    h = report["healthy"]
+    if h["runs"]:
+        console.print(f"healthy runs: {h['runs']}, diagnosed: {h['diagnosed']} {h['signatures']}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
     p.add_argument("--only", default="", help="comma list of fault kinds")
     p.add_argument("--healthy", type=int, default=0, help="extra healthy runs (0 diagnoses)")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=Path("bench/out/faults.json"))
+    p.add_argument("--markdown", type=Path, default=OUT, help="the table (full runs only)")
     p.add_argument(
         "--timelines", action="store_true", help="print the timeline of unexpected outcomes"
     )
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     forward_core_logs()
     core_log_to_file(REPO / "bench" / "out")
-    return asyncio.run(amain(args))
+    console = make_console(170)
+    report = asyncio.run(run(args, console))
+    print_report(console, report)
+    write_json(args.out, report)
+    if not args.only:
+        args.markdown.write_text(markdown(report))
+        console.print(f"wrote {args.markdown}")
+    return 0 if all(t["pass"] for t in report["targets"].values()) else 1
 
 
 if __name__ == "__main__":

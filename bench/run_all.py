@@ -5,7 +5,8 @@
     .venv/bin/python -m bench --only lifecycle,memory
 
 Runs ``bench.lifecycle``, ``bench.detection``, ``bench.heartbeat_history``,
-``bench.reassignment`` and ``bench.memory`` one after the other, each through its own
+``bench.reassignment``, ``bench.memory``, ``bench.anomaly`` and ``bench.faults`` one after
+the other, each through its own
 ``run(parse_args([...]), console)`` in a fresh event loop (each starts and stops its own
 server), writes each report's JSON (``bench/out/<name>.json``; ``bench/out/quick/`` with
 ``--quick``) and then a Markdown summary (``--results``, default ``bench/RESULTS.md``;
@@ -77,6 +78,18 @@ BENCHES: tuple[BenchDef, ...] = (
         "bench.memory",
         "Worker memory per open ticket",
         ("--counts", "20,100", "--step", "0", "--warmup", "2"),
+    ),
+    BenchDef(
+        "anomaly",
+        "bench.anomaly",
+        "Loop start → anomaly diagnosis, against the anomaly window",
+        ("--windows", "2", "--runs", "3"),
+    ),
+    BenchDef(
+        "faults",
+        "bench.faults",
+        "The fault suite: every fault kind end to end, and healthy runs",
+        ("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
     ),
 )
 BY_NAME = {b.name: b for b in BENCHES}
@@ -982,12 +995,86 @@ def summarize_memory(r: dict[str, Any], quick: bool) -> Summary:
     return s
 
 
+def summarize_anomaly(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    cfg = r["config"]
+
+    def reasons() -> list[str]:
+        out = [
+            f"window {w} s: max {fmt_s(get(row, 'latency_s', 'max'))}"
+            for w, row in r["by_window"].items()
+        ]
+        if r.get("not_detected"):
+            out.append(f"{r['not_detected']} looping agent(s) were never diagnosed.")
+        return out
+
+    _target_row(
+        s,
+        r,
+        "overshoot_max",
+        "Loop start → anomaly diagnosis, minus the window (worst run)",
+        fmt_s(get(r, "targets", "overshoot_max", "value")),
+        f"{cfg.get('runs_per_window')} looping agents per window, a note every "
+        f"{cfg.get('note_every_s')} s",
+        reasons,
+    )
+    rows = [
+        [
+            f"{w} s",
+            str(row["n"]),
+            fmt_s(get(row, "latency_s", "p50")),
+            fmt_s(get(row, "latency_s", "p90")),
+            fmt_s(get(row, "latency_s", "max")),
+            fmt_s(get(row, "overshoot_s", "max")),
+            ", ".join(row.get("signatures", [])),
+        ]
+        for w, row in r["by_window"].items()
+    ]
+    s.section += [
+        "Ticket time, from the loop's first note to the `anomaly` event (the spell is "
+        "back-dated to the first of the repeated notes).",
+        "",
+        *md_table(["window", "n", "p50", "p90", "max", "max − window", "signature"], rows),
+    ]
+    return s
+
+
+def summarize_faults(r: dict[str, Any], quick: bool) -> Summary:
+    from bench.faults import markdown_table
+
+    s = Summary()
+    rows = r["rows"]
+    wrong = [row for row in rows if not row["as_expected"]]
+    _target_row(
+        s,
+        r,
+        "as_expected",
+        "Fault kinds that ended as expected",
+        str(get(r, "targets", "as_expected", "value")),
+        "healed when recoverable, else escalated to a person",
+        lambda: [f"{row['fault']}: {row['outcome']} (expected {row['expected']})" for row in wrong],
+    )
+    _target_row(
+        s,
+        r,
+        "healthy_diagnosed",
+        "Healthy runs diagnosed (false positives)",
+        str(get(r, "targets", "healthy_diagnosed", "value")),
+        f"of {get(r, 'healthy', 'runs')} healthy runs",
+        lambda: [f"diagnosed: {'; '.join(get(r, 'healthy', 'signatures', default=[]))}"],
+    )
+    s.section += markdown_table(r)
+    return s
+
+
 SUMMARIZERS: dict[str, Callable[[dict[str, Any], bool], Summary]] = {
     "lifecycle": summarize_lifecycle,
     "detection": summarize_detection,
     "heartbeat_history": summarize_heartbeat_history,
     "reassignment": summarize_reassignment,
     "memory": summarize_memory,
+    "anomaly": summarize_anomaly,
+    "faults": summarize_faults,
 }
 
 

@@ -5,15 +5,18 @@ sends the same note every second, one that holds a task and does nothing, one th
 tasks as fast as the ticket takes them, or one whose results are empty never trips it. Each
 agent therefore carries a few behaviour signals, each 0-1 with a weight:
 
-- **repetition** (agent_looping): the same normalised note or error on one task
-  ``anomaly.repeats`` times in a row, or two notes alternating A/B over six;
+- **repetition** (agent_looping): the same normalised progress note (an error it reports
+  included) on one task ``anomaly.repeats`` times in a row, or two notes alternating A/B
+  over six (a ``fail`` is a proper hand-back, not a note: the ticket retries the task and the
+  rule engine reads the same error across attempts);
 - **stall** (agent_stalled): it holds a task and its last state-changing act (claim,
   complete, fail, create, submit, or a note different from the previous) is older than
   max(``tasks.stall_s``, 3 x p90 of the ticket's own claim-to-done durations);
 - **creation** (task_storm): it hit ``tasks.max_creates_per_minute`` (below the bound a
   burst counts at most half);
-- **quality** (low_quality_results): its latest results in a row were trivial (empty, below
-  ``anomaly.min_result_chars``, or identical to an earlier result).
+- **quality** (low_quality_results): its latest results in a row were trivial (empty, a
+  copy of its earlier version, or — for results someone judges: the ticket's, a reviewed
+  task's — below ``anomaly.min_result_chars``).
 
 The composite score is ``1 - prod(1 - weight x value)``: one signal fully on is enough, two
 half-on signals add up. When an agent's score stays at or above ``anomaly.threshold`` for a
@@ -125,12 +128,14 @@ def noted(state: TicketState, agent: Agent, task_id: str, text: str, now: dateti
     update(state, agent, now)
 
 
-def failed(state: TicketState, agent: Agent, task_id: str, reason: str, now: datetime) -> None:
-    """The agent gave up on a task: an act, and its reason counts towards repetition."""
+def failed(state: TicketState, agent: Agent, now: datetime) -> None:
+    """The agent gave up on a task: an act. Its reason is not a note: a failure is handed
+    back properly, retried by the ticket, and the same error across attempts is the rule
+    engine's (environment_error, dependency_deadlock), not the agent's loop."""
     if not state.behaviour_v1:
         return
     acted(agent, now)
-    noted(state, agent, task_id, reason, now)
+    update(state, agent, now)
 
 
 def created(state: TicketState, agent: Agent, now: datetime) -> None:
@@ -170,13 +175,18 @@ def done(state: TicketState, agent: Agent, claimed_at: datetime | None, now: dat
     update(state, agent, now)
 
 
-def trivial(state: TicketState, content: str, sha: str, earlier: set[str]) -> str | None:
-    """Why a result is trivial (empty, too short, a copy of an earlier one), or None."""
+def trivial(
+    state: TicketState, content: str, sha: str, earlier: set[str], *, judged: bool = True
+) -> str | None:
+    """Why a result is trivial (empty, too short, a copy of an earlier one), or None.
+
+    The minimum size applies to results someone judges (the ticket's result, a reviewed
+    task's): a plain task may well end in one word."""
     text = content.strip()
     minimum = state.spec.policy.anomaly.min_result_chars
     if not text:
         return "empty"
-    if len(text) < minimum:
+    if judged and len(text) < minimum:
         return f"{len(text)} characters (the minimum is {minimum}): {text[:40]!r}"
     if sha in earlier:
         return "identical to an earlier result"
@@ -184,14 +194,21 @@ def trivial(state: TicketState, content: str, sha: str, earlier: set[str]) -> st
 
 
 def result_given(
-    state: TicketState, agent: Agent, content: str, sha: str, earlier: set[str], now: datetime
+    state: TicketState,
+    agent: Agent,
+    content: str,
+    sha: str,
+    earlier: set[str],
+    now: datetime,
+    *,
+    judged: bool = True,
 ) -> None:
     """A result from the agent (a task's or the ticket's): trivial ones in a row count."""
     if not state.behaviour_v1:
         return
     acted(agent, now)
     b = agent.behaviour
-    why = trivial(state, content, sha, earlier)
+    why = trivial(state, content, sha, earlier, judged=judged)
     if why is None:
         b.low_quality = []
         b.low_quality_since = None

@@ -314,7 +314,9 @@ def complete(
         behaviour.done(state, agent, task.claimed_at, now)
         diagnosis.recovery_task_done(state, task, now)
     # Only the task's own earlier iteration counts as a copy: two tasks may well end alike.
-    behaviour.result_given(state, agent, msg.result, sha, set(previous_sha), now)
+    behaviour.result_given(
+        state, agent, msg.result, sha, set(previous_sha), now, judged=task.validation
+    )
     state.outbox.task_results.append(_task_result_record(state, task, agent.id, msg.result))
     if task.validation:
         log(
@@ -353,7 +355,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
         return Step(task_view(task))
     effects: list[Effect] = []
     record_failure(task, msg.reason)
-    behaviour.failed(state, agent, task.id, msg.reason, now)
+    behaviour.failed(state, agent, now)
     task.assigned_agent = None
     task.updated_at = now
     state.last_activity_at = now

@@ -489,7 +489,8 @@ class TicketRun:
         validation = rng.random() < 0.3
         view = await s.create_task(
             rng.choice(PHASES),
-            f"Discovered {len(rec.created) + 1}",
+            # Unique: two agents discovering at once must not name the same work alike.
+            f"Discovered {len(rec.created) + 1}-{rng.randrange(10**9)}",
             depends_on=depends,
             validation=validation,
         )

@@ -21,6 +21,7 @@ from models.messages import (
     ClaimTask,
     CompleteTask,
     CreateTask,
+    FailTask,
     RegisterAgent,
     ReportProgress,
     ReviewResult,
@@ -514,3 +515,23 @@ def test_evidence_carries_the_log_tail_of_the_agents_involved(tmp_path: Any) -> 
     assert list(tails) == [agents["w"]]
     assert tails[agents["w"]][0] == "(w.1.log)"
     assert tails[agents["w"]][-1] == "line 99" and len(tails[agents["w"]]) == 41
+
+
+def test_failing_a_task_again_and_again_is_the_rule_engines_not_a_loop() -> None:
+    state, agents = fleet(task_policy={"max_retries": 10})
+    for i in range(5):
+        task = claim(state, agents, "w", i * 2)
+        msg = FailTask(**auth(agents, "w"), task_id=task, reason="SMTP_HOST is not set")
+        core.fail(state, msg, s(i * 2 + 1))
+    assert state.agents[agents["w"]].behaviour.score == 0
+
+
+def test_one_word_results_of_plain_tasks_are_fine_of_reviewed_ones_trivial() -> None:
+    state, agents = fleet(tasks=4)
+    for i in range(4):
+        task = claim(state, agents, "w", i)
+        msg = CompleteTask(**auth(agents, "w"), task_id=task, result="fixed", result_type="fix")
+        core.complete(state, msg, s(i + 0.5))
+    assert state.agents[agents["w"]].behaviour.low_quality == []
+    assert behaviour.trivial(state, "fixed", "x", set(), judged=True) is not None
+    assert behaviour.trivial(state, "   ", "x", set(), judged=False) == "empty"

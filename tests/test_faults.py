@@ -26,6 +26,7 @@ def test_the_suite_covers_the_fault_kinds_of_the_design() -> None:
         "looping_agent",
         "task_storm",
         "trivial_results",
+        "stalled_agent",
     } <= kinds
     assert len(kinds - {"healthy"}) >= 12
 

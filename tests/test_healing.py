@@ -48,9 +48,11 @@ async def test_a_dependency_failed_for_good_is_retried_then_replaced_and_the_tic
         AgentSession(client, ticket.ticket_id, name="ada") as ada,
         AgentSession(client, ticket.ticket_id, name="vera", kind="validator") as vera,
     ):
+        order: list[str] = []  # tasks in the order ada finished them
 
         async def work_failing_t1(runs: int) -> list[DiagnosisView]:
-            """Do every task but the mailer, which fails on every attempt, retried or not."""
+            """Do every task but the mailer, which fails on every attempt, retried or not.
+            (A run may complete between the query and the claim: its task is taken here.)"""
             while len(done := await completed_runs()) < runs:
                 task = await ada.claim()
                 if task is None:
@@ -59,6 +61,7 @@ async def test_a_dependency_failed_for_good_is_retried_then_replaced_and_the_tic
                     await ada.fail("T1", "SMTP_HOST is not set")
                 else:
                     await ada.complete(task.id, f"# {task.title}\nDone.", "analysis")
+                    order.append(task.id)
             return done
 
         await asyncio.wait_for(work_failing_t1(1), 30)
@@ -70,7 +73,6 @@ async def test_a_dependency_failed_for_good_is_retried_then_replaced_and_the_tic
         state = await ticket.state()
         [new_id] = [t for t in replace.task_ids if state.tasks[t].replaces == "T1"]
         assert state.tasks["T2"].depends_on == [new_id]  # rung 2: rewired
-        order = []
         while (task := await ada.claim()) is not None:
             await ada.complete(task.id, f"# {task.title}\nDone.", "implementation")
             order.append(task.id)

@@ -1,0 +1,204 @@
+"""Time from the start of an agent's loop to the ``anomaly`` diagnosis (DESIGN §12).
+
+    .venv/bin/python -m bench.anomaly                      # windows 2 s and 5 s, 8 runs each
+    .venv/bin/python -m bench.anomaly --windows 3 --runs 20
+
+Each run is a ticket with one task and one agent (an in-process ``AgentSession``) that claims
+the task and sends the same progress note every ``--every`` seconds, heartbeats going: busy,
+never done. The ticket's anomaly window is ``policy.anomaly.window_s``. Measured on the
+ticket's own clock (its timeline): from the loop's first note to the ``anomaly`` event that
+starts the diagnosis. The signal needs ``anomaly.repeats`` (3) notes, but the spell is
+back-dated to the first of them, so the goal is latency <= window + 1 s. The runs of a
+window are in flight together (``--concurrency``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client
+
+import starter
+from agent_client.session import AgentSession
+from bench.harness import environment, fresh_server, make_console, percentiles, write_json
+from core.state import TicketState
+from infra.settings import Settings
+from models.spec import parse_spec
+
+TARGET_SLACK_S = 1.0
+NOTE = "checking the build again"
+
+
+async def one_run(
+    client: Client, settings: Settings, window: float, every: float, timeout: float
+) -> dict[str, Any]:
+    """One looping agent on one ticket: the loop's start and the anomaly, ticket time."""
+    tid = f"anomaly-{uuid.uuid4().hex[:8]}"
+    spec = parse_spec(
+        {
+            "id": tid,
+            "title": "A loop",
+            "result_criteria": ["it works"],
+            "tasks": [{"key": "a", "phase": "implementation", "title": "Make it work"}],
+            "policy": {
+                "anomaly": {"window_s": window},
+                "stuck": {"window_s": 600, "cooldown_s": 600},
+            },
+        }
+    )
+    launched = await starter.launch_ticket(client, settings, spec)
+    handle = client.get_workflow_handle(launched.ticket_id)
+    started = time.monotonic()
+    detected = False
+    async with AgentSession(client, launched.ticket_id, name="looper") as agent:
+        task = await agent.claim()
+        assert task is not None, agent.last_claim_reason
+        while time.monotonic() - started < timeout:
+            if agent.interrupted(task.id):
+                detected = True
+                break
+            await agent.progress(task.id, NOTE)
+            await asyncio.sleep(every)
+            await agent.refresh_inbox()
+    state = await handle.query("state", result_type=TicketState)
+    await starter.cancel_ticket(client, settings, tid, "bench done", "bench")
+    notes = [e.at for e in state.timeline if e.kind == "progress" and e.message == NOTE]
+    anomaly = next((e.at for e in state.timeline if e.kind == "anomaly"), None)
+    latency = (anomaly - notes[0]).total_seconds() if anomaly is not None and notes else None
+    return {
+        "ticket_id": tid,
+        "window_s": window,
+        "detected": detected and latency is not None,
+        "latency_s": None if latency is None else round(latency, 4),
+        "overshoot_s": None if latency is None else round(latency - window, 4),
+        "notes_before": sum(1 for at in notes if anomaly is None or at <= anomaly),
+        "signature": next(
+            (d.hypotheses[0].signature for d in state.diagnoses if d.hypotheses), None
+        ),
+    }
+
+
+async def measure(
+    client: Client, settings: Settings, args: argparse.Namespace, console: Console
+) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def gated(window: float) -> dict[str, Any]:
+        async with gate:
+            return await one_run(client, settings, window, args.every, args.timeout)
+
+    for window in args.windows:
+        console.log(f"window {window:g} s: {args.runs} looping agents")
+        runs += await asyncio.gather(*(gated(window) for _ in range(args.runs)))
+    return runs
+
+
+def build_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_window: dict[str, Any] = {}
+    worst: float | None = None
+    missed = [r for r in runs if not r["detected"]]
+    for window in args.windows:
+        mine = [r for r in runs if r["window_s"] == window and r["latency_s"] is not None]
+        lat = [r["latency_s"] for r in mine]
+        over = [r["overshoot_s"] for r in mine]
+        p50, p90, p99, top = percentiles(lat, (0.5, 0.9, 0.99, 1.0)) if lat else [None] * 4
+        o50, o99, omax = percentiles(over, (0.5, 0.99, 1.0)) if over else [None] * 3
+        by_window[f"{window:g}"] = {
+            "n": len(mine),
+            "latency_s": {"p50": p50, "p90": p90, "p99": p99, "max": top},
+            "overshoot_s": {"p50": o50, "p99": o99, "max": omax},
+            "signatures": sorted({str(r["signature"]) for r in mine}),
+        }
+        if omax is not None:
+            worst = omax if worst is None else max(worst, omax)
+    return {
+        "config": {
+            "windows_s": args.windows,
+            "runs_per_window": args.runs,
+            "concurrency": args.concurrency,
+            "note_every_s": args.every,
+        },
+        "environment": environment(temporal_cli=False),
+        "by_window": by_window,
+        "runs": runs,
+        "not_detected": len(missed),
+        "targets": {
+            "overshoot_max": {
+                "target": f"<= {TARGET_SLACK_S:g} s (loop start to anomaly <= window + 1 s)",
+                "value": None if worst is None else round(worst, 4),
+                "pass": worst is not None and worst <= TARGET_SLACK_S and not missed,
+            }
+        },
+    }
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title="Loop start → anomaly diagnosis (ticket time)")
+    for column in ("window", "n", "p50", "p90", "max", "max − window", "signature"):
+        table.add_column(column)
+    for window, row in report["by_window"].items():
+        lat = row["latency_s"]
+
+        def s(x: Any) -> str:
+            return "—" if x is None else f"{x:.2f} s"
+
+        table.add_row(
+            f"{window} s",
+            str(row["n"]),
+            s(lat["p50"]),
+            s(lat["p90"]),
+            s(lat["max"]),
+            s(row["overshoot_s"]["max"]),
+            ", ".join(row["signatures"]),
+        )
+    console.print(table)
+    target = report["targets"]["overshoot_max"]
+    console.print(
+        f"worst overshoot {target['value']} s (target {target['target']}): "
+        f"{'PASS' if target['pass'] else 'MISS'}; not detected: {report['not_detected']}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.anomaly", description=__doc__)
+    p.add_argument("--windows", default="2,5", help="anomaly windows to measure, seconds")
+    p.add_argument("--runs", type=int, default=8, help="looping agents per window")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--every", type=float, default=1.0, help="seconds between two notes")
+    p.add_argument("--timeout", type=float, default=60.0, help="per run, seconds")
+    p.add_argument("--out", type=Path, default=Path("bench/out/anomaly.json"))
+    args = p.parse_args(argv)
+    args.windows = [float(w) for w in str(args.windows).split(",") if w.strip()]
+    if not args.windows or min(args.windows) <= 0 or args.runs < 1:
+        p.error("--windows must be positive seconds and --runs at least 1")
+    return args
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    async with fresh_server(
+        console, task_queue="anomaly", tmp_prefix="unstuck-bench-anomaly-"
+    ) as bench:
+        runs = await measure(bench.client, bench.settings, args, console)
+    return build_report(args, runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = make_console(150)
+    report = asyncio.run(run(args, console))
+    print_report(console, report)
+    write_json(args.out, report)
+    console.print(f"JSON written to {args.out}")
+    return 0 if report["targets"]["overshoot_max"]["pass"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
