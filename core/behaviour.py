@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -57,12 +58,14 @@ SIGNATURES: dict[str, str] = {
     "quality": "low_quality_results",
 }
 
-_ID = re.compile(r"\b(?:[0-9a-f]{8,}|\d+(?:\.\d+)?)\b")
+_ID = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b")  # commit shas, request ids
 _SPACE = re.compile(r"\s+")
+_DIGITS = re.compile(r"\d+")
 
 
 def normalise(text: str) -> str:
-    """A note or error as compared for repetition: case, spacing, numbers and ids aside."""
+    """A note as compared for repetition: case, spacing and long hex ids aside (numbers
+    count: "10/100 done" then "20/100 done" is progress)."""
     return _SPACE.sub(" ", _ID.sub("#", text.lower())).strip()[:200]
 
 
@@ -138,18 +141,24 @@ def failed(state: TicketState, agent: Agent, now: datetime) -> None:
     update(state, agent, now)
 
 
-def created(state: TicketState, agent: Agent, now: datetime) -> None:
+def created(state: TicketState, agent: Agent, task_id: str, title: str, now: datetime) -> None:
     if not state.behaviour_v1:
         return
     acted(agent, now)
-    agent.behaviour.creates = [*recent_creates(agent, now), now]
+    mark = NoteMark(at=now, task_id=task_id, text=family(title))
+    agent.behaviour.creates = [*recent_creates(agent, now), mark]
     agent.creates = [*door_creates(agent, now), now]
     update(state, agent, now)
 
 
-def recent_creates(agent: Agent, now: datetime) -> list[datetime]:
+def family(title: str) -> str:
+    """A title with its numbers aside: "Investigate flaky check 7" and "… 8" are one family."""
+    return _DIGITS.sub("#", " ".join(title.lower().split()))[:200]
+
+
+def recent_creates(agent: Agent, now: datetime) -> list[NoteMark]:
     """Its creates in the last minute since a remedy last acted on it (the signal)."""
-    return [t for t in agent.behaviour.creates if t > now - MINUTE]
+    return [m for m in agent.behaviour.creates if m.at > now - MINUTE]
 
 
 def door_creates(agent: Agent, now: datetime) -> list[datetime]:
@@ -240,6 +249,9 @@ def repetition(state: TicketState, agent: Agent) -> Signal:
     if not notes:
         return Signal("repetition", 0.0, "no notes")
     last = notes[-1]
+    task = state.tasks.get(last.task_id)
+    if task is None or task.assigned_agent != agent.id or task.status not in HELD_STATUSES:
+        return Signal("repetition", 0.0, f"no longer holds {last.task_id}")
     run = 0
     for mark in reversed(notes):
         if (mark.task_id, mark.text) != (last.task_id, last.text):
@@ -308,14 +320,20 @@ def stall(state: TicketState, agent: Agent, now: datetime) -> Signal:
 
 
 def creation(state: TicketState, agent: Agent, now: datetime) -> Signal:
+    """A storm: it hit the rate bound with a burst of look-alike tasks (a planner that
+    creates as many distinct tasks counts at most half)."""
     recent = recent_creates(agent, now)
     limit = state.spec.policy.tasks.max_creates_per_minute
-    if len(recent) >= limit:
+    families = Counter(m.text for m in recent)
+    alike = sum(n for n in families.values() if n > 1)
+    if len(recent) >= limit and alike * 2 >= len(recent):
+        top = families.most_common(1)[0][0]
         return Signal(
             "creation",
             1.0,
-            f"created {len(recent)} tasks in a minute (tasks.max_creates_per_minute {limit})",
-            since=recent[0],
+            f"created {len(recent)} tasks in a minute (tasks.max_creates_per_minute {limit}), "
+            f"{alike} of them look-alikes such as {top[:60]!r}",
+            since=recent[0].at,
         )
     return Signal("creation", 0.5 * len(recent) / limit, f"created {len(recent)} in a minute")
 

@@ -236,7 +236,8 @@ def request_diagnosis(
             )
         return []
     if not manual:
-        recovery = active_recovery_task(state)
+        # An anomaly is about an agent, which may well be looping on a recovery task.
+        recovery = active_recovery_task(state) if trigger != "anomaly" else None
         if recovery is not None:
             if apply:
                 log(
@@ -429,16 +430,17 @@ def diagnosis_finished(
     run.hypotheses = list(report.hypotheses.hypotheses)
     if state.healing_v2 and (created or run.spawned or run.acted):
         signature = run.hypotheses[0].signature if run.hypotheses else None
-        run.condition = condition_for(run.trigger, signature)
+        run.condition = condition_for(run.trigger, signature, behaviour=state.behaviour_v1)
         if run.condition == "unblocked":
             run.subjects = blocked_before
         elif run.condition == "calm":
             run.subjects = agents_acted_on or _anomalous(state)
         elif run.condition == "quiet":
+            hour_ago = now - timedelta(hours=1)
             run.subjects = [
                 name
                 for name, lineage in state.lineages.items()
-                if lineage.quarantined or len(lineage.restarts) >= 2
+                if lineage.quarantined or sum(1 for t in lineage.restarts if t > hour_ago) >= 2
             ]
     run.generator = report.hypotheses.generator
     run.evidence_summary = report.evidence_summary
@@ -518,10 +520,9 @@ def _take_back(state: TicketState, agent: Agent, now: datetime, why: str) -> lis
     taken = []
     for task in state.tasks.values():
         if task.reviewer == agent.id and task.status == "validation_in_progress":
-            task.status = "under_review"
+            task.status = "under_review"  # any validator may review it again, this one too
             task.reviewer = None
             task.updated_at = now
-            taken.append(task.id)
         elif task.assigned_agent == agent.id and task.status in HELD_STATUSES:
             task.status = "pending"
             task.assigned_agent = None
@@ -566,9 +567,17 @@ def _cancel(
 ) -> str | None:
     """The remedy cancel_tasks: open tasks nobody works on are cancelled (kept, visible)."""
     cancelled, skipped = [], []
+    waited_on = {
+        d for t in state.tasks.values() if t.status in ACTIVE_STATUSES for d in t.depends_on
+    }
     for task_id in task_ids:
         task = state.tasks.get(task_id)
-        if task is None or task.status not in ("pending", "needs_work") or task.assigned_agent:
+        if (
+            task is None
+            or task.status not in ("pending", "needs_work")
+            or task.assigned_agent
+            or task_id in waited_on  # cancelling it would block work that waits on it
+        ):
             skipped.append(task_id)
             continue
         task.status = "cancelled"
@@ -580,8 +589,8 @@ def _cancel(
             state,
             now,
             "remedy_skipped",
-            f"{run_id}: cancel_tasks left {len(skipped)} task(s) that are held, finished or "
-            f"unknown: {', '.join(skipped[:8])}",
+            f"{run_id}: cancel_tasks left {len(skipped)} task(s) that are held, finished, "
+            f"waited on or unknown: {', '.join(skipped[:8])}",
         )
     if not cancelled:
         return None
@@ -761,11 +770,14 @@ CONDITIONS: dict[str, str] = {
 }
 
 
-def condition_for(trigger: str, signature: str | None) -> str:
-    """The condition a diagnosis must clear, from its trigger and its top signature."""
-    if signature in BEHAVIOUR_SIGNATURES or (trigger == "anomaly" and signature == "other"):
+def condition_for(trigger: str, signature: str | None, *, behaviour: bool = True) -> str:
+    """The condition a diagnosis must clear, from its trigger and its top signature
+    (``behaviour``: the patch behaviour-signals; runs before it keep the old mapping)."""
+    if behaviour and (
+        signature in BEHAVIOUR_SIGNATURES or (trigger == "anomaly" and signature == "other")
+    ):
         return "calm"
-    if signature == "crash_looping_agent" or trigger == "restart_escalation":
+    if behaviour and (signature == "crash_looping_agent" or trigger == "restart_escalation"):
         return "quiet"
     if signature in ("missing_result_submission", "premature_completion"):
         return "result_submitted"
@@ -823,6 +835,8 @@ def _calm(state: TicketState, run: DiagnosisRun) -> bool:
         run.subjects
     )
     after = run.finished_at or run.started_at
+    if any(state.lineages[n].quarantined for n in lineages if n in state.lineages):
+        return False  # calm because it may not work at all is no cure
     for agent in state.agents.values():
         if (agent.lineage or agent.id) not in lineages:
             continue

@@ -126,9 +126,10 @@ class Behaviour(BaseModel):
         "submit, or a note different from the previous)",
     )
     notes: list[NoteMark] = Field(default_factory=list, description="the latest (capped)")
-    creates: list[datetime] = Field(
+    creates: list[NoteMark] = Field(
         default_factory=list,
-        description="its accepted create_task in the last minute, since its last remedy",
+        description="its accepted create_task in the last minute, since its last remedy "
+        "(the task id and its title's family)",
     )
     low_quality: list[str] = Field(
         default_factory=list, description="its latest results in a row that were trivial"

@@ -429,7 +429,7 @@ def create_task(
         created_by=agent.id,
     )
     state.last_activity_at = now
-    behaviour.created(state, agent, now)
+    behaviour.created(state, agent, task.id, task.title, now)
     reply = task_view(task)
     _remember(state, key, reply)
     return Step(reply)

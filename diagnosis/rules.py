@@ -278,6 +278,7 @@ def _recommend(
     replaces: str | None = None,
     remedy: Remedy | None = None,
     agent: str | None = None,
+    task_id: str | None = None,
     task_ids: Sequence[str] = (),
 ) -> Recommendation:
     return Recommendation(
@@ -289,6 +290,7 @@ def _recommend(
         remedy=remedy or ("replace_task" if replaces else "create_task"),
         replaces=replaces,
         agent=agent,
+        task_id=task_id,
         task_ids=list(task_ids)[:500],
     )
 
@@ -1198,6 +1200,23 @@ def agent_anomaly(evidence: Evidence) -> Hypothesis | None:
                 task_ids=duplicates,
             )
         )
+    others = [
+        a.id
+        for a in s.agents
+        if a.kind == agent.kind and a.id != agent.id and a.state in LIVE_AGENT_STATES
+    ]
+    if not earlier and others and signature in ("agent_looping", "agent_stalled"):
+        # Another agent can take its work: the tasks go to it, away from this one.
+        recs += [
+            _recommend(
+                f"Reassign {task_id} away from {agent.id}",
+                f"{agent.id} {what} on it: {signal}. {_ids(others)} can take it.",
+                phase,
+                remedy="reassign_task",
+                task_id=task_id,
+            )
+            for task_id in agent.tasks[:3]
+        ]
     if not earlier:
         recs.append(
             _recommend(

@@ -212,7 +212,12 @@ class AnomalyPolicy(_Strict):
     """Behaviour signals per agent (core.behaviour): when an agent's composite score stays
     at or above ``threshold`` for a whole window, the ticket is diagnosed (trigger anomaly)."""
 
-    threshold: float = Field(default=0.7, gt=0, le=1)
+    threshold: float = Field(
+        default=0.7,
+        gt=0,
+        le=0.8,
+        description="at most 0.8: one signal fully on (weight 0.8-0.9) must be able to reach it",
+    )
     window_s: float | None = Field(
         default=None, gt=0, description="how long the score must stay high (default: stuck window)"
     )

@@ -131,12 +131,61 @@ def diagnose(state: TicketState, effects: list[Any], at: float) -> tuple[Diagnos
 # ---- signals -------------------------------------------------------------------------------
 
 
-def test_normalise_ignores_case_spacing_numbers_and_ids() -> None:
-    assert behaviour.normalise("Checking  the BUILD again (try 3)") == behaviour.normalise(
-        "checking the build again (try 12)"
+def test_normalise_ignores_case_spacing_and_ids_but_not_numbers() -> None:
+    assert behaviour.normalise("Checking  the BUILD again") == behaviour.normalise(
+        "checking the build again"
     )
     assert behaviour.normalise("commit 3f9a2b1c0d") == behaviour.normalise("commit 0123abcdef")
     assert behaviour.normalise("build") != behaviour.normalise("test")
+    # Numbers are progress: "10/100" then "20/100" is not the same note.
+    assert behaviour.normalise("processed 10/100") != behaviour.normalise("processed 20/100")
+
+
+def test_counting_progress_is_not_a_loop_and_a_finished_task_ends_repetition() -> None:
+    state, agents = fleet()
+    task = claim(state, agents, "w", 0)
+    for i in range(1, 6):
+        note(state, agents, "w", task, i, f"processed {i * 10}/100 items")
+    assert state.agents[agents["w"]].behaviour.score == 0
+    loop(state, agents, "w", task, 6)
+    assert state.agents[agents["w"]].behaviour.score >= 0.7
+    msg = CompleteTask(
+        **auth(agents, "w"), task_id=task, result="# Done, for real this time", result_type="fix"
+    )
+    core.complete(state, msg, s(9))
+    assert state.agents[agents["w"]].behaviour.score == 0  # it let go: no longer a loop
+    assert deadlines.tick(state, s(6 + WINDOW)) == []
+
+
+def test_a_planner_creating_distinct_tasks_at_the_bound_is_no_storm() -> None:
+    state, agents = fleet(tasks=0)
+    topics = [
+        "auth",
+        "api",
+        "db",
+        "ui",
+        "docs",
+        "tests",
+        "ci",
+        "deploy",
+        "cache",
+        "queue",
+        "search",
+        "mail",
+        "sms",
+        "pay",
+        "log",
+        "metrics",
+        "admin",
+        "export",
+        "import",
+        "backup",
+    ]
+    for i, topic in enumerate(topics):
+        create(state, agents, f"Design the {topic} module", i * 0.1)
+    agent = state.agents[agents["w"]]
+    assert len(behaviour.recent_creates(agent, s(3))) == 20
+    assert agent.behaviour.score < 0.7 and agent.behaviour.anomaly_since is None
 
 
 def test_the_same_note_three_times_is_repetition_back_dated_to_the_first() -> None:
@@ -307,6 +356,7 @@ def loop(state: TicketState, agents: dict[str, str], who: str, task: str, start:
 
 def test_a_looping_agent_is_interrupted_then_restarted_then_escalated() -> None:
     state, agents = fleet(runtime="local-process")
+    state.agents[agents["x"]].state = "terminated"  # nobody else could take its work
     w = agents["w"]
     task = claim(state, agents, "w", 0)
     loop(state, agents, "w", task, 1)
@@ -535,3 +585,19 @@ def test_one_word_results_of_plain_tasks_are_fine_of_reviewed_ones_trivial() -> 
     assert state.agents[agents["w"]].behaviour.low_quality == []
     assert behaviour.trivial(state, "fixed", "x", set(), judged=True) is not None
     assert behaviour.trivial(state, "   ", "x", set(), judged=False) == "empty"
+
+
+def test_a_looping_agents_task_goes_to_another_agent_when_one_lives() -> None:
+    state, agents = fleet()
+    task = claim(state, agents, "w", 0)
+    loop(state, agents, "w", task, 1)
+    effects = deadlines.tick(state, s(1 + WINDOW))
+    report, _ = diagnose(state, effects, 7)
+    assert [(r.remedy, r.task_id or r.agent) for r in report.plan.tasks] == [
+        ("reassign_task", task),
+        ("interrupt_agent", agents["w"]),
+    ]
+    assert state.tasks[task].avoid == ["w"]
+    assert claim(state, agents, "w", 8) != task  # w gets other work, not T1
+    assert claim(state, agents, "x", 8) == task
+    assert core.inbox(state, agents["w"]).interrupted == [task]
