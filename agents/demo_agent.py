@@ -35,6 +35,8 @@ Fault knobs:
 ``--loop``                  worker: take one task and report the same progress forever
                            (when a diagnosis takes the task back, claim again and loop on;
                            ``--alternate``: two notes in turn, A/B/A/B)
+``--wedged``                worker: in its first process generation, register and heartbeat
+                           but never claim (a wedged main loop); replacements work normally
 ``--stall``                 worker: hold the first task it claims and do nothing (heartbeats
                            going) until a diagnosis takes it back; then work normally
 ``--storm N``               worker: create N tasks as fast as it can, once
@@ -122,6 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--never-review", action="store_true")
     p.add_argument("--loop", action="store_true")
     p.add_argument("--stall", action="store_true")
+    p.add_argument("--wedged", action="store_true")
     p.add_argument("--alternate", action="store_true")
     p.add_argument("--submit-when-done", action="store_true")
     p.add_argument("--storm", type=int, default=0, metavar="N")
@@ -192,6 +195,11 @@ class DemoAgent:
 
     async def _work(self) -> None:
         agent = self.session
+        if self.args.wedged and os.environ.get("UNSTUCK_AGENT_GENERATION", "0") == "0":
+            log.warning("fault knob: wedged, heartbeats only")
+            while not await self._should_stop():
+                await asyncio.sleep(0.5)
+            return
         if self.args.storm:
             await self._storm(self.args.storm)
         if self.args.submit_early and not await self._results():

@@ -291,6 +291,20 @@ FAULTS: tuple[Fault, ...] = (
         timeout_s=60,
     ),
     Fault(
+        "wedged_worker",
+        "the only worker heartbeats but never claims (its first process is wedged)",
+        "healed",  # nobody claims for a whole window: the wedged worker is restarted
+        lambda tid: spec(tid, [agent("ada", "--wedged", *SUBMITTER), VALIDATOR]),
+        timeout_s=45,
+    ),
+    Fault(
+        "no_worker",
+        "a fleet of one validator: nobody can take the work",
+        "escalated",  # a person is told at once: the ticket cannot start a worker
+        lambda tid: spec(tid, [VALIDATOR]),
+        timeout_s=30,
+    ),
+    Fault(
         "stalled_agent",
         "an agent hangs on its first task, heartbeats going, until someone takes the task",
         "healed",  # interrupted: the task goes back to the queue, the agent works again

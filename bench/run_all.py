@@ -46,6 +46,7 @@ class BenchDef:
     module: str
     title: str
     quick_argv: tuple[str, ...]
+    full_argv: tuple[str, ...] = ()
 
 
 BENCHES: tuple[BenchDef, ...] = (
@@ -90,6 +91,7 @@ BENCHES: tuple[BenchDef, ...] = (
         "bench.faults",
         "The fault suite: every fault kind end to end, and healthy runs",
         ("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
+        ("--healthy", "20"),
     ),
 )
 BY_NAME = {b.name: b for b in BENCHES}
@@ -1255,7 +1257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_one(bench: BenchDef, quick: bool, out_dir: Path, console: Any) -> Outcome:
     """One bench through its own parse_args/run/print_report; its JSON written."""
     module = import_module(bench.module)
-    argv = list(bench.quick_argv) if quick else []
+    argv = list(bench.quick_argv) if quick else list(bench.full_argv)
     out = out_dir / f"{bench.name}.json"
     console.rule(f"[bold]{bench.name}[/] {' '.join(argv)}")
     started = time.monotonic()

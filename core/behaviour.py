@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from core import diagnosis
 from core.common import Effect, log
 from core.diagnosis import Deadline
-from core.state import HELD_STATUSES, Agent, NoteMark, TicketState
+from core.state import HELD_STATUSES, Agent, NoteMark, Task, TicketState
 
 #: How many notes an agent's behaviour keeps (enough for an A/B alternation over six).
 KEPT_NOTES = 8
@@ -283,27 +283,47 @@ def repetition(state: TicketState, agent: Agent) -> Signal:
     return Signal("repetition", value, f"the same note {run} times in a row")
 
 
-def stall_starts(state: TicketState, agent: Agent) -> tuple[datetime, str, str] | None:
+def held_by(state: TicketState) -> dict[str, Task]:
+    """Each agent's longest-held task (one pass over the tasks)."""
+    held: dict[str, Task] = {}
+    for task in state.tasks.values():
+        if task.assigned_agent is None or task.status not in HELD_STATUSES:
+            continue
+        other = held.get(task.assigned_agent)
+        if other is None or (task.claimed_at or task.updated_at) < (
+            other.claimed_at or other.updated_at
+        ):
+            held[task.assigned_agent] = task
+    return held
+
+
+def stall_starts(
+    state: TicketState,
+    agent: Agent,
+    held: dict[str, Task] | None = None,
+    bound: tuple[float, str] | None = None,
+) -> tuple[datetime, str, str] | None:
     """When a holding agent counts as stalled (task, bound), or None if it holds nothing."""
-    held = [
-        t
-        for t in state.tasks.values()
-        if t.assigned_agent == agent.id and t.status in HELD_STATUSES
-    ]
-    if not held:
+    task = (held if held is not None else held_by(state)).get(agent.id)
+    if task is None:
         return None
-    task = min(held, key=lambda t: t.claimed_at or t.updated_at)
     since = max(
         d
         for d in (agent.behaviour.progress_at, task.claimed_at, agent.registered_at)
         if d is not None
     )
-    seconds, why = stall_bound(state)
+    seconds, why = bound or stall_bound(state)
     return since + timedelta(seconds=seconds), task.id, why
 
 
 def stall(state: TicketState, agent: Agent, now: datetime) -> Signal:
-    starts = stall_starts(state, agent)
+    bound = stall_bound(state)
+    progress = agent.behaviour.progress_at or agent.registered_at
+    if now - progress < timedelta(seconds=bound[0]):
+        # The hot path (every message): it acted within the bound, whatever it holds (a
+        # claim is an act, so no held task began later than its last act).
+        return Signal("stall", 0.0, f"progress within the bound ({bound[1]})")
+    starts = stall_starts(state, agent, bound=bound)
     if starts is None:
         return Signal("stall", 0.0, "holds no task")
     at, task_id, why = starts
@@ -400,6 +420,8 @@ def deadlines(state: TicketState) -> list[Deadline]:
     if diagnosis.running_diagnosis(state) is not None:
         return []  # looked at again when it finishes
     found: list[Deadline] = []
+    held: dict[str, Task] | None = None  # one pass over the tasks, only when needed
+    bound = stall_bound(state)
     for agent in state.agents.values():
         if agent.state not in LIVE:
             continue
@@ -408,7 +430,9 @@ def deadlines(state: TicketState) -> list[Deadline]:
             if not b.anomaly_reported:
                 found.append(Deadline(b.anomaly_since + window(state), f"anomaly {agent.id}"))
             continue
-        starts = stall_starts(state, agent)
+        if held is None:
+            held = held_by(state)
+        starts = stall_starts(state, agent, held, bound)
         if starts is not None:
             found.append(Deadline(starts[0], f"stall bound {agent.id}"))
     return found

@@ -96,7 +96,9 @@ def stuck_at(state: TicketState) -> datetime | None:
     """When the ticket is (or will be, if nothing happens) stuck; None if it cannot be."""
     if state.status != "open" or not state.tasks:
         return None
-    if moving_tasks(state) > 0 or validated_version(state) is not None:
+    if validated_version(state) is not None:
+        return None
+    if moving_tasks(state) > 0 and not idle_queue(state):
         return None
     if (
         state.healing_v2
@@ -147,20 +149,48 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
     blocked = (
         sorted(blocked_tasks(state), key=lambda t: state.tasks[t].seq) if state.healing_v2 else []
     )
-    if blocked:
+    idle_ones = (
+        sorted(
+            (t for t in state.tasks.values() if claimable(state, t)), key=lambda t: t.seq
+        )
+        if idle_queue(state)
+        else []
+    )
+    if blocked and not idle_ones:
         more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
         shown = ", ".join(blocked[:5]) + more
         why = reason = (
             f"only blocked tasks remain ({shown}: a dependency failed for good or was cancelled)"
         )
+    elif idle_ones:
+        more = f" and {len(idle_ones) - 5} more" if len(idle_ones) > 5 else ""
+        shown = ", ".join(t.id for t in idle_ones[:5]) + more
+        why = reason = f"nobody claimed the tasks waiting to be claimed ({shown})"
     log(state, now, "stuck", f"ticket stuck: {why}, idle {idle:.0f}s")
     return request_diagnosis(state, "no_result", now, reason=reason)
 
 
 def note_activity(state: TicketState) -> None:
     """Work is moving again: the current stuck spell is over."""
-    if state.stuck_since is not None and moving_tasks(state) > 0:
+    if state.stuck_since is not None and moving_tasks(state) > 0 and not idle_queue(state):
         state.stuck_since = None
+
+
+#: Task statuses in which somebody works on a task (or judges it).
+WORKED_STATUSES = frozenset(
+    {"assigned", "running", "under_review", "validation_in_progress", "needs_work"}
+)
+
+
+def idle_queue(state: TicketState) -> bool:
+    """Nobody works on anything, yet a task could be claimed right now (patch
+    behaviour-signals): after a whole window of that, the ticket is stuck too — its agents
+    are gone, wedged or filtered to other phases, and nobody else would notice."""
+    if not state.behaviour_v1:
+        return False
+    if any(t.status in WORKED_STATUSES for t in state.tasks.values()):
+        return False
+    return any(claimable(state, t) for t in state.tasks.values() if t.status == "pending")
 
 
 # ---- triggers and guards -----------------------------------------------------------------
@@ -1047,6 +1077,7 @@ def snapshot(state: TicketState, now: datetime) -> TicketSnapshot:
         recent_tasks=[_snapshot_task(t) for t in reversed(recent)],
         problem_tasks=[_snapshot_task(t) for t in problems],
         agents=[_snapshot_agent(state, a, now) for a in state.agents.values()],
+        claimable=[t.id for t in state.tasks.values() if claimable(state, t)][:20],
         spawnable=[
             SnapshotSpawnable(
                 name=spec.name,

@@ -51,6 +51,7 @@ __all__ = [
     "premature_completion",
     "rank",
     "rule_hypotheses",
+    "unclaimed_work",
     "validation_loop",
     "validator_unavailable",
 ]
@@ -59,6 +60,9 @@ __all__ = [
 SUBMIT_RESULT_TITLE = "Submit final result with evidence"
 INVESTIGATE_TITLE = "Investigate why the ticket stopped moving"
 
+#: Signatures whose remedies act on agents: their plan is theirs alone (no task of another
+#: hypothesis mixed in), so that its outcome says whether acting on those agents helped.
+FOCUSED_SIGNATURES: frozenset[str] = frozenset({*BEHAVIOUR_SIGNATURES, "unclaimed_work"})
 #: Tie-break order of equally likely hypotheses: the order of ``Signature``.
 SIGNATURE_ORDER: tuple[str, ...] = get_args(Signature)
 
@@ -960,6 +964,82 @@ def phase_without_tasks(evidence: Evidence) -> Hypothesis | None:
     )
 
 
+_WORKED = ("assigned", "running", "under_review", "validation_in_progress", "needs_work")
+
+
+def unclaimed_work(evidence: Evidence) -> Hypothesis | None:
+    """Tasks wait to be claimed and nobody works on anything: the workers are gone, wedged
+    (alive, heartbeating, never claiming) or filtered to other phases. A wedged agent is
+    restarted; with no worker at all an on-demand one is started, else a person is told."""
+    s = evidence.snapshot
+    if evidence.trigger not in ("no_result", "manual"):
+        return None  # a specific trigger has its own explanation
+    if not s.claimable or any(s.counts_by_status.get(st, 0) for st in _WORKED):
+        return None
+    waiting = _ids(s.claimable)
+    workers = [a for a in s.agents if a.kind == "worker" and a.state in LIVE_AGENT_STATES]
+    idle = _duration(_idle_seconds(evidence))
+    support = [
+        f"{_n(len(s.claimable), 'task', verb=False)} can be claimed now ({waiting}); none "
+        f"is being worked on; no task activity for {idle}",
+        f"live workers: {_ids(a.id for a in workers) if workers else 'none'}",
+    ]
+    tried = [
+        d.run_id
+        for d in s.diagnoses
+        if d.outcome == "failed" and d.top_signature == "unclaimed_work"
+    ]
+    phase = _current_phase(s)
+    spawn = next((a for a in s.spawnable if a.kind == "worker" and not a.running), None)
+    if workers and not tried:
+        statement = (
+            f"The work waits and {_n(len(workers), 'live worker', verb=False)} "
+            f"({_ids(a.id for a in workers)}) claim nothing: wedged, or filtered to other "
+            "phases."
+        )
+        recs = [
+            _recommend(
+                f"Restart {a.id}: alive but claiming nothing",
+                f"{a.id} heartbeats ({a.state}) yet nothing was claimed for {idle} while "
+                f"{waiting} can be claimed. A fresh process starts from a clean state.",
+                phase,
+                remedy="restart_agent",
+                agent=a.id,
+            )
+            for a in workers[:3]
+        ]
+    elif not workers and spawn is not None and not tried:
+        statement = f"No worker is alive to take {waiting}; {spawn.name} starts on demand."
+        recs = [
+            _recommend(
+                f"Start worker {spawn.name}",
+                f"No live worker while {waiting} can be claimed.",
+                phase,
+                remedy="spawn_agent",
+                agent=spawn.name,
+            )
+        ]
+    else:
+        who = (
+            f"the workers ({_ids(a.id for a in workers)}) claim nothing even after "
+            f"{', '.join(tried)}"
+            if workers
+            else "no worker is alive and none can be started by the ticket"
+        )
+        statement = f"Nobody takes the work: {who}."
+        recs = [
+            _recommend(
+                "Escalate: nobody takes the work",
+                f"{waiting} can be claimed and nobody works on anything: {who}. Start a "
+                "worker for this ticket (or check the phases its workers claim).",
+                phase,
+                priority="critical",
+                remedy="escalate",
+            )
+        ]
+    return _hypothesis("unclaimed_work", statement, 0.85, support, [], recs)
+
+
 def validator_unavailable(evidence: Evidence) -> Hypothesis | None:
     """Work waits for validation but no validator agent is alive."""
     s = evidence.snapshot
@@ -1272,6 +1352,7 @@ RULES: tuple[Callable[[Evidence], Hypothesis | None], ...] = (
     phase_without_tasks,
     validator_unavailable,
     agent_anomaly,
+    unclaimed_work,
 )
 
 
@@ -1376,8 +1457,8 @@ def plan_recovery(hypotheses: HypothesisSet, snapshot: TicketSnapshot) -> Recove
     if ranked:
         cutoff = max(PLAN_ABSOLUTE_CUTOFF, ranked[0].likelihood * PLAN_RELATIVE_CUTOFF)
         chosen = [ranked[0], *(h for h in ranked[1:] if h.likelihood >= cutoff)]
-        if ranked[0].signature in BEHAVIOUR_SIGNATURES:
-            chosen = chosen[:1]  # a remedy aimed at one agent; judged by that agent alone
+        if ranked[0].signature in FOCUSED_SIGNATURES:
+            chosen = chosen[:1]  # remedies aimed at agents, judged by what those agents do
         for hypothesis in chosen:
             for rec in hypothesis.recommendations:
                 key = _title_key(rec.title)

@@ -43,6 +43,7 @@ Signature = Literal[
     "agent_stalled",
     "task_storm",
     "low_quality_results",
+    "unclaimed_work",
     "other",
 ]
 #: The signatures of behaviour anomalies (core.behaviour): their subject is one agent.
@@ -191,6 +192,9 @@ class TicketSnapshot(BaseModel):
         default_factory=list, description="failed, blocked or repeatedly failing tasks (≤ 15)"
     )
     agents: list[SnapshotAgent]
+    claimable: list[str] = Field(
+        default_factory=list, description="pending tasks a claim could take right now (≤ 20)"
+    )
     spawnable: list[SnapshotSpawnable] = Field(
         default_factory=list, description="spec agents a spawn_agent remedy can start"
     )

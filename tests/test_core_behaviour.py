@@ -601,3 +601,43 @@ def test_a_looping_agents_task_goes_to_another_agent_when_one_lives() -> None:
     assert claim(state, agents, "w", 8) != task  # w gets other work, not T1
     assert claim(state, agents, "x", 8) == task
     assert core.inbox(state, agents["w"]).interrupted == [task]
+
+
+# ---- an idle queue: work waits and nobody claims it ---------------------------------------
+
+
+def test_work_nobody_claims_for_a_whole_window_is_stuck_and_wedged_workers_restarted() -> None:
+    state, agents = fleet(runtime="local-process")
+    # Everyone is alive and heartbeating; nobody claims T1..T3.
+    assert diagnosis.idle_queue(state)
+    assert due(state) == WINDOW
+    effects = deadlines.tick(state, s(WINDOW))
+    [start] = [e for e in effects if isinstance(e, StartDiagnosis)]
+    assert "nobody claimed" in start.input.reason and "T1" in start.input.reason
+    report, applied = diagnose(state, effects, WINDOW + 1)
+    assert report.hypotheses.hypotheses[0].signature == "unclaimed_work"
+    assert {(r.remedy, r.agent) for r in report.plan.tasks} == {
+        ("restart_agent", agents["w"]),
+        ("restart_agent", agents["x"]),
+    }
+    assert any(isinstance(e, RestartAgentProcess) for e in applied)
+    # A claim is work again: not idle any more.
+    reply = core.register(state, RegisterAgent(name="w", kind="worker"), s(7), token="w9").reply
+    task = core.claim(state, ClaimTask(agent_id=reply.agent_id, token="w9"), s(7)).reply.task
+    assert task is not None and not diagnosis.idle_queue(state)
+
+
+def test_with_no_worker_at_all_a_person_is_told_at_once() -> None:
+    state, agents = fleet()
+    for who in ("w", "x"):
+        state.agents[agents[who]].state = "terminated"
+    effects = deadlines.tick(state, s(WINDOW))
+    report, _ = diagnose(state, effects, WINDOW + 1)
+    assert [r.remedy for r in report.plan.tasks] == ["escalate"]
+    assert diagnosis.display_status(state) == "escalated"
+
+
+def test_an_idle_queue_is_not_stuck_without_the_patch() -> None:
+    state, _ = fleet(v1=False)
+    assert not diagnosis.idle_queue(state)
+    assert diagnosis.stuck_at(state) is None
