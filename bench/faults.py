@@ -322,6 +322,7 @@ QUICK = (
     "looping_agent",
     "stalled_agent",
     "task_storm",
+    "wedged_worker",
 )
 
 

@@ -150,9 +150,7 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
         sorted(blocked_tasks(state), key=lambda t: state.tasks[t].seq) if state.healing_v2 else []
     )
     idle_ones = (
-        sorted(
-            (t for t in state.tasks.values() if claimable(state, t)), key=lambda t: t.seq
-        )
+        sorted((t for t in state.tasks.values() if claimable(state, t)), key=lambda t: t.seq)
         if idle_queue(state)
         else []
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.run_all import Outcome, judged_misses, parse_args, render_results
+from bench.run_all import BENCHES, Outcome, judged_misses, parse_args, render_results
 
 
 def _summary(**values: float) -> dict[str, Any]:
@@ -410,6 +410,6 @@ def test_parse_args_defaults_and_only() -> None:
     assert quick.results == Path("bench/out/RESULTS-quick.md")
     assert quick.out_dir == Path("bench/out/quick")
     full = parse_args([])
-    assert full.results == Path("bench/RESULTS.md") and len(full.names) == 5
+    assert full.results == Path("bench/RESULTS.md") and len(full.names) == len(BENCHES) == 7
     with pytest.raises(SystemExit):
         parse_args(["--only", "nope"])

@@ -27,6 +27,8 @@ def test_the_suite_covers_the_fault_kinds_of_the_design() -> None:
         "task_storm",
         "trivial_results",
         "stalled_agent",
+        "wedged_worker",
+        "no_worker",
     } <= kinds
     assert len(kinds - {"healthy"}) >= 12
 
