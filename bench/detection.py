@@ -9,8 +9,9 @@
    cohort first, then the baseline; each is measured without the other's load on the
    machine): one phase, M seed tasks, one
    ``AgentSession`` per ticket (heartbeat interval 1 h, health deadlines 1 day, so beats and
-   health checks stay out of the way) that starts at a random offset in [0, spread) s and
-   completes every task (``complete(claim_next=True)``). After its last task the ticket has
+   health checks stay out of the way) that claims the first task at once, holds it until a
+   random offset in [0, spread) s and then completes every task
+   (``complete(claim_next=True)``). After its last task the ticket has
    no active task and no result: it becomes *stuck* ``window`` s later.
 
    * **Unstuck** cohort: ``policy.stuck.window_s = cooldown_s = window``. The ticket's own
@@ -330,12 +331,14 @@ class TicketRun:
 async def drive_agent(
     run: TicketRun, client: Client, t0: float, think_s: float, rng: random.Random
 ) -> None:
-    """Wait for the ticket's offset, then one agent completes every seed task."""
-    await asyncio.sleep(max(0.0, t0 + run.offset_s - time.monotonic()))
+    """One agent takes the first task at once, holds it until the ticket's offset, then
+    completes every seed task. (Holding it keeps the ticket working: claimable tasks that
+    nobody takes for a whole window would make it stuck before its planned moment.)"""
     async with AgentSession(
         client, run.id, name="worker", heartbeat_interval_s=HEARTBEAT_S
     ) as agent:
         task = await agent.claim()
+        await asyncio.sleep(max(0.0, t0 + run.offset_s - time.monotonic()))
         while task is not None:
             if think_s > 0:
                 await asyncio.sleep(rng.uniform(0, think_s))

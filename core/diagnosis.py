@@ -118,6 +118,10 @@ def stuck_at(state: TicketState) -> datetime | None:
     policy = state.spec.policy.stuck
     window_end = state.last_activity_at + timedelta(seconds=policy.window_s)
     cooldown_from = state.last_diagnosis_at or state.created_at
+    if state.behaviour_v1 and state.stuck_skipped_at is not None:
+        # A stuck check whose diagnosis was skipped waits a cooldown before the next one:
+        # a deadline left in the past would spin the workflow's loop.
+        cooldown_from = max(cooldown_from, state.stuck_skipped_at)
     cooldown_end = cooldown_from + timedelta(seconds=policy.cooldown_s)
     return max(window_end, cooldown_end)
 
@@ -165,7 +169,10 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
         shown = ", ".join(t.id for t in idle_ones[:5]) + more
         why = reason = f"nobody claimed the tasks waiting to be claimed ({shown})"
     log(state, now, "stuck", f"ticket stuck: {why}, idle {idle:.0f}s")
-    return request_diagnosis(state, "no_result", now, reason=reason)
+    effects = request_diagnosis(state, "no_result", now, reason=reason)
+    if not effects and state.behaviour_v1:
+        state.stuck_skipped_at = now
+    return effects
 
 
 def note_activity(state: TicketState) -> None:
@@ -264,8 +271,11 @@ def request_diagnosis(
             )
         return []
     if not manual:
-        # An anomaly is about an agent, which may well be looping on a recovery task.
-        recovery = active_recovery_task(state) if trigger != "anomaly" else None
+        # An anomaly is about an agent, which may well be looping on a recovery task; in an
+        # idle queue nobody works on the recovery task either.
+        recovery = (
+            active_recovery_task(state) if trigger != "anomaly" and not idle_queue(state) else None
+        )
         if recovery is not None:
             if apply:
                 log(

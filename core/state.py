@@ -329,6 +329,9 @@ class TicketState(BaseModel):
     durations: list[float] = Field(
         default_factory=list, description="seconds from claim to done of its latest done tasks"
     )
+    stuck_skipped_at: datetime | None = Field(
+        default=None, description="the last stuck check whose diagnosis was skipped"
+    )
 
     @property
     def ticket_id(self) -> str:

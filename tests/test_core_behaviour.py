@@ -641,3 +641,23 @@ def test_an_idle_queue_is_not_stuck_without_the_patch() -> None:
     state, _ = fleet(v1=False)
     assert not diagnosis.idle_queue(state)
     assert diagnosis.stuck_at(state) is None
+
+
+def test_an_idle_queue_with_a_recovery_task_nobody_claims_is_diagnosed_not_spun() -> None:
+    """Regression: a pending recovery task nobody claims made the stuck check request a
+    diagnosis that the recovery-task rule skipped, with the deadline left in the past."""
+    state, agents = fleet(tasks=1)
+    task = claim(state, agents, "w", 0)
+    msg = CompleteTask(
+        **auth(agents, "w"), task_id=task, result="# done, all of it", result_type="fix"
+    )
+    core.complete(state, msg, s(1))
+    effects = deadlines.tick(state, s(1 + WINDOW))  # nobody submits: a diagnosis
+    diagnose(state, effects, 7)
+    recovery = [t for t in state.tasks.values() if t.diagnosis_run_id]
+    assert recovery and all(t.status == "pending" for t in recovery)
+    # Nobody claims the recovery task for a whole window: the next diagnosis runs.
+    at = due(state)
+    effects = deadlines.tick(state, s(at))
+    assert [e for e in effects if isinstance(e, StartDiagnosis)]
+    assert due(state) > at  # never a deadline left in the past
