@@ -460,7 +460,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# The fault suite",
         "",
-        f"`python -m bench.faults`: {len(rows)} fault kinds end to end on a real Temporal dev "
+        f"`python -m bench.faults`: {len(rows)} fault kinds (a healthy control included) end to "
+        f"end on a real Temporal dev "
         f"server, agents as real processes (python {env['python']}, temporalio "
         f"{env['temporalio']}, {env['cpus']} cores). **{good} of {len(rows)} ended as "
         "expected.**",
