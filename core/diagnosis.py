@@ -271,11 +271,11 @@ def request_diagnosis(
             )
         return []
     if not manual:
-        # An anomaly is about an agent, which may well be looping on a recovery task; in an
-        # idle queue nobody works on the recovery task either.
-        recovery = (
-            active_recovery_task(state) if trigger != "anomaly" and not idle_queue(state) else None
-        )
+        # An anomaly is about an agent, which may well be looping on a recovery task; a
+        # stuck check of an idle queue found nobody working on the recovery task either,
+        # for a whole window (other triggers may see the queue idle for an instant only).
+        exempt = trigger == "anomaly" or (trigger == "no_result" and idle_queue(state))
+        recovery = None if exempt else active_recovery_task(state)
         if recovery is not None:
             if apply:
                 log(
