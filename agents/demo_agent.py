@@ -90,6 +90,21 @@ IDLE_S = 0.3
 CONNECT_ATTEMPTS = 10
 
 
+def command(*knobs: str) -> list[str]:
+    """The spec ``command`` that runs this program for the ticket's agent, with fault knobs
+    (the local-process runtime fills in ``{python}``, ``{ticket_id}`` and ``{agent_name}``)."""
+    return [
+        "{python}",
+        "-m",
+        "agents.demo_agent",
+        "--ticket",
+        "{ticket_id}",
+        "--name",
+        "{agent_name}",
+        *knobs,
+    ]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     env = os.environ
     p = argparse.ArgumentParser(

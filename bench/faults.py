@@ -29,6 +29,7 @@ from rich.table import Table
 from temporalio.client import Client
 
 import starter
+from agents import demo_agent
 from bench.harness import (
     REPO,
     environment,
@@ -63,21 +64,7 @@ CRITERIA = ["the feature works", "it is tested"]
 
 def agent(name: str, *knobs: str, kind: str = "worker") -> dict[str, Any]:
     """A demo agent process the ticket starts, with fault knobs."""
-    command = [
-        "{python}",
-        "-m",
-        "agents.demo_agent",
-        "--ticket",
-        "{ticket_id}",
-        "--name",
-        "{agent_name}",
-        "--kind",
-        kind,
-        "--work-seconds",
-        "0.1",
-        "0.3",
-        *knobs,
-    ]
+    command = demo_agent.command("--kind", kind, "--work-seconds", "0.1", "0.3", *knobs)
     return {"name": name, "kind": kind, "runtime": "local-process", "command": command}
 
 

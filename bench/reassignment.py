@@ -57,6 +57,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from agent_client.session import AgentSession
+from agents import demo_agent
 from bench.detection import CpuMeter, loop_lag, summary
 from bench.harness import (
     REPO,
@@ -374,14 +375,7 @@ async def process_run(
     agent = AgentSpec(
         name=name,
         runtime="local-process",
-        command=[
-            "{python}",
-            "-m",
-            "agents.demo_agent",
-            "--ticket",
-            "{ticket_id}",
-            "--name",
-            "{agent_name}",
+        command=demo_agent.command(
             "--work-seconds",
             "0.05",
             "0.1",
@@ -389,7 +383,7 @@ async def process_run(
             "1",
             "--crash-only-in-generation",
             "0",
-        ],
+        ),
         cwd=str(REPO),
     )
     spec = _spec(

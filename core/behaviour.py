@@ -329,8 +329,7 @@ def stall(state: TicketState, agent: Agent, now: datetime) -> Signal:
     at, task_id, why = starts
     if now < at:
         return Signal("stall", 0.0, f"holds {task_id}, progress within the bound ({why})")
-    seconds, _ = stall_bound(state)
-    idle = (now - at).total_seconds() + seconds
+    idle = (now - at).total_seconds() + bound[0]
     return Signal(
         "stall",
         1.0,
@@ -456,13 +455,13 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
     if diagnosis.running_diagnosis(state) is not None:
         return []
     for agent in state.agents.values():
-        if agent.state not in LIVE:
+        b = agent.behaviour  # rescored by rescore() just before (core.deadlines.tick)
+        if agent.state not in LIVE or b.anomaly_since is None or b.anomaly_reported:
             continue
-        current = score(state, agent, now)
-        b = agent.behaviour
-        if b.anomaly_since is None or b.anomaly_reported or b.anomaly_since + window(state) > now:
+        if b.anomaly_since + window(state) > now:
             continue
         b.anomaly_reported = True
+        current = score(state, agent, now)  # for the reason: only the agent reported
         top = current.top
         lasted = (now - b.anomaly_since).total_seconds()
         reason = (

@@ -48,6 +48,7 @@ from core.state import (
     FEEDBACK_LIMIT,
     HELD_STATUSES,
     NOTES_LIMIT,
+    WORKED_STATUSES,
     Agent,
     Behaviour,
     DiagnosisRun,
@@ -179,12 +180,6 @@ def note_activity(state: TicketState) -> None:
     """Work is moving again: the current stuck spell is over."""
     if state.stuck_since is not None and moving_tasks(state) > 0 and not idle_queue(state):
         state.stuck_since = None
-
-
-#: Task statuses in which somebody works on a task (or judges it).
-WORKED_STATUSES = frozenset(
-    {"assigned", "running", "under_review", "validation_in_progress", "needs_work"}
-)
 
 
 def idle_queue(state: TicketState) -> bool:

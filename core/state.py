@@ -27,6 +27,10 @@ ACTIVE_STATUSES: frozenset[str] = frozenset(
     {"pending", "assigned", "running", "under_review", "validation_in_progress", "needs_work"}
 )
 HELD_STATUSES: frozenset[str] = frozenset({"assigned", "running", "needs_work"})
+#: Somebody works on the task (or judges it).
+WORKED_STATUSES: frozenset[str] = frozenset(
+    {"assigned", "running", "under_review", "validation_in_progress", "needs_work"}
+)
 FINAL_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 AgentState = Literal[

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal, get_args
 
-from core.state import ACTIVE_STATUSES
+from core.behaviour import family as title_family
+from core.state import ACTIVE_STATUSES, WORKED_STATUSES
 from models.diagnosis import (
     BEHAVIOUR_SIGNATURES,
     MAX_HYPOTHESES,
@@ -964,9 +965,6 @@ def phase_without_tasks(evidence: Evidence) -> Hypothesis | None:
     )
 
 
-_WORKED = ("assigned", "running", "under_review", "validation_in_progress", "needs_work")
-
-
 def unclaimed_work(evidence: Evidence) -> Hypothesis | None:
     """Tasks wait to be claimed and nobody works on anything: the workers are gone, wedged
     (alive, heartbeating, never claiming) or filtered to other phases. A wedged agent is
@@ -974,7 +972,7 @@ def unclaimed_work(evidence: Evidence) -> Hypothesis | None:
     s = evidence.snapshot
     if evidence.trigger not in ("no_result", "manual"):
         return None  # a specific trigger has its own explanation
-    if not s.claimable or any(s.counts_by_status.get(st, 0) for st in _WORKED):
+    if not s.claimable or any(s.counts_by_status.get(st, 0) for st in WORKED_STATUSES):
         return None
     waiting = _ids(s.claimable)
     workers = [a for a in s.agents if a.kind == "worker" and a.state in LIVE_AGENT_STATES]
@@ -1175,8 +1173,6 @@ def other(evidence: Evidence) -> Hypothesis:
 
 # ---- behaviour anomalies (DESIGN §12) ------------------------------------------------------
 
-_DIGITS = re.compile(r"\d+")
-
 
 def _rung(snapshot: TicketSnapshot, signature: str, agent: SnapshotAgent) -> list[str]:
     """The earlier diagnoses that acted on this agent's lineage for this signature: the
@@ -1197,7 +1193,7 @@ def _storm_duplicates(agent: SnapshotAgent) -> list[str]:
     seen: set[tuple[str, str]] = set()
     extra = []
     for task in sorted(agent.created_open, key=lambda t: _task_order(t.id)):
-        family = (task.phase, _DIGITS.sub("#", " ".join(task.title.lower().split())))
+        family = (task.phase, title_family(task.title))
         if family in seen:
             extra.append(task.id)
         seen.add(family)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from agents import demo_agent
 from core.state import TicketState
 from infra.settings import Settings
 from ledger.store import Ledger
@@ -23,19 +24,7 @@ def agent(name: str, *flags: str) -> dict[str, Any]:
     return {
         "name": name,
         "runtime": "local-process",
-        "command": [
-            "{python}",
-            "-m",
-            "agents.demo_agent",
-            "--ticket",
-            "{ticket_id}",
-            "--name",
-            "{agent_name}",
-            "--work-seconds",
-            "0.05",
-            "0.1",
-            *flags,
-        ],
+        "command": demo_agent.command("--work-seconds", "0.05", "0.1", *flags),
     }
 
 

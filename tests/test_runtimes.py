@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 import starter
 from activities.agents import AgentActivities
+from agents import demo_agent
 from core.state import TicketState
 from infra.settings import Settings
 from models.messages import AgentView, TaskView
@@ -469,15 +470,7 @@ async def test_demo_agent_does_the_seed_tasks(
     runtime = LocalProcessRuntime(tmp_path / "agents")
     spec = agent_spec(
         "ada",
-        [
-            "{python}",
-            "-m",
-            "agents.demo_agent",
-            "--ticket",
-            "{ticket_id}",
-            "--name",
-            "{agent_name}",
-        ],
+        demo_agent.command(),
         cwd=str(REPO),
     )
     process = await runtime.spawn(
