@@ -71,7 +71,7 @@ class AgentActivities:
         self.namespace = namespace
         self.runtimes: dict[str, AgentRuntime] = {
             "external": ExternalRuntime(),
-            "local-process": LocalProcessRuntime(self.log_dir),
+            "local-process": LocalProcessRuntime(self.log_dir, data_dir=Path(data_dir)),
         }
         self.runtimes.update(runtimes or {})
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.messages import ResultFile
+from models.messages import ResultFile, encoded_size
 from models.workflow_io import ReadResultFile
 
 
@@ -41,6 +41,12 @@ def read_result_file_sync(request: ReadResultFile) -> ResultFile:
         content = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _refuse(f"{request.file_ref!r} is not UTF-8 text", "NotText") from None
+    if (encoded := encoded_size(content)) > request.max_bytes:
+        raise _refuse(
+            f"{request.file_ref!r} is {encoded:,} bytes as JSON (control characters travel "
+            f"escaped); the limit is {request.max_bytes:,}",
+            "TooLarge",
+        )
     return ResultFile(
         path=str(path),
         size_bytes=len(data),

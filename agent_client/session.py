@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Self, TypeVar
@@ -29,6 +30,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from infra.enrollment import JOIN_SECRET_ENV, EnrollmentError, join_key, join_secret
+from infra.settings import Settings
 from models.messages import (
     AgentInbox,
     ClaimReply,
@@ -89,6 +92,18 @@ def _refuse_invalid(
     return wrapper
 
 
+def local_join_secret(ticket_id: str, kind: str) -> str | None:
+    """The join secret this process can find: ``UNSTUCK_JOIN_SECRET``, else derived from the
+    deployment's join key (``UNSTUCK_JOIN_KEY`` or ``<data dir>/join.key``), else None."""
+    if given := os.environ.get(JOIN_SECRET_ENV):
+        return given
+    try:
+        key = join_key(Settings.from_env().data_dir)
+    except (EnrollmentError, ValueError):
+        return None
+    return join_secret(key, ticket_id, kind)
+
+
 class TicketClosed(Exception):
     """The ticket's workflow is no longer running (finished, cancelled or unknown)."""
 
@@ -107,7 +122,15 @@ class AgentSession:
         heartbeat_interval_s: float | None = None,
         on_inbox: Callable[[AgentInbox], None] | None = None,
         retry_window_s: float = RETRY_WINDOW_S,
+        join_secret: str | None = None,
     ) -> None:
+        """``join_secret``: the ticket's secret for this agent's kind (infra.enrollment).
+
+        None = ``UNSTUCK_JOIN_SECRET`` (set by the local-process and command runtimes), else
+        one derived from the deployment's join key when this process can read it
+        (``UNSTUCK_JOIN_KEY`` or ``<data dir>/join.key``), else none: a ticket launched with
+        enrollment then refuses the registration, naming ``join_secret``.
+        """
         self.client = client
         self.ticket_id = ticket_id
         self.name = name
@@ -125,6 +148,7 @@ class AgentSession:
         self.retry_window_s = retry_window_s
         self._seq = 0
         self._beats: asyncio.Task[None] | None = None
+        self._join_secret = join_secret
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -144,6 +168,7 @@ class AgentSession:
                 name=self.name,
                 kind=self.kind,
                 capabilities=self.capabilities,
+                join_secret=self._join_secret or local_join_secret(self.ticket_id, self.kind),
                 request_id=_request_id(),
             ),
             Registration,
@@ -197,7 +222,9 @@ class AgentSession:
 
     async def refresh_inbox(self) -> AgentInbox:
         try:
-            box = await self.handle.query("inbox", self.agent_id, result_type=AgentInbox)
+            who = self._auth()
+            del who["request_id"]
+            box = await self.handle.query("inbox", who, result_type=AgentInbox)
         except RPCError as exc:
             raise _closed_or(exc) from None
         self._set_inbox(box)

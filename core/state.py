@@ -303,7 +303,17 @@ class TicketState(BaseModel):
     replies: dict[str, str] = Field(
         default_factory=dict, description="request key -> JSON reply, for idempotent retries"
     )
+    reply_digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="request key -> sha256 of the request it answered (a reused request id "
+        "with another payload is refused)",
+    )
     operator_token_sha256: str | None = None
+    join_sha256: dict[str, str] | None = Field(
+        default=None,
+        description="agent kind -> sha256 of its join secret; None = a ticket started without "
+        "join secrets (before enrollment), which any client may join",
+    )
     diagnoses: list[DiagnosisRun] = Field(default_factory=list)
     consecutive_failed_diagnoses: int = 0
     last_diagnosis_at: datetime | None = None

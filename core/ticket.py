@@ -84,6 +84,7 @@ from models.messages import (
     SubmitReply,
     SubmitResult,
     TaskView,
+    encoded_size,
 )
 from models.spec import PRIORITY_RANK, AutomatedCheck, TicketSpec
 from models.validation import ChecksReport
@@ -143,8 +144,10 @@ def register(
     with the same ``request_id`` is refused here, naming the agent it created. (Within one
     run Temporal itself answers a retry that reuses the update id with the original reply.)
     """
+    _enrolled(state, msg)
     key = _reply_key("register", msg.name, msg.request_id)
     if key is not None and key in state.replies:
+        _same_request(state, key, msg)
         raise Refused(
             "request_id",
             f"{msg.request_id!r} already registered agent {state.replies[key]}; its token was "
@@ -187,8 +190,31 @@ def register(
     )
     if key is not None:
         state.replies[key] = agent_id  # the agent id only: never the token
+        state.reply_digests[key] = _digest(msg)
         _trim_replies(state)
     return Step(reply)
+
+
+def _enrolled(state: TicketState, msg: RegisterAgent) -> None:
+    """Refuse a registration without the join secret of its kind (infra.enrollment).
+
+    Tickets started without join secrets (before enrollment existed) admit anyone, as they
+    did. The secret is compared as a hash, in constant time; a wrong one and one of another
+    kind get the same answer.
+    """
+    if state.join_sha256 is None:
+        return
+    if msg.join_secret is None:
+        raise Refused(
+            "join_secret",
+            f"required: a {msg.kind} joins ticket {state.ticket_id} only with the {msg.kind} "
+            "join secret issued for it (`starter.py join-secret`)",
+        )
+    expected = state.join_sha256.get(msg.kind, "")
+    if not hmac.compare_digest(hash_token(msg.join_secret), expected):
+        raise Refused(
+            "join_secret", f"is not the {msg.kind} join secret of ticket {state.ticket_id}"
+        )
 
 
 def heartbeat_interval(state: TicketState) -> float:
@@ -264,7 +290,7 @@ def claim(
     # Authenticate before the reply cache: a cached reply is only for its own sender.
     agent = _authenticate(state, msg)
     key = _reply_key("claim", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, ClaimReply)) is not None:
+    if (cached := _cached(state, key, ClaimReply, msg)) is not None:
         return Step(cached)
     _require_open(state)
     phase_names = [p.name for p in state.spec.phases]
@@ -274,7 +300,7 @@ def claim(
     if not apply:
         return Step(ClaimReply(task=None, reason="", inbox=inbox(state, agent.id)))
     reply = _claim_for(state, agent, msg.phases, now, fair=fair)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply)
 
 
@@ -284,14 +310,14 @@ def complete(
     """The agent finished its task: store the result, mark it done, optionally claim the next."""
     agent = _authenticate(state, msg)
     key = _reply_key("complete", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, CompleteReply)) is not None:
+    if (cached := _cached(state, key, CompleteReply, msg)) is not None:
         return Step(cached)
     _require_open(state)
     task = _own_held_task(state, agent, msg.task_id, "complete")
     limit = state.spec.policy.tasks.max_result_bytes
-    size = len(msg.result.encode("utf-8"))
+    size = encoded_size(msg.result)
     if size > limit:
-        raise Refused("result", f"is {size} bytes; the limit is {limit} bytes")
+        raise Refused("result", f"is {size:,} bytes as JSON; the limit is {limit:,} bytes")
     if not apply:
         return Step(CompleteReply(task=task_view(task)))
     sha = hashlib.sha256(msg.result.encode("utf-8")).hexdigest()
@@ -339,7 +365,7 @@ def complete(
     reply = CompleteReply(task=task_view(task))
     if msg.claim_next:
         reply.next = _claim_for(state, agent, None, now, fair=fair)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply)
 
 
@@ -347,7 +373,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
     """The agent gave up on its task: retry it (back to pending) or, past the limit, fail it."""
     agent = _authenticate(state, msg)
     key = _reply_key("fail", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, TaskView)) is not None:
+    if (cached := _cached(state, key, TaskView, msg)) is not None:
         return Step(cached)
     _require_open(state)
     task = _own_held_task(state, agent, msg.task_id, "fail")
@@ -388,7 +414,7 @@ def fail(state: TicketState, msg: FailTask, now: datetime, *, apply: bool = True
             task_id=task.id,
         )
     reply = task_view(task)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply, effects)
 
 
@@ -398,7 +424,7 @@ def create_task(
     """An agent discovered work: add a task in any phase, depending only on existing tasks."""
     agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     key = _reply_key("create_task", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, TaskView)) is not None:
+    if (cached := _cached(state, key, TaskView, msg)) is not None:
         return Step(cached)
     _require_open(state)
     phase_names = [p.name for p in state.spec.phases]
@@ -431,7 +457,7 @@ def create_task(
     state.last_activity_at = now
     behaviour.created(state, agent, task.id, task.title, now)
     reply = task_view(task)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply)
 
 
@@ -487,7 +513,7 @@ def submit_result(
     """
     agent = _authenticate(state, msg, kinds=("worker", "diagnostic"))
     key = _reply_key("submit_result", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, SubmitReply)) is not None:
+    if (cached := _cached(state, key, SubmitReply, msg)) is not None:
         return Step(cached)
     _require_open(state)
     for version in state.results:
@@ -503,9 +529,12 @@ def submit_result(
             )
     policy = state.spec.policy.results
     if msg.content is not None:
-        size = len(msg.content.encode("utf-8"))
+        size = encoded_size(msg.content)
         if size > policy.max_content_bytes:
-            raise Refused("content", f"is {size} bytes; the limit is {policy.max_content_bytes}")
+            raise Refused(
+                "content",
+                f"is {size:,} bytes as JSON; the limit is {policy.max_content_bytes:,}",
+            )
         if not msg.content.strip():
             raise Refused("content", "is empty")
     else:
@@ -514,6 +543,12 @@ def submit_result(
         if file is not None and file.size_bytes > policy.max_file_bytes:
             raise Refused(
                 "file_ref", f"file is {file.size_bytes} bytes; the limit is {policy.max_file_bytes}"
+            )
+        if file is not None and (size := encoded_size(file.content)) > policy.max_content_bytes:
+            raise Refused(
+                "file_ref",
+                f"the file is {size:,} bytes as JSON; a result the ticket carries is at most "
+                f"{policy.max_content_bytes:,} (results.max_content_bytes)",
             )
     if not apply:
         return Step(SubmitReply(version=len(state.results) + 1, status="pending_validation"))
@@ -559,7 +594,7 @@ def submit_result(
         agent_id=agent.id,
     )
     reply = SubmitReply(version=version.version, status=version.status)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply)
 
 
@@ -569,7 +604,7 @@ def review_result(
     """A validator's verdict on one result version; each version gets exactly one."""
     agent = _authenticate(state, msg, kinds=("validator",))
     key = _reply_key("review_result", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, ReviewReply)) is not None:
+    if (cached := _cached(state, key, ReviewReply, msg)) is not None:
         return Step(cached)
     _require_open(state)
     if not 1 <= msg.version <= len(state.results):
@@ -588,7 +623,7 @@ def review_result(
         state, version, agent.id, msg.passed, msg.feedback, list(msg.evidence), now
     )
     reply = ReviewReply(version=version.version, status=version.status, ticket_status=state.status)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply, effects)
 
 
@@ -708,7 +743,7 @@ def review_task(
     """
     agent = _authenticate(state, msg, kinds=("validator",))
     key = _reply_key("review_task", msg.agent_id, msg.request_id)
-    if (cached := _cached(state, key, TaskView)) is not None:
+    if (cached := _cached(state, key, TaskView, msg)) is not None:
         return Step(cached)
     _require_open(state)
     task = state.tasks.get(msg.task_id)
@@ -823,7 +858,7 @@ def review_task(
                     f"a row; latest: {msg.feedback[:300]}",
                 )
     reply = task_view(task)
-    _remember(state, key, reply)
+    _remember(state, key, reply, msg)
     return Step(reply, effects)
 
 
@@ -871,6 +906,11 @@ def _authenticate(
             "agent_id", f"{agent.id} is a {agent.kind}; only {' or '.join(allowed)} agents may"
         )
     return agent
+
+
+def authenticate(state: TicketState, msg: Authenticated) -> Agent:
+    """The agent ``msg`` names, when its token matches (Refused otherwise)."""
+    return _authenticate(state, msg)
 
 
 def _signal_sender(state: TicketState, msg: Authenticated) -> Agent | None:
@@ -1168,22 +1208,50 @@ def _reply_key(kind: str, sender: str, request_id: str | None) -> str | None:
     return None if request_id is None else f"{sender}/{kind}/{request_id}"
 
 
-def _cached(state: TicketState, key: str | None, model: type[R]) -> R | None:
+#: Fields left out of a request's digest: credentials, which a retry may carry anew.
+_UNDIGESTED = {"token", "join_secret", "request_id"}
+
+
+def _digest(msg: BaseModel) -> str:
+    """What a request asked for, as a hash: the message without its credentials."""
+    body = msg.model_dump_json(exclude=_UNDIGESTED & set(type(msg).model_fields))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _same_request(state: TicketState, key: str, msg: BaseModel) -> None:
+    """A request id names one intent: reused with another payload, it is refused.
+
+    Replies cached before digests were kept (no digest) are answered as they were.
+    """
+    digest = state.reply_digests.get(key)
+    if digest is not None and not hmac.compare_digest(digest, _digest(msg)):
+        raise Refused(
+            "request_id",
+            "reused with a different payload: a request id names one request (its reply is "
+            "kept for retries); give a new request id to a new request",
+        )
+
+
+def _cached(state: TicketState, key: str | None, model: type[R], msg: BaseModel) -> R | None:
     if key is None or key not in state.replies:
         return None
+    _same_request(state, key, msg)
     return model.model_validate_json(state.replies[key])
 
 
-def _remember(state: TicketState, key: str | None, reply: BaseModel) -> None:
+def _remember(state: TicketState, key: str | None, reply: BaseModel, msg: BaseModel) -> None:
     if key is None:
         return
     state.replies[key] = reply.model_dump_json()
+    state.reply_digests[key] = _digest(msg)
     _trim_replies(state)
 
 
 def _trim_replies(state: TicketState) -> None:
     while len(state.replies) > REPLY_CACHE_LIMIT:
-        del state.replies[next(iter(state.replies))]
+        oldest = next(iter(state.replies))
+        del state.replies[oldest]
+        state.reply_digests.pop(oldest, None)
 
 
 def _placeholder_registration(state: TicketState) -> Registration:

@@ -130,3 +130,26 @@ def timeline_view(state: TicketState, limit: int | None = None) -> list[Timeline
         )
         for e in events
     ]
+
+
+def readable_state(state: TicketState, *, operator: bool) -> TicketState:
+    """The state as the ``state`` query shows it: nothing derived from a secret, ever.
+
+    Token and join-secret hashes are blanked for everyone. Without the operator token the
+    agents' private channel is left out too: their inbox feedback, interrupts and stop
+    reasons (read by each agent with its own credentials) and the reply cache (replies carry
+    the inbox), so another client of the namespace cannot read an agent's review feedback.
+    """
+    shown = state.model_copy(deep=True)
+    shown.operator_token_sha256 = None
+    shown.join_sha256 = None
+    for agent in shown.agents.values():
+        agent.token_sha256 = ""
+        if not operator:
+            agent.feedback = []
+            agent.interrupted = []
+            agent.stop_reason = None
+    if not operator:
+        shown.replies = {}
+        shown.reply_digests = {}
+    return shown

@@ -18,7 +18,7 @@ store's kind registry.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -344,6 +344,40 @@ class LedgerBatch(BaseModel):
             + len(self.diagnostic_runs)
             + len(self.restart_events)
             + len(self.escalations)
+        )
+
+    def split(self, max_bytes: int) -> tuple[LedgerBatch, LedgerBatch]:
+        """``(first, rest)``: the leading records that fit in ``max_bytes`` as JSON, the rest.
+
+        A write is one activity input, and Temporal refuses payloads over 2 MB: an outbox
+        that grew while a write was in flight (many results at once, a big final result) is
+        written in pieces. ``first`` holds at least one record, so a piece always moves.
+        """
+        if len(self.model_dump_json()) <= max_bytes:
+            return self, LedgerBatch(ticket_id=self.ticket_id)
+        kinds = (
+            "task_results",
+            "workflow_results",
+            "reviews",
+            "diagnostic_runs",
+            "restart_events",
+            "escalations",
+        )
+        first: dict[str, list[Any]] = {k: [] for k in kinds}
+        rest: dict[str, list[Any]] = {k: [] for k in kinds}
+        used, full = 200, False  # the envelope
+        for kind in kinds:
+            for record in getattr(self, kind):
+                cost = len(record.model_dump_json()) + 1
+                if not full and (used + cost <= max_bytes or used == 200):
+                    first[kind].append(record)
+                    used += cost
+                else:
+                    full = True
+                    rest[kind].append(record)
+        return (
+            LedgerBatch(ticket_id=self.ticket_id, **first),
+            LedgerBatch(ticket_id=self.ticket_id, **rest),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import to_json
 
 from models.spec import AgentKind, Priority, ResultType, Slug, TaskType
 
@@ -25,6 +26,16 @@ MAX_REQUEST_ID = 128
 #: caps count characters or UTF-8 bytes, and JSON escapes can multiply those (a control
 #: character travels as 6 bytes), so the encoded size is checked before sending.
 MAX_MESSAGE_BYTES = 1_500_000
+
+
+def encoded_size(text: str) -> int:
+    """Bytes ``text`` takes as a JSON string (quotes aside): what it costs in a payload.
+
+    Limits on free text count this, not characters or UTF-8 bytes: a control character is
+    1 byte of UTF-8 and 6 as JSON (``\\u0001``), and every copy the ticket derives (history,
+    ledger rows, activity inputs) pays the escaped size.
+    """
+    return len(to_json(text)) - 2
 
 
 def oversized(msg: BaseModel) -> tuple[str, str] | None:
@@ -72,6 +83,14 @@ class RegisterAgent(Message):
     name: Slug
     kind: AgentKind = "worker"
     capabilities: list[str] = Field(default_factory=list, max_length=50)
+    join_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        repr=False,
+        description="the join secret issued for this ticket and this agent kind "
+        "(`starter.py join-secret`); required by tickets launched with enrollment",
+    )
     request_id: str | None = Field(default=None, min_length=1, max_length=MAX_REQUEST_ID)
 
 

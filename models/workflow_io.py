@@ -24,6 +24,11 @@ class TicketInput(BaseModel):
     operator_token_sha256: str | None = Field(
         default=None, description="sha256 of the operator token that may cancel or diagnose"
     )
+    join_sha256: dict[str, str] | None = Field(
+        default=None,
+        description="agent kind -> sha256 of the join secret an agent of that kind registers "
+        "with (infra.enrollment); None = anyone may register (tickets started before enrollment)",
+    )
     agent_address: str | None = Field(
         default=None, description="where local-process agents connect (host:port of Temporal)"
     )

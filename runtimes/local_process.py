@@ -4,7 +4,9 @@ Spawning
     The agent's ``command`` template is formatted per element: ``{ticket_id}``,
     ``{agent_name}``, ``{generation}`` and ``{python}`` (the worker's interpreter) are
     replaced; any other brace is left as it is (so shell snippets need no escaping). The
-    environment is the worker's, plus ``spec.env``, plus ``UNSTUCK_TEMPORAL_ADDRESS``,
+    environment is the worker's (without ``UNSTUCK_JOIN_KEY``), plus ``spec.env``, plus
+    ``UNSTUCK_JOIN_SECRET`` (the ticket's join secret of the agent's kind, derived from the
+    deployment's join key: infra.enrollment), ``UNSTUCK_TEMPORAL_ADDRESS``,
     ``UNSTUCK_NAMESPACE``, ``UNSTUCK_TICKET_ID``, ``UNSTUCK_AGENT_NAME``,
     ``UNSTUCK_AGENT_KIND`` and ``UNSTUCK_AGENT_GENERATION``. The agent starts in a new
     session, so it and every child it starts form one process group (pgid = its pid).
@@ -52,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from infra.enrollment import JOIN_KEY_ENV, JOIN_SECRET_ENV, EnrollmentError, join_key, join_secret
 from models.runtime import AgentProcess, RuntimeName, SpawnAgent, StopOutcome
 from runtimes.base import AgentExitedEarly, ProgressCallback, SpawnConfigError
 
@@ -257,9 +260,14 @@ class LocalProcessRuntime:
     #: How long to wait for SIGKILLed processes to disappear before giving up.
     kill_wait_s: float = 5.0
 
-    def __init__(self, log_dir: Path, *, host: str | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, *, host: str | None = None, data_dir: Path | None = None
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.host = host or socket.gethostname()
+        #: Where the deployment's join key is looked for (infra.enrollment), after the
+        #: environment: by default the data directory that holds ``log_dir``.
+        self.data_dir = Path(data_dir) if data_dir is not None else self.log_dir.parent
 
     # ---- paths -----------------------------------------------------------------------
 
@@ -303,9 +311,15 @@ class LocalProcessRuntime:
                 "python": sys.executable,
             },
         )
+        try:
+            secret = join_secret(join_key(self.data_dir), request.ticket_id, spec.kind)
+        except EnrollmentError as exc:
+            raise SpawnConfigError(f"agent {spec.name!r}: {exc}") from None
         env = {
-            **os.environ,
+            # The agent gets the one join secret of its kind, never the deployment's key.
+            **{k: v for k, v in os.environ.items() if k != JOIN_KEY_ENV},
             **spec.env,
+            JOIN_SECRET_ENV: secret,
             "UNSTUCK_TEMPORAL_ADDRESS": request.temporal_address,
             "UNSTUCK_NAMESPACE": request.namespace,
             "UNSTUCK_TICKET_ID": request.ticket_id,

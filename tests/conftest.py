@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +28,12 @@ from infra.settings import Settings
 from infra.telemetry import configure_tracing
 from ledger.store import Ledger
 from worker import build_worker
+
+# One join key (infra.enrollment) for the whole session, before any worker or agent starts:
+# tickets launched by tests are enrolled, and every process the tests start (agents, the
+# starter, the demo) derives the same join secrets. tests/test_enrollment.py covers the key
+# file a deployment without UNSTUCK_JOIN_KEY uses.
+os.environ.setdefault("UNSTUCK_JOIN_KEY", secrets.token_urlsafe(32))
 
 
 def two_free_ports() -> tuple[int, int]:

@@ -589,9 +589,34 @@ def test_complete_result_over_100_kb_refused_with_its_size() -> None:
         state,
         complete_msg(w, "T1", result=too_big),
         "result",
-        f"is {100 * KB + 2} bytes; the limit is {100 * KB} bytes",
+        f"is {100 * KB + 2:,} bytes as JSON; the limit is {100 * KB:,} bytes",
     )
     core.complete(state, complete_msg(w, "T1", result="x" * (100 * KB)), at(3))
+    assert state.tasks["T1"].status == "done"
+
+
+def test_result_limits_count_the_json_escaped_size() -> None:
+    """A control character is 1 byte of UTF-8 but 6 as JSON: the limit counts what the
+    ticket carries, so 20,000 of them (20 KB of UTF-8) are refused at a 100 KB cap."""
+    state = make_ticket([seed("a")])
+    w = join(state)
+    claim(state, w)
+    assert_refused(
+        core.complete,
+        state,
+        complete_msg(w, "T1", result="\u0001" * 20_000),
+        "result",
+        "is 120,000 bytes as JSON",
+    )
+    assert_refused(
+        core.submit_result,
+        state,
+        SubmitResult(**w, content="\u0000" * 200_000),
+        "content",
+        "is 1,200,000 bytes as JSON; the limit is 1,048,576",
+    )
+    # 4-byte code points travel as they are (4 bytes), not as escaped surrogate pairs.
+    core.complete(state, complete_msg(w, "T1", result="\U0001f600" * 25_000), at(3))
     assert state.tasks["T1"].status == "done"
 
 
@@ -604,7 +629,7 @@ def test_complete_respects_a_lower_policy_cap() -> None:
         state,
         complete_msg(w, "T1", result="x" * 11),
         "result",
-        "is 11 bytes; the limit is 10 bytes",
+        "is 11 bytes as JSON; the limit is 10 bytes",
     )
 
 
@@ -754,7 +779,7 @@ def test_submit_result_content_cap_is_1_mb() -> None:
     state = make_ticket()
     w = join(state)
     msg = SubmitResult(**w, content="x" * (MB + 1))
-    assert_refused(core.submit_result, state, msg, "content", f"is {MB + 1} bytes", str(MB))
+    assert_refused(core.submit_result, state, msg, "content", f"is {MB + 1:,} bytes", f"{MB:,}")
     assert submit(state, w, "x" * MB) == 1
 
 

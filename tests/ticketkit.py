@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from core.state import TicketState
+from infra.enrollment import join_hashes, join_key
 from infra.settings import Settings
 from models.spec import parse_spec
 from models.workflow_io import TicketInput
@@ -57,11 +58,14 @@ async def launch(
     continue_as_new_after_events: int | None = None,
     continue_as_new_after_updates: int | None = None,
     task_timeout: timedelta | None = None,
+    enrolled: bool = True,
 ) -> Launched:
     """Start a ticket on the settings' task queue.
 
     ``task_timeout`` is the workflow task timeout (server default: 10 s): how long a workflow
     task started on a worker that died waits before it is handed to another one.
+    ``enrolled``: agents register with the join secret of their kind (infra.enrollment);
+    False starts the ticket as tickets were started before enrollment (anyone may join).
     """
     token = secrets.token_urlsafe(16)
     ticket = parse_spec(spec)
@@ -70,6 +74,9 @@ async def launch(
         TicketInput(
             spec=ticket,
             operator_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            join_sha256=join_hashes(join_key(settings.data_dir, create=True), ticket.id)
+            if enrolled
+            else None,
             continue_as_new_after_events=continue_as_new_after_events,
             continue_as_new_after_updates=continue_as_new_after_updates,
         ),

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import RawValue, RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
+    from pydantic import BaseModel, ValidationError
 
     from core import deadlines, diagnosis, health, views
     from core import ticket as core
@@ -27,10 +27,11 @@ with workflow.unsafe.imports_passed_through():
     from core.diagnosis import Deadline
     from core.state import TicketState
     from models.diagnosis import DiagnosisInput, DiagnosisReport
-    from models.ledger import WRITE_LEDGER_ACTIVITY, LedgerBatch
+    from models.ledger import WRITE_LEDGER_ACTIVITY
     from models.messages import (
         AgentInbox,
         AgentView,
+        Authenticated,
         CancelTicket,
         ClaimReply,
         ClaimTask,
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitResult,
         TaskView,
         TimelineEntry,
+        oversized,
     )
     from models.runtime import (
         RESTART_AGENT_ACTIVITY,
@@ -131,6 +133,9 @@ LEDGER_RETRY = RetryPolicy(
 #: start_to_close of one ledger write (was 60 s: every worker crash during a write stalled
 #: that ticket's ledger, finish and continue-as-new for a minute; tests/test_chaos.py).
 LEDGER_WRITE_TIMEOUT = timedelta(seconds=20)
+#: Most JSON one ledger write carries (Temporal refuses payloads over 2 MB; one record, e.g.
+#: a final result of at most 1 MB as JSON, always fits).
+LEDGER_BATCH_BYTES = 1_500_000
 
 
 def _search_attribute(name: str, value: Any) -> SearchAttributeUpdate[Any]:
@@ -147,6 +152,59 @@ def _refusal(exc: core.Refused) -> ApplicationError:
     )
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _decode(model: type[M], raw: RawValue) -> M:
+    """An update's payload as ``model``, or a refusal that names the field and the rule.
+
+    Handlers take the raw payload and decode it here instead of letting the SDK do it: the
+    SDK answers every payload it cannot decode (null, a string, a wrong type, an unknown
+    field, nesting too deep) with a bare "Failed decoding arguments".
+    """
+    payload = raw.payload
+    encoding = payload.metadata.get("encoding", b"").decode("utf-8", "replace")
+    if encoding == "binary/null":
+        raise _refusal(
+            core.Refused("payload", f"must be a JSON object ({model.__name__}), got null")
+        )
+    if encoding != "json/plain":
+        raise _refusal(
+            core.Refused("payload", f"must be JSON (encoding json/plain), got {encoding!r}")
+        )
+    try:
+        return model.model_validate_json(payload.data)
+    except ValidationError as exc:
+        raise _refusal(_invalid(model, exc)) from None
+
+
+def _invalid(model: type[BaseModel], exc: ValidationError) -> core.Refused:
+    """The first of a ValidationError's errors as a refusal: its field and its rule."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    field = ".".join(str(part) for part in first["loc"]) or "payload"
+    rule = str(first["msg"])
+    if field == "payload":
+        rule = f"{rule} (a {model.__name__} message is a JSON object)"
+    others = [".".join(str(p) for p in e["loc"]) or "payload" for e in errors[1:6]]
+    if others:
+        more = f" and {len(errors) - 6} more" if len(errors) > 6 else ""
+        rule += f" (also wrong: {', '.join(others)}{more})"
+    return core.Refused(field, rule)
+
+
+def _measured(msg: BaseModel) -> None:
+    """Refuse a message too big as JSON (:data:`models.messages.MAX_MESSAGE_BYTES`).
+
+    An accepted update's request is written to history, and what the workflow derives from
+    it (ledger rows, activity inputs) must stay under Temporal's 2 MB payload limit, so no
+    accepted message can fail a workflow task. Field caps alone do not bound it: a list of
+    evidence, or control characters (6 bytes each as JSON), can still add up.
+    """
+    if (too_big := oversized(msg)) is not None:
+        raise core.Refused(*too_big)
+
+
 @workflow.defn(name="Ticket")
 class TicketWorkflow:
     """One long-lived workflow per ticket; its id is the ticket id."""
@@ -161,6 +219,7 @@ class TicketWorkflow:
             assert input.spec is not None, "TicketInput needs a spec or a state"
             self._state = core.new_ticket(input.spec, workflow.now())
             self._state.operator_token_sha256 = input.operator_token_sha256
+            self._state.join_sha256 = input.join_sha256
             self._state.agent_address = input.agent_address
             self._state.agent_namespace = input.agent_namespace
         # Decided once per run, before any handler reads it (updates of the first activation
@@ -305,8 +364,7 @@ class TicketWorkflow:
 
     async def _write_ledger(self) -> None:
         while not self._state.outbox.is_empty() and not self._draining:
-            batch = self._state.outbox
-            self._state.outbox = LedgerBatch(ticket_id=self._state.ticket_id)
+            batch, self._state.outbox = self._state.outbox.split(LEDGER_BATCH_BYTES)
             try:
                 await workflow.execute_activity(
                     WRITE_LEDGER_ACTIVITY,
@@ -537,6 +595,7 @@ class TicketWorkflow:
 
     def _check(self, fn: Callable[..., Any], msg: BaseModel, **kwargs: Any) -> None:
         try:
+            _measured(msg)
             fn(self._state, msg, workflow.now(), apply=False, **kwargs)
         except core.Refused as exc:
             raise _refusal(exc) from None
@@ -552,48 +611,59 @@ class TicketWorkflow:
         return self._perform(step)
 
     @workflow.update(name="register")
-    async def register(self, msg: RegisterAgent) -> Registration:
+    async def register(self, raw: RawValue) -> Registration:
+        msg = _decode(RegisterAgent, raw)
         token = workflow.uuid4().hex + workflow.uuid4().hex
         return self._apply(core.register, msg, token=token)
 
     @register.validator
-    def _validate_register(self, msg: RegisterAgent) -> None:
+    def _validate_register(self, raw: RawValue) -> None:
+        msg = _decode(RegisterAgent, raw)
         self._check(core.register, msg, token="")
 
     @workflow.update(name="claim")
-    async def claim(self, msg: ClaimTask) -> ClaimReply:
+    async def claim(self, raw: RawValue) -> ClaimReply:
+        msg = _decode(ClaimTask, raw)
         return self._apply(core.claim, msg, fair=self._fair_claims())
 
     @claim.validator
-    def _validate_claim(self, msg: ClaimTask) -> None:
+    def _validate_claim(self, raw: RawValue) -> None:
+        msg = _decode(ClaimTask, raw)
         self._check(core.claim, msg)
 
     @workflow.update(name="complete")
-    async def complete(self, msg: CompleteTask) -> CompleteReply:
+    async def complete(self, raw: RawValue) -> CompleteReply:
+        msg = _decode(CompleteTask, raw)
         return self._apply(core.complete, msg, fair=self._fair_claims())
 
     @complete.validator
-    def _validate_complete(self, msg: CompleteTask) -> None:
+    def _validate_complete(self, raw: RawValue) -> None:
+        msg = _decode(CompleteTask, raw)
         self._check(core.complete, msg)
 
     @workflow.update(name="fail")
-    async def fail(self, msg: FailTask) -> TaskView:
+    async def fail(self, raw: RawValue) -> TaskView:
+        msg = _decode(FailTask, raw)
         return self._apply(core.fail, msg)
 
     @fail.validator
-    def _validate_fail(self, msg: FailTask) -> None:
+    def _validate_fail(self, raw: RawValue) -> None:
+        msg = _decode(FailTask, raw)
         self._check(core.fail, msg)
 
     @workflow.update(name="create_task")
-    async def create_task(self, msg: CreateTask) -> TaskView:
+    async def create_task(self, raw: RawValue) -> TaskView:
+        msg = _decode(CreateTask, raw)
         return self._apply(core.create_task, msg)
 
     @create_task.validator
-    def _validate_create_task(self, msg: CreateTask) -> None:
+    def _validate_create_task(self, raw: RawValue) -> None:
+        msg = _decode(CreateTask, raw)
         self._check(core.create_task, msg)
 
     @workflow.update(name="submit_result")
-    async def submit_result(self, msg: SubmitResult) -> SubmitReply:
+    async def submit_result(self, raw: RawValue) -> SubmitReply:
+        msg = _decode(SubmitResult, raw)
         file: ResultFile | None = None
         if msg.file_ref is not None:
             policy = self._state.spec.policy.results
@@ -603,7 +673,9 @@ class TicketWorkflow:
                     ReadResultFile(
                         file_ref=msg.file_ref,
                         files_root=policy.files_root,
-                        max_bytes=policy.max_file_bytes,
+                        # What the activity returns travels as a payload: at most what
+                        # the ticket carries of a result, as JSON.
+                        max_bytes=min(policy.max_file_bytes, policy.max_content_bytes),
                     ),
                     result_type=ResultFile,
                     start_to_close_timeout=timedelta(seconds=30),
@@ -647,48 +719,59 @@ class TicketWorkflow:
         self._after_change()
 
     @submit_result.validator
-    def _validate_submit_result(self, msg: SubmitResult) -> None:
+    def _validate_submit_result(self, raw: RawValue) -> None:
+        msg = _decode(SubmitResult, raw)
         self._check(core.submit_result, msg)
 
     @workflow.update(name="review_result")
-    async def review_result(self, msg: ReviewResult) -> ReviewReply:
+    async def review_result(self, raw: RawValue) -> ReviewReply:
+        msg = _decode(ReviewResult, raw)
         return self._apply(core.review_result, msg)
 
     @review_result.validator
-    def _validate_review_result(self, msg: ReviewResult) -> None:
+    def _validate_review_result(self, raw: RawValue) -> None:
+        msg = _decode(ReviewResult, raw)
         self._check(core.review_result, msg)
 
     @workflow.update(name="review_task")
-    async def review_task(self, msg: ReviewTask) -> TaskView:
+    async def review_task(self, raw: RawValue) -> TaskView:
+        msg = _decode(ReviewTask, raw)
         return self._apply(core.review_task, msg)
 
     @review_task.validator
-    def _validate_review_task(self, msg: ReviewTask) -> None:
+    def _validate_review_task(self, raw: RawValue) -> None:
+        msg = _decode(ReviewTask, raw)
         self._check(core.review_task, msg)
 
     @workflow.update(name="release")
-    async def release(self, msg: ReleaseAgent) -> ReleaseReply:
+    async def release(self, raw: RawValue) -> ReleaseReply:
+        msg = _decode(ReleaseAgent, raw)
         return self._apply(health.release, msg)
 
     @release.validator
-    def _validate_release(self, msg: ReleaseAgent) -> None:
+    def _validate_release(self, raw: RawValue) -> None:
+        msg = _decode(ReleaseAgent, raw)
         self._check(health.release, msg)
 
     @workflow.update(name="cancel")
-    async def cancel(self, msg: CancelTicket) -> StatusView:
+    async def cancel(self, raw: RawValue) -> StatusView:
+        msg = _decode(CancelTicket, raw)
         self._apply(core.cancel, msg)
         return views.status_view(self._state)
 
     @cancel.validator
-    def _validate_cancel(self, msg: CancelTicket) -> None:
+    def _validate_cancel(self, raw: RawValue) -> None:
+        msg = _decode(CancelTicket, raw)
         self._check(core.cancel, msg)
 
     @workflow.update(name="diagnose")
-    async def diagnose(self, msg: DiagnoseTicket) -> DiagnoseReply:
+    async def diagnose(self, raw: RawValue) -> DiagnoseReply:
+        msg = _decode(DiagnoseTicket, raw)
         return self._apply(diagnosis.manual, msg)
 
     @diagnose.validator
-    def _validate_diagnose(self, msg: DiagnoseTicket) -> None:
+    def _validate_diagnose(self, raw: RawValue) -> None:
+        msg = _decode(DiagnoseTicket, raw)
         self._check(diagnosis.manual, msg)
 
     # ---- signals (facts, never refused) --------------------------------------------------
@@ -745,8 +828,25 @@ class TicketWorkflow:
         return views.timeline_view(self._state)
 
     @workflow.query(name="inbox")
-    def inbox(self, agent_id: str) -> AgentInbox:
-        return core.inbox(self._state, agent_id)
+    def inbox(self, who: Authenticated | str) -> AgentInbox:
+        """An agent's inbox, read with its credentials ``{agent_id, token}``.
+
+        A bare agent id is answered only by tickets started before enrollment (no join
+        secrets), as it was; an enrolled ticket keeps each agent's inbox to that agent.
+        """
+        if isinstance(who, str):
+            if self._state.join_sha256 is not None:
+                raise ApplicationError(
+                    "token: an agent's inbox is read with its credentials "
+                    '{"agent_id": ..., "token": ...}, not by its id alone',
+                    type="Refused",
+                )
+            return core.inbox(self._state, who)
+        try:
+            agent = core.authenticate(self._state, who)
+        except core.Refused as exc:
+            raise _refusal(exc) from None
+        return core.inbox(self._state, agent.id)
 
     @workflow.query(name="spec")
     def spec(self) -> TicketSpec:
@@ -757,6 +857,16 @@ class TicketWorkflow:
         return self._dashboard or render_dashboard(self._state)
 
     @workflow.query(name="state")
-    def state(self) -> TicketState:
-        """The whole state, token hashes included (for tests and debugging by operators)."""
-        return self._state
+    def state(self, operator_token: str | None = None) -> TicketState:
+        """The whole state, for operators, tests and debugging (core.views.readable_state).
+
+        Hashes of tokens and join secrets never leave the workflow; the agents' private
+        channel (feedback, interrupts, the reply cache) is shown only with the operator token.
+        """
+        operator = operator_token is not None
+        if operator:
+            try:
+                core.check_operator(self._state, operator_token or "")
+            except core.Refused as exc:
+                raise _refusal(exc) from None
+        return views.readable_state(self._state, operator=operator)
