@@ -1373,6 +1373,49 @@ async def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     return 0 if outcome.ok else 1
 
 
+async def cmd_codec_server(args: argparse.Namespace, ctx: Context) -> int:
+    """Serve Temporal's codec protocol with the UNSTUCK_CODEC_KEYS keys until Ctrl-C."""
+    from infra.codec import EncryptionCodec
+    from infra.codec_server import CodecServer, serve
+
+    settings = ctx.settings
+    if settings.codec_keys is None:
+        raise StarterError(
+            "codec-server needs the payload keys: set UNSTUCK_CODEC_KEYS (id:base64key,...)", 2
+        )
+    codec = EncryptionCodec.from_keys(settings.codec_keys.get_secret_value())
+    token = settings.codec_auth_token
+    origins = args.origin or [
+        f"http://localhost:{settings.ui_port}",
+        f"http://127.0.0.1:{settings.ui_port}",
+    ]
+    try:
+        server = CodecServer(
+            codec,
+            host=args.host,
+            port=args.port,
+            origins=origins,
+            token=token.get_secret_value() if token is not None else None,
+            certfile=Path(args.https_cert) if args.https_cert else None,
+            keyfile=Path(args.https_key) if args.https_key else None,
+        )
+    except OSError as exc:
+        raise StarterError(f"cannot serve the codec on {args.host}:{args.port}: {exc}") from None
+    _print_fields(
+        ctx.out,
+        [
+            ("codec server", f"{server.url} (POST /encode, /decode)"),
+            ("keys", f"{', '.join(codec.ring.ids)}; encrypting with {codec.ring.encrypting_id}"),
+            ("CORS origins", ", ".join(origins)),
+            ("auth", "bearer token (UNSTUCK_CODEC_AUTH_TOKEN)" if token else "none"),
+            ("Web UI", f"temporal server start-dev --ui-codec-endpoint {server.url}"),
+            ("CLI", f"temporal workflow show -w ID --codec-endpoint {server.url}"),
+        ],
+    )
+    await serve(server)
+    return 0
+
+
 # ==== command line =========================================================================
 
 
@@ -1539,6 +1582,21 @@ def build_parser(prog: str = "starter.py") -> argparse.ArgumentParser:
         action="store_true",
         help="never start the embedded dev server; fail if Temporal does not answer",
     )
+    codec = command(
+        "codec-server",
+        cmd_codec_server,
+        "Serve the payload codec (UNSTUCK_CODEC_KEYS) for the Web UI and the temporal CLI.",
+    )
+    codec.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    codec.add_argument("--port", type=_positive_int, default=8888, help="port (8888)")
+    codec.add_argument(
+        "--origin",
+        action="append",
+        metavar="URL",
+        help="Web UI origin allowed by CORS, repeatable (http://localhost:<ui port>)",
+    )
+    codec.add_argument("--https-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    codec.add_argument("--https-key", metavar="PEM", help="the HTTPS certificate's private key")
     return parser
 
 
