@@ -70,6 +70,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.state import TicketState
 from infra.client import connect
 from infra.devserver import DevServer, DevServerError, ensure_server
+from infra.enrollment import JOIN_KINDS, EnrollmentError, join_hashes, join_key, join_secret
 from infra.settings import Settings
 from infra.telemetry import CORE_LOGGER, core_log_to_file, forward_core_logs
 from ledger.store import Ledger
@@ -316,6 +317,10 @@ async def launch_ticket(client: Client, settings: Settings, spec: TicketSpec) ->
     refused launch never replaces the token of an existing ticket. Ticket ids are never
     reused: the ledger keys every record by ticket id.
     """
+    try:
+        joins = join_hashes(join_key(settings.data_dir, create=True), spec.id)
+    except EnrollmentError as exc:
+        raise StarterError(str(exc)) from None
     token = secrets.token_urlsafe(32)
     final = token_path(settings, spec.id)
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -325,7 +330,9 @@ async def launch_ticket(client: Client, settings: Settings, spec: TicketSpec) ->
         handle = await client.start_workflow(
             WORKFLOW_TYPE,
             TicketInput(
-                spec=spec, operator_token_sha256=hashlib.sha256(token.encode()).hexdigest()
+                spec=spec,
+                operator_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                join_sha256=joins,
             ),
             id=spec.id,
             task_queue=settings.task_queue,
@@ -1065,6 +1072,21 @@ async def cmd_watch(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+async def cmd_join_secret(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the secret an agent of ``--kind`` registers with on the ticket (enrollment).
+
+    Derived from the deployment's join key (UNSTUCK_JOIN_KEY or <data dir>/join.key), so
+    only who holds the key can mint it; the ticket keeps only its hash. Printed alone on
+    stdout, for ``export UNSTUCK_JOIN_SECRET=$(python starter.py join-secret ID)``.
+    """
+    try:
+        key = join_key(ctx.settings.data_dir)
+    except EnrollmentError as exc:
+        raise StarterError(str(exc)) from None
+    print(join_secret(key, args.ticket_id, args.kind))
+    return 0
+
+
 async def cmd_schema(args: argparse.Namespace, ctx: Context) -> int:
     names = list(json_schemas())
     written = write_schemas(args.out)
@@ -1550,6 +1572,15 @@ def build_parser(prog: str = "starter.py") -> argparse.ArgumentParser:
     release.add_argument(
         "--operator", default=_operator_name(), help="who releases (default: the current user)"
     )
+
+    join = command(
+        "join-secret",
+        cmd_join_secret,
+        "Print the secret an agent of one kind registers with on a ticket "
+        "(UNSTUCK_JOIN_SECRET; keep it like a password).",
+    )
+    join.add_argument("ticket_id", metavar="TICKET_ID")
+    join.add_argument("--kind", choices=JOIN_KINDS, default="worker", help="agent kind (worker)")
 
     schema = command("schema", cmd_schema, "Write the JSON Schema of every message.")
     schema.add_argument("--out", default="schemas", metavar="DIR", help="directory (./schemas)")

@@ -87,6 +87,12 @@ BENCHES: tuple[BenchDef, ...] = (
         ("--windows", "2", "--runs", "3"),
     ),
     BenchDef(
+        "hostile",
+        "bench.hostile",
+        "Hostile messages from a second client: tried and refused (beside the chaos figures)",
+        ("--generated", "100"),
+    ),
+    BenchDef(
         "faults",
         "bench.faults",
         "The fault suite: every fault kind end to end, and healthy runs",
@@ -1069,6 +1075,36 @@ def summarize_faults(r: dict[str, Any], quick: bool) -> Summary:
     return s
 
 
+def summarize_hostile(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    _target_row(
+        s,
+        r,
+        "refused",
+        "Hostile messages from a second client, refused",
+        str(get(r, "targets", "refused", "value")),
+        f"{r['workflow_task_failures']} workflow tasks failed, state unchanged: "
+        f"{'yes' if r['state_unchanged'] else 'NO'}; {r['config']['generated']} of them "
+        f"generated (seed {r['config']['seed']}); {r['seconds']} s",
+        lambda: (
+            [
+                f"accepted: {w['category']} {w['what']} → {w['target']}"
+                for w in r["wrongly_accepted"]
+            ]
+            + [f"refused without a reason: {w['what']}" for w in r["refused_without_a_reason"]]
+        ),
+    )
+    rows = [[c, str(v["tried"]), str(v["refused"])] for c, v in r["categories"].items()]
+    s.section += [
+        "Raw JSON from a client with the ticket id and the agents' ids but no secret "
+        "(bench/hostile.py says what each category holds). Each must be refused; afterwards "
+        "no workflow task may have failed and the state must be as before.",
+        "",
+        *md_table(["category", "tried", "refused"], rows),
+    ]
+    return s
+
+
 SUMMARIZERS: dict[str, Callable[[dict[str, Any], bool], Summary]] = {
     "lifecycle": summarize_lifecycle,
     "detection": summarize_detection,
@@ -1077,6 +1113,7 @@ SUMMARIZERS: dict[str, Callable[[dict[str, Any], bool], Summary]] = {
     "memory": summarize_memory,
     "anomaly": summarize_anomaly,
     "faults": summarize_faults,
+    "hostile": summarize_hostile,
 }
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +22,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from infra.devserver import find_temporal_binary
+from infra.enrollment import join_hashes, join_key, join_secret
 from infra.settings import Settings
 from models.spec import parse_spec
 from models.workflow_io import TicketInput
 from tests.conftest import unique_id
+
+STARTER = Path(__file__).resolve().parent.parent / "starter.py"
 
 pytestmark = pytest.mark.server
 
@@ -116,7 +123,11 @@ async def start_ticket(client: Client, settings: Settings, ticket_id: str) -> No
     )
     await client.start_workflow(
         "Ticket",
-        TicketInput(spec=spec, operator_token_sha256=hashlib.sha256(b"op-token").hexdigest()),
+        TicketInput(
+            spec=spec,
+            operator_token_sha256=hashlib.sha256(b"op-token").hexdigest(),
+            join_sha256=join_hashes(join_key(settings.data_dir), ticket_id),
+        ),
         id=ticket_id,
         task_queue=settings.task_queue,
     )
@@ -127,8 +138,24 @@ async def test_cli_agent_end_to_end(worker: Worker, client: Client, settings: Se
     await start_ticket(client, settings, ticket_id)
     cli = TemporalCli(settings, ticket_id)
 
-    worker_agent = await cli.update("register", {"name": "cli-worker", "kind": "worker"})
-    validator = await cli.update("register", {"name": "cli-validator", "kind": "validator"})
+    # As docs/cli-agent.md: the secrets come from `starter.py join-secret`.
+    secrets = {}
+    for kind in ("worker", "validator"):
+        minted = subprocess.run(
+            [sys.executable, str(STARTER), "join-secret", ticket_id, "--kind", kind],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "UNSTUCK_DATA_DIR": str(settings.data_dir)},
+        )
+        secrets[kind] = minted.stdout.strip()
+    worker_agent = await cli.update(
+        "register", {"name": "cli-worker", "kind": "worker", "join_secret": secrets["worker"]}
+    )
+    validator = await cli.update(
+        "register",
+        {"name": "cli-validator", "kind": "validator", "join_secret": secrets["validator"]},
+    )
     assert worker_agent["ticket_id"] == ticket_id
     assert worker_agent["agent_id"] != validator["agent_id"]
     me = {"agent_id": worker_agent["agent_id"], "token": worker_agent["token"]}
@@ -177,7 +204,7 @@ async def test_cli_agent_end_to_end(worker: Worker, client: Client, settings: Se
     assert "progress" in timeline and "task_done" in timeline
     content = await cli.query("result_content", 1)
     assert content.startswith("# Result")
-    assert (await cli.query("inbox", me["agent_id"]))["stop"] is False
+    assert (await cli.query("inbox", me))["stop"] is False
 
     reviewed = await cli.update(
         "review_result",
@@ -203,7 +230,8 @@ async def test_cli_refused_update_exits_nonzero_with_the_reason(
     ticket_id = unique_id("cli-refused")
     await start_ticket(client, settings, ticket_id)
     cli = TemporalCli(settings, ticket_id)
-    agent = await cli.update("register", {"name": "cli-worker"})
+    secret = join_secret(join_key(settings.data_dir), ticket_id, "worker")
+    agent = await cli.update("register", {"name": "cli-worker", "join_secret": secret})
 
     payload = {"agent_id": agent["agent_id"], "token": "wrong"}
     ran = await cli.run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ from tests.test_core_ticket import T0, at, complete_msg, join, make_ticket, seed
 KEY = b"k" * 40
 
 
-def enrolled(**spec: object) -> TicketState:
+def enrolled(**spec: Any) -> TicketState:
     state = make_ticket([seed("a"), seed("b")], **spec)
     state.join_sha256 = join_hashes(KEY, state.ticket_id)
     return state
@@ -159,7 +160,8 @@ def test_the_readable_state_holds_nothing_derived_from_a_secret() -> None:
     state = enrolled()
     state.operator_token_sha256 = hashlib.sha256(b"op").hexdigest()
     w = join_enrolled(state, "alice")
-    assert core.claim(state, ClaimTask(**w, request_id="r1"), at(1)).reply.task is not None
+    claim_msg = ClaimTask(agent_id=w["agent_id"], token=w["token"], request_id="r1")
+    assert core.claim(state, claim_msg, at(1)).reply.task is not None
     state.agents[w["agent_id"]].feedback.append("private review feedback for alice")
     for operator in (False, True):
         shown = views.readable_state(state, operator=operator)

@@ -45,7 +45,7 @@ from agent_client.session import AgentSession, Refused
 from infra.settings import Settings
 from models.messages import INBOUND, MAX_MESSAGE_BYTES, RegisterAgent
 from tests.conftest import unique_id
-from tests.ticketkit import Launched, launch, spec_dict
+from tests.ticketkit import Launched, join_secret_for, launch, spec_dict
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -187,6 +187,12 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "request_id": st.one_of(st.none(), st.sampled_from(["r1", "r2"]), small_text),
     "name": st.one_of(slugs, st.sampled_from(["alice", " bob ", "Not A Slug!"])),
     "kind": st.sampled_from(["worker", "validator", "diagnostic", "admin"]),
+    "join_secret": st.one_of(
+        st.none(),
+        st.sampled_from([Ref("join.worker"), Ref("join.validator"), Ref("join.diagnostic")]),
+        twisted("join.worker"),
+        small_text,
+    ),
     "capabilities": st.lists(small_text, max_size=60),
     "phases": st.one_of(st.none(), st.lists(phases, max_size=3)),
     "task_id": task_ids,
@@ -322,10 +328,12 @@ async def all_run_histories(client: Client, workflow_id: str) -> list[Any]:
     return histories
 
 
-async def register(handle: WorkflowHandle[Any, Any], name: str, kind: str) -> dict[str, Any]:
+async def register(
+    handle: WorkflowHandle[Any, Any], name: str, kind: str, secret: str
+) -> dict[str, Any]:
     reply: dict[str, Any] = await handle.execute_update(
         "register",
-        RegisterAgent(name=name, kind=kind),  # type: ignore[arg-type]
+        RegisterAgent(name=name, kind=kind, join_secret=secret),  # type: ignore[arg-type]
     )
     return reply
 
@@ -360,8 +368,11 @@ async def test_fuzzed_messages_never_break_the_ticket(
         client.get_workflow_handle(launched.ticket_id), launched.ticket_id, launched.operator_token
     )
     creds = {"op.token": ticket.operator_token}
+    for kind in ("worker", "validator", "diagnostic"):
+        creds[f"join.{kind}"] = join_secret_for(settings, ticket.ticket_id, kind)
     for name in AGENTS:
-        reg = await register(ticket.handle, name, "validator" if name == "vera" else "worker")
+        kind = "validator" if name == "vera" else "worker"
+        reg = await register(ticket.handle, name, kind, creds[f"join.{kind}"])
         creds[f"{name}.id"], creds[f"{name}.token"] = reg["agent_id"], reg["token"]
     alice = {"agent_id": creds["alice.id"], "token": creds["alice.token"]}
     assert (await ticket.handle.execute_update("claim", alice))["task"]["id"] == "T1"

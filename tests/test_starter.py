@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import stat
 import typing
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from temporalio.client import Client
+from temporalio.common import RawValue
 from temporalio.worker import Worker
 
 import starter
@@ -20,6 +22,7 @@ from infra.settings import Settings
 from models.messages import INBOUND, OUTBOUND, StatusView
 from models.schema import INDEX_FILE, SIGNALS, UPDATE_REPLIES
 from tests.conftest import unique_id
+from tests.ticketkit import join_secret_for
 from workflows.ticket import TicketWorkflow
 
 pytestmark = pytest.mark.server
@@ -333,7 +336,11 @@ def test_schema_index_matches_the_workflow() -> None:
     for name, message in INBOUND.items():
         handler = getattr(TicketWorkflow, name)
         hints = typing.get_type_hints(handler)
-        assert hints["msg"] is message, name
+        if name in SIGNALS:
+            assert hints["msg"] is message, name
+        else:  # updates decode their own payload (a refusal names the field)
+            assert hints["raw"] is RawValue, name
+            assert f"_decode({message.__name__}, raw" in inspect.getsource(handler), name
         if name in SIGNALS:
             assert hasattr(handler, "__temporal_signal_definition"), name
         else:
@@ -382,11 +389,14 @@ async def test_release_refuses_an_agent_that_is_not_quarantined(
     capsys: pytest.CaptureFixture[str],
     cli: Callable[..., list[str]],
     tmp_path: Path,
+    settings: Settings,
 ) -> None:
     ticket_id = unique_id("starter-release")
     code, _, err = await run(capsys, cli("launch", str(write_spec(tmp_path)), "--id", ticket_id))
     assert code == 0, err
-    reg = await client.get_workflow_handle(ticket_id).execute_update("register", {"name": "alice"})
+    reg = await client.get_workflow_handle(ticket_id).execute_update(
+        "register", {"name": "alice", "join_secret": join_secret_for(settings, ticket_id)}
+    )
     code, out, err = await run(capsys, cli("release", ticket_id, reg["agent_id"]))
     assert code == 1 and err.startswith("error: ")
     assert "alice-1 is idle, not quarantined" in err

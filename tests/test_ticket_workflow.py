@@ -17,7 +17,7 @@ from infra.settings import SEARCH_ATTRIBUTES, Settings
 from ledger.store import Ledger
 from models.messages import CompleteTask, RegisterAgent
 from tests.conftest import unique_id
-from tests.ticketkit import Launched, launch, spec_dict
+from tests.ticketkit import Launched, join_secret_for, launch, spec_dict
 from workflows.ticket import OPEN_TASKS_REFRESH
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -124,7 +124,7 @@ async def test_refusals_name_the_rule_and_change_nothing(
             ticket,
             alice.complete(task.id, "x" * (100 * 1024 + 1), "fix"),
             "result",
-            "the limit is 102400",
+            "the limit is 102,400",
         )
         await assert_refused(
             ticket, alice.create_task("deploy", "Ship it"), "phase", "unknown phase"
@@ -143,7 +143,10 @@ async def test_refusals_name_the_rule_and_change_nothing(
             ticket, alice.submit_result(file_ref="missing.md"), "file_ref", "does not exist"
         )
         await assert_refused(
-            ticket, alice.submit_result("x" * (1024 * 1024 + 1)), "content", "the limit is 1048576"
+            ticket,
+            alice.submit_result("x" * (1024 * 1024 + 1)),
+            "content",
+            "the limit is 1,048,576",
         )
         await assert_refused(ticket, vera.review_result(1, True), "version", "no result version")
         (tmp_path / "result.md").write_text("# Final\nby file", encoding="utf-8")
@@ -164,7 +167,10 @@ async def test_malformed_messages_are_rejected_before_history(
     client: Client, settings: Settings
 ) -> None:
     ticket = await launch(client, settings, spec_dict(unique_id("malformed")))
-    reg = await ticket.handle.execute_update("register", RegisterAgent(name="alice"))
+    reg = await ticket.handle.execute_update(
+        "register",
+        RegisterAgent(name="alice", join_secret=join_secret_for(settings, ticket.ticket_id)),
+    )
     before = await ticket.state_dump()
     accepted_before = await _accepted_update_ids(ticket)
     bad_payloads: list[tuple[str, Any]] = [
@@ -202,7 +208,9 @@ async def test_malformed_messages_are_rejected_before_history(
 
 async def test_duplicate_deliveries_are_idempotent(client: Client, settings: Settings) -> None:
     ticket = await launch(client, settings, spec_dict(unique_id("dup")))
-    register = RegisterAgent(name="alice", request_id="reg-1")
+    register = RegisterAgent(
+        name="alice", request_id="reg-1", join_secret=join_secret_for(settings, ticket.ticket_id)
+    )
     reg = await ticket.handle.execute_update("register", register, id="u-reg-1")
     again = await ticket.handle.execute_update("register", register, id="u-reg-1")
     assert again == reg  # Temporal answers the same update id with the same reply

@@ -11,7 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from core.state import TicketState
-from infra.enrollment import join_hashes, join_key
+from infra.enrollment import join_hashes, join_key, join_secret
 from infra.settings import Settings
 from models.spec import parse_spec
 from models.workflow_io import TicketInput
@@ -28,6 +28,11 @@ class Launched:
 
     async def state_dump(self) -> dict[str, Any]:
         return (await self.state()).model_dump(mode="json")
+
+
+def join_secret_for(settings: Settings, ticket_id: str, kind: str = "worker") -> str:
+    """The join secret an agent of ``kind`` registers with on a ticket the tests launched."""
+    return join_secret(join_key(settings.data_dir), ticket_id, kind)
 
 
 def spec_dict(ticket_id: str, **overrides: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from models.diagnosis import DiagnosisInput, DiagnosisReport
     from models.ledger import WRITE_LEDGER_ACTIVITY
     from models.messages import (
+        MAX_MESSAGE_BYTES,
         AgentInbox,
         AgentView,
         Authenticated,
@@ -58,7 +59,6 @@ with workflow.unsafe.imports_passed_through():
         SubmitResult,
         TaskView,
         TimelineEntry,
-        oversized,
     )
     from models.runtime import (
         RESTART_AGENT_ACTIVITY,
@@ -155,14 +155,23 @@ def _refusal(exc: core.Refused) -> ApplicationError:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _decode(model: type[M], raw: RawValue) -> M:
+def _decode(model: type[M], raw: RawValue, *, measure: bool = False) -> M:
     """An update's payload as ``model``, or a refusal that names the field and the rule.
 
     Handlers take the raw payload and decode it here instead of letting the SDK do it: the
     SDK answers every payload it cannot decode (null, a string, a wrong type, an unknown
     field, nesting too deep) with a bare "Failed decoding arguments".
+
+    ``measure`` (validators only: they do not run on replay) refuses a payload over
+    :data:`MAX_MESSAGE_BYTES` as sent. An accepted update's request is written to history as
+    it came, and what the workflow derives from it (ledger rows, activity inputs, re-encoded
+    by pydantic, never larger) must stay under Temporal's 2 MB payload limit: no accepted
+    message may fail a workflow task. Field caps alone do not bound it (a list of evidence,
+    control characters at 6 bytes each as JSON).
     """
     payload = raw.payload
+    if measure and len(payload.data) > MAX_MESSAGE_BYTES:
+        raise _refusal(_too_big(model, payload.data))
     encoding = payload.metadata.get("encoding", b"").decode("utf-8", "replace")
     if encoding == "binary/null":
         raise _refusal(
@@ -193,16 +202,25 @@ def _invalid(model: type[BaseModel], exc: ValidationError) -> core.Refused:
     return core.Refused(field, rule)
 
 
-def _measured(msg: BaseModel) -> None:
-    """Refuse a message too big as JSON (:data:`models.messages.MAX_MESSAGE_BYTES`).
-
-    An accepted update's request is written to history, and what the workflow derives from
-    it (ledger rows, activity inputs) must stay under Temporal's 2 MB payload limit, so no
-    accepted message can fail a workflow task. Field caps alone do not bound it: a list of
-    evidence, or control characters (6 bytes each as JSON), can still add up.
-    """
-    if (too_big := oversized(msg)) is not None:
-        raise core.Refused(*too_big)
+def _too_big(model: type[BaseModel], data: bytes) -> core.Refused:
+    """The refusal of a payload over the limit, naming the field that takes the most."""
+    size, field, share = len(data), "payload", ""
+    try:
+        decoded = model.model_validate_json(data)
+    except ValidationError:
+        pass
+    else:
+        sizes = {
+            name: len(decoded.model_dump_json(include={name}))
+            for name in type(decoded).model_fields
+        }
+        if sizes:
+            field = max(sizes, key=sizes.__getitem__)
+            share = f" ({field}: {sizes[field]:,})"
+    return core.Refused(
+        field,
+        f"the message is {size:,} bytes as JSON{share}; the limit is {MAX_MESSAGE_BYTES:,}",
+    )
 
 
 @workflow.defn(name="Ticket")
@@ -595,7 +613,6 @@ class TicketWorkflow:
 
     def _check(self, fn: Callable[..., Any], msg: BaseModel, **kwargs: Any) -> None:
         try:
-            _measured(msg)
             fn(self._state, msg, workflow.now(), apply=False, **kwargs)
         except core.Refused as exc:
             raise _refusal(exc) from None
@@ -618,7 +635,7 @@ class TicketWorkflow:
 
     @register.validator
     def _validate_register(self, raw: RawValue) -> None:
-        msg = _decode(RegisterAgent, raw)
+        msg = _decode(RegisterAgent, raw, measure=True)
         self._check(core.register, msg, token="")
 
     @workflow.update(name="claim")
@@ -628,7 +645,7 @@ class TicketWorkflow:
 
     @claim.validator
     def _validate_claim(self, raw: RawValue) -> None:
-        msg = _decode(ClaimTask, raw)
+        msg = _decode(ClaimTask, raw, measure=True)
         self._check(core.claim, msg)
 
     @workflow.update(name="complete")
@@ -638,7 +655,7 @@ class TicketWorkflow:
 
     @complete.validator
     def _validate_complete(self, raw: RawValue) -> None:
-        msg = _decode(CompleteTask, raw)
+        msg = _decode(CompleteTask, raw, measure=True)
         self._check(core.complete, msg)
 
     @workflow.update(name="fail")
@@ -648,7 +665,7 @@ class TicketWorkflow:
 
     @fail.validator
     def _validate_fail(self, raw: RawValue) -> None:
-        msg = _decode(FailTask, raw)
+        msg = _decode(FailTask, raw, measure=True)
         self._check(core.fail, msg)
 
     @workflow.update(name="create_task")
@@ -658,7 +675,7 @@ class TicketWorkflow:
 
     @create_task.validator
     def _validate_create_task(self, raw: RawValue) -> None:
-        msg = _decode(CreateTask, raw)
+        msg = _decode(CreateTask, raw, measure=True)
         self._check(core.create_task, msg)
 
     @workflow.update(name="submit_result")
@@ -720,7 +737,7 @@ class TicketWorkflow:
 
     @submit_result.validator
     def _validate_submit_result(self, raw: RawValue) -> None:
-        msg = _decode(SubmitResult, raw)
+        msg = _decode(SubmitResult, raw, measure=True)
         self._check(core.submit_result, msg)
 
     @workflow.update(name="review_result")
@@ -730,7 +747,7 @@ class TicketWorkflow:
 
     @review_result.validator
     def _validate_review_result(self, raw: RawValue) -> None:
-        msg = _decode(ReviewResult, raw)
+        msg = _decode(ReviewResult, raw, measure=True)
         self._check(core.review_result, msg)
 
     @workflow.update(name="review_task")
@@ -740,7 +757,7 @@ class TicketWorkflow:
 
     @review_task.validator
     def _validate_review_task(self, raw: RawValue) -> None:
-        msg = _decode(ReviewTask, raw)
+        msg = _decode(ReviewTask, raw, measure=True)
         self._check(core.review_task, msg)
 
     @workflow.update(name="release")
@@ -750,7 +767,7 @@ class TicketWorkflow:
 
     @release.validator
     def _validate_release(self, raw: RawValue) -> None:
-        msg = _decode(ReleaseAgent, raw)
+        msg = _decode(ReleaseAgent, raw, measure=True)
         self._check(health.release, msg)
 
     @workflow.update(name="cancel")
@@ -761,7 +778,7 @@ class TicketWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, raw: RawValue) -> None:
-        msg = _decode(CancelTicket, raw)
+        msg = _decode(CancelTicket, raw, measure=True)
         self._check(core.cancel, msg)
 
     @workflow.update(name="diagnose")
@@ -771,7 +788,7 @@ class TicketWorkflow:
 
     @diagnose.validator
     def _validate_diagnose(self, raw: RawValue) -> None:
-        msg = _decode(DiagnoseTicket, raw)
+        msg = _decode(DiagnoseTicket, raw, measure=True)
         self._check(diagnosis.manual, msg)
 
     # ---- signals (facts, never refused) --------------------------------------------------
