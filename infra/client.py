@@ -3,7 +3,7 @@
 In production the connection carries TLS (the system's root CAs or ``tls_ca``), mTLS
 (``tls_cert`` + ``tls_key``) or an API key (Temporal Cloud), and payloads may be encrypted
 (``codec_keys``, :mod:`infra.codec`): see :class:`infra.settings.Settings` and
-``docs/security-connection.md``.
+``docs/security.md``.
 """
 
 from __future__ import annotations

@@ -248,6 +248,10 @@ def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
     return text
 
 
+#: Worker secrets an agent process is not given.
+WITHHELD_ENV = frozenset({JOIN_KEY_ENV, "UNSTUCK_CODEC_AUTH_TOKEN"})
+
+
 class LocalProcessRuntime:
     """Runs agents as local processes; see the module docstring for the guarantees."""
 
@@ -317,7 +321,8 @@ class LocalProcessRuntime:
             raise SpawnConfigError(f"agent {spec.name!r}: {exc}") from None
         env = {
             # The agent gets the one join secret of its kind, never the deployment's key.
-            **{k: v for k, v in os.environ.items() if k != JOIN_KEY_ENV},
+            # (nor the codec server's token, which no agent uses).
+            **{k: v for k, v in os.environ.items() if k not in WITHHELD_ENV},
             **spec.env,
             JOIN_SECRET_ENV: secret,
             "UNSTUCK_TEMPORAL_ADDRESS": request.temporal_address,

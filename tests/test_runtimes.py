@@ -25,6 +25,7 @@ import starter
 from activities.agents import AgentActivities
 from agents import demo_agent
 from core.state import TicketState
+from infra.enrollment import join_key, join_secret
 from infra.settings import Settings
 from models.messages import AgentView, TaskView
 from models.runtime import (
@@ -140,7 +141,7 @@ def alive_pid(pid: int) -> bool:
 
 
 async def test_spawn_records_the_process_and_its_environment(
-    runtime: LocalProcessRuntime, tmp_path: Path
+    runtime: LocalProcessRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = (
         "import os, sys, time\n"
@@ -149,8 +150,11 @@ async def test_spawn_records_the_process_and_its_environment(
         "print('ENV', e['UNSTUCK_TEMPORAL_ADDRESS'], e['UNSTUCK_NAMESPACE'], "
         "e['UNSTUCK_TICKET_ID'], e['UNSTUCK_AGENT_NAME'], e['UNSTUCK_AGENT_KIND'], "
         "e['FROM_SPEC'], os.getcwd(), flush=True)\n"
+        "print('SECRETS', e['UNSTUCK_JOIN_SECRET'], 'UNSTUCK_JOIN_KEY' in e, "
+        "'UNSTUCK_CODEC_AUTH_TOKEN' in e, flush=True)\n"
         "time.sleep(60)\n"
     )
+    monkeypatch.setenv("UNSTUCK_CODEC_AUTH_TOKEN", "codec-server-only")
     workdir = tmp_path / "work"
     workdir.mkdir()
     request = spawn_request(
@@ -180,6 +184,9 @@ async def test_spawn_records_the_process_and_its_environment(
     text = log_path.read_text()
     assert f"ARGS ['{TICKET}', 'ada', 'g3', '{{other}}']" in text
     assert f"ENV 127.0.0.1:1 rt-ns {TICKET} ada validator yes {workdir}" in text
+    # The one join secret of its kind, never the deployment's key or the codec server's token.
+    secret = join_secret(join_key(None), TICKET, "validator")
+    assert f"SECRETS {secret} False False" in text
 
 
 async def test_spawn_is_idempotent_per_generation(runtime: LocalProcessRuntime) -> None:
