@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from temporalio.service import RPCError
 
 from infra.client import connect
 from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
+from infra.enrollment import JOIN_KEY_ENV
 from infra.settings import Settings
 from ledger.store import Ledger
 from worker import build_worker
@@ -104,6 +106,10 @@ async def fresh_server(
         if data_dir is None
         else _existing(data_dir)
     )
+    # One join key for the bench process (infra.enrollment): the tickets it launches are
+    # enrolled, and its in-process AgentSessions derive their secrets from the same key
+    # (without it they would look for <cwd>/.unstuck/join.key, not this temp data dir).
+    os.environ.setdefault(JOIN_KEY_ENV, secrets.token_urlsafe(32))
     with where as tmp:
         port, ui_port = two_ports()
         settings = Settings(

@@ -5,8 +5,8 @@
     .venv/bin/python -m bench --only lifecycle,memory
 
 Runs ``bench.lifecycle``, ``bench.detection``, ``bench.heartbeat_history``,
-``bench.reassignment``, ``bench.memory``, ``bench.anomaly`` and ``bench.faults`` one after
-the other, each through its own
+``bench.reassignment``, ``bench.memory``, ``bench.anomaly``, ``bench.hostile`` and
+``bench.faults`` one after the other, each through its own
 ``run(parse_args([...]), console)`` in a fresh event loop (each starts and stops its own
 server), writes each report's JSON (``bench/out/<name>.json``; ``bench/out/quick/`` with
 ``--quick``) and then a Markdown summary (``--results``, default ``bench/RESULTS.md``;

@@ -410,6 +410,42 @@ def test_parse_args_defaults_and_only() -> None:
     assert quick.results == Path("bench/out/RESULTS-quick.md")
     assert quick.out_dir == Path("bench/out/quick")
     full = parse_args([])
-    assert full.results == Path("bench/RESULTS.md") and len(full.names) == len(BENCHES) == 7
+    assert full.results == Path("bench/RESULTS.md") and len(full.names) == len(BENCHES) == 8
     with pytest.raises(SystemExit):
         parse_args(["--only", "nope"])
+
+
+def hostile_report(accepted: list[dict[str, str]] | None = None) -> dict[str, object]:
+    wrong = accepted or []
+    return {
+        "config": {"generated": 2000, "seed": 1},
+        "categories": {"impersonation": {"tried": 23, "refused": 23 - len(wrong)}},
+        "tried": 23,
+        "refused": 23 - len(wrong),
+        "wrongly_accepted": wrong,
+        "refused_without_a_reason": [],
+        "workflow_task_failures": 0,
+        "state_unchanged": not wrong,
+        "seconds": 2.5,
+        "targets": {
+            "refused": {
+                "target": "every hostile message refused; 0 workflow tasks failed; state unchanged",
+                "value": f"{23 - len(wrong)} of 23",
+                "pass": not wrong,
+            }
+        },
+    }
+
+
+def test_hostile_messages_are_counted_beside_the_other_figures() -> None:
+    md = render_results(META, [*all_ok(), outcome("hostile", hostile_report())])
+    row = summary_rows(md)["Hostile messages from a second client, refused"]
+    assert row[:3] == [
+        "23 of 23",
+        "every hostile message refused; 0 workflow tasks failed; state unchanged",
+        "PASS",
+    ]
+    assert "| impersonation | 23 | 23 |" in md
+    wrong = [{"category": "impersonation", "what": "register as validator", "target": "register"}]
+    md = render_results(META, [*all_ok(), outcome("hostile", hostile_report(wrong))])
+    assert "accepted: impersonation register as validator → register" in misses_section(md)
