@@ -1423,6 +1423,8 @@ async def cmd_codec_server(args: argparse.Namespace, ctx: Context) -> int:
         )
     except OSError as exc:
         raise StarterError(f"cannot serve the codec on {args.host}:{args.port}: {exc}") from None
+    except ValueError as exc:
+        raise StarterError(str(exc), 2) from None
     _print_fields(
         ctx.out,
         [

@@ -29,9 +29,10 @@ from temporalio.api.enums.v1 import (
     TimeoutType,
     WorkflowTaskFailedCause,
 )
+from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
-from temporalio.converter import PayloadConverter
+from temporalio.converter import PayloadCodec, PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from diagnosis.evidence import EVIDENCE_MAX_BYTES, fit_evidence
@@ -93,6 +94,48 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _failures(event: HistoryEvent) -> list[Failure]:
+    """The failures a digest reads from ``event`` (their messages become notes)."""
+    E = EventType
+    kind = event.event_type
+    if kind == E.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+        return [event.workflow_task_failed_event_attributes.failure]
+    if kind == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+        return [event.activity_task_failed_event_attributes.failure]
+    if kind == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+        return [event.activity_task_timed_out_event_attributes.failure]
+    if kind == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+        outcome = event.workflow_execution_update_completed_event_attributes.outcome
+        return [outcome.failure] if outcome.HasField("failure") else []
+    if kind == E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED:
+        return [event.child_workflow_execution_failed_event_attributes.failure]
+    return []
+
+
+async def decode_event(
+    event: HistoryEvent, codec: PayloadCodec, converter: PayloadConverter | None
+) -> None:
+    """Decode, in place, what a digest reads of an event written under a payload codec.
+
+    With encryption (infra.codec) a timer's summary is ciphertext and a failure's message is
+    "Encoded failure" (the text moved into its encoded attributes): without this the
+    evidence a diagnosis gets would say only that.
+    """
+    if event.user_metadata.HasField("summary"):
+        (summary,) = await codec.decode([event.user_metadata.summary])
+        event.user_metadata.summary.CopyFrom(summary)
+    for failure in _failures(event):
+        if not failure.HasField("encoded_attributes") or converter is None:
+            continue
+        (attributes,) = await codec.decode([failure.encoded_attributes])
+        try:
+            value = converter.from_payloads([attributes])[0]
+        except Exception:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            failure.message = value["message"]
 
 
 @dataclass
@@ -418,9 +461,12 @@ class DiagnosisActivities:
             payload_converter=self.client.data_converter.payload_converter,
         )
         handle = self.client.get_workflow_handle(ticket_id)
+        codec = self.client.data_converter.payload_codec
         seen = 0
         try:
             async for event in handle.fetch_history_events(page_size=1000):
+                if codec is not None:  # encrypted payloads (infra.codec): read them in clear
+                    await decode_event(event, codec, digest.payload_converter)
                 digest.add(event)
                 seen += 1
                 if seen % HEARTBEAT_EVERY == 0:

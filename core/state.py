@@ -340,6 +340,14 @@ class TicketState(BaseModel):
             "anomaly trigger and the hard bounds of create_task"
         ),
     )
+    trust_v1: bool = Field(
+        default=False,
+        description=(
+            "set by the workflow each run (patch trust-boundaries): request digests (a reused "
+            "request id with another payload is refused), a name keeps its kind, ledger "
+            "writes split under the payload limit"
+        ),
+    )
     durations: list[float] = Field(
         default_factory=list, description="seconds from claim to done of its latest done tasks"
     )

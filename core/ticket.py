@@ -110,6 +110,7 @@ def new_ticket(spec: TicketSpec, now: datetime) -> TicketState:
         created_at=now,
         last_activity_at=now,
         outbox=LedgerBatch(ticket_id=spec.id),
+        trust_v1=True,  # the workflow decides it again each run (a patch)
     )
     ids_by_key: dict[str, str] = {}
     for seed in spec.tasks:
@@ -160,6 +161,14 @@ def register(
             raise Refused(
                 "name", f"an agent named {msg.name!r} is already registered as {agent.id}"
             )
+    if state.trust_v1:
+        for agent in state.agents.values():
+            if agent.name == msg.name and agent.kind != msg.kind:
+                raise Refused(
+                    "kind",
+                    f"the name {msg.name!r} belongs to a {agent.kind} on this ticket "
+                    f"({agent.id}); a {msg.kind} registers under a name of its own",
+                )
     if sum(a.state != "terminated" for a in state.agents.values()) >= MAX_AGENTS:
         raise Refused("name", f"the ticket already has {MAX_AGENTS} agents (the limit)")
     if not apply:
@@ -190,7 +199,8 @@ def register(
     )
     if key is not None:
         state.replies[key] = agent_id  # the agent id only: never the token
-        state.reply_digests[key] = _digest(msg)
+        if state.trust_v1:
+            state.reply_digests[key] = _digest(msg)
         _trim_replies(state)
     return Step(reply)
 
@@ -607,6 +617,7 @@ def review_result(
     if (cached := _cached(state, key, ReviewReply, msg)) is not None:
         return Step(cached)
     _require_open(state)
+    _review_within_bounds(state, msg)
     if not 1 <= msg.version <= len(state.results):
         known = f"v1..v{len(state.results)}" if state.results else "none yet"
         raise Refused("version", f"no result version {msg.version} (versions: {known})")
@@ -730,6 +741,25 @@ def result_checked(
     return []
 
 
+#: Most bytes (as JSON) a review's feedback and its evidence take: a ticket keeps its reviews
+#: in its state for good, and that state travels as one payload when it continues as new.
+MAX_FEEDBACK_BYTES = 80_000
+MAX_EVIDENCE_BYTES = 40_000
+
+
+def _review_within_bounds(state: TicketState, msg: ReviewResult | ReviewTask) -> None:
+    if not state.trust_v1:  # runs before the patch kept whatever a review carried
+        return
+    if (size := encoded_size(msg.feedback)) > MAX_FEEDBACK_BYTES:
+        raise Refused("feedback", f"is {size:,} bytes as JSON; the limit is {MAX_FEEDBACK_BYTES:,}")
+    if (size := sum(encoded_size(line) for line in msg.evidence)) > MAX_EVIDENCE_BYTES:
+        raise Refused(
+            "evidence",
+            f"is {size:,} bytes as JSON in all; the limit is {MAX_EVIDENCE_BYTES:,} (cite "
+            "evidence: file names, test names, short excerpts)",
+        )
+
+
 def review_task(
     state: TicketState, msg: ReviewTask, now: datetime, *, apply: bool = True
 ) -> Step[TaskView]:
@@ -746,6 +776,7 @@ def review_task(
     if (cached := _cached(state, key, TaskView, msg)) is not None:
         return Step(cached)
     _require_open(state)
+    _review_within_bounds(state, msg)
     task = state.tasks.get(msg.task_id)
     if task is None:
         raise Refused("task_id", f"unknown task {msg.task_id!r}")
@@ -1243,7 +1274,8 @@ def _remember(state: TicketState, key: str | None, reply: BaseModel, msg: BaseMo
     if key is None:
         return
     state.replies[key] = reply.model_dump_json()
-    state.reply_digests[key] = _digest(msg)
+    if state.trust_v1:  # runs before the patch answered any reuse from the cache
+        state.reply_digests[key] = _digest(msg)
     _trim_replies(state)
 
 

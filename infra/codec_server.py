@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -87,6 +88,12 @@ class _Handler(BaseHTTPRequestHandler):
         action = urlsplit(self.path).path.rstrip("/").rsplit("/", 1)[-1]
         if action not in ("encode", "decode"):
             self._reply(HTTPStatus.NOT_FOUND, {"error": "POST to .../encode or .../decode"})
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self.server.origins:
+            # A browser sends Origin on every cross-site POST: a page of another site (or a
+            # DNS-rebinding one) must not use this server to decrypt, even without a token.
+            self._reply(HTTPStatus.FORBIDDEN, {"error": f"origin {origin!r} is not allowed"})
             return
         if not self._authorized():
             self._reply(
@@ -180,6 +187,11 @@ class CodecServer:
         certfile: Path | None = None,
         keyfile: Path | None = None,
     ) -> None:
+        if token is None and not _loopback(host):
+            raise ValueError(
+                f"host: {host!r} is reachable from other machines; a codec server there "
+                "needs a token (UNSTUCK_CODEC_AUTH_TOKEN), or bind 127.0.0.1"
+            )
         self._server = _Server((host, port), _Handler)
         self._server.codec = codec
         self._server.origins = frozenset(o.rstrip("/") for o in origins)
@@ -233,6 +245,13 @@ class CodecServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def serve(server: CodecServer, *, ready: asyncio.Event | None = None) -> None:

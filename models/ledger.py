@@ -353,7 +353,7 @@ class LedgerBatch(BaseModel):
         that grew while a write was in flight (many results at once, a big final result) is
         written in pieces. ``first`` holds at least one record, so a piece always moves.
         """
-        if len(self.model_dump_json()) <= max_bytes:
+        if len(self.model_dump_json().encode("utf-8")) <= max_bytes:
             return self, LedgerBatch(ticket_id=self.ticket_id)
         kinds = (
             "task_results",
@@ -368,7 +368,7 @@ class LedgerBatch(BaseModel):
         used, full = 200, False  # the envelope
         for kind in kinds:
             for record in getattr(self, kind):
-                cost = len(record.model_dump_json()) + 1
+                cost = len(record.model_dump_json().encode("utf-8")) + 1  # bytes, not chars
                 if not full and (used + cost <= max_bytes or used == 200):
                     first[kind].append(record)
                     used += cost

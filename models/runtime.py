@@ -77,6 +77,11 @@ class SpawnAgent(BaseModel):
         description="0 for the first process, +1 per restart; names the log file and makes "
         "spawning idempotent per (ticket, agent, generation)",
     )
+    enrolled: bool = Field(
+        default=True,
+        description="the ticket admits agents only with a join secret (infra.enrollment): "
+        "the runtime must hand one over; False for tickets started before enrollment",
+    )
 
 
 class StopAgent(BaseModel):

@@ -315,16 +315,20 @@ class LocalProcessRuntime:
                 "python": sys.executable,
             },
         )
+        joining: dict[str, str] = {}
         try:
-            secret = join_secret(join_key(self.data_dir), request.ticket_id, spec.kind)
+            key = join_key(self.data_dir)
         except EnrollmentError as exc:
-            raise SpawnConfigError(f"agent {spec.name!r}: {exc}") from None
+            if request.enrolled:  # its registration would be refused: say why, here
+                raise SpawnConfigError(f"agent {spec.name!r}: {exc}") from None
+        else:
+            joining[JOIN_SECRET_ENV] = join_secret(key, request.ticket_id, spec.kind)
         env = {
             # The agent gets the one join secret of its kind, never the deployment's key.
             # (nor the codec server's token, which no agent uses).
             **{k: v for k, v in os.environ.items() if k not in WITHHELD_ENV},
             **spec.env,
-            JOIN_SECRET_ENV: secret,
+            **joining,
             "UNSTUCK_TEMPORAL_ADDRESS": request.temporal_address,
             "UNSTUCK_NAMESPACE": request.namespace,
             "UNSTUCK_TICKET_ID": request.ticket_id,

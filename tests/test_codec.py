@@ -256,10 +256,25 @@ def test_codec_server_cors_for_the_web_ui(codec_server: CodecServer) -> None:
         headers={**AUTH, "Origin": "http://localhost:8233"},
     )
     assert posted.headers["access-control-allow-origin"] == "http://localhost:8233"
+    # A page of another site cannot use it, token or not (CORS alone only hides the reply).
+    foreign = httpx.post(
+        f"{url}/decode",
+        json=payloads_json([plain("x")]),
+        headers={**AUTH, "Origin": "http://evil.example"},
+    )
+    assert foreign.status_code == 403 and "not allowed" in foreign.json()["error"]
     # A refusal carries the CORS headers too, so the Web UI can show why.
     refused = httpx.post(f"{url}/decode", json={}, headers={"Origin": "http://localhost:8233"})
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == "http://localhost:8233"
+
+
+def test_a_codec_server_off_loopback_needs_a_token() -> None:
+    codec = EncryptionCodec.from_keys(f"k1:{K1}")
+    with pytest.raises(ValueError, match="is reachable from other machines"):
+        CodecServer(codec, host="0.0.0.0", port=0)
+    with CodecServer(codec, host="0.0.0.0", port=0, token="t") as server:
+        assert server.port > 0
 
 
 async def test_starter_codec_server_command(capsys: pytest.CaptureFixture[str]) -> None:

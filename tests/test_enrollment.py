@@ -26,7 +26,7 @@ from infra.enrollment import (
     join_secret,
 )
 from models.ledger import LedgerBatch, TaskResultRecord
-from models.messages import ClaimTask, CreateTask, RegisterAgent
+from models.messages import ClaimTask, CreateTask, RegisterAgent, ReviewResult, SubmitResult
 from tests.test_core_ticket import T0, at, complete_msg, join, make_ticket, seed
 
 KEY = b"k" * 40
@@ -205,9 +205,54 @@ def test_a_ledger_outbox_is_written_in_pieces_under_the_payload_limit() -> None:
     while not batch.is_empty():
         piece, batch = batch.split(1_500_000)
         assert piece.size >= 1
-        assert len(piece.model_dump_json()) <= 1_500_000
+        assert len(piece.model_dump_json().encode()) <= 1_500_000
         pieces.append(piece)
     assert [p.size for p in pieces] == [2, 2, 2, 1]
     assert [r.id for p in pieces for r in p.task_results] == [r.id for r in rows]
+    # Counted in bytes: 25,000 four-byte code points are 25,000 characters but 100 KB.
+    emoji = [r.model_copy(update={"content": "\U0001f600" * 25_000}) for r in rows]
+    piece, rest = LedgerBatch(ticket_id="tk", task_results=emoji * 3).split(1_500_000)
+    assert len(piece.model_dump_json().encode()) <= 1_500_000 and rest.size > 0
     small = LedgerBatch(ticket_id="tk", task_results=rows[:1])
     assert small.split(1_500_000)[0] is small
+
+
+def test_a_name_keeps_its_kind() -> None:
+    """A worker cannot take over a validator's name (and with it its lineage) while the
+    validator restarts: registering replaces an unresponsive agent of the same name."""
+    state = enrolled()
+    vera = register(state, "vera", "validator", join_secret(KEY, "tk", "validator")).reply
+    state.agents[vera.agent_id].state = "unresponsive"  # type: ignore[attr-defined]
+    with pytest.raises(core.Refused) as refused:
+        register(state, "vera", "worker", join_secret(KEY, "tk", "worker"))
+    assert refused.value.field == "kind"
+    assert "belongs to a validator" in refused.value.rule
+    again = register(state, "vera", "validator", join_secret(KEY, "tk", "validator")).reply
+    assert state.agents[vera.agent_id].state == "terminated"  # type: ignore[attr-defined]
+    assert state.agents[again.agent_id].kind == "validator"  # type: ignore[attr-defined]
+
+
+def test_a_review_carries_at_most_what_the_state_can_keep() -> None:
+    """Reviews stay in the state for good: feedback and evidence are bounded as JSON, so
+    two big reviews cannot push the state carried through continue-as-new over 2 MB."""
+    state = make_ticket([seed("a")])
+    w, v = join(state), join(state, "v", "validator")
+    version = submit_version(state, w)
+    before = state.model_dump()
+    big = ReviewResult(
+        **v, version=version, passed=False, feedback="no", evidence=["\u0004" * 50_000] * 5
+    )
+    with pytest.raises(core.Refused) as refused:
+        core.review_result(state, big, at(3))
+    assert refused.value.field == "evidence" and "1,500,000 bytes as JSON" in refused.value.rule
+    loud = big.model_copy(update={"feedback": "\u0007" * 15_000, "evidence": []})
+    with pytest.raises(core.Refused, match="feedback: is 90,000 bytes as JSON"):
+        core.review_result(state, loud, at(3))
+    assert state.model_dump() == before
+    fine = big.model_copy(update={"evidence": ["tests/test_login.py::test_reset failed"]})
+    assert core.review_result(state, fine, at(3)).reply.status == "rejected"
+
+
+def submit_version(state: TicketState, who: Any) -> int:
+    msg = SubmitResult(agent_id=who["agent_id"], token=who["token"], content="# result")
+    return core.submit_result(state, msg, at(2)).reply.version

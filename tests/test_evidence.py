@@ -30,13 +30,15 @@ from temporalio.api.history.v1 import (
 from temporalio.api.sdk.v1 import UserMetadata
 from temporalio.api.update.v1 import Input, Meta, Outcome, Request
 from temporalio.client import Client
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.diagnosis import DiagnosisActivities, HistoryDigest
+from activities.diagnosis import DiagnosisActivities, HistoryDigest, decode_event
 from agent_client.session import AgentSession
 from core import diagnosis
 from diagnosis.evidence import EVIDENCE_MAX_BYTES, evidence_size, fit_evidence
+from infra.codec import EncryptionCodec, new_key
 from infra.settings import Settings
 from ledger.store import Ledger
 from models.diagnosis import (
@@ -386,3 +388,51 @@ def test_history_digest_counts_the_window_and_names_what_went_wrong() -> None:
         "workflow task failed (non_deterministic_error): nondeterminism detected",
         "update submit_result failed: result file is missing",
     ]
+
+
+async def test_the_digest_reads_events_written_under_the_encryption_codec() -> None:
+    """With UNSTUCK_CODEC_KEYS a timer's summary is ciphertext and a failure says only
+    "Encoded failure": the evidence decodes both before it summarises them."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    codec = EncryptionCodec.from_keys(f"k1:{new_key()}")
+    converter = DataConverter.default.payload_converter
+    (summary,) = await codec.encode(converter.to_payloads(["stuck window 60s"]))
+    failure = Failure()
+    await DataConverter(
+        payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+    ).encode_failure(ApplicationError("database is locked"), failure)
+    assert failure.message == "Encoded failure"
+    events = [
+        history_event(
+            6,
+            now,
+            EventType.EVENT_TYPE_TIMER_STARTED,
+            timer_started_event_attributes=TimerStartedEventAttributes(timer_id="7"),
+            user_metadata=UserMetadata(summary=summary),
+        ),
+        history_event(
+            8,
+            now,
+            EventType.EVENT_TYPE_TIMER_FIRED,
+            timer_fired_event_attributes=TimerFiredEventAttributes(
+                timer_id="7", started_event_id=6
+            ),
+        ),
+        history_event(
+            9,
+            now,
+            EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+            workflow_task_failed_event_attributes=WorkflowTaskFailedEventAttributes(
+                failure=failure
+            ),
+        ),
+    ]
+    digest = HistoryDigest(
+        since=now - timedelta(minutes=1), window_minutes=1, payload_converter=converter
+    )
+    for event in events:
+        await decode_event(event, codec, converter)
+        digest.add(event)
+    notes = " | ".join(digest.summary().notable)
+    assert "timer 7 fired: stuck window 60s" in notes
+    assert "database is locked" in notes and "Encoded failure" not in notes

@@ -228,6 +228,24 @@ async def test_unstartable_specs_are_config_errors(
         await runtime.spawn(external)
 
 
+async def test_without_a_join_key_only_tickets_started_before_enrollment_spawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with no join key (no UNSTUCK_JOIN_KEY, no <data dir>/join.key) refuses to
+    start an agent its enrolled ticket would refuse, saying why; a ticket started before
+    enrollment still gets its agents."""
+    monkeypatch.delenv("UNSTUCK_JOIN_KEY")
+    runtime = LocalProcessRuntime(tmp_path / "agents")
+    with pytest.raises(SpawnConfigError, match="no join key: set UNSTUCK_JOIN_KEY"):
+        await runtime.spawn(spawn_request("ada", SLEEPER))
+    legacy = spawn_request("ada", SLEEPER).model_copy(update={"enrolled": False})
+    process = await runtime.spawn(legacy)
+    try:
+        assert await runtime.is_alive(process)
+    finally:
+        await runtime.stop(process, grace_s=1)
+
+
 # ---- local-process: stop -----------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from temporalio.common import RawValue, RetryPolicy, SearchAttributeKey, SearchA
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel, RootModel, ValidationError
 
     from core import deadlines, diagnosis, health, views
     from core import ticket as core
@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from core.diagnosis import Deadline
     from core.state import TicketState
     from models.diagnosis import DiagnosisInput, DiagnosisReport
-    from models.ledger import WRITE_LEDGER_ACTIVITY
+    from models.ledger import WRITE_LEDGER_ACTIVITY, LedgerBatch
     from models.messages import (
         MAX_MESSAGE_BYTES,
         AgentInbox,
@@ -108,6 +108,9 @@ HEALING_V2 = "healing-v2"
 #: Behaviour signals per agent (core.behaviour): anomaly scores and their search attribute,
 #: the anomaly trigger, and create_task's hard bounds (TicketState.behaviour_v1).
 BEHAVIOUR_SIGNALS = "behaviour-signals"
+#: Trust boundaries (DESIGN §16): a reused request id with another payload is refused, a
+#: name keeps its kind, ledger writes are split under the payload limit (TicketState.trust_v1).
+TRUST_BOUNDARIES = "trust-boundaries"
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -153,6 +156,10 @@ def _refusal(exc: core.Refused) -> ApplicationError:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _AgentId(RootModel[str]):
+    """The ``inbox`` query's argument as tickets before enrollment take it: an agent id."""
 
 
 def _decode(model: type[M], raw: RawValue, *, measure: bool = False) -> M:
@@ -245,6 +252,7 @@ class TicketWorkflow:
         # runs recorded before the patch keep the old rules when replayed.
         self._state.healing_v2 = workflow.patched(HEALING_V2)
         self._state.behaviour_v1 = workflow.patched(BEHAVIOUR_SIGNALS)
+        self._state.trust_v1 = workflow.patched(TRUST_BOUNDARIES)
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
@@ -382,7 +390,11 @@ class TicketWorkflow:
 
     async def _write_ledger(self) -> None:
         while not self._state.outbox.is_empty() and not self._draining:
-            batch, self._state.outbox = self._state.outbox.split(LEDGER_BATCH_BYTES)
+            if self._state.trust_v1:
+                batch, self._state.outbox = self._state.outbox.split(LEDGER_BATCH_BYTES)
+            else:  # the commands of runs started before the patch: one write per outbox
+                batch = self._state.outbox
+                self._state.outbox = LedgerBatch(ticket_id=self._state.ticket_id)
             try:
                 await workflow.execute_activity(
                     WRITE_LEDGER_ACTIVITY,
@@ -449,6 +461,7 @@ class TicketWorkflow:
             temporal_address=self._state.agent_address or "",
             namespace=self._state.agent_namespace,
             generation=generation,
+            enrolled=self._state.join_sha256 is not None,
         )
 
     async def _spawn_agent(self, spec: AgentSpec) -> None:
@@ -845,12 +858,19 @@ class TicketWorkflow:
         return views.timeline_view(self._state)
 
     @workflow.query(name="inbox")
-    def inbox(self, who: Authenticated | str) -> AgentInbox:
+    def inbox(self, raw: RawValue) -> AgentInbox:
         """An agent's inbox, read with its credentials ``{agent_id, token}``.
 
         A bare agent id is answered only by tickets started before enrollment (no join
         secrets), as it was; an enrolled ticket keeps each agent's inbox to that agent.
+        Decoded here, like updates: a malformed argument is refused naming the field, and
+        the refusal never echoes what was sent (a token).
         """
+        who: Authenticated | str
+        if raw.payload.data.lstrip()[:1] == b'"':
+            who = _decode(_AgentId, raw).root
+        else:
+            who = _decode(Authenticated, raw)
         if isinstance(who, str):
             if self._state.join_sha256 is not None:
                 raise ApplicationError(
