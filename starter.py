@@ -1384,6 +1384,39 @@ async def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     return await serve(settings)
 
 
+#: The bearer token the MCP server's HTTP transport requires.
+MCP_TOKEN_ENV = "UNSTUCK_MCP_TOKEN"
+
+
+async def cmd_mcp(args: argparse.Namespace, ctx: Context) -> int:
+    """Serve the ticket's tools over MCP: one agent on stdio, or many over HTTP."""
+    from agent_client.mcp_server import Identity, Sessions, serve_http, serve_stdio
+
+    # stdout is the MCP channel on stdio: everything else goes to stderr.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
+    if args.http is None:
+        if not args.ticket or not args.name:
+            raise StarterError("mcp: --ticket and --name say which agent this server is", 2)
+        client = await open_client(ctx.settings)
+        who = Identity(args.ticket, args.name, args.kind, os.environ.get("UNSTUCK_JOIN_SECRET"))
+        await serve_stdio(Sessions(client, fixed=who))
+        return 0
+    host, _, port_text = args.http.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise StarterError(f"--http: give HOST:PORT, got {args.http!r}", 2)
+    token = os.environ.get(MCP_TOKEN_ENV, "")
+    if len(token) < 16:
+        raise StarterError(
+            f"--http needs a bearer token of at least 16 characters in {MCP_TOKEN_ENV}: every "
+            "client sends it as Authorization: Bearer <token>",
+            2,
+        )
+    client = await open_client(ctx.settings)
+    ctx.err.print(f"MCP over streamable HTTP at http://{host}:{port_text}/mcp")
+    await serve_http(Sessions(client), host, int(port_text), token)
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     outcome = await run_demo(
         ctx.settings,
@@ -1614,6 +1647,21 @@ def build_parser(prog: str = "starter.py") -> argparse.ArgumentParser:
         "--no-dev-server",
         action="store_true",
         help="never start the embedded dev server; fail if Temporal does not answer",
+    )
+    mcp = command(
+        "mcp",
+        cmd_mcp,
+        "Serve a ticket's tools to coding agents over MCP (stdio: one agent; --http: many).",
+    )
+    mcp.add_argument("--ticket", help="stdio: the ticket the agent works on")
+    mcp.add_argument("--name", help="stdio: the agent's name on the ticket")
+    mcp.add_argument(
+        "--kind", choices=("worker", "validator", "diagnostic"), default="worker", help="(worker)"
+    )
+    mcp.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help=f"serve many agents over streamable HTTP at /mcp (bearer token: {MCP_TOKEN_ENV})",
     )
     codec = command(
         "codec-server",

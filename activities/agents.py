@@ -43,6 +43,7 @@ from models.runtime import (
     StopOutcome,
 )
 from runtimes.base import AgentExitedEarly, AgentRuntime, SpawnConfigError
+from runtimes.command import CommandRuntime
 from runtimes.external import ExternalRuntime
 from runtimes.local_process import LocalProcessRuntime
 
@@ -72,6 +73,7 @@ class AgentActivities:
         self.runtimes: dict[str, AgentRuntime] = {
             "external": ExternalRuntime(),
             "local-process": LocalProcessRuntime(self.log_dir, data_dir=Path(data_dir)),
+            "command": CommandRuntime(self.log_dir, data_dir=Path(data_dir)),
         }
         self.runtimes.update(runtimes or {})
 

@@ -357,7 +357,7 @@ def agent_log_tails(log_dir: Path, snapshot: TicketSnapshot, reason: str) -> dic
     tails: dict[str, list[str]] = {}
     folder = log_dir / snapshot.ticket_id
     for agent in involved_agents(snapshot, reason):
-        if agent.runtime != "local-process":
+        if agent.runtime not in ("local-process", "command"):
             continue
         name = agent.lineage or agent.name
         logs = sorted(

@@ -536,12 +536,16 @@ def release(
     return Step(ReleaseReply(agent_id=agent.id, heartbeat_within_s=window))
 
 
+#: Runtimes whose agents the ticket starts as processes (through the worker).
+PROCESS_RUNTIMES = ("local-process", "command")
+
+
 def start(state: TicketState) -> list[Effect]:
     """At ticket start: one lineage per spec agent; spawn the local-process ones."""
     local = []
     for spec in state.spec.agents:
         state.lineages.setdefault(spec.name, Lineage(name=spec.name, spec=spec))
-        if spec.runtime == "local-process" and spec.spawn == "at_start":
+        if spec.runtime in PROCESS_RUNTIMES and spec.spawn == "at_start":
             local.append(spec)
     return [SpawnAgentProcesses(tuple(local))] if local else []
 

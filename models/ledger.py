@@ -40,7 +40,7 @@ Verification = Literal["unverified", "verified", "disputed"]
 SubjectKind = Literal["task", "result"]
 Severity = Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
 #: Agent runtimes (DESIGN §6); the same names as ``models.runtime.RuntimeName``.
-RestartRuntime = Literal["external", "local-process"]
+RestartRuntime = Literal["external", "local-process", "command"]
 #: ``requested`` when the restart is decided; then one terminal outcome: ``restarted``
 #: (a replacement runs), ``quarantined`` (too many restarts: no replacement, no new tasks),
 #: ``asked_to_restart`` (an external agent was told to restart itself), ``failed``.

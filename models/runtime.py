@@ -24,7 +24,7 @@ STOP_AGENT_ACTIVITY = "stop_agent"
 RESTART_AGENT_ACTIVITY = "restart_agent"
 AGENT_ALIVE_ACTIVITY = "agent_alive"
 
-RuntimeName = Literal["external", "local-process"]
+RuntimeName = Literal["external", "local-process", "command"]
 
 #: Default time an agent gets between SIGTERM and SIGKILL (DESIGN §6: graceful stop 10 s).
 DEFAULT_STOP_GRACE_S = 10.0

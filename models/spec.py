@@ -125,9 +125,30 @@ class AgentSpec(_Strict):
 
     name: Slug
     kind: AgentKind = "worker"
-    runtime: Literal["external", "local-process"] = "external"
+    runtime: Literal["external", "local-process", "command"] = "external"
     command: list[str] | None = Field(
-        default=None, description="command template for local-process; {ticket_id}, {agent_name}"
+        default=None,
+        description=(
+            "local-process: the agent's command ({ticket_id}, {agent_name}, {generation}, "
+            "{python}); command: the coding CLI run once per task ({prompt}, {task_id}, "
+            "{task_title}, {ticket_id}, {agent_name}, {workdir}; without {prompt} the prompt "
+            "goes to its stdin)"
+        ),
+    )
+    output: Literal["text", "claude-stream-json", "codex-json"] = Field(
+        default="text",
+        description=(
+            "command runtime: how the CLI reports (text = its stdout is the result; "
+            "claude-stream-json = `claude -p --output-format stream-json --verbose`; "
+            "codex-json = `codex exec --json`)"
+        ),
+    )
+    timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        le=86_400,
+        description="command runtime: the longest one task's run may take; then it is killed "
+        "and the task fails with the reason",
     )
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
@@ -141,10 +162,17 @@ class AgentSpec(_Strict):
 
     @model_validator(mode="after")
     def _command_for_local(self) -> AgentSpec:
-        if self.runtime == "local-process" and not self.command:
-            raise ValueError("command is required when runtime is local-process")
-        if self.spawn == "on_demand" and self.runtime != "local-process":
-            raise ValueError("spawn: on_demand needs runtime local-process (the ticket starts it)")
+        if self.runtime in ("local-process", "command") and not self.command:
+            raise ValueError(f"command is required when runtime is {self.runtime}")
+        if self.spawn == "on_demand" and self.runtime == "external":
+            raise ValueError(
+                "spawn: on_demand needs runtime local-process or command (the ticket starts it)"
+            )
+        if self.runtime == "command" and self.kind == "validator":
+            raise ValueError(
+                "runtime command runs workers and diagnostic agents (one CLI run per task); "
+                "a validator judges through AgentSession, the MCP server or the temporal CLI"
+            )
         return self
 
 

@@ -82,7 +82,7 @@ class AgentRuntime(Protocol):
 
 
 def runtime_for(name: str, *, log_dir: Path | None = None) -> AgentRuntime:
-    """The runtime called ``name`` (``external`` or ``local-process``).
+    """The runtime called ``name`` (``external``, ``local-process`` or ``command``).
 
     ``log_dir`` is where ``local-process`` writes agent logs (default
     :data:`DEFAULT_LOG_DIR`).
@@ -95,4 +95,8 @@ def runtime_for(name: str, *, log_dir: Path | None = None) -> AgentRuntime:
         return ExternalRuntime()
     if name == "local-process":
         return LocalProcessRuntime(log_dir or DEFAULT_LOG_DIR)
-    raise ValueError(f"unknown agent runtime {name!r} (known: external, local-process)")
+    if name == "command":
+        from runtimes.command import CommandRuntime
+
+        return CommandRuntime(log_dir or DEFAULT_LOG_DIR)
+    raise ValueError(f"unknown agent runtime {name!r} (known: external, local-process, command)")

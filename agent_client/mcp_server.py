@@ -1,0 +1,478 @@
+"""The ticket as MCP tools: coding agents (Claude Code, Codex, Gemini CLI, …) join over MCP.
+
+    python starter.py mcp --ticket login-1 --name claude [--kind worker]     # one agent, stdio
+    python starter.py mcp --http 127.0.0.1:8765                              # many, HTTP
+
+Built on the official ``mcp`` SDK (``MCPServer``). The server registers the agent and
+heartbeats for it while the session lives (an ``AgentSession``), so the tools take the
+messages' own arguments and never credentials. A refusal is a tool error whose text names
+the field and the rule, as the ticket said it.
+
+Over stdio the server is one agent: the ticket, name and kind come from the command line,
+the join secret from ``UNSTUCK_JOIN_SECRET`` (or the deployment's join key). Over streamable
+HTTP it serves many: every request carries ``Authorization: Bearer <UNSTUCK_MCP_TOKEN>`` and
+says who it is with ``X-Unstuck-Ticket``, ``X-Unstuck-Agent`` and optionally
+``X-Unstuck-Kind`` and ``X-Unstuck-Join-Secret`` (else the server derives the secret from
+the deployment's join key); the server keeps one registered session per (ticket, agent).
+
+Tools: ``claim_task``, ``complete_task``, ``fail_task``, ``report_progress``, ``create_task``,
+``submit_result``, ``review_task``, ``review_result``, ``ticket_status``, ``read_inbox``.
+Resource: ``unstuck://ticket/{ticket_id}/dashboard`` (the dashboard the Web UI shows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+from temporalio.client import Client
+
+from agent_client.session import AgentSession, Refused, TicketClosed
+from models.messages import (
+    MAX_FEEDBACK,
+    MAX_NOTE,
+    MAX_REASON,
+    AgentInbox,
+    CompleteReply,
+    ResultVersionView,
+    ReviewReply,
+    StatusView,
+    SubmitReply,
+    TaskView,
+)
+from models.spec import AgentKind, Priority, ResultType, Slug, TaskType
+
+try:  # the SDK is a dependency; imported lazily by starter.py so other commands start fast
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+except ImportError as exc:  # pragma: no cover - the lock installs it
+    raise ImportError(f"the MCP server needs the `mcp` package: {exc}") from exc
+
+__all__ = ["BearerAuth", "Identity", "Sessions", "build_server", "serve_http", "serve_stdio"]
+
+log = logging.getLogger("unstuck.mcp")
+
+T = TypeVar("T")
+
+HEADER_TICKET = "x-unstuck-ticket"
+HEADER_AGENT = "x-unstuck-agent"
+HEADER_KIND = "x-unstuck-kind"
+HEADER_JOIN = "x-unstuck-join-secret"
+
+INSTRUCTIONS = """\
+You are an agent on an Unstuck ticket: a supervised piece of work split into tasks. Work \
+in a loop: claim_task gives you the most urgent task you may take (or says why there is \
+none); do it; then complete_task with your result as markdown (or fail_task with the \
+reason if you cannot). Report progress with report_progress while you work: a silent agent \
+looks stuck. Discovered more work? create_task. A task of type "submission" means: \
+assemble the ticket's final result and submit_result it. Read read_inbox when a tool says \
+so: it carries review feedback on your work, and stop or interrupt requests (an \
+interrupted task is no longer yours: stop working on it). Validators claim work awaiting \
+review and judge it with review_task or review_result. A refusal names the field and the \
+rule: fix that and try again, do not repeat the same call."""
+
+
+# ---- tool results --------------------------------------------------------------------------
+
+
+class ClaimResult(BaseModel):
+    task: TaskView | None = Field(description="the task you now hold; null when there is none")
+    reason: str = Field(description="why there is no task (empty when there is one)")
+    inbox: AgentInbox
+
+
+class PendingResult(BaseModel):
+    version: int
+    content: str | None = Field(description="the version's markdown (null: a file reference)")
+
+
+class Status(BaseModel):
+    status: StatusView
+    you: str = Field(description="your agent id on the ticket")
+    results: list[ResultVersionView] = Field(description="the final result's versions")
+    awaiting_verdict: PendingResult | None = Field(
+        default=None, description="validators: the result version to judge with review_result"
+    )
+
+
+# ---- who is calling ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    ticket_id: str
+    name: str
+    kind: AgentKind = "worker"
+    join_secret: str | None = None
+
+
+@dataclass
+class Sessions:
+    """The registered AgentSessions this server speaks for, one per (ticket, agent)."""
+
+    client: Client
+    fixed: Identity | None = None  # stdio: the one agent of this server
+    sessions: dict[tuple[str, str], AgentSession] = field(default_factory=dict)
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+    async def session_for(self, who: Identity) -> AgentSession:
+        key = (who.ticket_id, who.name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            session = self.sessions.get(key)
+            if session is not None:
+                if session.kind != who.kind:
+                    raise ToolError(
+                        f"kind: {who.name} is registered on {who.ticket_id} as a "
+                        f"{session.kind}, not a {who.kind}"
+                    )
+                return session
+            session = AgentSession(
+                self.client,
+                who.ticket_id,
+                name=who.name,
+                kind=who.kind,
+                join_secret=who.join_secret,
+            )
+            await _call(session.register)
+            session.start_heartbeats()
+            self.sessions[key] = session
+            log.info("%s registered on %s as %s", who.name, who.ticket_id, session.agent_id)
+            return session
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            await session.stop_heartbeats()
+        self.sessions.clear()
+
+
+def _identity(ctx: Context | None, sessions: Sessions) -> Identity:
+    if sessions.fixed is not None:
+        return sessions.fixed
+    headers = (ctx.headers if ctx is not None else None) or {}
+    ticket = headers.get(HEADER_TICKET)
+    name = headers.get(HEADER_AGENT)
+    if not ticket or not name:
+        raise ToolError(
+            f"{HEADER_TICKET}: say which ticket and agent you are with the headers "
+            f"{HEADER_TICKET} and {HEADER_AGENT} (and {HEADER_KIND}, {HEADER_JOIN})"
+        )
+    kind = headers.get(HEADER_KIND) or "worker"
+    if kind not in ("worker", "validator", "diagnostic"):
+        raise ToolError(f"{HEADER_KIND}: must be worker, validator or diagnostic, got {kind!r}")
+    return Identity(ticket, name, kind, headers.get(HEADER_JOIN))  # type: ignore[arg-type]
+
+
+async def _call(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Call the ticket; a refusal becomes a tool error naming the field and the rule."""
+    try:
+        return await fn(*args, **kwargs)
+    except Refused as exc:
+        raise ToolError(str(exc)) from None
+    except TicketClosed as exc:
+        raise ToolError(f"ticket: {exc or 'the ticket is no longer running'}") from None
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+
+def build_server(sessions: Sessions, *, host: str = "127.0.0.1") -> MCPServer:
+    """The MCP server for ``sessions`` (stdio: one fixed agent; HTTP: one per caller)."""
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[Sessions]:
+        try:
+            if sessions.fixed is not None:  # stdio: join at once, beat while we live
+                await sessions.session_for(sessions.fixed)
+            yield sessions
+        finally:
+            await sessions.close()
+
+    mcp = MCPServer("unstuck", instructions=INSTRUCTIONS, lifespan=lifespan)
+
+    async def me(ctx: Context | None) -> AgentSession:
+        return await sessions.session_for(_identity(ctx, sessions))
+
+    @mcp.tool(
+        description=(
+            "Take the most urgent task you may work on now (dependencies done, highest "
+            "priority first). Returns the task, or null with the reason there is none (e.g. "
+            "everything is taken or waits on other tasks: try again later). Validators get "
+            "work awaiting review, with its result_content to judge."
+        )
+    )
+    async def claim_task(
+        phases: Annotated[
+            list[str] | None, Field(description="only tasks of these phases (default: any)")
+        ] = None,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> ClaimResult:
+        session = await me(ctx)
+        task = await _call(session.claim, phases)
+        return ClaimResult(task=task, reason=session.last_claim_reason, inbox=session.inbox)
+
+    @mcp.tool(
+        description=(
+            "Finish a task you hold with its result as markdown (at most 100 KB): what you "
+            "did and how you checked it. A task with validation goes to a reviewer; its "
+            "feedback, if any, comes back in your inbox and the task returns to you. Set "
+            "claim_next to get your next task in the same call."
+        )
+    )
+    async def complete_task(
+        task_id: Annotated[str, Field(description="the task's id, e.g. T3")],
+        result: Annotated[str, Field(description="the result, markdown")],
+        result_type: Annotated[
+            ResultType, Field(description="what kind of result this is")
+        ] = "implementation",
+        claim_next: Annotated[bool, Field(description="also claim your next task")] = False,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> CompleteReply:
+        session = await me(ctx)
+        return await _call(session.complete, task_id, result, result_type, claim_next=claim_next)
+
+    @mcp.tool(
+        description=(
+            "Give up a task you hold, saying why (the error, what is missing). It is retried "
+            "(by you or another agent) up to the ticket's retry limit; repeated failures are "
+            "diagnosed. Say what would unblock it."
+        )
+    )
+    async def fail_task(
+        task_id: Annotated[str, Field(description="the task's id")],
+        reason: Annotated[str, Field(description="why it failed", max_length=MAX_REASON)],
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> TaskView:
+        session = await me(ctx)
+        return await _call(session.fail, task_id, reason)
+
+    @mcp.tool(
+        description=(
+            "Say what you are doing on a task you hold (one short line). Do it every few "
+            "minutes while you work: notes are how the ticket tells busy from stuck. Do not "
+            "repeat the same note: repeating yourself looks like a loop."
+        )
+    )
+    async def report_progress(
+        task_id: Annotated[str, Field(description="the task's id")],
+        note: Annotated[str, Field(description="what you are doing now", max_length=MAX_NOTE)],
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> str:
+        session = await me(ctx)
+        await _call(session.progress, task_id, note)
+        return "noted"
+
+    @mcp.tool(
+        description=(
+            "Add a task you discovered (any phase). Keep titles distinct: a title an active "
+            "task of the same phase already has is refused, and so is a burst of tasks."
+        )
+    )
+    async def create_task(
+        phase: Annotated[str, Field(description="one of the ticket's phases")],
+        title: Annotated[str, Field(description="what to do, in a few words", max_length=200)],
+        description: Annotated[str, Field(description="details, acceptance")] = "",
+        type: Annotated[TaskType, Field(description="the kind of work")] = "implementation",
+        depends_on: Annotated[
+            list[str] | None, Field(description="ids of tasks that must be done first")
+        ] = None,
+        priority: Annotated[Priority, Field(description="how urgent")] = "normal",
+        validation: Annotated[bool, Field(description="a reviewer must pass it")] = False,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> TaskView:
+        session = await me(ctx)
+        return await _call(
+            session.create_task,
+            phase,
+            title,
+            description=description,
+            type=type,
+            depends_on=depends_on,
+            priority=priority,
+            validation=validation,
+        )
+
+    @mcp.tool(
+        description=(
+            "Submit the ticket's final result: markdown content (at most 1 MB), or file_ref, "
+            "a .md file under the ticket's files root. It is validated against the ticket's "
+            "result criteria; a rejected version can be revised and submitted again."
+        )
+    )
+    async def submit_result(
+        content: Annotated[str | None, Field(description="the result, markdown")] = None,
+        file_ref: Annotated[str | None, Field(description="or: a .md file's path")] = None,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> SubmitReply:
+        session = await me(ctx)
+        return await _call(session.submit_result, content, file_ref=file_ref)
+
+    @mcp.tool(
+        description=(
+            "Validators: judge one iteration of a task you claimed for review. passed=false "
+            "needs feedback the worker can act on; cite evidence (tests run, files read)."
+        )
+    )
+    async def review_task(
+        task_id: Annotated[str, Field(description="the task under review")],
+        iteration: Annotated[int, Field(description="the iteration you judged", ge=1)],
+        passed: Annotated[bool, Field(description="does it meet its done definition")],
+        feedback: Annotated[
+            str, Field(description="what to fix (required when failing)", max_length=MAX_FEEDBACK)
+        ] = "",
+        evidence: Annotated[
+            list[str] | None, Field(description="short lines: what you checked")
+        ] = None,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> TaskView:
+        session = await me(ctx)
+        return await _call(session.review_task, task_id, iteration, passed, feedback, evidence)
+
+    @mcp.tool(
+        description=(
+            "Validators: judge a version of the ticket's final result against its result "
+            "criteria (ticket_status lists the versions; claim_task gives you one to judge). "
+            "Each version is judged once; passed=false needs feedback."
+        )
+    )
+    async def review_result(
+        version: Annotated[int, Field(description="the result version", ge=1)],
+        passed: Annotated[bool, Field(description="does it meet every criterion")],
+        feedback: Annotated[
+            str,
+            Field(description="what is missing (required when failing)", max_length=MAX_FEEDBACK),
+        ] = "",
+        evidence: Annotated[
+            list[str] | None, Field(description="short lines: what you checked")
+        ] = None,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> ReviewReply:
+        session = await me(ctx)
+        return await _call(session.review_result, version, passed, feedback, evidence)
+
+    @mcp.tool(
+        description=(
+            "The ticket at a glance: its status and phase, tasks by status, agents, the final "
+            "result's versions; for validators, the version awaiting a verdict and its content. "
+            "Read it when you are unsure what to do next."
+        )
+    )
+    async def ticket_status(ctx: Context = None) -> Status:  # type: ignore[assignment]
+        session = await me(ctx)
+        status = await _call(session.handle.query, "status", result_type=StatusView)
+        results = await _call(session.handle.query, "results", result_type=list[ResultVersionView])
+        pending = next((r for r in results if r.status == "pending_validation"), None)
+        awaiting = None
+        if pending is not None and session.kind == "validator":
+            content = await _call(session.result_content, pending.version)
+            awaiting = PendingResult(version=pending.version, content=content)
+        return Status(
+            status=status, you=session.agent_id or "", results=results, awaiting_verdict=awaiting
+        )
+
+    @mcp.tool(
+        description=(
+            "Your inbox: review feedback on your tasks, tasks taken back from you "
+            "(interrupted: stop working on them), and whether you must stop or restart."
+        )
+    )
+    async def read_inbox(ctx: Context = None) -> AgentInbox:  # type: ignore[assignment]
+        session = await me(ctx)
+        return await _call(session.refresh_inbox)
+
+    @mcp.resource(
+        "unstuck://ticket/{ticket_id}/dashboard",
+        mime_type="text/markdown",
+        description="The ticket's dashboard (what the Temporal Web UI shows): tasks, agents, "
+        "results, diagnoses.",
+    )
+    async def dashboard(ticket_id: str) -> str:
+        text: str = await sessions.client.get_workflow_handle(ticket_id).query("dashboard")
+        return text
+
+    return mcp
+
+
+# ---- HTTP: one bearer token ------------------------------------------------------------------
+
+
+class BearerAuth:
+    """ASGI wrapper: every HTTP request needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="unstuck-mcp"'),
+                        ],
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b'{"error": "missing or wrong Authorization: Bearer token"}',
+                    }
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def serve_http(
+    sessions: Sessions, host: str, port: int, token: str, *, stop: asyncio.Event | None = None
+) -> None:
+    """Serve MCP over streamable HTTP at ``http://host:port/mcp`` until SIGINT/SIGTERM or
+    ``stop`` is set; then the agents' sessions stop heartbeating."""
+    import uvicorn
+
+    mcp = build_server(sessions, host=host)
+    app = BearerAuth(mcp.streamable_http_app(host=host), token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def stopper() -> None:
+        assert stop is not None
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stopper()) if stop is not None else None
+    try:
+        await server.serve()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        with contextlib.suppress(Exception):
+            await sessions.close()
+
+
+async def serve_stdio(sessions: Sessions) -> None:
+    """Serve one agent over stdio until the client closes the pipe."""
+    await build_server(sessions).run_stdio_async()
+
+
+Transport = Literal["stdio", "http"]
+__all__ = [
+    "BearerAuth",
+    "Identity",
+    "Sessions",
+    "Slug",
+    "build_server",
+    "serve_http",
+    "serve_stdio",
+]
