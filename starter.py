@@ -1388,18 +1388,30 @@ async def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
 MCP_TOKEN_ENV = "UNSTUCK_MCP_TOKEN"
 
 
+def _log_to_stderr() -> None:
+    """The MCP server's log on stderr: on stdio, stdout is the protocol's channel."""
+    logger = logging.getLogger("unstuck")
+    if not any(h.get_name() == "unstuck-mcp" for h in logger.handlers):
+        handler: logging.Handler = logging.StreamHandler(sys.__stderr__)
+        handler.set_name("unstuck-mcp")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 async def cmd_mcp(args: argparse.Namespace, ctx: Context) -> int:
     """Serve the ticket's tools over MCP: one agent on stdio, or many over HTTP."""
     from agent_client.mcp_server import Identity, Sessions, serve_http, serve_stdio
 
-    # stdout is the MCP channel on stdio: everything else goes to stderr.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
     if args.http is None:
         if not args.ticket or not args.name:
             raise StarterError("mcp: --ticket and --name say which agent this server is", 2)
+        _log_to_stderr()
         client = await open_client(ctx.settings)
         who = Identity(args.ticket, args.name, args.kind, os.environ.get("UNSTUCK_JOIN_SECRET"))
-        await serve_stdio(Sessions(client, fixed=who))
+        await serve_stdio(
+            Sessions(client, fixed=who, state_dir=Path(ctx.settings.data_dir) / "mcp")
+        )
         return 0
     host, _, port_text = args.http.rpartition(":")
     if not host or not port_text.isdigit():
@@ -1411,9 +1423,10 @@ async def cmd_mcp(args: argparse.Namespace, ctx: Context) -> int:
             "client sends it as Authorization: Bearer <token>",
             2,
         )
+    _log_to_stderr()
     client = await open_client(ctx.settings)
     ctx.err.print(f"MCP over streamable HTTP at http://{host}:{port_text}/mcp")
-    await serve_http(Sessions(client), host, int(port_text), token)
+    await serve_http(Sessions(client, idle_s=args.idle_timeout), host, int(port_text), token)
     return 0
 
 
@@ -1657,6 +1670,13 @@ def build_parser(prog: str = "starter.py") -> argparse.ArgumentParser:
     mcp.add_argument("--name", help="stdio: the agent's name on the ticket")
     mcp.add_argument(
         "--kind", choices=("worker", "validator", "diagnostic"), default="worker", help="(worker)"
+    )
+    mcp.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="--http: stop heartbeating for an agent that called no tool for this long (600)",
     )
     mcp.add_argument(
         "--http",

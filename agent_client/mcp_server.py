@@ -13,7 +13,9 @@ the join secret from ``UNSTUCK_JOIN_SECRET`` (or the deployment's join key). Ove
 HTTP it serves many: every request carries ``Authorization: Bearer <UNSTUCK_MCP_TOKEN>`` and
 says who it is with ``X-Unstuck-Ticket``, ``X-Unstuck-Agent`` and optionally
 ``X-Unstuck-Kind`` and ``X-Unstuck-Join-Secret`` (else the server derives the secret from
-the deployment's join key); the server keeps one registered session per (ticket, agent).
+the deployment's join key); the server keeps one registered session per (ticket, agent),
+heartbeated while that agent calls tools (``--idle-timeout``, default 600 s, without a call:
+no more heartbeats, so the ticket finds an agent that left like any other).
 
 Tools: ``claim_task``, ``complete_task``, ``fail_task``, ``report_progress``, ``create_task``,
 ``submit_result``, ``review_task``, ``review_result``, ``ticket_status``, ``read_inbox``.
@@ -24,15 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
+import json
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from agent_client.session import AgentSession, Refused, TicketClosed
 from models.messages import (
@@ -119,20 +127,37 @@ class Sessions:
 
     client: Client
     fixed: Identity | None = None  # stdio: the one agent of this server
+    #: HTTP: an agent that called no tool for this long is no longer heartbeated for, so the
+    #: ticket finds it gone (its tasks go back) like any agent that stopped; None = never.
+    idle_s: float | None = None
     sessions: dict[tuple[str, str], AgentSession] = field(default_factory=dict)
+    last_used: dict[tuple[str, str], float] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: stdio: where the agent's credentials are kept (0600) so that a restarted server goes on
+    #: as the same agent instead of a second one (None: never kept).
+    state_dir: Path | None = None
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
     async def session_for(self, who: Identity) -> AgentSession:
         key = (who.ticket_id, who.name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            self.last_used[key] = time.monotonic()
             session = self.sessions.get(key)
             if session is not None:
+                # The headers are the caller's word: the same name with another join secret
+                # (or none where one was given) is someone else, not this agent.
+                if not hmac.compare_digest(self.secrets.get(key, ""), _digest(who.join_secret)):
+                    raise ToolError(
+                        f"{HEADER_JOIN}: {who.name} joined {who.ticket_id} with another join "
+                        "secret; send the one it joined with"
+                    )
                 if session.kind != who.kind:
                     raise ToolError(
                         f"kind: {who.name} is registered on {who.ticket_id} as a "
                         f"{session.kind}, not a {who.kind}"
                     )
+                session.start_heartbeats()  # again, if it had gone idle
                 return session
             session = AgentSession(
                 self.client,
@@ -141,16 +166,71 @@ class Sessions:
                 kind=who.kind,
                 join_secret=who.join_secret,
             )
-            await _call(session.register)
+            if not await self._resumed(session, who):
+                await _call(session.register)
+                self._remember(session, who)
             session.start_heartbeats()
             self.sessions[key] = session
+            self.secrets[key] = _digest(who.join_secret)
             log.info("%s registered on %s as %s", who.name, who.ticket_id, session.agent_id)
             return session
+
+    def _saved(self, who: Identity) -> Path | None:
+        if self.state_dir is None or self.fixed is None:
+            return None
+        return self.state_dir / who.ticket_id / f"{who.name}.json"
+
+    async def _resumed(self, session: AgentSession, who: Identity) -> bool:
+        """stdio: go on as the agent an earlier run of this server registered (an MCP client
+        restarts its servers freely), if the ticket still knows it."""
+        path = self._saved(who)
+        if path is None or not path.is_file():
+            return False
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            session.resume(saved["agent_id"], saved["token"])
+            await session.refresh_inbox()  # refused unless the credentials still hold
+        except (OSError, ValueError, KeyError, Refused, TicketClosed, RPCError) as exc:
+            log.info("not resuming %s on %s: %s", who.name, who.ticket_id, exc)
+            session.agent_id = None
+            path.unlink(missing_ok=True)
+            return False
+        log.info("%s resumes as %s on %s", who.name, session.agent_id, who.ticket_id)
+        return True
+
+    def _remember(self, session: AgentSession, who: Identity) -> None:
+        path = self._saved(who)
+        if path is None or session.agent_id is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pending = path.with_name(f".{path.name}.tmp")
+        pending.unlink(missing_ok=True)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"agent_id": session.agent_id, "token": session._token}, f)
+        pending.replace(path)
+
+    async def reap_idle(self) -> None:
+        """Stop heartbeating for agents idle longer than ``idle_s`` (runs until cancelled)."""
+        if self.idle_s is None:
+            return
+        while True:
+            await asyncio.sleep(min(30.0, self.idle_s / 4))
+            now = time.monotonic()
+            for key, session in list(self.sessions.items()):
+                if now - self.last_used.get(key, now) > self.idle_s:
+                    if session.heartbeating:
+                        log.info("%s on %s idle: no more heartbeats for it", key[1], key[0])
+                    await session.stop_heartbeats()
 
     async def close(self) -> None:
         for session in self.sessions.values():
             await session.stop_heartbeats()
         self.sessions.clear()
+
+
+def _digest(secret: str | None) -> str:
+    return hashlib.sha256((secret or "").encode()).hexdigest()
 
 
 def _identity(ctx: Context | None, sessions: Sessions) -> Identity:
@@ -452,9 +532,11 @@ async def serve_http(
         server.should_exit = True
 
     watcher = asyncio.create_task(stopper()) if stop is not None else None
+    reaper = asyncio.create_task(sessions.reap_idle())
     try:
         await server.serve()
     finally:
+        reaper.cancel()
         if watcher is not None:
             watcher.cancel()
         with contextlib.suppress(Exception):

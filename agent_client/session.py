@@ -182,6 +182,11 @@ class AgentSession:
         """Act as an already registered agent (e.g. after the agent process restarted)."""
         self.agent_id, self._token = agent_id, token
 
+    @property
+    def heartbeating(self) -> bool:
+        """Whether this session's heartbeat loop runs."""
+        return self._beats is not None
+
     def start_heartbeats(self) -> None:
         if self._beats is None:
             self._beats = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.name}")

@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,10 @@ log = logging.getLogger("unstuck.command_agent")
 NOTE_EVERY_S = 5.0
 NOTE_CHARS = 300
 STDERR_TAIL_BYTES = 2_000
+#: A longer line of output is read in pieces (a final JSON result line may be long).
+MAX_LINE_BYTES = 8 << 20
+#: What a plain-text CLI's output keeps in memory for its result (cut to 100 KB later).
+MAX_TEXT_CHARS = 2_000_000
 #: How long a killed CLI gets between SIGTERM and SIGKILL.
 KILL_GRACE_S = 5.0
 IDLE_S = 2.0
@@ -80,12 +84,15 @@ class CliOutput:
     final: str | None = None
     error: str | None = None
     _text: list[str] = field(default_factory=list)
+    _size: int = 0
 
     def feed(self, line: str) -> str | None:
         """Take one line of stdout; the progress note it is worth, if any."""
         line = line.rstrip("\n")
         if self.format == "text":
-            self._text.append(line)
+            if self._size < MAX_TEXT_CHARS:  # the result is cut far below this anyway
+                self._text.append(line[: MAX_TEXT_CHARS - self._size])
+                self._size += len(line) + 1
             return line.strip() or None
         try:
             event = json.loads(line)
@@ -154,17 +161,26 @@ class Run:
     error: str | None
     stderr_tail: str
     seconds: float
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
         return (
-            self.exit_code == 0 and not self.timed_out and self.error is None and bool(self.result)
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.cancelled
+            and self.error is None
+            and bool(self.result)
         )
 
     def failure(self, timeout_s: float) -> str:
         """Why the task failed, for its failure reason."""
         if self.timed_out:
             why = f"timed out after {timeout_s:g} s; the CLI was killed"
+        elif self.cancelled:
+            why = "the run was stopped (the agent is stopping, or the task was taken back)"
+        elif self.exit_code is None:
+            why = self.error or "the CLI could not be started"
         elif self.exit_code != 0:
             why = f"the CLI exited with code {self.exit_code}"
         elif self.error is not None:
@@ -173,6 +189,31 @@ class Run:
             why = "the CLI exited 0 but gave no final message"
         tail = self.stderr_tail.strip()
         return why + (f"; stderr tail:\n{tail}" if tail else "")
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines, however long: one over :data:`MAX_LINE_BYTES` comes in pieces
+    (a StreamReader's own line reading gives up on a long line, and the CLI would then block
+    on a full pipe until its timeout)."""
+    buffer = b""
+    while chunk := await stream.read(1 << 16):
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            yield buffer[: end + 1]
+            buffer = buffer[end + 1 :]
+        if len(buffer) > MAX_LINE_BYTES:
+            yield buffer
+            buffer = b""
+    if buffer:
+        yield buffer
+
+
+def cli_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What the CLI runs with: the agent's environment without Unstuck's own settings and
+    secrets (the join secret, codec keys, API keys: the agent speaks to the ticket, not the
+    CLI, and a prompt-injected CLI must not get them), plus the spec's ``env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNSTUCK_")}
+    return {**env, **(extra or {})}
 
 
 async def run_cli(
@@ -184,9 +225,12 @@ async def run_cli(
     output: str,
     on_note: Callable[[str], Awaitable[None]],
     cancelled: asyncio.Event | None = None,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """Run the CLI; its notes go to ``on_note``; killed (with its children) at the timeout
-    or when ``cancelled`` is set."""
+    or when ``cancelled`` is set. ``env``: its environment (default: :func:`cli_environment`)."""
+    if env is None:
+        env = cli_environment()
     started = time.monotonic()
     parser = CliOutput(output)
     stderr: deque[bytes] = deque()
@@ -198,7 +242,7 @@ async def run_cli(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: a kill reaches its children
-            limit=1 << 20,
+            env=env,
         )
     except OSError as exc:
         return Run(None, False, None, f"cannot start {argv[0]!r}: {exc.strerror}", "", 0.0)
@@ -212,17 +256,20 @@ async def run_cli(
 
     async def read_stdout() -> None:
         assert process.stdout is not None
-        async for raw in process.stdout:
+        async for raw in _lines(process.stdout):
             line = raw.decode("utf-8", "replace")
             print(line, end="", flush=True)  # the whole output goes to the agent's log
-            note = parser.feed(line)
-            if note:
-                await on_note(note)
+            try:  # nothing a line holds may stop the reading (the CLI would block on the pipe)
+                note = parser.feed(line)
+                if note:
+                    await on_note(note)
+            except Exception as exc:
+                log.warning("could not use a line of output: %s", exc)
 
     async def read_stderr() -> None:
         assert process.stderr is not None
         size = 0
-        async for raw in process.stderr:
+        async for raw in _lines(process.stderr):
             sys.stderr.write(raw.decode("utf-8", "replace"))
             stderr.append(raw)
             size += len(raw)
@@ -238,32 +285,43 @@ async def run_cli(
     if stop is not None:
         watched.append(stop)
     done, _ = await asyncio.wait(watched, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    timed_out = waiter not in done
-    if timed_out:
-        await _kill_group(process)
+    finished = waiter in done
+    stopped = not finished and stop is not None and stop in done
+    if not finished:
+        await _kill_group(process.pid, waiter)
     if stop is not None:
         stop.cancel()
-    await waiter
-    with contextlib.suppress(asyncio.TimeoutError):
+    # What the CLI left running in its group (a background job holding its stdout) goes too.
+    _signal_group(process.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(waiter), 10)
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 5)
+    for task in (*readers, waiter):  # a pipe held open by a process that escaped the group
+        task.cancel()
     tail = b"".join(stderr).decode("utf-8", "replace")[-STDERR_TAIL_BYTES:]
     return Run(
         exit_code=process.returncode,
-        timed_out=timed_out,
+        timed_out=not finished and not stopped,
         result=parser.result(),
         error=parser.error,
         stderr_tail=tail,
         seconds=round(time.monotonic() - started, 3),
+        cancelled=stopped,
     )
 
 
-async def _kill_group(process: asyncio.subprocess.Process) -> None:
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _kill_group(pgid: int, exited: asyncio.Future[int]) -> None:
     """SIGTERM to the CLI's process group, SIGKILL after the grace period."""
     for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+        _signal_group(pgid, sig)
         try:
-            await asyncio.wait_for(process.wait(), wait)
+            await asyncio.wait_for(asyncio.shield(exited), wait)
             return
         except TimeoutError:
             continue
@@ -287,10 +345,14 @@ def render_prompt(ticket: TicketSpec, task: TaskView, agent_name: str) -> str:
     ]
     if task.description:
         lines += ["", task.description]
+    phase = next((p for p in ticket.phases if p.name == task.phase), None)
+    if phase is not None and phase.done_definitions:
+        lines += ["", f"The {phase.name} phase is done when:"]
+        lines += [f"- {d}" for d in phase.done_definitions]
     if task.last_feedback:
         lines += [
             "",
-            f"A reviewer rejected the previous iteration ({task.iteration - 1}) of this task:",
+            "A reviewer rejected your previous attempt at this task:",
             task.last_feedback,
             "Address that feedback.",
         ]
@@ -336,14 +398,17 @@ class CommandAgent:
         self.workdir = Path(spec.cwd) if spec.cwd else Path.cwd()
         self._last_note = ""
         self._noted_at = 0.0
+        self._pending: str | None = None
+        #: Set by SIGTERM/SIGINT: the current CLI is killed, the agent leaves.
+        self.shutdown = asyncio.Event()
 
     async def run(self) -> None:
         agent = self.session
-        while not agent.stop_requested.is_set():
+        while not agent.stop_requested.is_set() and not self.shutdown.is_set():
             task = await agent.claim()
             if task is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(agent.stop_requested.wait(), IDLE_S)
+                    await asyncio.wait_for(self.shutdown.wait(), IDLE_S)
                 continue
             await self.work(task)
 
@@ -374,10 +439,12 @@ class CommandAgent:
                 output=self.spec.output,
                 on_note=lambda note: self._note(task.id, note),
                 cancelled=stop,
+                env=cli_environment(self.spec.env),
             )
         finally:
             watcher.cancel()
-        if agent.interrupted(task.id) or agent.stop_requested.is_set():
+        await self._flush_note(task.id)
+        if agent.interrupted(task.id) or agent.stop_requested.is_set() or self.shutdown.is_set():
             log.warning("%s was taken back (interrupt or stop) during the run", task.id)
             return
         log.info(
@@ -387,40 +454,63 @@ class CommandAgent:
             run.seconds,
             " (timed out)" if run.timed_out else "",
         )
-        try:
-            if not run.ok:
+        if not run.ok:
+            with contextlib.suppress(Refused):  # e.g. taken back meanwhile: not ours to fail
                 await agent.fail(task.id, fit(run.failure(self.spec.timeout_s), 4_000))
-                return
-            assert run.result is not None
-            result = run.result
+            return
+        assert run.result is not None
+        result = run.result
+        try:
             if task.type == "submission":
-                reply = await agent.submit_result(fit(result, 1_000_000))
+                limit = self.ticket.policy.results.max_content_bytes
+                reply = await agent.submit_result(fit(result, limit))
                 result = f"Submitted the CLI's answer as the ticket's result v{reply.version}."
             limit = self.ticket.policy.tasks.max_result_bytes
             await agent.complete(
                 task.id, fit(result, limit), RESULT_TYPES.get(task.type, "implementation")
             )
         except Refused as exc:
-            if exc.field == "ticket":
-                raise
+            # A task must never stay held by an agent that moved on: give it back, saying why
+            # (a submission refused because a version awaits its verdict, a task taken back…).
             log.warning("could not report %s: %s", task.id, exc)
+            with contextlib.suppress(Refused):
+                await agent.fail(task.id, fit(f"the result was refused: {exc}", 4_000))
 
     async def _watch(self, task_id: str, stop: asyncio.Event) -> None:
-        """Stop the run when the ticket interrupts this task or stops the agent."""
+        """Stop the run when the ticket interrupts this task or stops the agent, or when the
+        agent's own process is told to stop (SIGTERM: a restart, the ticket's end)."""
         while not stop.is_set():
-            if self.session.stop_requested.is_set() or self.session.interrupted(task_id):
+            if (
+                self.session.stop_requested.is_set()
+                or self.session.interrupted(task_id)
+                or self.shutdown.is_set()
+            ):
                 stop.set()
                 return
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
 
     async def _note(self, task_id: str, note: str) -> None:
+        """A progress note, at most one per NOTE_EVERY_S; the latest held back is kept for
+        :meth:`_flush_note`."""
         note = " ".join(note.split())[:NOTE_CHARS]
-        now = time.monotonic()
-        if not note or note == self._last_note or now - self._noted_at < NOTE_EVERY_S:
+        if not note or note == self._last_note:
             return
-        self._last_note, self._noted_at = note, now
-        with contextlib.suppress(Refused):
+        if time.monotonic() - self._noted_at < NOTE_EVERY_S:
+            self._pending = note
+            return
+        await self._send_note(task_id, note)
+
+    async def _flush_note(self, task_id: str) -> None:
+        if self._pending is not None and self._pending != self._last_note:
+            await self._send_note(task_id, self._pending)
+        self._pending = None
+
+    async def _send_note(self, task_id: str, note: str) -> None:
+        self._last_note, self._noted_at, self._pending = note, time.monotonic(), None
+        try:
             await self.session.progress(task_id, note)
+        except (Refused, TicketClosed) as exc:
+            log.info("progress note not taken: %s", exc)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -443,7 +533,11 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         async with session:
             ticket = await session.handle.query("spec", result_type=TicketSpec)
-            await CommandAgent(session, spec, ticket).run()
+            agent = CommandAgent(session, spec, ticket)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):  # stop: the CLI goes first
+                loop.add_signal_handler(sig, agent.shutdown.set)
+            await agent.run()
     except TicketClosed:
         log.info("the ticket finished")
     except Refused as exc:

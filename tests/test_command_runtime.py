@@ -21,7 +21,7 @@ import yaml
 from temporalio.client import Client
 
 from agent_client.session import AgentSession
-from agents.command_agent import CliOutput, fit, run_cli
+from agents.command_agent import CliOutput, cli_environment, fit, run_cli
 from core.state import TicketState
 from infra.settings import Settings
 from models.messages import encoded_size
@@ -324,3 +324,66 @@ async def test_the_shell_script_example_runs_for_real(
     content = state.results[0].preview
     assert content.startswith("## Inventory") and "Files here: 2" in content, content
     assert "Asked: You are script, an agent working on ticket" in content  # prompt on stdin
+
+
+async def test_a_huge_line_neither_stalls_the_cli_nor_reaches_it_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12 MB line of output is read in pieces (the CLI never blocks on a full pipe), and
+    the CLI runs without Unstuck's own settings and secrets."""
+    monkeypatch.setenv("UNSTUCK_JOIN_SECRET", "ujs1_secret")
+    monkeypatch.setenv("UNSTUCK_CODEC_KEYS", "k1:secret")
+    script = (
+        "import os, sys\n"
+        "leaked = sorted(k for k in os.environ if k.startswith('UNSTUCK_'))\n"
+        "print('leaked:', leaked, os.environ.get('FROM_SPEC'), flush=True)\n"
+        "sys.stdout.write('x' * 12_000_000 + '\\n')\n"
+        "print('the end')\n"
+    )
+
+    async def note(text: str) -> None:
+        return None
+
+    run = await run_cli(
+        [sys.executable, "-c", script],
+        stdin_text=None,
+        cwd=tmp_path,
+        timeout_s=30,
+        output="text",
+        on_note=note,
+        env=cli_environment({"FROM_SPEC": "yes"}),
+    )
+    assert run.exit_code == 0 and not run.timed_out and run.seconds < 20
+    result = run.result or ""
+    assert result.startswith("leaked: [] yes\nxxx") and len(result) <= 2_000_000
+
+
+@pytest.mark.usefixtures("worker")
+async def test_stopping_a_command_agent_stops_its_cli(
+    client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """The CLI runs in a process group of its own: when the ticket stops the agent (its end,
+    a restart), the agent kills the CLI and everything it started before it goes."""
+    spec = spec_dict(
+        unique_id("command-stop"),
+        tasks=[{"key": "impl", "phase": "implementation", "title": "Long job"}],
+        agents=[command_agent("long", tmp_path, timeout_s=600, env={"FAKE_CLI_HANG": "1"})],
+    )
+    ticket = await launch(client, settings, spec)
+    log_path = settings.data_dir / "agents" / ticket.ticket_id / "long.0.log"
+
+    async def cli_started() -> bool:
+        return log_path.is_file() and "CHILD_PID" in log_path.read_text()
+
+    await until(cli_started, 60, "the CLI to start")
+    child = int(log_path.read_text().split("CHILD_PID ")[1].split()[0])
+    assert read_stat(child) is not None
+    await ticket.handle.execute_update(
+        "cancel", {"reason": "test: stop the fleet", "operator_token": ticket.operator_token}
+    )
+
+    async def cli_gone() -> bool:
+        stat = read_stat(child)
+        return stat is None or stat.state in ("Z", "X")
+
+    await until(cli_gone, 30, "the CLI's child to be gone")

@@ -26,7 +26,7 @@ from mcp.types import TextResourceContents
 from temporalio.client import Client
 
 import starter
-from agent_client.mcp_server import Sessions, serve_http
+from agent_client.mcp_server import Identity, Sessions, serve_http
 from core.state import TicketState
 from infra.devserver import free_port
 from infra.settings import Settings
@@ -257,7 +257,13 @@ async def test_many_agents_over_streamable_http_with_a_bearer_token(
         async with over_http(url, forged) as mallory:
             text = await refused(mallory, "read_inbox")
             assert f"join_secret: is not the validator join secret of ticket {tid}" in text
+        # Someone with the bearer token names themselves vera, without vera's join secret.
+        impostor = {**validator_headers, "X-Unstuck-Join-Secret": "ujs1_guess"}
         async with over_http(url, validator_headers) as validator:
+            await call(validator, "read_inbox")  # vera joins
+            async with over_http(url, impostor) as other:
+                text = await refused(other, "ticket_status")
+                assert "x-unstuck-join-secret: vera joined" in text
             await judge(validator)
     state = await completed(ticket)
     assert {a.name for a in state.agents.values()} == {"codex", "vera"}
@@ -275,3 +281,45 @@ async def test_the_mcp_command_says_what_it_needs(
     assert await starter.run(["mcp", "--http", "127.0.0.1:8765"]) == 2
     err = capsys.readouterr().err
     assert "--http needs a bearer token of at least 16 characters in UNSTUCK_MCP_TOKEN" in err
+
+
+async def test_an_http_agent_that_went_quiet_is_no_longer_heartbeated_for(
+    client: Client, settings: Settings
+) -> None:
+    """Over HTTP nobody closes a session: an agent that stops calling tools is let go (no
+    more heartbeats), so the ticket finds it gone like any agent; a later call resumes."""
+    ticket = await launch(client, settings, ticket_spec("mcp-idle"))
+    sessions = Sessions(client, idle_s=0.4)
+    who = Identity(ticket.ticket_id, "codex", "worker", None)
+    session = await sessions.session_for(who)
+    assert session.heartbeating
+    reaper = asyncio.create_task(sessions.reap_idle())
+    try:
+        for _ in range(50):
+            if not session.heartbeating:
+                break
+            await asyncio.sleep(0.1)
+        assert not session.heartbeating
+        assert await sessions.session_for(who) is session and session.heartbeating
+    finally:
+        reaper.cancel()
+        await sessions.close()
+
+
+async def test_a_restarted_stdio_server_goes_on_as_the_same_agent(
+    client: Client, settings: Settings
+) -> None:
+    """MCP clients restart their servers freely: the second run resumes the agent the first
+    registered (credentials kept 0600 under the data dir) and still holds its task."""
+    ticket = await launch(client, settings, ticket_spec("mcp-resume"))
+    params = stdio_params(settings, ticket.ticket_id, "claude", "worker")
+    async with over_stdio(params) as first:
+        claimed = await call(first, "claim_task")
+        assert claimed["task"]["id"] == "T1"
+    saved = settings.data_dir / "mcp" / ticket.ticket_id / "claude.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    async with over_stdio(params) as second:
+        done = await call(second, "complete_task", task_id="T1", result="# done")
+        assert done["task"]["status"] == "done"
+    state = await ticket.state()
+    assert [a.name for a in state.agents.values()] == ["claude"]  # one agent, not two

@@ -95,7 +95,7 @@ def main() -> int:
             }
         )
         return 1
-    addressed = "\n\nAddressed the review feedback." if "rejected the previous" in prompt else ""
+    addressed = "\n\nAddressed the review feedback." if "A reviewer rejected" in prompt else ""
     emit(
         {
             "type": "result",
