@@ -43,7 +43,7 @@ from agent_client.session import AgentSession, Refused, TicketClosed
 from infra.client import connect
 from infra.settings import Settings
 from models.messages import TaskView, encoded_size
-from models.spec import AgentSpec, ResultType, TicketSpec
+from models.spec import RESULT_TYPES, AgentSpec, TicketSpec
 from runtimes.command import SPEC_ENV
 
 log = logging.getLogger("unstuck.command_agent")
@@ -62,15 +62,6 @@ IDLE_S = 2.0
 #: What the result keeps of a CLI's answer: the task's limit, less room for the marker.
 TRUNCATED = "\n\n…(truncated: the whole output is in the agent's log)"
 
-RESULT_TYPES: dict[str, ResultType] = {
-    "implementation": "implementation",
-    "analysis": "analysis",
-    "fix": "fix",
-    "design": "design",
-    "test": "test",
-    "documentation": "documentation",
-    "submission": "documentation",
-}
 
 
 # ---- what a CLI prints ---------------------------------------------------------------------

@@ -71,20 +71,10 @@ from agent_client.session import AgentSession, Refused, TicketClosed
 from infra.client import connect
 from infra.settings import Settings
 from models.messages import ResultVersionView, StatusView, TaskView
-from models.spec import ResultType, TicketSpec
+from models.spec import RESULT_TYPES, TicketSpec
 
 log = logging.getLogger("unstuck.demo_agent")
 
-#: Result type of a completed task, by task type.
-RESULT_TYPES: dict[str, ResultType] = {
-    "implementation": "implementation",
-    "analysis": "analysis",
-    "fix": "fix",
-    "design": "design",
-    "test": "test",
-    "documentation": "documentation",
-    "submission": "documentation",
-}
 #: Pause between two looks at the ticket when there is nothing to do.
 IDLE_S = 0.3
 CONNECT_ATTEMPTS = 10

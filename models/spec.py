@@ -31,6 +31,16 @@ TaskType = Literal[
     "implementation", "analysis", "fix", "design", "test", "documentation", "submission"
 ]
 AgentKind = Literal["worker", "validator", "diagnostic"]
+#: The result type an agent reports for a task of each type (a submission's is the write-up).
+RESULT_TYPES: dict[str, ResultType] = {
+    "implementation": "implementation",
+    "analysis": "analysis",
+    "fix": "fix",
+    "design": "design",
+    "test": "test",
+    "documentation": "documentation",
+    "submission": "documentation",
+}
 OnResultFound = Literal["stop_all", "do_nothing"]
 
 KB = 1024
