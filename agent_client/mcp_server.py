@@ -224,8 +224,19 @@ class Sessions:
                     await session.stop_heartbeats()
 
     async def close(self) -> None:
-        for session in self.sessions.values():
+        """The server ends cleanly (the MCP client closed stdio, the HTTP server stops): its
+        agents leave the ticket, so their tasks go back to the queue at once instead of after
+        missed heartbeats, and a server started again registers them afresh. (A server that
+        dies leaves its agents behind: a stdio one started again resumes its agent.)"""
+        for (ticket_id, name), session in list(self.sessions.items()):
             await session.stop_heartbeats()
+            try:
+                await asyncio.wait_for(session.leave("its MCP session ended"), 10)
+            except (Refused, TicketClosed, RPCError, TimeoutError) as exc:
+                log.info("%s could not leave %s: %s", name, ticket_id, exc)
+            path = self._saved(Identity(ticket_id, name))
+            if path is not None:
+                path.unlink(missing_ok=True)
         self.sessions.clear()
 
 

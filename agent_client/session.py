@@ -41,6 +41,8 @@ from models.messages import (
     CreateTask,
     FailTask,
     Heartbeat,
+    LeaveReply,
+    LeaveTicket,
     RegisterAgent,
     Registration,
     ReportProgress,
@@ -355,6 +357,15 @@ class AgentSession:
             ),
             TaskView,
         )
+
+    @_refuse_invalid
+    async def leave(self, reason: str = "done") -> LeaveReply:
+        """Leave the ticket for good: held tasks go back to the queue (no retry used), and
+        the ticket neither waits for nor restarts this agent. Heartbeats stop."""
+        reply = await self._update("leave", LeaveTicket(**self._auth(), reason=reason), LeaveReply)
+        await self.stop_heartbeats()
+        self.current_task_id = None
+        return reply
 
     @property
     def feedback(self) -> list[str]:

@@ -63,7 +63,6 @@ IDLE_S = 2.0
 TRUNCATED = "\n\n…(truncated: the whole output is in the agent's log)"
 
 
-
 # ---- what a CLI prints ---------------------------------------------------------------------
 
 

@@ -568,6 +568,10 @@ def _take_back(state: TicketState, agent: Agent, now: datetime, why: str) -> lis
     return taken
 
 
+#: The agent's held tasks back to the queue, no retry used (an interrupt, an agent leaving).
+take_back = _take_back
+
+
 def _reassign(state: TicketState, task_id: str | None, run_id: str, now: datetime) -> str | None:
     """The remedy reassign_task: a held task back to pending, away from its holder."""
     task = state.tasks.get(task_id or "")

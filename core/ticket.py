@@ -74,6 +74,8 @@ from models.messages import (
     CreateTask,
     FailTask,
     Heartbeat,
+    LeaveReply,
+    LeaveTicket,
     RegisterAgent,
     Registration,
     ReportProgress,
@@ -891,6 +893,33 @@ def review_task(
     reply = task_view(task)
     _remember(state, key, reply, msg)
     return Step(reply, effects)
+
+
+def leave(
+    state: TicketState, msg: LeaveTicket, now: datetime, *, apply: bool = True
+) -> Step[LeaveReply]:
+    """The agent leaves for good (its work is done, its session ends): what it holds goes
+    back to the queue without using a retry, and it is neither waited for nor restarted."""
+    agent = _authenticate(state, msg)
+    key = _reply_key("leave", msg.agent_id, msg.request_id)
+    if (cached := _cached(state, key, LeaveReply, msg)) is not None:
+        return Step(cached)
+    _require_open(state)
+    if not apply:
+        return Step(LeaveReply(agent_id=agent.id, released=[]))
+    released = diagnosis.take_back(state, agent, now, f"{agent.id} left: {msg.reason}")
+    agent.state = "terminated"
+    log(
+        state,
+        now,
+        "agent_left",
+        f"{agent.id} left ({msg.reason}); "
+        + (f"{', '.join(released)} back to the queue" if released else "it held no task"),
+        agent_id=agent.id,
+    )
+    reply = LeaveReply(agent_id=agent.id, released=released)
+    _remember(state, key, reply, msg)
+    return Step(reply)
 
 
 def cancel(

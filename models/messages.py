@@ -281,6 +281,18 @@ class ReviewReply(BaseModel):
     ticket_status: str
 
 
+class LeaveTicket(Authenticated):
+    """An agent leaves the ticket for good: its held tasks go back to the queue (no retry
+    used), its reviews to other validators; it is not restarted, escalated or waited for."""
+
+    reason: str = Field(default="done", min_length=1, max_length=MAX_REASON)
+
+
+class LeaveReply(BaseModel):
+    agent_id: str
+    released: list[str] = Field(description="the tasks it held, back in the queue")
+
+
 class CancelTicket(Message):
     """Operator: stop the ticket now."""
 
@@ -416,6 +428,7 @@ INBOUND: dict[str, type[Message]] = {
     "cancel": CancelTicket,
     "diagnose": DiagnoseTicket,
     "release": ReleaseAgent,
+    "leave": LeaveTicket,
     "heartbeat": Heartbeat,
     "progress": ReportProgress,
 }
@@ -436,5 +449,6 @@ OUTBOUND: dict[str, type[BaseModel]] = {
     "Ack": Ack,
     "DiagnoseReply": DiagnoseReply,
     "ReleaseReply": ReleaseReply,
+    "LeaveReply": LeaveReply,
     "DiagnosisView": DiagnosisView,
 }

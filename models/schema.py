@@ -52,6 +52,7 @@ UPDATE_REPLIES: dict[str, str] = {
     "submit_result": "SubmitReply",
     "review_task": "TaskView",
     "release": "ReleaseReply",
+    "leave": "LeaveReply",
     "review_result": "ReviewReply",
     "cancel": "StatusView",
     "diagnose": "DiagnoseReply",

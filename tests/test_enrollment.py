@@ -26,8 +26,15 @@ from infra.enrollment import (
     join_secret,
 )
 from models.ledger import LedgerBatch, TaskResultRecord
-from models.messages import ClaimTask, CreateTask, RegisterAgent, ReviewResult, SubmitResult
-from tests.test_core_ticket import T0, at, complete_msg, join, make_ticket, seed
+from models.messages import (
+    ClaimTask,
+    CreateTask,
+    LeaveTicket,
+    RegisterAgent,
+    ReviewResult,
+    SubmitResult,
+)
+from tests.test_core_ticket import T0, at, claim, complete_msg, join, make_ticket, seed
 
 KEY = b"k" * 40
 
@@ -256,3 +263,18 @@ def test_a_review_carries_at_most_what_the_state_can_keep() -> None:
 def submit_version(state: TicketState, who: Any) -> int:
     msg = SubmitResult(agent_id=who["agent_id"], token=who["token"], content="# result")
     return core.submit_result(state, msg, at(2)).reply.version
+
+
+def test_an_agent_that_leaves_gives_its_work_back_without_using_a_retry() -> None:
+    state = make_ticket([seed("a"), seed("b")])
+    w = join(state)
+    assert claim(state, w) == "T1"
+    reply = core.leave(state, LeaveTicket(**w, reason="session ended"), at(2)).reply
+    assert reply.released == ["T1"]
+    task = state.tasks["T1"]
+    assert task.status == "pending" and task.assigned_agent is None and task.failures == 0
+    assert state.agents[w["agent_id"]].state == "terminated"
+    with pytest.raises(core.Refused, match="was terminated"):
+        core.claim(state, ClaimTask(agent_id=w["agent_id"], token=w["token"]), at(3))
+    again = join(state)  # the name is free again
+    assert claim(state, again) == "T1"

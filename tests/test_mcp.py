@@ -306,20 +306,35 @@ async def test_an_http_agent_that_went_quiet_is_no_longer_heartbeated_for(
         await sessions.close()
 
 
-async def test_a_restarted_stdio_server_goes_on_as_the_same_agent(
-    client: Client, settings: Settings
+async def test_a_closed_stdio_session_leaves_and_a_crashed_one_resumes(
+    client: Client, settings: Settings, tmp_path: Path
 ) -> None:
-    """MCP clients restart their servers freely: the second run resumes the agent the first
-    registered (credentials kept 0600 under the data dir) and still holds its task."""
+    """MCP clients start and stop their servers freely. A session that ends cleanly leaves
+    the ticket (its task back in the queue at once, not after missed heartbeats); a server
+    that died is resumed by the next one (credentials kept 0600), still holding its task."""
     ticket = await launch(client, settings, ticket_spec("mcp-resume"))
     params = stdio_params(settings, ticket.ticket_id, "claude", "worker")
     async with over_stdio(params) as first:
-        claimed = await call(first, "claim_task")
-        assert claimed["task"]["id"] == "T1"
-    saved = settings.data_dir / "mcp" / ticket.ticket_id / "claude.json"
-    assert saved.stat().st_mode & 0o777 == 0o600
-    async with over_stdio(params) as second:
-        done = await call(second, "complete_task", task_id="T1", result="# done")
-        assert done["task"]["status"] == "done"
+        assert (await call(first, "claim_task"))["task"]["id"] == "T1"
     state = await ticket.state()
-    assert [a.name for a in state.agents.values()] == ["claude"]  # one agent, not two
+    (gone,) = state.agents.values()
+    assert gone.state == "terminated" and state.tasks["T1"].status == "pending"
+    assert state.tasks["T1"].failures == 0  # leaving uses no retry
+    assert any(e.kind == "agent_left" for e in state.timeline)
+    # A crash: the server's process ends without closing its sessions.
+    who = Identity(
+        ticket.ticket_id, "claude", "worker", join_secret_for(settings, ticket.ticket_id, "worker")
+    )
+    crashed = Sessions(client, fixed=who, state_dir=tmp_path)
+    session = await crashed.session_for(who)
+    assert (await session.claim()) is not None  # holds T1
+    await session.stop_heartbeats()  # (the process died)
+    saved = tmp_path / ticket.ticket_id / "claude.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    again = Sessions(client, fixed=who, state_dir=tmp_path)
+    resumed = await again.session_for(who)
+    assert resumed.agent_id == session.agent_id
+    done = await resumed.complete("T1", "# done", "fix")
+    assert done.task.status == "done"
+    await again.close()
+    assert not saved.exists()

@@ -44,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         DiagnosisView,
         FailTask,
         Heartbeat,
+        LeaveReply,
+        LeaveTicket,
         RegisterAgent,
         Registration,
         ReleaseAgent,
@@ -782,6 +784,16 @@ class TicketWorkflow:
     def _validate_release(self, raw: RawValue) -> None:
         msg = _decode(ReleaseAgent, raw, measure=True)
         self._check(health.release, msg)
+
+    @workflow.update(name="leave")
+    async def leave(self, raw: RawValue) -> LeaveReply:
+        msg = _decode(LeaveTicket, raw)
+        return self._apply(core.leave, msg)
+
+    @leave.validator
+    def _validate_leave(self, raw: RawValue) -> None:
+        msg = _decode(LeaveTicket, raw, measure=True)
+        self._check(core.leave, msg)
 
     @workflow.update(name="cancel")
     async def cancel(self, raw: RawValue) -> StatusView:
