@@ -475,7 +475,9 @@ class AgentSession:
                 raise  # the caller cancelled this call: do not retry
             raise _Retryable(exc, "timeout", "the update call timed out") from None
         except RPCError as exc:
-            if exc.status == RPCStatusCode.FAILED_PRECONDITION and NOT_READY in exc.message:
+            if exc.status == RPCStatusCode.FAILED_PRECONDITION and any(
+                words in exc.message for words in NOT_READY
+            ):
                 raise _Retryable(exc, "not_ready", exc.message) from None
             if exc.status in TRANSIENT:
                 reason = f"{exc.status.name}: {exc.message}"
@@ -500,9 +502,11 @@ class _Unprocessed(Exception):
     pass
 
 
-#: The server's words for an update it would not deliver because the ticket's workflow task
-#: is failing.
-NOT_READY = "Workflow Task in failed state"
+#: The server's words (FAILED_PRECONDITION, WorkflowNotReady) for an update it would not
+#: deliver because the ticket's workflow task is failing, or that it aborted because the
+#: workflow task it rode on failed or was lost (e.g. completed after the run had continued
+#: as new). Neither applied the update: it may be sent again under the same id.
+NOT_READY = ("Workflow Task in failed state", "due to unexpected workflow task failure")
 #: RPC failures that say nothing about the update itself (server down or restarting).
 TRANSIENT = frozenset(
     {
