@@ -91,6 +91,8 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         await alice.submit_result("# v1")
         await vera.review_result(1, passed=False, feedback="too short")
         await alice.submit_result("# v2, longer")
+        async with AgentSession(client, happy.ticket_id, name="bob") as bob:
+            assert (await bob.leave("not needed")).released == []  # the leave update
         await vera.review_result(2, passed=True)
     await happy.handle.result()
 
