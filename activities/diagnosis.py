@@ -35,6 +35,7 @@ from temporalio.client import Client
 from temporalio.converter import PayloadCodec, PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.health import PROCESS_RUNTIMES
 from diagnosis.evidence import EVIDENCE_MAX_BYTES, fit_evidence
 from diagnosis.llm import LLMSettings
 from diagnosis.llm import generate_hypotheses as _generate_hypotheses
@@ -357,7 +358,7 @@ def agent_log_tails(log_dir: Path, snapshot: TicketSnapshot, reason: str) -> dic
     tails: dict[str, list[str]] = {}
     folder = log_dir / snapshot.ticket_id
     for agent in involved_agents(snapshot, reason):
-        if agent.runtime not in ("local-process", "command"):
+        if agent.runtime not in PROCESS_RUNTIMES:
             continue
         name = agent.lineage or agent.name
         logs = sorted(

@@ -137,6 +137,7 @@ class Sessions:
     #: as the same agent instead of a second one (None: never kept).
     state_dir: Path | None = None
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    _beating: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def session_for(self, who: Identity) -> AgentSession:
         key = (who.ticket_id, who.name)
@@ -157,7 +158,9 @@ class Sessions:
                         f"kind: {who.name} is registered on {who.ticket_id} as a "
                         f"{session.kind}, not a {who.kind}"
                     )
-                session.start_heartbeats()  # again, if it had gone idle
+                if not session.heartbeating:  # again, after it had gone idle
+                    session.start_heartbeats()
+                    self._beating.set()
                 return session
             session = AgentSession(
                 self.client,
@@ -170,6 +173,7 @@ class Sessions:
                 await _call(session.register)
                 self._remember(session, who)
             session.start_heartbeats()
+            self._beating.set()
             self.sessions[key] = session
             self.secrets[key] = _digest(who.join_secret)
             log.info("%s registered on %s as %s", who.name, who.ticket_id, session.agent_id)
@@ -215,12 +219,19 @@ class Sessions:
         if self.idle_s is None:
             return
         while True:
-            await asyncio.sleep(min(30.0, self.idle_s / 4))
+            # Wake at the next agent's idle deadline, or when an agent starts beating (again).
+            self._beating.clear()  # before looking: a start after this look wakes us
+            now = time.monotonic()
+            beating = [
+                self.last_used.get(k, now) for k, s in self.sessions.items() if s.heartbeating
+            ]
+            due = max(min(beating) + self.idle_s - now, 0.05) if beating else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beating.wait(), due)
             now = time.monotonic()
             for key, session in list(self.sessions.items()):
-                if now - self.last_used.get(key, now) > self.idle_s:
-                    if session.heartbeating:
-                        log.info("%s on %s idle: no more heartbeats for it", key[1], key[0])
+                if session.heartbeating and now - self.last_used.get(key, now) >= self.idle_s:
+                    log.info("%s on %s idle: no more heartbeats for it", key[1], key[0])
                     await session.stop_heartbeats()
 
     async def close(self) -> None:

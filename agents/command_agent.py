@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -45,6 +44,7 @@ from infra.settings import Settings
 from models.messages import TaskView, encoded_size
 from models.spec import RESULT_TYPES, AgentSpec, TicketSpec
 from runtimes.command import SPEC_ENV
+from runtimes.local_process import format_command
 
 log = logging.getLogger("unstuck.command_agent")
 
@@ -353,15 +353,6 @@ def render_prompt(ticket: TicketSpec, task: TaskView, agent_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-PLACEHOLDER = re.compile(r"\{(prompt|task_id|task_title|ticket_id|agent_name|workdir)\}")
-
-
-def render_command(template: list[str], values: dict[str, str]) -> list[str]:
-    """Each element with the known placeholders replaced; other braces stay as they are. One
-    element stays one argument (no shell), whatever the prompt holds."""
-    return [PLACEHOLDER.sub(lambda m: values[m.group(1)], part) for part in template]
-
-
 def fit(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` bytes as JSON, marked when cut."""
     if encoded_size(text) <= limit:
@@ -414,7 +405,7 @@ class CommandAgent:
             "workdir": str(self.workdir),
         }
         template = self.spec.command or []
-        argv = render_command(template, values)
+        argv = format_command(template, values)
         via_stdin = not any("{prompt}" in part for part in template)
         log.info("running %s for %s %r", argv[0], task.id, task.title)
         await agent.progress(task.id, f"running {Path(argv[0]).name} on {task.title!r}")

@@ -260,6 +260,8 @@ async def serve(server: CodecServer, *, ready: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not where signals cannot be handled (Windows: NotImplementedError; a thread other
+        # than the main one: RuntimeError/ValueError): there it runs until cancelled.
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)

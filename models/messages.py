@@ -38,12 +38,14 @@ def encoded_size(text: str) -> int:
     return len(to_json(text)) - 2
 
 
-def oversized(msg: BaseModel) -> tuple[str, str] | None:
+def oversized(msg: BaseModel, size: int | None = None) -> tuple[str, str] | None:
     """``(field, rule)`` when ``msg`` as JSON exceeds :data:`MAX_MESSAGE_BYTES`, else None.
 
-    The field named is the one that takes the most bytes.
+    ``size``: its size as it was sent, when known (a client may escape more than pydantic
+    does); else as pydantic encodes it. The field named is the one that takes the most bytes.
     """
-    size = len(msg.model_dump_json().encode("utf-8"))
+    if size is None:
+        size = len(msg.model_dump_json().encode("utf-8"))
     if size <= MAX_MESSAGE_BYTES:
         return None
     fields = {

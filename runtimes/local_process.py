@@ -228,8 +228,14 @@ def leader_state(process: AgentProcess) -> LeaderState:
 
 
 def format_command(template: list[str], values: dict[str, str]) -> list[str]:
-    """Replace the known placeholders in each element; other braces stay as they are."""
-    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], part) for part in template]
+    """Replace the placeholders ``values`` names (``{name}``) in each element; other braces
+    stay as they are. One element stays one argument (no shell), whatever a value holds."""
+    pattern = _PLACEHOLDER if values.keys() == set(PLACEHOLDERS) else _placeholders(values)
+    return [pattern.sub(lambda m: values[m.group(1)], part) for part in template]
+
+
+def _placeholders(values: dict[str, str]) -> re.Pattern[str]:
+    return re.compile(r"\{(" + "|".join(re.escape(k) for k in values) + r")\}")
 
 
 def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:

@@ -22,11 +22,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from infra.devserver import find_temporal_binary
-from infra.enrollment import join_hashes, join_key, join_secret
+from infra.enrollment import join_hashes, join_key
 from infra.settings import Settings
 from models.spec import parse_spec
 from models.workflow_io import TicketInput
 from tests.conftest import unique_id
+from tests.ticketkit import join_secret_for
 
 STARTER = Path(__file__).resolve().parent.parent / "starter.py"
 
@@ -230,7 +231,7 @@ async def test_cli_refused_update_exits_nonzero_with_the_reason(
     ticket_id = unique_id("cli-refused")
     await start_ticket(client, settings, ticket_id)
     cli = TemporalCli(settings, ticket_id)
-    secret = join_secret(join_key(settings.data_dir), ticket_id, "worker")
+    secret = join_secret_for(settings, ticket_id)
     agent = await cli.update("register", {"name": "cli-worker", "join_secret": secret})
 
     payload = {"agent_id": agent["agent_id"], "token": "wrong"}

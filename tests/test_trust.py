@@ -26,22 +26,15 @@ from temporalio.exceptions import ApplicationError
 
 from agent_client.session import AgentSession, Refused
 from core.state import TicketState
-from infra.enrollment import join_secret
 from infra.settings import Settings
 from models.messages import INBOUND, MAX_MESSAGE_BYTES
 from tests.conftest import unique_id
-from tests.ticketkit import Launched, launch, spec_dict
+from tests.ticketkit import Launched, join_secret_for, launch, spec_dict
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 SIGNALS = ("heartbeat", "progress")
 UPDATES = [name for name in INBOUND if name not in SIGNALS]
-
-
-def secret_of(settings: Settings, ticket_id: str, kind: str) -> str:
-    from infra.enrollment import join_key
-
-    return join_secret(join_key(settings.data_dir), ticket_id, kind)
 
 
 async def refused(handle: WorkflowHandle[Any, Any], name: str, payload: Any) -> str:
@@ -71,13 +64,13 @@ async def test_only_the_join_secret_of_its_kind_admits_an_agent(
     text = await refused(handle, "register", {"name": "mallory", "kind": "validator"})
     assert "join_secret: required" in text
     # ... with a worker's secret (an agent of the ticket turning itself into its judge).
-    worker_secret = secret_of(settings, ticket.ticket_id, "worker")
+    worker_secret = join_secret_for(settings, ticket.ticket_id, "worker")
     text = await refused(
         handle, "register", {"name": "mallory", "kind": "validator", "join_secret": worker_secret}
     )
     assert text == f"join_secret: is not the validator join secret of ticket {ticket.ticket_id}"
     # ... with the validator secret of another ticket.
-    other = secret_of(settings, "another-ticket", "validator")
+    other = join_secret_for(settings, "another-ticket", "validator")
     await refused(
         handle, "register", {"name": "mallory", "kind": "validator", "join_secret": other}
     )
@@ -88,7 +81,7 @@ async def test_only_the_join_secret_of_its_kind_admits_an_agent(
         {
             "name": "vera",
             "kind": "validator",
-            "join_secret": secret_of(settings, ticket.ticket_id, "validator"),
+            "join_secret": join_secret_for(settings, ticket.ticket_id, "validator"),
         },
     )
     assert vera["agent_id"].startswith("vera-")

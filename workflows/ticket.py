@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitResult,
         TaskView,
         TimelineEntry,
+        oversized,
     )
     from models.runtime import (
         RESTART_AGENT_ACTIVITY,
@@ -213,23 +214,12 @@ def _invalid(model: type[BaseModel], exc: ValidationError) -> core.Refused:
 
 def _too_big(model: type[BaseModel], data: bytes) -> core.Refused:
     """The refusal of a payload over the limit, naming the field that takes the most."""
-    size, field, share = len(data), "payload", ""
+    rule = f"the message is {len(data):,} bytes as JSON; the limit is {MAX_MESSAGE_BYTES:,}"
     try:
         decoded = model.model_validate_json(data)
     except ValidationError:
-        pass
-    else:
-        sizes = {
-            name: len(decoded.model_dump_json(include={name}))
-            for name in type(decoded).model_fields
-        }
-        if sizes:
-            field = max(sizes, key=sizes.__getitem__)
-            share = f" ({field}: {sizes[field]:,})"
-    return core.Refused(
-        field,
-        f"the message is {size:,} bytes as JSON{share}; the limit is {MAX_MESSAGE_BYTES:,}",
-    )
+        return core.Refused("payload", rule)
+    return core.Refused(*(oversized(decoded, len(data)) or ("payload", rule)))
 
 
 @workflow.defn(name="Ticket")
