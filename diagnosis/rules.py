@@ -669,6 +669,12 @@ _ERRORISH = re.compile(
     r"timed? ?out|missing)\b",
     re.IGNORECASE,
 )
+#: Errors about a credential or an account: the environment, but not one an agent can fix.
+_CREDENTIALS = re.compile(
+    r"(api[ _-]?key|unauthori[sz]ed|authenticat|please run /login|not logged in|"
+    r"\b401\b|\b403\b|forbidden|invalid token|expired token|quota|billing|credit balance)",
+    re.IGNORECASE,
+)
 _ENVIRONMENTAL = re.compile(
     r"(modulenotfound|importerror|no module named|command not found|not installed|no such file|"
     r"permission denied|connection refused|econnrefused|could not resolve|name or service not "
@@ -759,6 +765,29 @@ def environment_error(evidence: Evidence) -> Hypothesis | None:
     order = {name: i for i, name in enumerate(_phase_names(s))}
     phase = min(phase_counts, key=lambda p: (-phase_counts[p], order.get(p, len(order)), p))
     ids = [t.id for t in tasks]
+    if _CREDENTIALS.search(line):
+        # A missing or rejected credential is the deployment's to fix: a task for the agents
+        # would go to the agents that fail on it, and fail the same way.
+        support.append("the error is about a credential or an account, which no task can fix")
+        recs = [
+            _recommend(
+                f"Escalate: a credential is missing or rejected: {line}",
+                f"Tasks {_ids(ids)} failed with {_quote(line)}. Give the agents a valid "
+                "credential (API key, login, quota) in the worker's environment, then redo "
+                "the failed work.",
+                phase,
+                priority="critical",
+                remedy="escalate",
+            )
+        ]
+        return _hypothesis(
+            "environment_error",
+            f"{len(tasks)} task(s) failed on a credential no agent can fix: {_quote(line)}.",
+            min(likelihood + 0.1, 0.95),
+            support,
+            counter,
+            recs,
+        )
     recs = [
         _recommend(
             f"Fix the environment: {line}",

@@ -319,6 +319,21 @@ def test_environment_error_groups_the_same_normalised_error() -> None:
     assert any("T4" in r.title for r in h.recommendations[1:])  # redo the task that died
 
 
+def test_a_credential_error_goes_to_a_person_not_to_the_agents() -> None:
+    """Every task of a coding CLI fails on a missing API key: a task to fix the environment
+    would go to the same CLI and fail the same way; a person must give it a credential."""
+    reason = "the CLI exited with code 1; stderr tail:\nError: Invalid API key · Please run /login"
+    ev = evidence(
+        [task(2, "failed", failures=4, failure_reason=reason, failure_reasons=[reason] * 4)]
+    )
+    h = environment_error(ev)
+    assert h is not None and h.signature == "environment_error"
+    assert_well_formed(h)
+    assert "credential" in h.statement
+    (rec,) = h.recommendations
+    assert rec.remedy == "escalate" and "Invalid API key" in rec.title
+
+
 def test_error_line_normalises_paths_and_numbers() -> None:
     a = error_line("FileNotFoundError: [Errno 2] No such file: '/tmp/run-1234/config.yaml'")
     b = error_line("FileNotFoundError: [Errno 2] No such file: '/var/x/run-99/config.yaml'")
