@@ -146,7 +146,15 @@ def _hint(settings: Settings, detail: str) -> str:
         )
     if "CertificateExpired" in detail or "NotValidYet" in detail:
         return "hint: the server's certificate is outside its validity period"
-    closed = ("close_notify", "CertificateRequired", "BrokenPipe", "ConnectionReset")
+    # How the hang-up shows depends on timing: an alert, a reset, or hyper's "connection
+    # closed" when the server drops the connection before the first HTTP/2 frame.
+    closed = (
+        "close_notify",
+        "CertificateRequired",
+        "BrokenPipe",
+        "ConnectionReset",
+        "connection closed",
+    )
     if settings.tls_cert is None and any(sign in detail for sign in closed):
         return (
             "hint: the server closed the connection after the handshake; it may require a "
