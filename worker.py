@@ -28,6 +28,7 @@ from activities.agents import AgentActivities
 from activities.checks import run_checks
 from activities.diagnosis import DiagnosisActivities
 from activities.ledger import LedgerActivities
+from activities.notify import NotifyActivities
 from activities.results import read_result_file
 from diagnosis.llm import LLMSettings
 from infra.client import connect
@@ -90,6 +91,7 @@ def build_worker(
                 temporal_address=settings.temporal_address,
                 namespace=settings.namespace,
             ).activities(),
+            *NotifyActivities(settings).activities(),
             read_result_file,
             run_checks,
         ],

@@ -49,6 +49,7 @@ from models.messages import (
     MAX_REASON,
     AgentInbox,
     CompleteReply,
+    HumanAnswer,
     ResultVersionView,
     ReviewReply,
     StatusView,
@@ -73,6 +74,8 @@ HEADER_TICKET = "x-unstuck-ticket"
 HEADER_AGENT = "x-unstuck-agent"
 HEADER_KIND = "x-unstuck-kind"
 HEADER_JOIN = "x-unstuck-join-secret"
+#: The longest ask_human waits for an answer within one tool call.
+ASK_WAIT_MAX_S = 300.0
 
 INSTRUCTIONS = """\
 You are an agent on an Unstuck ticket: a supervised piece of work split into tasks. Work \
@@ -83,7 +86,9 @@ looks stuck. Discovered more work? create_task. A task of type "submission" mean
 assemble the ticket's final result and submit_result it. Read read_inbox when a tool says \
 so: it carries review feedback on your work, and stop or interrupt requests (an \
 interrupted task is no longer yours: stop working on it). Validators claim work awaiting \
-review and judge it with review_task or review_result. A refusal names the field and the \
+review and judge it with review_task or review_result. Only a person can unblock you (a \
+decision, a credential, an unclear requirement)? ask_human; the answer comes to your \
+inbox. A refusal names the field and the \
 rule: fix that and try again, do not repeat the same call."""
 
 
@@ -107,6 +112,14 @@ class Status(BaseModel):
     results: list[ResultVersionView] = Field(description="the final result's versions")
     awaiting_verdict: PendingResult | None = Field(
         default=None, description="validators: the result version to judge with review_result"
+    )
+
+
+class Asked(BaseModel):
+    question_id: str = Field(description="your question's id (the answer names it)")
+    severity: str
+    answer: HumanAnswer | None = Field(
+        default=None, description="the answer, if it came within wait_s; else read_inbox later"
     )
 
 
@@ -481,8 +494,36 @@ def build_server(sessions: Sessions, *, host: str = "127.0.0.1") -> MCPServer:
 
     @mcp.tool(
         description=(
+            "Ask a person (the ticket's operators) when only a person can unblock you: a "
+            "decision, a credential, an ambiguous requirement. It reaches them as an "
+            "escalation. Waits up to wait_s for the answer; otherwise the answer arrives in "
+            "your inbox (read_inbox: answers). While you wait you are not counted as stuck."
+        )
+    )
+    async def ask_human(
+        question: Annotated[
+            str, Field(description="what you need to know, and why", max_length=MAX_NOTE)
+        ],
+        task_id: Annotated[
+            str | None, Field(description="the task you hold it is about, if any")
+        ] = None,
+        wait_s: Annotated[
+            float, Field(ge=0, le=ASK_WAIT_MAX_S, description="how long to wait for the answer")
+        ] = 0,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> Asked:
+        session = await me(ctx)
+        asked = await _call(session.ask_human, question, task_id)
+        answer = None
+        if wait_s > 0:
+            answer = await _call(session.wait_for_answer, asked.question_id, wait_s)
+        return Asked(question_id=asked.question_id, severity=asked.severity, answer=answer)
+
+    @mcp.tool(
+        description=(
             "Your inbox: review feedback on your tasks, tasks taken back from you "
-            "(interrupted: stop working on them), and whether you must stop or restart."
+            "(interrupted: stop working on them), a person's answers to your questions, "
+            "and whether you must stop or restart."
         )
     )
     async def read_inbox(ctx: Context = None) -> AgentInbox:  # type: ignore[assignment]

@@ -34,6 +34,8 @@ from infra.enrollment import JOIN_SECRET_ENV, EnrollmentError, join_key, join_se
 from infra.settings import Settings
 from models.messages import (
     AgentInbox,
+    AskHuman,
+    AskReply,
     ClaimReply,
     ClaimTask,
     CompleteReply,
@@ -41,6 +43,7 @@ from models.messages import (
     CreateTask,
     FailTask,
     Heartbeat,
+    HumanAnswer,
     LeaveReply,
     LeaveTicket,
     RegisterAgent,
@@ -366,6 +369,33 @@ class AgentSession:
         await self.stop_heartbeats()
         self.current_task_id = None
         return reply
+
+    @_refuse_invalid
+    async def ask_human(self, question: str, task_id: str | None = None) -> AskReply:
+        """Ask a person. Returns at once with the question's id; the answer arrives in the
+        inbox (:meth:`answer`, :meth:`wait_for_answer`). While the question is open the
+        ticket is not stuck and this agent is not stalled: keep heartbeating."""
+        msg = AskHuman(**self._auth(), question=question, task_id=task_id)
+        return await self._update("ask_human", msg, AskReply)
+
+    def answer(self, question_id: str) -> HumanAnswer | None:
+        """The answer to ``question_id`` if it is in the latest inbox."""
+        return next((a for a in self.inbox.answers if a.question_id == question_id), None)
+
+    async def wait_for_answer(
+        self, question_id: str, timeout: float | None = None, poll_s: float = 2.0
+    ) -> HumanAnswer | None:
+        """Poll the inbox until a person answered ``question_id`` (None on timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            await self.refresh_inbox()
+            if (found := self.answer(question_id)) is not None:
+                return found
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - loop.time()))
+            await asyncio.sleep(wait)
 
     @property
     def feedback(self) -> list[str]:

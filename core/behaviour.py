@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from core import diagnosis
+from core import diagnosis, escalations
 from core.common import Effect, log
 from core.diagnosis import Deadline
 from core.state import HELD_STATUSES, Agent, NoteMark, Task, TicketState
@@ -305,8 +305,8 @@ def stall_starts(
 ) -> tuple[datetime, str, str] | None:
     """When a holding agent counts as stalled (task, bound), or None if it holds nothing."""
     task = (held if held is not None else held_by(state)).get(agent.id)
-    if task is None:
-        return None
+    if task is None or escalations.open_questions(state, agent.id):
+        return None  # holds nothing, or waits for a person's answer (ask_human)
     since = max(
         d
         for d in (agent.behaviour.progress_at, task.claimed_at, agent.registered_at)
@@ -323,6 +323,8 @@ def stall(state: TicketState, agent: Agent, now: datetime) -> Signal:
         # The hot path (every message): it acted within the bound, whatever it holds (a
         # claim is an act, so no held task began later than its last act).
         return Signal("stall", 0.0, f"progress within the bound ({bound[1]})")
+    if escalations.open_questions(state, agent.id):
+        return Signal("stall", 0.0, "waits for a person's answer (ask_human)")
     starts = stall_starts(state, agent, bound=bound)
     if starts is None:
         return Signal("stall", 0.0, "holds no task")
@@ -469,6 +471,11 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
             f"{top.detail if top else ''}"
         )
         log(state, now, "anomaly", reason, agent_id=agent.id)
+        if state.escalations_v1 and state.spec.priority == "critical":
+            # A critical ticket does not wait for the ladder to fail: a person hears now.
+            diagnosis.escalate(
+                state, now, source="critical_anomaly", reason=reason, agent_id=agent.id
+            )
         return diagnosis.request_diagnosis(state, "anomaly", now, reason=reason)
     return []
 

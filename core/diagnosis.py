@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from core import escalations
 from core.common import (
     Effect,
     Refused,
@@ -112,6 +113,8 @@ def stuck_at(state: TicketState) -> datetime | None:
         return None  # a validator's turn: its own timeout covers a verdict that never comes
     if running_diagnosis(state) is not None:
         return None
+    if escalations.waiting_for_person(state):
+        return None  # an agent asked a person: the ticket waits for the answer (ask_human)
     if guard_reason(state) is not None and (not state.healing_v2 or guard_escalated(state)):
         # With healing v2 the stuck check still fires once more, to escalate (a spent
         # budget must reach a person, not leave the ticket silently open).
@@ -219,12 +222,12 @@ def guard_reason(state: TicketState) -> str | None:
     """Why no more automatic diagnoses may run, or None."""
     if state.healing_v2:
         for e in state.escalations:
-            if e.source == "diagnosis_ladder" and not e.acknowledged:
+            if e.source == "diagnosis_ladder" and not e.resolved:
                 return f"escalated to a person ({e.reason[:200]})"
     policy = state.spec.policy.stuck
     if state.consecutive_failed_diagnoses >= policy.max_consecutive_failures:
         return f"{state.consecutive_failed_diagnoses} consecutive diagnoses failed"
-    started = sum(1 for d in state.diagnoses if d.status != "skipped")
+    started = sum(1 for d in state.diagnoses[state.budget_from :] if d.status != "skipped")
     if started >= policy.max_runs:
         return f"{started} diagnoses ran (the limit is {policy.max_runs})"
     return None
@@ -232,7 +235,7 @@ def guard_reason(state: TicketState) -> str | None:
 
 def guard_escalated(state: TicketState) -> bool:
     """A person was told that automatic diagnosing stopped (and has not acknowledged it)."""
-    return any(e.source in GUARD_SOURCES and not e.acknowledged for e in state.escalations)
+    return any(e.source in GUARD_SOURCES and not e.resolved for e in state.escalations)
 
 
 def request_diagnosis(
@@ -297,7 +300,6 @@ def request_diagnosis(
                     state,
                     now,
                     source="diagnosis_guard",
-                    severity="SEV-2",
                     reason=f"no more automatic diagnoses: {guard}; {trigger}: {reason}",
                 )
             return []
@@ -346,20 +348,24 @@ def escalate(
     now: datetime,
     *,
     source: str,
-    severity: str,
     reason: str,
     agent_id: str | None = None,
     diagnosis_run_id: str | None = None,
+    question: str | None = None,
+    task_id: str | None = None,
 ) -> Escalation | None:
-    """Hand a problem to a person; one open escalation per source and subject."""
-    for existing in state.escalations:
-        if (
-            not existing.acknowledged
-            and existing.source == source
-            and existing.agent_id == agent_id
-        ):
-            return None
+    """Hand a problem to a person, at the severity the policy gives its source; one
+    unresolved escalation per source and subject (each question of an agent is its own)."""
+    if question is None:
+        for existing in state.escalations:
+            if (
+                not existing.resolved
+                and existing.source == source
+                and existing.agent_id == agent_id
+            ):
+                return None
     key = f"{len(state.escalations) + 1}"
+    severity = escalations.severity_of(state, source)
     escalation = Escalation(
         id=escalation_record_id(state.ticket_id, source, key),
         severity=severity,
@@ -368,8 +374,11 @@ def escalate(
         created_at=now,
         agent_id=agent_id,
         diagnosis_run_id=diagnosis_run_id,
+        question=question,
+        task_id=task_id,
     )
     state.escalations.append(escalation)
+    escalations.queue(state, escalation, "trigger", now)
     state.outbox.escalations.append(
         EscalationRecord(
             id=escalation.id,
@@ -406,13 +415,13 @@ def diagnosis_finished(
     created: list[str] = []
     # Condition "unblocked": the tasks waiting directly on a failed or cancelled one.
     blocked_before = [t.id for t in state.tasks.values() if waits_on_dead(state, t)]
-    escalations: list[str] = []
+    to_people: list[str] = []
     agents_acted_on: list[str] = []
     if state.status == "open":
         for rec in report.plan.tasks:
             if rec.remedy == "escalate":
                 why = f"{rec.title}: {rec.description}" if rec.description else rec.title
-                escalations.append(why)
+                to_people.append(why)
                 continue
             if rec.remedy in ("interrupt_agent", "restart_agent", "reassign_task", "cancel_tasks"):
                 done = _act(state, rec, run.run_id, now, effects)
@@ -458,7 +467,7 @@ def diagnosis_finished(
     nothing_applied = (
         state.healing_v2
         and state.status == "open"
-        and not (created or run.spawned or run.acted or escalations)
+        and not (created or run.spawned or run.acted or to_people)
     )
     run.hypotheses = list(report.hypotheses.hypotheses)
     if state.healing_v2 and (created or run.spawned or run.acted):
@@ -479,13 +488,12 @@ def diagnosis_finished(
     run.evidence_summary = report.evidence_summary
     if created:
         state.last_activity_at = now
-    if escalations:
+    if to_people:
         escalate(
             state,
             now,
             source="diagnosis_ladder",
-            severity="SEV-2",
-            reason=f"{run.run_id}: " + "; ".join(escalations),
+            reason=f"{run.run_id}: " + "; ".join(to_people),
             diagnosis_run_id=run.run_id,
         )
     _record_run(state, run)
@@ -1015,7 +1023,6 @@ def _escalate_if_guarded(state: TicketState, now: datetime, run_id: str) -> None
             state,
             now,
             source="diagnosis_guard",
-            severity="SEV-2",
             reason=f"no more automatic diagnoses: {guard}",
             diagnosis_run_id=run_id,
         )
@@ -1223,7 +1230,7 @@ def display_status(state: TicketState) -> str:
         return state.status
     if running_diagnosis(state) is not None:
         return "diagnosing"
-    if any(not e.acknowledged for e in state.escalations) and guard_reason(state) is not None:
+    if any(not e.resolved for e in state.escalations) and guard_reason(state) is not None:
         return "escalated"
     if state.stuck_since is not None:
         return "stuck"

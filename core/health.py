@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from core import diagnosis
+from core import diagnosis, escalations
 from core.common import (
     Effect,
     Refused,
@@ -193,7 +193,6 @@ def _restart(
             state,
             now,
             source="external_restart",
-            severity="SEV-3",
             reason=f"external agent {agent.id} is {why} ({reason}); "
             "its tasks were reassigned and it was asked to restart",
             agent_id=agent.id,
@@ -257,9 +256,7 @@ def _quarantine(
         f"{policy.max_restarts_per_hour}): quarantined, no new tasks"
     )
     log(state, now, "agent_quarantined", why, agent_id=agent.id)
-    diagnosis.escalate(
-        state, now, source="restart_quarantine", severity="SEV-2", reason=why, agent_id=agent.id
-    )
+    diagnosis.escalate(state, now, source="restart_quarantine", reason=why, agent_id=agent.id)
     lineage.events += 1
     _record(
         state,
@@ -391,7 +388,6 @@ def restart_failed(
         state,
         now,
         source="restart_failed",
-        severity="SEV-2",
         reason=f"restart of {agent_id} failed: {error[:300]}",
         agent_id=agent_id,
     )
@@ -533,6 +529,7 @@ def release(
         f"{agent.id} released by {msg.operator}: it must heartbeat within {window:g} s",
         agent_id=agent.id,
     )
+    escalations.resolve_quarantine(state, agent.id, now, msg.operator)
     return Step(ReleaseReply(agent_id=agent.id, heartbeat_within_s=window))
 
 

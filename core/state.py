@@ -148,6 +148,14 @@ class Behaviour(BaseModel):
     )
 
 
+class HumanAnswer(BaseModel):
+    question_id: str
+    question: str
+    answer: str
+    answered_by: str
+    answered_at: datetime
+
+
 class Agent(BaseModel):
     id: str
     name: str
@@ -184,6 +192,9 @@ class Agent(BaseModel):
     )
     interrupted: list[str] = Field(
         default_factory=list, description="tasks taken from it by interrupt_agent (its inbox)"
+    )
+    answers: list[HumanAnswer] = Field(
+        default_factory=list, description="a person's answers to its questions (its inbox)"
     )
 
 
@@ -263,6 +274,17 @@ class DiagnosisRun(BaseModel):
     plan: list[str] = Field(default_factory=list, description="Recommendation.key() of each")
 
 
+class Delivery(BaseModel):
+    """One message about an escalation to the ticket's sinks (core.escalations)."""
+
+    event: Literal["trigger", "acknowledge", "resolve"]
+    status: Literal["pending", "delivered", "failed"] = "pending"
+    queued_at: datetime
+    finished_at: datetime | None = None
+    delivered: list[str] = Field(default_factory=list, description="sinks that took it")
+    failed: list[str] = Field(default_factory=list, description="'sink: why', not retried")
+
+
 class Escalation(BaseModel):
     """A problem handed to a person."""
 
@@ -274,6 +296,25 @@ class Escalation(BaseModel):
     agent_id: str | None = None
     diagnosis_run_id: str | None = None
     acknowledged: bool = False
+    # Escalations that reach people (patch escalations-v1): who acts, what they said.
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    note: str | None = Field(default=None, description="the person's note (a question's answer)")
+    question: str | None = Field(default=None, description="ask_human: what the agent asked")
+    task_id: str | None = None
+    deliveries: list[Delivery] = Field(default_factory=list)
+
+    @property
+    def resolved(self) -> bool:
+        return self.resolved_at is not None
+
+    @property
+    def status(self) -> str:
+        if self.resolved_at is not None:
+            return "resolved"
+        return "acknowledged" if self.acknowledged else "open"
 
 
 class TimelineEvent(BaseModel):
@@ -333,6 +374,18 @@ class TicketState(BaseModel):
         ),
     )
 
+    escalations_v1: bool = Field(
+        default=False,
+        description=(
+            "set by the workflow each run (patch escalations-v1): escalations are delivered "
+            "to sinks, acknowledged and resolved by people; agents may ask a person"
+        ),
+    )
+    budget_from: int = Field(
+        default=0,
+        description="diagnoses before this index do not count against the budget (a person "
+        "resolved an escalation: diagnosing resumes with a fresh budget)",
+    )
     behaviour_v1: bool = Field(
         default=False,
         description=(

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from core import behaviour, diagnosis, health
+from core import behaviour, diagnosis, escalations, health
 from core.common import (
     Effect,
     add_task,
@@ -74,6 +74,7 @@ from models.messages import (
     CreateTask,
     FailTask,
     Heartbeat,
+    HumanAnswer,
     LeaveReply,
     LeaveTicket,
     RegisterAgent,
@@ -1261,6 +1262,7 @@ def _finish(state: TicketState, now: datetime, outcome: str, reason: str) -> lis
         "ticket_finished",
         f"{reason}; {cancelled} open task(s) cancelled, {len(stopping)} agent(s) told to stop",
     )
+    escalations.resolve_all(state, now, f"the ticket is {state.status}: {reason[:300]}")
     return [StopAgents(tuple(stopping), reason), FinishTicket(state.status, reason)]
 
 
@@ -1385,4 +1387,14 @@ def inbox(state: TicketState, agent_id: str) -> AgentInbox:
         feedback=list(agent.feedback),
         restart=agent.restart_requested,
         interrupted=list(agent.interrupted),
+        answers=[
+            HumanAnswer(
+                question_id=a.question_id,
+                question=a.question,
+                answer=a.answer,
+                answered_by=a.answered_by,
+                answered_at=a.answered_at.isoformat(),
+            )
+            for a in agent.answers
+        ],
     )

@@ -34,6 +34,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "Diagnoses": "Int",
     "Restarts": "Int",
     "AnomalyScore": "Double",
+    "EscalationSeverity": "Keyword",
 }
 
 
@@ -91,10 +92,21 @@ class Settings(BaseModel):
     codec_auth_token: SecretStr | None = Field(
         default=None, description="bearer token the codec server requires; unset = none"
     )
+    # ---- escalations (DESIGN §14) ----
+    sinks_file: Path | None = Field(
+        default=None,
+        description="YAML/JSON file of the deployment's escalation sinks (webhook, slack, "
+        "pagerduty); read by the worker at each delivery, so its secrets stay off history",
+    )
+    ui_url: str = Field(
+        default="",
+        description="base URL of the Temporal Web UI in notifications; empty = "
+        "http://<temporal host>:<ui_port>",
+    )
 
     @model_validator(mode="after")
     def _check_connection(self) -> Settings:
-        for name in ("tls_ca", "tls_cert", "tls_key", "api_key_file"):
+        for name in ("tls_ca", "tls_cert", "tls_key", "api_key_file", "sinks_file"):
             path = getattr(self, name)
             if path is not None:
                 setattr(self, name, path.expanduser())
@@ -163,6 +175,12 @@ class Settings(BaseModel):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
 
+    def web_ui(self, ticket_id: str | None = None) -> str:
+        """The Temporal Web UI: its workflow list, or a ticket's page."""
+        base = (self.ui_url or f"http://{self.host}:{self.ui_port}").rstrip("/")
+        page = f"{base}/namespaces/{self.namespace}/workflows"
+        return f"{page}/{ticket_id}" if ticket_id else page
+
     @property
     def host(self) -> str:
         return self.temporal_address.rsplit(":", 1)[0]
@@ -218,6 +236,8 @@ ENV_VARS: dict[str, str] = {
     "api_key_file": "UNSTUCK_TEMPORAL_API_KEY_FILE",
     "codec_keys": "UNSTUCK_CODEC_KEYS",
     "codec_auth_token": "UNSTUCK_CODEC_AUTH_TOKEN",
+    "sinks_file": "UNSTUCK_SINKS_FILE",
+    "ui_url": "UNSTUCK_UI_URL",
 }
 
 _SERVER_NAME = re.compile(r"[A-Za-z0-9._:\[\]-]+")

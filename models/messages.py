@@ -152,6 +152,17 @@ class AgentInbox(BaseModel):
         default_factory=list,
         description="tasks a diagnosis took from this agent: stop work on them (feedback: why)",
     )
+    answers: list[HumanAnswer] = Field(
+        default_factory=list, description="a person's answers to its ask_human questions"
+    )
+
+
+class HumanAnswer(BaseModel):
+    question_id: str
+    question: str
+    answer: str
+    answered_by: str
+    answered_at: str
 
 
 class ClaimReply(BaseModel):
@@ -295,6 +306,69 @@ class LeaveReply(BaseModel):
     released: list[str] = Field(description="the tasks it held, back in the queue")
 
 
+class AskHuman(Authenticated):
+    """An agent asks a person. The answer arrives in its inbox (``answers``); while the
+    question is open the ticket waits for it instead of counting as stuck."""
+
+    question: str = Field(min_length=1, max_length=MAX_NOTE)
+    task_id: str | None = Field(default=None, min_length=1, max_length=50)
+
+
+class AskReply(BaseModel):
+    question_id: str = Field(description="the escalation id: the answer names it")
+    severity: str
+
+
+class AcknowledgeEscalation(Message):
+    """Operator: a person has the escalation (its pages stop; the ticket still waits)."""
+
+    escalation_id: str = Field(min_length=1, max_length=300)
+    operator: str = Field(default="operator", min_length=1, max_length=100)
+    operator_token: str = Field(min_length=1, max_length=200, repr=False)
+
+
+class ResolveEscalation(Message):
+    """Operator: the escalation is dealt with. The note reaches the agents (a question's
+    asker gets it as the answer), and diagnosing resumes with a fresh budget."""
+
+    escalation_id: str = Field(min_length=1, max_length=300)
+    note: str = Field(min_length=1, max_length=MAX_NOTE)
+    as_task: bool = Field(
+        default=False, description="also queue the note as a high-priority task for the workers"
+    )
+    operator: str = Field(default="operator", min_length=1, max_length=100)
+    operator_token: str = Field(min_length=1, max_length=200, repr=False)
+
+
+class DeliveryView(BaseModel):
+    event: str = Field(description="trigger, acknowledge or resolve")
+    status: str = Field(description="pending, delivered or failed")
+    delivered: list[str] = Field(default_factory=list, description="sinks that took it")
+    failed: list[str] = Field(default_factory=list, description="sink: why (not retried)")
+    queued_at: str
+    finished_at: str | None = None
+
+
+class EscalationView(BaseModel):
+    id: str
+    ticket_id: str
+    severity: str
+    source: str
+    status: str = Field(description="open, acknowledged or resolved")
+    reason: str
+    created_at: str
+    agent_id: str | None = None
+    task_id: str | None = None
+    diagnosis_run_id: str | None = None
+    question: str | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: str | None = None
+    resolved_by: str | None = None
+    resolved_at: str | None = None
+    note: str | None = None
+    deliveries: list[DeliveryView] = Field(default_factory=list)
+
+
 class CancelTicket(Message):
     """Operator: stop the ticket now."""
 
@@ -431,6 +505,9 @@ INBOUND: dict[str, type[Message]] = {
     "diagnose": DiagnoseTicket,
     "release": ReleaseAgent,
     "leave": LeaveTicket,
+    "ask_human": AskHuman,
+    "ack": AcknowledgeEscalation,
+    "resolve": ResolveEscalation,
     "heartbeat": Heartbeat,
     "progress": ReportProgress,
 }
@@ -452,5 +529,8 @@ OUTBOUND: dict[str, type[BaseModel]] = {
     "DiagnoseReply": DiagnoseReply,
     "ReleaseReply": ReleaseReply,
     "LeaveReply": LeaveReply,
+    "AskReply": AskReply,
+    "EscalationView": EscalationView,
+    "HumanAnswer": HumanAnswer,
     "DiagnosisView": DiagnosisView,
 }

@@ -56,6 +56,9 @@ UPDATE_REPLIES: dict[str, str] = {
     "review_result": "ReviewReply",
     "cancel": "StatusView",
     "diagnose": "DiagnoseReply",
+    "ask_human": "AskReply",
+    "ack": "EscalationView",
+    "resolve": "EscalationView",
 }
 
 Role = Literal["spec", "input", "inbound", "outbound"]

@@ -5,6 +5,7 @@ Every number has the default of DESIGN.md and can be changed per ticket in ``pol
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +43,30 @@ RESULT_TYPES: dict[str, ResultType] = {
     "submission": "documentation",
 }
 OnResultFound = Literal["stop_all", "do_nothing"]
+Severity = Literal["SEV-1", "SEV-2", "SEV-3", "SEV-4"]
+SEVERITY_RANK: dict[str, int] = {"SEV-1": 1, "SEV-2": 2, "SEV-3": 3, "SEV-4": 4}
+#: What escalates (the ``source`` of an escalation), with its default severity (DESIGN §14).
+ESCALATION_SOURCES: dict[str, Severity] = {
+    "diagnosis_guard": "SEV-2",  # the diagnosis budget is spent
+    "diagnosis_ladder": "SEV-2",  # a diagnosis found no remedy the ticket can apply
+    "restart_quarantine": "SEV-2",  # a restart storm: the agent is quarantined
+    "restart_failed": "SEV-2",  # an agent could not be restarted
+    "spawn_failed": "SEV-2",  # an agent could not be started
+    "external_restart": "SEV-3",  # an agent someone else runs died; it was asked to restart
+    "critical_anomaly": "SEV-2",  # an agent misbehaves on a critical-priority ticket
+    "agent_question": "SEV-3",  # an agent asked a person (ask_human)
+}
+EscalationSource = Literal[
+    "diagnosis_guard",
+    "diagnosis_ladder",
+    "restart_quarantine",
+    "restart_failed",
+    "spawn_failed",
+    "external_restart",
+    "critical_anomaly",
+    "agent_question",
+]
+SinkKind = Literal["webhook", "slack", "pagerduty"]
 
 KB = 1024
 MB = 1024 * 1024
@@ -267,6 +292,93 @@ class AnomalyPolicy(_Strict):
     )
 
 
+class SinkSpec(_Strict):
+    """Where escalations are sent: a generic JSON webhook, a Slack incoming webhook or the
+    PagerDuty Events v2 API. Each escalation is sent once per sink with a dedup key (its id),
+    then again when it is acknowledged and when it is resolved."""
+
+    name: Slug
+    kind: SinkKind
+    url: str = Field(
+        min_length=1,
+        max_length=2_000,
+        description="http(s) URL; PagerDuty: https://events.pagerduty.com/v2/enqueue",
+    )
+    min_severity: Severity = Field(
+        default="SEV-4", description="send escalations this severe or more (SEV-1 is the most)"
+    )
+    routing_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        repr=False,
+        description="PagerDuty: the integration key of the service (required for pagerduty)",
+    )
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=200,
+        repr=False,
+        description="webhook: sign each body (header X-Unstuck-Signature: sha256=<HMAC hex>)",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="per request")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SinkSpec:
+        if self.kind == "pagerduty" and self.routing_key is None:
+            raise ValueError("a pagerduty sink needs routing_key (the service's integration key)")
+        if self.kind != "pagerduty" and self.routing_key is not None:
+            raise ValueError("routing_key is for pagerduty sinks only")
+        if self.kind != "webhook" and self.secret is not None:
+            raise ValueError("secret (body signing) is for webhook sinks only")
+        return self
+
+
+class EscalationPolicy(_Strict):
+    """Who hears of an escalation, and how loud (DESIGN §14)."""
+
+    severity: dict[EscalationSource, Severity] = Field(
+        default_factory=dict,
+        description="severity per source; unlisted sources keep their default (ESCALATION_SOURCES)",
+    )
+    notify: list[Slug] | None = Field(
+        default=None,
+        max_length=20,
+        description="the deployment's sinks (UNSTUCK_SINKS_FILE) to use, by name; "
+        "None: all of them, []: none",
+    )
+    sinks: list[SinkSpec] = Field(
+        default_factory=list,
+        max_length=10,
+        description="this ticket's own sinks (their URLs and keys travel in the workflow "
+        "history: use a payload codec, or name deployment sinks in notify instead)",
+    )
+    retry_max_interval_s: float = Field(
+        default=60.0, ge=1, le=3600, description="longest wait between delivery attempts"
+    )
+    max_open_questions: int = Field(
+        default=3, ge=1, le=50, description="open ask_human questions per agent"
+    )
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_names(cls, sinks: list[SinkSpec]) -> list[SinkSpec]:
+        names = [s.name for s in sinks]
+        if len(names) != len(set(names)):
+            raise ValueError("sink names must be unique")
+        return sinks
+
+    def severity_of(self, source: str) -> Severity:
+        return self.severity.get(source, ESCALATION_SOURCES.get(source, "SEV-2"))  # type: ignore[call-overload]
+
+
 class Policy(_Strict):
     results: ResultPolicy = Field(default_factory=ResultPolicy)
     tasks: TaskPolicy = Field(default_factory=TaskPolicy)
@@ -274,6 +386,7 @@ class Policy(_Strict):
     health: HealthPolicy = Field(default_factory=HealthPolicy)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     anomaly: AnomalyPolicy = Field(default_factory=AnomalyPolicy)
+    escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
 
 
 class TicketSpec(_Strict):

@@ -16,12 +16,18 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, RootModel, ValidationError
 
-    from core import deadlines, diagnosis, health, views
+    from core import deadlines, diagnosis, escalations, health, people, views
     from core import ticket as core
     from core.common import RestartAgentProcess, SpawnAgentProcesses, StopAgentProcesses
     from core.diagnosis import Deadline
@@ -30,8 +36,11 @@ with workflow.unsafe.imports_passed_through():
     from models.ledger import WRITE_LEDGER_ACTIVITY, LedgerBatch
     from models.messages import (
         MAX_MESSAGE_BYTES,
+        AcknowledgeEscalation,
         AgentInbox,
         AgentView,
+        AskHuman,
+        AskReply,
         Authenticated,
         CancelTicket,
         ClaimReply,
@@ -42,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         DiagnoseReply,
         DiagnoseTicket,
         DiagnosisView,
+        EscalationView,
         FailTask,
         Heartbeat,
         LeaveReply,
@@ -51,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseAgent,
         ReleaseReply,
         ReportProgress,
+        ResolveEscalation,
         ResultFile,
         ResultVersionView,
         ReviewReply,
@@ -63,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         TimelineEntry,
         oversized,
     )
+    from models.notify import DELIVER_ESCALATION_ACTIVITY, NotifyOutcome, NotifyRequest
     from models.runtime import (
         RESTART_AGENT_ACTIVITY,
         SPAWN_AGENT_ACTIVITY,
@@ -89,9 +101,19 @@ STUCK_SINCE = SearchAttributeKey.for_datetime("StuckSince")
 DIAGNOSES = SearchAttributeKey.for_int("Diagnoses")
 RESTARTS = SearchAttributeKey.for_int("Restarts")
 ANOMALY_SCORE = SearchAttributeKey.for_float("AnomalyScore")
+ESCALATION_SEVERITY = SearchAttributeKey.for_keyword("EscalationSeverity")
 SEARCH_ATTRIBUTE_KEYS: dict[str, SearchAttributeKey[Any]] = {
     k.name: k
-    for k in (TICKET_STATUS, PHASE, OPEN_TASKS, STUCK_SINCE, DIAGNOSES, RESTARTS, ANOMALY_SCORE)
+    for k in (
+        TICKET_STATUS,
+        PHASE,
+        OPEN_TASKS,
+        STUCK_SINCE,
+        DIAGNOSES,
+        RESTARTS,
+        ANOMALY_SCORE,
+        ESCALATION_SEVERITY,
+    )
 }
 DIAGNOSIS_WORKFLOW = "Diagnosis"
 
@@ -114,6 +136,10 @@ BEHAVIOUR_SIGNALS = "behaviour-signals"
 #: Trust boundaries (DESIGN §16): a reused request id with another payload is refused, a
 #: name keeps its kind, ledger writes are split under the payload limit (TicketState.trust_v1).
 TRUST_BOUNDARIES = "trust-boundaries"
+#: Escalations reach people (DESIGN §14): each is delivered to the ticket's sinks by an
+#: activity, acknowledged and resolved by people (ack/resolve), agents may ask a person
+#: (ask_human), and the EscalationSeverity search attribute names the worst unresolved one.
+ESCALATIONS_V1 = "escalations-v1"
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -142,6 +168,15 @@ LEDGER_WRITE_TIMEOUT = timedelta(seconds=20)
 #: Most JSON one ledger write carries (Temporal refuses payloads over 2 MB; one record, e.g.
 #: a final result of at most 1 MB as JSON, always fits).
 LEDGER_BATCH_BYTES = 1_500_000
+#: Escalation delivery (activities.notify) retries inside its activity, heartbeating; the
+#: server retries an attempt only when its worker is gone (no heartbeat for this long).
+NOTIFY_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+#: One attempt may wait this long for a receiver that is down (then the next attempt resumes
+#: from its heartbeat details): in effect, until delivered.
+NOTIFY_ATTEMPT_TIMEOUT = timedelta(days=1)
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60)
+)
 
 
 def _search_attribute(name: str, value: Any) -> SearchAttributeUpdate[Any]:
@@ -205,9 +240,9 @@ def _invalid(model: type[BaseModel], exc: ValidationError) -> core.Refused:
     rule = str(first["msg"])
     if field == "payload":
         rule = f"{rule} (a {model.__name__} message is a JSON object)"
-    others = [".".join(str(p) for p in e["loc"]) or "payload" for e in errors[1:6]]
+    others = [".".join(str(p) for p in e["loc"]) or "payload" for e in errors[1:11]]
     if others:
-        more = f" and {len(errors) - 6} more" if len(errors) > 6 else ""
+        more = f" and {len(errors) - 11} more" if len(errors) > 11 else ""
         rule += f" (also wrong: {', '.join(others)}{more})"
     return core.Refused(field, rule)
 
@@ -245,10 +280,12 @@ class TicketWorkflow:
         self._state.healing_v2 = workflow.patched(HEALING_V2)
         self._state.behaviour_v1 = workflow.patched(BEHAVIOUR_SIGNALS)
         self._state.trust_v1 = workflow.patched(TRUST_BOUNDARIES)
+        self._state.escalations_v1 = workflow.patched(ESCALATIONS_V1)
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
         self._agent_ops: set[asyncio.Task[None]] = set()
+        self._notifiers: dict[str, asyncio.Task[None]] = {}  # escalation id -> its deliveries
         self._draining = False
         self._updates_this_run = 0
         self._armed: datetime | None = None
@@ -349,6 +386,19 @@ class TicketWorkflow:
         self._draining = not final
         if final:
             self._flush_ledger()  # a drain for continue-as-new may have paused it
+            self._start_notifiers()  # ... and cancelled deliveries: they must go out now
+            if waiting := len(self._notifiers):
+                core.note(
+                    self._state,
+                    workflow.now(),
+                    "escalation_delivery",
+                    f"the ticket closes once {waiting} escalation message(s) are delivered",
+                )
+        else:
+            # Deliveries on their way are cancelled: each answers with what it did (within a
+            # heartbeat), the rest rides along in the carried state for the next run.
+            for notifier in self._notifiers.values():
+                notifier.cancel()
         await workflow.wait_condition(
             lambda: (
                 workflow.all_handlers_finished()
@@ -356,6 +406,7 @@ class TicketWorkflow:
                 and not self._agent_ops
                 and (self._flush is None or self._flush.done())
                 and (not final or self._state.outbox.is_empty())
+                and not self._notifiers
             )
         )
 
@@ -472,7 +523,6 @@ class TicketWorkflow:
                 self._state,
                 workflow.now(),
                 source="spawn_failed",
-                severity="SEV-2",
                 reason=f"could not start agent {spec.name}: {exc.cause or exc}",
             )
         self._after_change()
@@ -544,11 +594,74 @@ class TicketWorkflow:
         self._diagnoses.pop(input.run_id, None)
         self._after_change()
 
+    # ---- escalations reach people (DESIGN §14) ------------------------------------------
+
+    def _start_notifiers(self) -> None:
+        if not self._state.escalations_v1 or self._draining:
+            return
+        for escalation in escalations.pending(self._state):
+            if escalation.id not in self._notifiers:
+                self._notifiers[escalation.id] = asyncio.create_task(self._notify(escalation.id))
+
+    async def _notify(self, escalation_id: str) -> None:
+        """Deliver an escalation's messages in order (a resolve never overtakes its trigger)."""
+        try:
+            while not self._draining:
+                escalation = escalations.find(self._state, escalation_id)
+                due = escalations.next_delivery(escalation)
+                if due is None:
+                    break
+                index, delivery = due
+                policy = self._state.spec.policy.escalation
+                request = NotifyRequest(
+                    ticket_id=self._state.ticket_id,
+                    ticket_title=self._state.spec.title,
+                    ticket_priority=self._state.spec.priority,
+                    event=delivery.event,
+                    escalation=escalations.view(self._state, escalation),
+                    sinks=list(policy.sinks),
+                    notify=policy.notify,
+                    retry_max_interval_s=policy.retry_max_interval_s,
+                    done=escalations.settled_sinks(delivery),
+                )
+                request.escalation.deliveries = []  # the history needs no copy of them
+                try:
+                    outcome = await workflow.execute_activity(
+                        DELIVER_ESCALATION_ACTIVITY,
+                        request,
+                        result_type=NotifyOutcome,
+                        start_to_close_timeout=NOTIFY_ATTEMPT_TIMEOUT,
+                        heartbeat_timeout=NOTIFY_HEARTBEAT_TIMEOUT,
+                        retry_policy=NOTIFY_RETRY,
+                        # Continue-as-new cancels it and waits for what it did (its answer).
+                        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                        summary=f"notify: {delivery.event} {escalation.severity} "
+                        f"{escalation.source}",
+                    )
+                except ActivityError as exc:
+                    if isinstance(exc.cause, CancelledError):
+                        break  # cancelled before it started: the next run sends it
+                    # Only a bug gets here (no attempt limit): say so on the escalation.
+                    outcome = NotifyOutcome(failed=[f"delivery: {exc.cause or exc}"])
+                escalations.delivery_finished(
+                    self._state,
+                    escalation_id,
+                    index,
+                    workflow.now(),
+                    delivered=outcome.delivered,
+                    failed=outcome.failed,
+                    complete=outcome.complete,
+                )
+                self._after_change()
+        finally:
+            self._notifiers.pop(escalation_id, None)
+
     def _after_change(self, *, publish_now: bool = False) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
         diagnosis.note_activity(self._state)
         diagnosis.settle_runs(self._state, workflow.now())  # healing v2: verified outcomes
         self._flush_ledger()
+        self._start_notifiers()
         if self._coalesce_publish is None:
             self._coalesce_publish = workflow.patched(PUBLISH_ONCE_PER_ACTIVATION)
         if not self._coalesce_publish:
@@ -583,6 +696,8 @@ class TicketWorkflow:
         }
         if state.behaviour_v1:
             wanted["AnomalyScore"] = views.published_anomaly(state)
+        if state.escalations_v1:
+            wanted["EscalationSeverity"] = escalations.open_severity(state)
         published = self._search_attributes
         if not self._coalesce_publish:  # the shape of runs started before the patch
             changed = list(wanted) if wanted != published else []
@@ -785,6 +900,36 @@ class TicketWorkflow:
         msg = _decode(LeaveTicket, raw, measure=True)
         self._check(core.leave, msg)
 
+    @workflow.update(name="ask_human")
+    async def ask_human(self, raw: RawValue) -> AskReply:
+        msg = _decode(AskHuman, raw)
+        return self._apply(people.ask, msg)
+
+    @ask_human.validator
+    def _validate_ask_human(self, raw: RawValue) -> None:
+        msg = _decode(AskHuman, raw, measure=True)
+        self._check(people.ask, msg)
+
+    @workflow.update(name="ack")
+    async def ack(self, raw: RawValue) -> EscalationView:
+        msg = _decode(AcknowledgeEscalation, raw)
+        return self._apply(people.acknowledge, msg)
+
+    @ack.validator
+    def _validate_ack(self, raw: RawValue) -> None:
+        msg = _decode(AcknowledgeEscalation, raw, measure=True)
+        self._check(people.acknowledge, msg)
+
+    @workflow.update(name="resolve")
+    async def resolve(self, raw: RawValue) -> EscalationView:
+        msg = _decode(ResolveEscalation, raw)
+        return self._apply(people.resolve, msg)
+
+    @resolve.validator
+    def _validate_resolve(self, raw: RawValue) -> None:
+        msg = _decode(ResolveEscalation, raw, measure=True)
+        self._check(people.resolve, msg)
+
     @workflow.update(name="cancel")
     async def cancel(self, raw: RawValue) -> StatusView:
         msg = _decode(CancelTicket, raw)
@@ -886,6 +1031,10 @@ class TicketWorkflow:
         except core.Refused as exc:
             raise _refusal(exc) from None
         return core.inbox(self._state, agent.id)
+
+    @workflow.query(name="escalations")
+    def escalation_views(self) -> list[EscalationView]:
+        return escalations.views(self._state)
 
     @workflow.query(name="spec")
     def spec(self) -> TicketSpec:

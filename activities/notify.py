@@ -1,0 +1,129 @@
+"""Delivering escalations to people (DESIGN §14): one activity per message.
+
+``deliver_escalation`` sends one event (trigger, acknowledge, resolve) of one escalation to
+every sink that wants it, and keeps trying the sinks still owed — with a backoff capped at
+``policy.escalation.retry_max_interval_s`` — until each took the message or refused it for
+good: a receiver that is down for minutes gets the message when it is back, once.
+
+The retry loop runs inside the activity, heartbeating its progress (:class:`NotifyProgress`:
+sinks done, tries, the last errors) so that ``describe`` shows an operator why a message is
+late, and a worker that dies mid-way is noticed within the heartbeat timeout; the next
+attempt (on any worker) resumes from the recorded progress and never sends again to a sink
+that took the message. When the ticket continues as new it cancels the activity and waits
+for its answer: the activity returns what it did (``complete=False``), and the next run
+sends only to the sinks still owed (``NotifyRequest.done``). A sink whose answer was lost
+on the way back may get a message twice: every message carries a dedup key for that
+(infra.sinks).
+
+The deployment's sinks are read from ``UNSTUCK_SINKS_FILE`` at every try: their URLs and
+keys never enter the workflow history, and a corrected file applies at the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from temporalio import activity
+
+from infra import sinks
+from infra.settings import Settings
+from models.notify import (
+    DELIVER_ESCALATION_ACTIVITY,
+    NotifyOutcome,
+    NotifyProgress,
+    NotifyRequest,
+)
+
+log = logging.getLogger("unstuck.notify")
+
+#: The first wait after a failed try; it doubles up to the policy's cap.
+FIRST_BACKOFF_S = 1.0
+#: The longest stretch without a heartbeat while waiting to try again.
+HEARTBEAT_EVERY_S = 5.0
+
+
+class NotifyActivities:
+    """Escalation delivery for one worker (register ``activities()``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.deliver_escalation]
+
+    @activity.defn(name=DELIVER_ESCALATION_ACTIVITY)
+    async def deliver_escalation(self, request: NotifyRequest) -> NotifyOutcome:
+        details = activity.info().heartbeat_details
+        progress = NotifyProgress.model_validate(details[0]) if details else NotifyProgress()
+        wait = FIRST_BACKOFF_S
+        try:
+            async with httpx.AsyncClient(follow_redirects=False) as client:
+                while not await self._try(client, request, progress):
+                    log.warning(
+                        "%s of %s not delivered (try %d), again in %.0f s: %s",
+                        request.event,
+                        request.escalation.id,
+                        progress.tries,
+                        wait,
+                        "; ".join(progress.last_errors),
+                    )
+                    await _wait(wait, progress)
+                    wait = min(wait * 2, request.retry_max_interval_s)
+        except asyncio.CancelledError:
+            # The workflow asked (it continues as new, waiting for this answer): report what
+            # was done, so the next run sends only to the sinks still owed.
+            return NotifyOutcome(
+                delivered=progress.delivered, failed=progress.failed, complete=False
+            )
+        return NotifyOutcome(delivered=progress.delivered, failed=progress.failed)
+
+    async def _try(
+        self, client: httpx.AsyncClient, request: NotifyRequest, progress: NotifyProgress
+    ) -> bool:
+        """Send to every sink still owed; True when none is owed any more."""
+        progress.tries += 1
+        progress.last_errors = []
+        try:
+            deployment = sinks.load_sinks(self._settings.sinks_file)
+        except sinks.SinksError as exc:
+            progress.last_errors = [str(exc)]  # a file being fixed: try again later
+            activity.heartbeat(progress.model_dump(mode="json"))
+            return False
+        chosen, missing = sinks.choose(deployment, request)
+        settled = (
+            set(request.done)
+            | set(progress.delivered)
+            | {f.split(":", 1)[0] for f in progress.failed}
+        )
+        progress.failed += [m for m in missing if m.split(":", 1)[0] not in settled]
+        owed = [s for s in chosen if s.name not in settled]
+        ui_url = self._settings.web_ui(request.ticket_id)
+        results = await asyncio.gather(
+            *(sinks.post(client, sink, request, ui_url) for sink in owed),
+            return_exceptions=True,
+        )
+        for sink, result in zip(owed, results, strict=True):
+            if result is None:
+                progress.delivered.append(sink.name)
+            elif isinstance(result, sinks.Refused):
+                progress.failed.append(f"{sink.name}: {result}")
+                log.error("%s refused %s for good: %s", sink.name, request.escalation.id, result)
+            elif isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled: the ticket no longer needs this message
+            else:
+                progress.last_errors.append(f"{sink.name}: {result}")
+        activity.heartbeat(progress.model_dump(mode="json"))
+        return not progress.last_errors
+
+
+async def _wait(seconds: float, progress: NotifyProgress) -> None:
+    """Sleep, heartbeating (cancellation and liveness travel with heartbeats)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(left, HEARTBEAT_EVERY_S))
+        activity.heartbeat(progress.model_dump(mode="json"))

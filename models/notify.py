@@ -1,0 +1,53 @@
+"""What the escalation delivery activity takes and returns (DESIGN §14)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from models.messages import EscalationView
+from models.spec import SinkSpec
+
+
+class NotifyRequest(BaseModel):
+    """One message about one escalation, for every sink that wants it."""
+
+    ticket_id: str
+    ticket_title: str
+    ticket_priority: str
+    event: Literal["trigger", "acknowledge", "resolve"]
+    escalation: EscalationView
+    sinks: list[SinkSpec] = Field(default_factory=list, description="the ticket's own sinks")
+    notify: list[str] | None = Field(
+        default=None, description="deployment sinks to use by name; None = all"
+    )
+    retry_max_interval_s: float = Field(default=60.0, gt=0)
+    done: list[str] = Field(
+        default_factory=list,
+        description="sinks an earlier activity already settled (delivered or refused): skip",
+    )
+
+
+class NotifyProgress(BaseModel):
+    """What an attempt has done so far (its heartbeat details; a retried attempt resumes)."""
+
+    delivered: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    tries: int = 0
+    last_errors: list[str] = Field(default_factory=list, description="sinks still owed: why")
+
+
+class NotifyOutcome(BaseModel):
+    delivered: list[str] = Field(default_factory=list, description="sinks that took it")
+    failed: list[str] = Field(
+        default_factory=list, description="'sink: why' for sinks that refused it for good"
+    )
+    complete: bool = Field(
+        default=True,
+        description="False: cancelled (the ticket continued as new) with sinks still owed; "
+        "what it did so far is reported so the next run does not send it again",
+    )
+
+
+DELIVER_ESCALATION_ACTIVITY = "deliver_escalation"
