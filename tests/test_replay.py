@@ -24,6 +24,7 @@ from temporalio.worker import Replayer
 from agent_client.session import AgentSession
 from infra.settings import Settings
 from tests.conftest import unique_id
+from tests.receiver import Receiver
 from tests.test_agent_health import agent, until
 from tests.test_agent_health import spec as agent_spec
 from tests.ticketkit import launch, spec_dict
@@ -69,6 +70,7 @@ def test_histories_are_recorded() -> None:
         "ticket-seed-stuck-diagnosed",
         "ticket-agent-restart",
         "ticket-looping-interrupted",
+        "ticket-escalation-answered",
     } <= names
 
 
@@ -200,7 +202,47 @@ async def test_fresh_runs_replay(client: Client, settings: Settings) -> None:
         await vera.review_result(1, passed=True)
     await looping.handle.result()
 
+    hook = Receiver().answer(500).up()  # fails once, then takes every message
+    people = await launch(
+        client,
+        settings,
+        spec_dict(
+            unique_id("replay-people"),
+            policy={
+                "stuck": {"window_s": 0.5, "cooldown_s": 0.5},
+                "escalation": {
+                    "sinks": [{"name": "hook", "kind": "webhook", "url": hook.url}],
+                    "retry_max_interval_s": 1,
+                },
+            },
+        ),
+    )
+    try:
+        async with (
+            AgentSession(client, people.ticket_id, name="alice") as alice,
+            AgentSession(client, people.ticket_id, name="vera", kind="validator") as vera,
+        ):
+            task = await alice.claim()
+            assert task is not None
+            asked = await alice.ask_human("Google or GitHub login?", task.id)
+            operator = {"operator_token": people.operator_token, "operator": "olga"}
+            await people.handle.execute_update(
+                "ack", {**operator, "escalation_id": asked.question_id}
+            )
+            await people.handle.execute_update(
+                "resolve", {**operator, "escalation_id": asked.question_id, "note": "GitHub"}
+            )
+            assert await alice.wait_for_answer(asked.question_id, timeout=10, poll_s=0.1)
+            await alice.complete(task.id, "# GitHub login", "design", claim_next=True)
+            await alice.submit_result("# GitHub login, done")
+            await vera.review_result(1, passed=True)
+        await people.handle.result()  # closes once the sink has every message
+        assert [event for event, _ in hook.events()] == ["trigger", "acknowledge", "resolve"]
+    finally:
+        hook.down()
+
     histories = {
+        "ticket-escalation-answered": await people.handle.fetch_history(),
         "ticket-looping-interrupted": await looping.handle.fetch_history(),
         "ticket-happy-path": await happy.handle.fetch_history(),
         "ticket-validation-loop": await review.handle.fetch_history(),
