@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ TOOLS = {
     "review_result",
     "ticket_status",
     "read_inbox",
+    "ask_human",
 }
 
 
@@ -338,3 +339,50 @@ async def test_a_closed_stdio_session_leaves_and_a_crashed_one_resumes(
     assert done.task.status == "done"
     await again.close()
     assert not saved.exists()
+
+
+async def test_an_agent_asks_a_person_over_mcp_and_gets_the_answer_in_the_tool_call(
+    client: Client, settings: Settings
+) -> None:
+    ticket = await launch(client, settings, ticket_spec("mcp-ask"))
+    tid = ticket.ticket_id
+    async with over_stdio(stdio_params(settings, tid, "claude", "worker")) as worker:
+        claimed = await call(worker, "claim_task")
+        assert claimed["task"]["id"] == "T1"
+        quick = await call(worker, "ask_human", question="Is SSO in scope?", task_id="T1")
+        assert quick["answer"] is None and quick["severity"] == "SEV-3"
+
+        async def person_answers(question_id: str) -> None:
+            await asyncio.sleep(0.5)  # while the tool call waits
+            await ticket.handle.execute_update(
+                "resolve",
+                {
+                    "escalation_id": question_id,
+                    "note": "Yes, GitHub SSO only.",
+                    "operator": "olga",
+                    "operator_token": ticket.operator_token,
+                },
+            )
+
+        asked, _ = await asyncio.gather(
+            call(worker, "ask_human", question="Which SSO provider?", task_id="T1", wait_s=30),
+            _answer_the_latest(ticket, person_answers),
+        )
+        assert asked["answer"]["answer"] == "Yes, GitHub SSO only."
+        assert asked["answer"]["answered_by"] == "olga"
+        inbox = await call(worker, "read_inbox")
+        assert [a["question_id"] for a in inbox["answers"]] == [asked["question_id"]]
+        text = await refused(worker, "ask_human", question="x", task_id="T9")
+        assert "task_id: unknown task 'T9'" in text
+
+
+async def _answer_the_latest(ticket: Launched, answer: Callable[[str], Awaitable[None]]) -> None:
+    """Wait for a second question to reach the ticket, then answer it."""
+    for _ in range(200):
+        state = await ticket.state()
+        questions = [e for e in state.escalations if e.source == "agent_question"]
+        if len(questions) == 2:
+            await answer(questions[1].id)
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the second question never reached the ticket")
