@@ -37,6 +37,7 @@ from models.notify import (
     NotifyProgress,
     NotifyRequest,
 )
+from models.spec import SinkSpec
 
 log = logging.getLogger("unstuck.notify")
 
@@ -102,22 +103,33 @@ class NotifyActivities:
         progress.failed += [m for m in missing if m.split(":", 1)[0] not in settled]
         owed = [s for s in chosen if s.name not in settled]
         ui_url = self._settings.web_ui(request.ticket_id)
-        results = await asyncio.gather(
-            *(sinks.post(client, sink, request, ui_url) for sink in owed),
-            return_exceptions=True,
-        )
-        for sink, result in zip(owed, results, strict=True):
-            if result is None:
-                progress.delivered.append(sink.name)
-            elif isinstance(result, sinks.Refused):
-                progress.failed.append(f"{sink.name}: {result}")
-                log.error("%s refused %s for good: %s", sink.name, request.escalation.id, result)
-            elif isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result  # cancelled: the ticket no longer needs this message
-            else:
-                progress.last_errors.append(f"{sink.name}: {result}")
+        sending = {
+            asyncio.ensure_future(sinks.post(client, sink, request, ui_url)): sink for sink in owed
+        }
+        try:
+            while sending:
+                # Each answer is recorded as it comes: cancelled while a slow sink keeps us
+                # waiting, the activity still reports the sinks that already took it.
+                finished, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                for sent in finished:
+                    _record(progress, sending.pop(sent), sent.exception(), request)
+        finally:
+            for unsent in sending:
+                unsent.cancel()
         activity.heartbeat(progress.model_dump(mode="json"))
         return not progress.last_errors
+
+
+def _record(
+    progress: NotifyProgress, sink: SinkSpec, error: BaseException | None, request: NotifyRequest
+) -> None:
+    if error is None:
+        progress.delivered.append(sink.name)
+    elif isinstance(error, sinks.Refused):
+        progress.failed.append(f"{sink.name}: {error}")
+        log.error("%s refused %s for good: %s", sink.name, request.escalation.id, error)
+    else:
+        progress.last_errors.append(f"{sink.name}: {error}")
 
 
 async def _wait(seconds: float, progress: NotifyProgress) -> None:

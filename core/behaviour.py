@@ -305,7 +305,7 @@ def stall_starts(
 ) -> tuple[datetime, str, str] | None:
     """When a holding agent counts as stalled (task, bound), or None if it holds nothing."""
     task = (held if held is not None else held_by(state)).get(agent.id)
-    if task is None or escalations.open_questions(state, agent.id):
+    if task is None or escalations.waits_for_answer(state, agent):
         return None  # holds nothing, or waits for a person's answer (ask_human)
     since = max(
         d
@@ -323,7 +323,7 @@ def stall(state: TicketState, agent: Agent, now: datetime) -> Signal:
         # The hot path (every message): it acted within the bound, whatever it holds (a
         # claim is an act, so no held task began later than its last act).
         return Signal("stall", 0.0, f"progress within the bound ({bound[1]})")
-    if escalations.open_questions(state, agent.id):
+    if escalations.waits_for_answer(state, agent):
         return Signal("stall", 0.0, "waits for a person's answer (ask_human)")
     starts = stall_starts(state, agent, bound=bound)
     if starts is None:

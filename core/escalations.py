@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.common import Refused, log
-from core.state import Delivery, Escalation, TicketState
+from core.state import Agent, Delivery, Escalation, TicketState
 from models.messages import DeliveryView, EscalationView
 from models.spec import SEVERITY_RANK
 
@@ -53,9 +53,40 @@ def open_severity(state: TicketState) -> str:
     return min(open_, key=lambda s: SEVERITY_RANK.get(s, 9)) if open_ else NO_ESCALATION
 
 
+#: Agent states in which an asker (or its replacement) still waits for its answer.
+WAITING = ("spawning", "idle", "running", "degraded", "restarting", "unresponsive")
+
+
+def asker(state: TicketState, escalation: Escalation) -> Agent | None:
+    """The agent that asked or, when it was restarted since, its live replacement."""
+    agent = state.agents.get(escalation.agent_id or "")
+    if agent is None or agent.state in WAITING:
+        return agent
+    for other in reversed(list(state.agents.values())):
+        if other.lineage and other.lineage == agent.lineage and other.state in WAITING:
+            return other
+    return None
+
+
 def waiting_for_person(state: TicketState) -> bool:
-    """An agent's question is open: the ticket waits for a person, it is not stuck."""
-    return any(e.source == QUESTION_SOURCE and not e.resolved for e in state.escalations)
+    """An agent waits for a person's answer: the ticket is not stuck. A question whose asker
+    left (and was not replaced) holds up nothing: the ticket goes on as if unasked."""
+    return any(
+        e.source == QUESTION_SOURCE and not e.resolved and asker(state, e) is not None
+        for e in state.escalations
+    )
+
+
+def waits_for_answer(state: TicketState, agent: Agent) -> bool:
+    """``agent`` (or the agent it replaced) asked a question no person answered yet."""
+    for e in state.escalations:
+        if e.source == QUESTION_SOURCE and not e.resolved:
+            if e.agent_id == agent.id:
+                return True
+            found = asker(state, e)
+            if found is not None and found.id == agent.id:
+                return True
+    return False
 
 
 def open_questions(state: TicketState, agent_id: str) -> int:

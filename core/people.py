@@ -15,7 +15,7 @@ from datetime import datetime
 
 from core import diagnosis, escalations
 from core.common import Refused, Step, add_task, check_operator, current_phase, log
-from core.state import FEEDBACK_LIMIT, HELD_STATUSES, Agent, Escalation, HumanAnswer, TicketState
+from core.state import FEEDBACK_LIMIT, HELD_STATUSES, Escalation, HumanAnswer, TicketState
 from core.ticket import _authenticate, _cached, _remember, _reply_key, _require_open
 from models.ledger import EscalationRecord
 from models.messages import (
@@ -26,7 +26,7 @@ from models.messages import (
     ResolveEscalation,
 )
 
-LIVE = ("idle", "running", "degraded", "spawning", "restarting", "unresponsive")
+LIVE = escalations.WAITING
 
 
 def _escalations_on(state: TicketState) -> None:
@@ -156,23 +156,10 @@ def resolve(
     return Step(escalations.view(state, escalation))
 
 
-def _asker(state: TicketState, escalation: Escalation) -> Agent | None:
-    """The agent that asked or, when it was restarted since, its replacement."""
-    asker = state.agents.get(escalation.agent_id or "")
-    if asker is None:
-        return None
-    if asker.state in LIVE:
-        return asker
-    for agent in reversed(list(state.agents.values())):
-        if agent.lineage and agent.lineage == asker.lineage and agent.state in LIVE:
-            return agent
-    return None
-
-
 def _answer(
     state: TicketState, escalation: Escalation, msg: ResolveEscalation, now: datetime
 ) -> None:
-    agent = _asker(state, escalation)
+    agent = escalations.asker(state, escalation)
     if agent is None:
         log(
             state,

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.notify import NotifyRequest
 from models.spec import SEVERITY_RANK, SinkSpec
@@ -48,7 +48,10 @@ USER_AGENT = "unstuck-escalations/1"
 
 
 class SinksFile(BaseModel):
-    """The deployment's sinks file (``UNSTUCK_SINKS_FILE``): ``sinks: [...]``."""
+    """The deployment's sinks file (``UNSTUCK_SINKS_FILE``): ``sinks: [...]``. An unknown
+    top-level key is refused: a misspelt ``sink:`` must not silently mean "no sinks"."""
+
+    model_config = ConfigDict(extra="forbid")
 
     sinks: list[SinkSpec] = Field(default_factory=list, max_length=50)
 
@@ -73,6 +76,8 @@ def load_sinks(path: Path | None) -> list[SinkSpec]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SinksError(f"sinks_file (UNSTUCK_SINKS_FILE): cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SinksError(f"sinks_file: {path} is not UTF-8 text: {exc}") from exc
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -105,7 +110,7 @@ def choose(
         chosen = list(deployment)
     else:
         chosen = []
-        for name in request.notify:
+        for name in dict.fromkeys(request.notify):  # a name given twice is one sink
             if name in by_name:
                 chosen.append(by_name[name])
             else:

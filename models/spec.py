@@ -367,6 +367,13 @@ class EscalationPolicy(_Strict):
         default=3, ge=1, le=50, description="open ask_human questions per agent"
     )
 
+    @field_validator("notify")
+    @classmethod
+    def _notify_once(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(names) != len(set(names)):
+            raise ValueError("names a sink more than once")
+        return names
+
     @field_validator("sinks")
     @classmethod
     def _unique_names(cls, sinks: list[SinkSpec]) -> list[SinkSpec]:

@@ -592,6 +592,17 @@ def test_an_open_question_keeps_the_ticket_from_being_stuck() -> None:
     assert isinstance(diagnosis.tick(state, at)[0], StartDiagnosis)
 
 
+def test_a_question_whose_asker_left_holds_up_nothing() -> None:
+    state, agents = ticket(tasks=1)
+    finish_all(state, agents, s(0))
+    ask(state, agents, "w", 1, "Should I submit the result?")
+    assert diagnosis.stuck_at(state) is None
+    core.leave(state, LeaveTicket(**auth(agents, "w"), reason="session over"), s(2))
+    # Nobody waits for the answer any more: the ticket is stuck as if nobody had asked.
+    assert not escalations.waiting_for_person(state)
+    assert diagnosis.stuck_at(state) is not None
+
+
 # ---- the ticket's end, quarantine, critical anomalies ------------------------------------
 
 

@@ -211,12 +211,6 @@ def test_duplicate_sink_names_are_a_sinks_error(tmp_path: Path) -> None:
         sinks.load_sinks(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_sinks reads the file with read_text(encoding='utf-8') and catches only "
-    "OSError: a file that is not UTF-8 raises a bare UnicodeDecodeError instead of a "
-    "SinksError naming sinks_file",
-)
 def test_a_file_that_is_not_utf8_is_a_sinks_error(tmp_path: Path) -> None:
     path = tmp_path / "sinks.yaml"
     path.write_bytes(b"\xff\xfe- name: hook\n")
@@ -224,12 +218,6 @@ def test_a_file_that_is_not_utf8_is_a_sinks_error(tmp_path: Path) -> None:
         sinks.load_sinks(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SinksFile is a plain BaseModel (extra keys ignored), so a misspelt top-level "
-    "key ('sink:', 'sinkz:') loads as no sinks at all, silently: every escalation of the "
-    "deployment then goes nowhere",
-)
 def test_a_misspelt_top_level_key_is_a_sinks_error(tmp_path: Path) -> None:
     path = tmp_path / "sinks.yaml"
     path.write_text(
@@ -298,12 +286,6 @@ def test_min_severity_filters(severity: str, expected: list[str]) -> None:
     assert names(chosen) == (["mine"] if severity in ("SEV-1", "SEV-2") else [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: choose() appends a deployment sink once per mention in notify, and neither "
-    "EscalationPolicy.notify nor NotifyRequest.notify rejects repeats: notify [oncall, oncall] "
-    "posts every message twice to oncall in one try (and reports it delivered twice)",
-)
 def test_a_sink_named_twice_is_chosen_once() -> None:
     chosen, _ = sinks.choose(DEPLOYMENT, request(notify=["oncall", "oncall"]))
     assert names(chosen) == ["oncall"]
@@ -601,13 +583,6 @@ async def test_cancelling_returns_what_was_delivered_so_far(
     assert len(took.ok()) == 1 and down.attempts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deliver_escalation records a try's results only after asyncio.gather over "
-    "all owed sinks returns; cancelled while one sink is slow, it returns complete=False "
-    "without the sink that already took the message in that try, so the next run "
-    "(NotifyRequest.done) sends it again",
-)
 async def test_cancelling_during_a_slow_sink_keeps_the_sink_that_took_it(
     tmp_path: Path, receivers: Callable[..., Receiver], fast_backoff: None
 ) -> None:
@@ -651,12 +626,6 @@ async def test_a_missing_sinks_file_keeps_trying_and_cancels_cleanly(
     assert outcome == NotifyOutcome(delivered=[], failed=[], complete=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a sinks file that is not UTF-8 makes load_sinks raise UnicodeDecodeError, "
-    "which _try does not catch (only SinksError): the activity fails instead of trying "
-    "again at the next interval as for any other invalid file",
-)
 async def test_a_sinks_file_that_is_not_utf8_keeps_trying(
     tmp_path: Path, fast_backoff: None
 ) -> None:
