@@ -13,6 +13,7 @@ from datetime import datetime
 
 from core.common import Refused, log
 from core.state import Agent, Delivery, Escalation, TicketState
+from models.ledger import EscalationResolutionRecord
 from models.messages import DeliveryView, EscalationView
 from models.spec import SEVERITY_RANK
 
@@ -104,6 +105,11 @@ def mark_resolved(
     escalation.resolved_by = by
     escalation.note = note
     queue(state, escalation, "resolve", now)
+    state.outbox.escalation_resolutions.append(
+        EscalationResolutionRecord(
+            id=escalation.id, ticket_id=state.ticket_id, resolved_at=now, resolved_by=by, note=note
+        )
+    )
     log(
         state,
         now,

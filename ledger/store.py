@@ -39,6 +39,7 @@ from sqlmodel import SQLModel
 from ledger.tables import (
     LEDGER_TABLES,
     DiagnosticRunRow,
+    EscalationResolutionRow,
     EscalationRow,
     RestartEventRow,
     TaskResultRow,
@@ -52,6 +53,7 @@ from models.ledger import (
     RUN_STATUS_RANK,
     DiagnosticRunRecord,
     EscalationRecord,
+    EscalationResolutionRecord,
     LedgerBatch,
     LedgerRecord,
     LedgerWriteReport,
@@ -239,6 +241,13 @@ _ESCALATIONS: _Kind[EscalationRecord] = _Kind(
     merge=_merge_escalation,
 )
 
+_RESOLUTIONS: _Kind[EscalationResolutionRecord] = _Kind(
+    table=_table_of(EscalationResolutionRow),
+    record_type=EscalationResolutionRecord,
+    batch_field="escalation_resolutions",
+    order_by=("resolved_at", "id"),
+)
+
 #: Every kind, in write order. The report has one counts field per table name.
 _KINDS: tuple[_Kind[Any], ...] = (
     _TASK_RESULTS,
@@ -247,6 +256,7 @@ _KINDS: tuple[_Kind[Any], ...] = (
     _DIAGNOSTIC_RUNS,
     _RESTART_EVENTS,
     _ESCALATIONS,
+    _RESOLUTIONS,
 )
 
 
@@ -514,6 +524,10 @@ class Ledger:
     def escalations(self, ticket_id: str) -> list[EscalationRecord]:
         """A ticket's escalations, oldest first."""
         return self._read(_ESCALATIONS, ticket_id, {})
+
+    def escalation_resolutions(self, ticket_id: str) -> list[EscalationResolutionRecord]:
+        """How a ticket's escalations were resolved, in the order they were."""
+        return self._read(_RESOLUTIONS, ticket_id, {})
 
     # ----------------------------------------------------------- operators
 

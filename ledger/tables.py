@@ -273,6 +273,23 @@ class EscalationRow(SQLModel, table=True):
     )
 
 
+class EscalationResolutionRow(SQLModel, table=True):
+    """``escalation_resolutions``: how each escalation was resolved (insert-only; the id is
+    the escalation's). A table of its own, so ledgers created before it need no migration."""
+
+    __tablename__ = "escalation_resolutions"
+    __table_args__ = (Index("ix_escalation_resolutions_ticket", "ticket_id", "resolved_at"),)
+
+    id: str = Field(primary_key=True, sa_type=_ID)
+    ticket_id: str = Field(sa_type=_ID)
+    resolved_at: datetime = Field(sa_type=UtcDateTime)
+    resolved_by: str = Field(sa_type=_ID)
+    note: str = Field(sa_type=Text)
+    recorded_at: datetime = Field(
+        default_factory=_utc_now, sa_type=UtcDateTime, sa_column_kwargs={"default": _utc_now}
+    )
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The SQLAlchemy ``Table`` behind a SQLModel table class."""
     return cast(Table, cast(Any, model).__table__)
@@ -286,4 +303,5 @@ LEDGER_TABLES: tuple[Table, ...] = (
     table_of(DiagnosticRunRow),
     table_of(RestartEventRow),
     table_of(EscalationRow),
+    table_of(EscalationResolutionRow),
 )

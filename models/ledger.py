@@ -297,6 +297,15 @@ class RestartEventRecord(LedgerRecord):
 # ------------------------------------------------------------------ batch/report
 
 
+class EscalationResolutionRecord(LedgerRecord):
+    """How a person (or the ticket's end) resolved an escalation; its ``id`` is the
+    escalation's. Insert-only: a resolution is never undone or edited."""
+
+    resolved_at: UtcDatetime
+    resolved_by: str = Field(min_length=1, max_length=1024)
+    note: str = Field(description="the note (a question's answer) the agents were given")
+
+
 class LedgerBatch(BaseModel):
     """Everything one ``write_ledger`` call stores, atomically, for one ticket."""
 
@@ -309,6 +318,7 @@ class LedgerBatch(BaseModel):
     diagnostic_runs: list[DiagnosticRunRecord] = Field(default_factory=list)
     restart_events: list[RestartEventRecord] = Field(default_factory=list)
     escalations: list[EscalationRecord] = Field(default_factory=list)
+    escalation_resolutions: list[EscalationResolutionRecord] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _same_ticket(self) -> LedgerBatch:
@@ -329,6 +339,7 @@ class LedgerBatch(BaseModel):
             *self.diagnostic_runs,
             *self.restart_events,
             *self.escalations,
+            *self.escalation_resolutions,
         ]
 
     def is_empty(self) -> bool:
@@ -344,6 +355,7 @@ class LedgerBatch(BaseModel):
             + len(self.diagnostic_runs)
             + len(self.restart_events)
             + len(self.escalations)
+            + len(self.escalation_resolutions)
         )
 
     def split(self, max_bytes: int) -> tuple[LedgerBatch, LedgerBatch]:
@@ -362,6 +374,7 @@ class LedgerBatch(BaseModel):
             "diagnostic_runs",
             "restart_events",
             "escalations",
+            "escalation_resolutions",
         )
         first: dict[str, list[Any]] = {k: [] for k in kinds}
         rest: dict[str, list[Any]] = {k: [] for k in kinds}
@@ -405,6 +418,7 @@ class LedgerWriteReport(BaseModel):
     diagnostic_runs: TableWriteCounts = Field(default_factory=TableWriteCounts)
     restart_events: TableWriteCounts = Field(default_factory=TableWriteCounts)
     escalations: TableWriteCounts = Field(default_factory=TableWriteCounts)
+    escalation_resolutions: TableWriteCounts = Field(default_factory=TableWriteCounts)
 
     def tables(self) -> dict[str, TableWriteCounts]:
         """Counts keyed by table name."""

@@ -15,6 +15,7 @@ from temporalio.common import SearchAttributeKey
 
 from agent_client.session import AgentSession
 from infra.settings import Settings
+from ledger.store import Ledger
 from models.messages import EscalationView
 from tests.conftest import unique_id
 from tests.receiver import Receiver
@@ -64,7 +65,7 @@ def sink(name: str, kind: str, receiver: Receiver, **extra: Any) -> dict[str, An
 
 
 async def test_a_question_reaches_every_sink_once_and_the_answer_reaches_the_asker(
-    client: Client, settings: Settings
+    client: Client, settings: Settings, ledger: Ledger
 ) -> None:
     hook = Receiver().up()
     slack = Receiver().answer(500, 500).up()  # fails twice, then takes it
@@ -130,6 +131,17 @@ async def test_a_question_reaches_every_sink_once_and_the_answer_reaches_the_ask
             assert len(slack.ok()) == 3 and "GitHub." in slack.ok()[2].json["text"]
             assert len(broken.requests) == 3  # one refusal per message, none retried
             assert await severity_attribute(ticket) == "none"
+
+            # The ledger keeps who acknowledged it and how it was resolved.
+            def recorded() -> Any:
+                rows = ledger.escalation_resolutions(ticket.ticket_id)
+                return (
+                    rows if rows and ledger.escalations(ticket.ticket_id)[0].acknowledged else None
+                )
+
+            rows = await eventually(lambda: _async(recorded()))
+            assert [(r.id, r.resolved_by, r.note) for r in rows] == [(qid, "olga", "GitHub.")]
+            assert ledger.escalations(ticket.ticket_id)[0].acknowledged_by == "olga"
     finally:
         for receiver in (hook, slack, pager, broken):
             receiver.down()
@@ -214,6 +226,7 @@ async def test_people_commands_refuse_bad_input_and_change_nothing(
     ticket = await launch(client, settings, spec_dict(unique_id("refuse"), policy=QUICK))
     async with AgentSession(client, ticket.ticket_id, name="dave") as dave:
         asked = await dave.ask_human("Where are the staging credentials?")
+        await eventually(lambda: _delivered(ticket, asked.question_id, 0))  # no sinks: at once
         before = (await ticket.state()).model_dump(mode="json", exclude={"ignored_messages"})
         cases: list[tuple[str, dict[str, Any], str]] = [
             ("ack", {"escalation_id": "nope"}, "escalation_id: no escalation 'nope'"),

@@ -36,6 +36,7 @@ from models.ledger import (
     WRITE_LEDGER_ACTIVITY,
     DiagnosticRunRecord,
     EscalationRecord,
+    EscalationResolutionRecord,
     LedgerBatch,
     LedgerWriteReport,
     RestartEventRecord,
@@ -472,13 +473,32 @@ def test_round_trip_every_kind(ledger: Ledger) -> None:
             escalation(ticket, "2", severity="SEV-1", at=T0 + timedelta(seconds=1)),
             escalation(ticket, "1", acked_by="ops@example.com"),
         ],
+        escalation_resolutions=[
+            EscalationResolutionRecord(
+                id=escalation_record_id(ticket, "restart_quarantine", "2"),
+                ticket_id=ticket,
+                resolved_at=datetime(2025, 3, 1, 19, 0, tzinfo=plus5),
+                resolved_by="ops@example.com",
+                note="rotated the key; agents may retry",
+            ),
+            EscalationResolutionRecord(
+                id=escalation_record_id(ticket, "restart_quarantine", "1"),
+                ticket_id=ticket,
+                resolved_at=T0 + timedelta(hours=2),
+                resolved_by="unstuck",
+                note="the ticket is completed",
+            ),
+        ],
     )
     report = ledger.write(batch)
     assert report.ticket_id == ticket
     assert len(report.tables()) == len(LEDGER_TABLES)
     for counts in report.tables().values():
         assert counts == TableWriteCounts(inserted=2)
-    assert (report.inserted, report.already_present, report.updated) == (12, 0, 0)
+    assert (report.inserted, report.already_present, report.updated) == (14, 0, 0)
+    resolutions = ledger.escalation_resolutions(ticket)
+    assert resolutions == batch.escalation_resolutions  # by resolved_at (14:00 UTC first)
+    assert all(r.resolved_at.utcoffset() == timedelta(0) for r in resolutions)
 
     tasks, results, reviews = dump_all(ledger, ticket)
     assert tasks == [batch.task_results[1], batch.task_results[0]]  # by submitted_at
