@@ -227,6 +227,8 @@ async def test_people_commands_refuse_bad_input_and_change_nothing(
     async with AgentSession(client, ticket.ticket_id, name="dave") as dave:
         asked = await dave.ask_human("Where are the staging credentials?")
         await eventually(lambda: _delivered(ticket, asked.question_id, 0))  # no sinks: at once
+        dashboard = await ticket.handle.query("dashboard")  # the Web UI's current details
+        assert f"| `{asked.question_id}` | SEV-3 | open |" in dashboard
         before = (await ticket.state()).model_dump(mode="json", exclude={"ignored_messages"})
         cases: list[tuple[str, dict[str, Any], str]] = [
             ("ack", {"escalation_id": "nope"}, "escalation_id: no escalation 'nope'"),

@@ -62,6 +62,23 @@ def render_dashboard(
                 + "; ".join(s.replace("|", "/") for s in a.signals[:2])
                 + " |"
             )
+    waiting = [e for e in state.escalations if not e.resolved]
+    if waiting:
+        lines += [
+            "",
+            "| escalation | severity | status | delivered | why |",
+            "|---|---|---|---|---|",
+        ]
+        for e in waiting[-5:]:
+            sent = e.deliveries[-1] if e.deliveries else None
+            told = (
+                "-"
+                if sent is None
+                else f"{sent.event}: {sent.status}"
+                + (f" ({', '.join(sent.delivered)})" if sent.delivered else "")
+            )
+            why = (e.question or e.reason)[:160].replace("|", "/").replace("\n", " ")
+            lines.append(f"| `{e.id}` | {e.severity} | {e.status} | {told} | {why} |")
     if state.results:
         lines += ["", "Results: " + ", ".join(f"v{r.version} {r.status}" for r in state.results)]
     if state.timeline:
