@@ -14,6 +14,7 @@ COPY activities ./activities
 COPY ledger ./ledger
 COPY agent_client ./agent_client
 COPY infra ./infra
+COPY cli ./cli
 COPY worker.py starter.py ./
 RUN pip install --no-cache-dir .
 USER nobody
