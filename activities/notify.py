@@ -60,6 +60,7 @@ class NotifyActivities:
     async def deliver_escalation(self, request: NotifyRequest) -> NotifyOutcome:
         details = activity.info().heartbeat_details
         progress = NotifyProgress.model_validate(details[0]) if details else NotifyProgress()
+        progress.escalation_id, progress.event = request.escalation.id, request.event
         wait = FIRST_BACKOFF_S
         try:
             async with httpx.AsyncClient(follow_redirects=False) as client:

@@ -26,7 +26,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.text import Text
 
-from cli import admin, demo, serve, tickets
+from cli import admin, demo, escalations, serve, tickets
 from cli.common import (
     AddCommand,
     Command,
@@ -41,6 +41,7 @@ from infra.telemetry import core_log_to_file, forward_core_logs
 #: Every command group's ``add_commands``, in the order of ``--help``.
 COMMAND_GROUPS: tuple[Callable[[AddCommand], None], ...] = (
     tickets.add_commands,
+    escalations.add_commands,
     admin.add_commands,
     demo.add_commands,
     serve.add_commands,

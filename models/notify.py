@@ -32,6 +32,8 @@ class NotifyRequest(BaseModel):
 class NotifyProgress(BaseModel):
     """What an attempt has done so far (its heartbeat details; a retried attempt resumes)."""
 
+    escalation_id: str = ""
+    event: str = ""
     delivered: list[str] = Field(default_factory=list)
     failed: list[str] = Field(default_factory=list)
     tries: int = 0

@@ -22,6 +22,7 @@ from infra.settings import Settings
 from models.messages import INBOUND, OUTBOUND, StatusView
 from models.schema import INDEX_FILE, SIGNALS, UPDATE_REPLIES
 from tests.conftest import unique_id
+from tests.receiver import Receiver
 from tests.ticketkit import join_secret_for
 from workflows.ticket import TicketWorkflow
 
@@ -426,3 +427,70 @@ async def test_a_query_failing_in_transit_is_asked_again_and_a_refusal_is_not() 
     with pytest.raises(RPCError):
         await starter._read(missing)
     assert len(calls) == 1
+
+
+async def test_escalations_ack_answer_and_resolve_from_the_command_line(
+    worker: Worker,
+    client: Client,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., list[str]],
+    tmp_path: Path,
+) -> None:
+    ticket_id = unique_id("people")
+    pager = Receiver()  # down: the delivery waits, and `escalations` says why
+    sinks = [{"name": "pager", "kind": "webhook", "url": pager.url}]
+    policy = {"escalation": {"sinks": sinks, "retry_max_interval_s": 1}}
+    spec = write_spec(tmp_path, policy=policy)
+    code, _, err = await run(capsys, cli("launch", str(spec), "--id", ticket_id))
+    assert code == 0, err
+    try:
+        async with AgentSession(client, ticket_id, name="alice") as alice:
+            task = await alice.claim()
+            assert task is not None
+            qid = (await alice.ask_human("May I change the public API?", task.id)).question_id
+
+            async def listed() -> bool:
+                code, out, _ = await run(capsys, cli("escalations"))
+                return code == 0 and qid in out and "May I change the public API?" in out
+
+            await eventually(listed)  # across tickets: from the visibility store
+            code, out, _ = await run(capsys, cli("escalations", ticket_id))
+            assert code == 0 and "SEV-3" in out and "trigger pending" in out
+            assert "ConnectError" in out  # the late delivery's last error, from its heartbeat
+
+            code, _, err = await run(capsys, cli("ack", "not-an-id"))
+            assert code == 2 and "ESCALATION_ID: 'not-an-id' is not an escalation id" in err
+            other = qid.replace("agent_question", "diagnosis_guard")
+            code, _, err = await run(capsys, cli("answer", other, "yes"))
+            assert code == 2 and "is not an agent's question" in err
+
+            code, out, err = await run(capsys, cli("ack", qid, "--operator", "olga"))
+            assert code == 0, err
+            assert f"Acknowledged {qid} (SEV-3) by olga" in " ".join(out.split())
+            code, out, err = await run(
+                capsys, cli("answer", qid, "No: keep it stable", "--operator", "olga")
+            )
+            assert code == 0, err
+            assert "The answer is in alice-1's inbox." in " ".join(out.split())
+            answer = await alice.wait_for_answer(qid, timeout=10, poll_s=0.1)
+            assert answer is not None and answer.answer == "No: keep it stable"
+
+            # A second resolve that says something else is refused: the agent got the first.
+            code, _, err = await run(
+                capsys, cli("resolve", qid, "--note", "Yes after all", "--operator", "olga")
+            )
+            assert code == 1 and "already resolved by olga" in err
+            code, out, _ = await run(capsys, cli("escalations", ticket_id))
+            assert code == 0 and "No open escalations." in out
+            code, out, _ = await run(capsys, cli("escalations", ticket_id, "--all"))
+            assert code == 0 and "resolved" in out and "No: keep it stable" in out
+        pager.up()  # the three messages go out once it is back
+        await eventually(lambda: _async(len(pager.ok()) == 3), timeout=30)
+        assert [event for event, _ in pager.events()] == ["trigger", "acknowledge", "resolve"]
+    finally:
+        pager.down()
+
+
+async def _async(value: bool) -> bool:
+    return value
