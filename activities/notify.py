@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -88,7 +89,8 @@ class NotifyActivities:
     ) -> bool:
         """Send to every sink still owed; True when none is owed any more."""
         progress.tries += 1
-        progress.last_errors = []
+        previous = progress.last_errors  # shown (describe, `escalations`) until this try ends
+        errors: list[str] = []
         try:
             deployment = sinks.load_sinks(self._settings.sinks_file)
         except sinks.SinksError as exc:
@@ -103,26 +105,50 @@ class NotifyActivities:
         )
         progress.failed += [m for m in missing if m.split(":", 1)[0] not in settled]
         owed = [s for s in chosen if s.name not in settled]
+        if owed and _given_up(request):
+            progress.failed += [
+                f"{s.name}: gave up after {request.give_up_after_s:g} s "
+                "(policy.escalation.give_up_after_s); last: "
+                + next((e for e in previous if e.startswith(s.name + ":")), "-")
+                for s in owed
+            ]
+            owed = []
         ui_url = self._settings.web_ui(request.ticket_id)
         sending = {
             asyncio.ensure_future(sinks.post(client, sink, request, ui_url)): sink for sink in owed
         }
         try:
             while sending:
-                # Each answer is recorded as it comes: cancelled while a slow sink keeps us
-                # waiting, the activity still reports the sinks that already took it.
-                finished, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                # Each answer is recorded as it comes, and heartbeated at least every few
+                # seconds while a slow sink keeps us waiting: a retried or cancelled attempt
+                # knows every sink that already took the message.
+                finished, _ = await asyncio.wait(
+                    sending, timeout=HEARTBEAT_EVERY_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 for sent in finished:
-                    _record(progress, sending.pop(sent), sent.exception(), request)
+                    _record(progress, errors, sending.pop(sent), sent.exception(), request)
+                activity.heartbeat(progress.model_dump(mode="json"))
         finally:
             for unsent in sending:
                 unsent.cancel()
+        progress.last_errors = errors
         activity.heartbeat(progress.model_dump(mode="json"))
-        return not progress.last_errors
+        return not errors
+
+
+def _given_up(request: NotifyRequest) -> bool:
+    if request.give_up_after_s is None or request.queued_at is None:
+        return False
+    waited = (datetime.now(UTC) - request.queued_at).total_seconds()
+    return waited > request.give_up_after_s
 
 
 def _record(
-    progress: NotifyProgress, sink: SinkSpec, error: BaseException | None, request: NotifyRequest
+    progress: NotifyProgress,
+    errors: list[str],
+    sink: SinkSpec,
+    error: BaseException | None,
+    request: NotifyRequest,
 ) -> None:
     if error is None:
         progress.delivered.append(sink.name)
@@ -130,7 +156,7 @@ def _record(
         progress.failed.append(f"{sink.name}: {error}")
         log.error("%s refused %s for good: %s", sink.name, request.escalation.id, error)
     else:
-        progress.last_errors.append(f"{sink.name}: {error}")
+        errors.append(f"{sink.name}: {error}")
 
 
 async def _wait(seconds: float, progress: NotifyProgress) -> None:

@@ -87,7 +87,7 @@ assemble the ticket's final result and submit_result it. Read read_inbox when a 
 so: it carries review feedback on your work, and stop or interrupt requests (an \
 interrupted task is no longer yours: stop working on it). Validators claim work awaiting \
 review and judge it with review_task or review_result. Only a person can unblock you (a \
-decision, a credential, an unclear requirement)? ask_human; the answer comes to your \
+decision, missing access, an unclear requirement)? ask_human; the answer comes to your \
 inbox. A refusal names the field and the \
 rule: fix that and try again, do not repeat the same call."""
 
@@ -495,7 +495,7 @@ def build_server(sessions: Sessions, *, host: str = "127.0.0.1") -> MCPServer:
     @mcp.tool(
         description=(
             "Ask a person (the ticket's operators) when only a person can unblock you: a "
-            "decision, a credential, an ambiguous requirement. It reaches them as an "
+            "decision, missing access, an ambiguous requirement. It reaches them as an "
             "escalation. Waits up to wait_s for the answer; otherwise the answer arrives in "
             "your inbox (read_inbox: answers). While you wait you are not counted as stuck."
         )

@@ -90,12 +90,26 @@ def waits_for_answer(state: TicketState, agent: Agent) -> bool:
     return False
 
 
-def open_questions(state: TicketState, agent_id: str) -> int:
-    return sum(
-        1
-        for e in state.escalations
-        if e.source == QUESTION_SOURCE and e.agent_id == agent_id and not e.resolved
-    )
+def open_questions(state: TicketState, agent: Agent | None = None) -> int:
+    """Unanswered questions of the ticket, or of ``agent``'s lineage (it and the agents it
+    replaced: a restart does not reset its allowance)."""
+    count = 0
+    for e in state.escalations:
+        if e.source != QUESTION_SOURCE or e.resolved:
+            continue
+        if agent is None or e.agent_id == agent.id:
+            count += 1
+        elif agent.lineage and (asker_ := state.agents.get(e.agent_id or "")) is not None:
+            count += asker_.lineage == agent.lineage
+    return count
+
+
+def withdraw_questions(state: TicketState, agent: Agent, now: datetime, why: str) -> None:
+    """The agent left for good: its open questions are withdrawn (resolved; the people
+    paged hear that nobody waits for the answer any more)."""
+    for e in state.escalations:
+        if e.source == QUESTION_SOURCE and e.agent_id == agent.id and not e.resolved:
+            mark_resolved(state, e, now, "unstuck", f"withdrawn: {agent.id} left ({why[:200]})")
 
 
 def mark_resolved(
@@ -133,12 +147,16 @@ def resolve_quarantine(state: TicketState, agent_id: str, now: datetime, by: str
     """A person released a quarantined agent: its restart-storm escalation is dealt with."""
     if not state.escalations_v1:
         return
+    released = state.agents.get(agent_id)
     for escalation in state.escalations:
-        if (
-            escalation.source == "restart_quarantine"
-            and escalation.agent_id == agent_id
-            and not escalation.resolved
-        ):
+        quarantined = state.agents.get(escalation.agent_id or "")
+        same = escalation.agent_id == agent_id or (
+            quarantined is not None
+            and released is not None
+            and quarantined.lineage != ""
+            and quarantined.lineage == released.lineage
+        )
+        if escalation.source == "restart_quarantine" and same and not escalation.resolved:
             mark_resolved(state, escalation, now, by, f"{agent_id} released from quarantine")
 
 

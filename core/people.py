@@ -52,12 +52,21 @@ def ask(state: TicketState, msg: AskHuman, now: datetime, *, apply: bool = True)
             raise Refused("task_id", f"unknown task {msg.task_id!r}")
         if task.assigned_agent != agent.id or task.status not in HELD_STATUSES:
             raise Refused("task_id", f"{task.id} is not held by {agent.id}; ask about your own")
-    limit = state.spec.policy.escalation.max_open_questions
-    if (asked := escalations.open_questions(state, agent.id)) >= limit:
+    policy = state.spec.policy.escalation
+    limit = policy.max_open_questions
+    if (asked := escalations.open_questions(state, agent)) >= limit:
         raise Refused(
             "question",
             f"{agent.id} has {asked} unanswered question(s); the limit is {limit} "
             "(policy.escalation.max_open_questions): wait for an answer in your inbox",
+        )
+    everyone = escalations.open_questions(state)
+    if everyone >= policy.max_open_questions_per_ticket:
+        raise Refused(
+            "question",
+            f"the ticket has {everyone} unanswered questions; the limit is "
+            f"{policy.max_open_questions_per_ticket} "
+            "(policy.escalation.max_open_questions_per_ticket): wait for an answer",
         )
     severity = escalations.severity_of(state, escalations.QUESTION_SOURCE)
     if not apply:
@@ -151,6 +160,14 @@ def resolve(
         _answer(state, escalation, msg, now)
     else:
         _tell_agents(state, escalation, msg, now)
+    if escalation.source in diagnosis.GUARD_SOURCES:
+        # The same condition (diagnosing stopped) may have been raised twice (the budget
+        # and the ladder): the person dealt with it, so all of it is resolved.
+        for other in state.escalations:
+            if other.source in diagnosis.GUARD_SOURCES and not other.resolved:
+                escalations.mark_resolved(
+                    state, other, now, msg.operator, f"with {escalation.id}: {msg.note}"
+                )
         _fresh_budget(state, escalation, now)
     state.last_activity_at = now  # the agents get a whole stuck window to act on the note
     return Step(escalations.view(state, escalation))

@@ -910,6 +910,7 @@ def leave(
         return Step(LeaveReply(agent_id=agent.id, released=[]))
     released = diagnosis.take_back(state, agent, now, f"{agent.id} left: {msg.reason}")
     agent.state = "terminated"
+    escalations.withdraw_questions(state, agent, now, msg.reason)
     log(
         state,
         now,

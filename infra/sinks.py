@@ -13,8 +13,8 @@ Every message carries a dedup key, the escalation id, and every webhook a delive
 (``<escalation id>/<event>``) as ``Idempotency-Key``: delivery is at least once (a receiver
 that took a message but whose answer was lost gets it again), and the keys let it drop
 repeats. :func:`post` sorts failures into retryable (:class:`Unreachable`: connection,
-timeout, 408, 429, 5xx) and final (:class:`Refused`: any other 4xx — a wrong URL or key
-does not heal by retrying).
+timeout, 408, 429, 5xx) and final (:class:`Refused`: any other answer, e.g. 3xx or 4xx, and
+a URL that cannot be used — a wrong URL or key does not heal by retrying).
 """
 
 from __future__ import annotations
@@ -81,7 +81,11 @@ def load_sinks(path: Path | None) -> list[SinkSpec]:
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
-        raise SinksError(f"sinks_file: {path} is not YAML or JSON: {exc}") from exc
+        # Not str(exc): PyYAML quotes the offending line, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SinksError(f"sinks_file: {path} is not YAML or JSON{where}: {problem}") from exc
     if isinstance(data, list):
         data = {"sinks": data}
     try:
@@ -235,6 +239,8 @@ async def post(
         answer = await client.post(sink.url, content=body, headers=headers, timeout=sink.timeout_s)
     except httpx.TimeoutException as exc:
         raise Unreachable(f"no answer within {sink.timeout_s:g} s ({type(exc).__name__})") from exc
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise Refused(f"the URL cannot be used: {exc}") from exc  # retrying will not help
     except httpx.HTTPError as exc:
         raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
     if answer.is_success:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import to_json
 
 from models.spec import AgentKind, Priority, ResultType, Slug, TaskType
@@ -57,6 +57,12 @@ def oversized(msg: BaseModel, size: int | None = None) -> tuple[str, str] | None
         f"the message is {size:,} bytes as JSON ({field}: {fields.get(field, size):,}); "
         f"the limit is {MAX_MESSAGE_BYTES:,}"
     )
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must say something (it is only whitespace)")
+    return value
 
 
 class Message(BaseModel):
@@ -313,6 +319,11 @@ class AskHuman(Authenticated):
     question: str = Field(min_length=1, max_length=MAX_NOTE)
     task_id: str | None = Field(default=None, min_length=1, max_length=50)
 
+    @field_validator("question")
+    @classmethod
+    def _question_said(cls, value: str) -> str:
+        return _not_blank(value)
+
 
 class AskReply(BaseModel):
     question_id: str = Field(description="the escalation id: the answer names it")
@@ -336,6 +347,12 @@ class ResolveEscalation(Message):
     as_task: bool = Field(
         default=False, description="also queue the note as a high-priority task for the workers"
     )
+
+    @field_validator("note")
+    @classmethod
+    def _note_said(cls, value: str) -> str:
+        return _not_blank(value)
+
     operator: str = Field(default="operator", min_length=1, max_length=100)
     operator_token: str = Field(min_length=1, max_length=200, repr=False)
 

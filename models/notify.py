@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -23,6 +24,10 @@ class NotifyRequest(BaseModel):
         default=None, description="deployment sinks to use by name; None = all"
     )
     retry_max_interval_s: float = Field(default=60.0, gt=0)
+    give_up_after_s: float | None = Field(
+        default=None, description="sinks still owed this long after queued_at are given up"
+    )
+    queued_at: datetime | None = None
     done: list[str] = Field(
         default_factory=list,
         description="sinks an earlier activity already settled (delivered or refused): skip",

@@ -5,10 +5,10 @@ Every number has the default of DESIGN.md and can be changed per ticket in ``pol
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -326,8 +326,12 @@ class SinkSpec(_Strict):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must be an http:// or https:// URL")
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise ValueError(f"is not a URL ({exc})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     @model_validator(mode="after")
@@ -363,8 +367,17 @@ class EscalationPolicy(_Strict):
     retry_max_interval_s: float = Field(
         default=60.0, ge=1, le=3600, description="longest wait between delivery attempts"
     )
+    give_up_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="stop trying a sink that has not taken a message after this long (it is "
+        "recorded as undeliverable); None: until delivered",
+    )
     max_open_questions: int = Field(
-        default=3, ge=1, le=50, description="open ask_human questions per agent"
+        default=3, ge=1, le=50, description="open ask_human questions per agent (and lineage)"
+    )
+    max_open_questions_per_ticket: int = Field(
+        default=20, ge=1, le=500, description="open ask_human questions of all agents together"
     )
 
     @field_validator("notify")

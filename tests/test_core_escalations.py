@@ -219,7 +219,7 @@ def test_each_question_is_its_own_escalation() -> None:
     two = ask(state, agents, "w", 2, "Which database?")  # the same words, asked again
     assert one != two
     assert [e.question for e in state.escalations] == ["Which database?", "Which database?"]
-    assert escalations.open_questions(state, agents["w"]) == 2
+    assert escalations.open_questions(state, state.agents[agents["w"]]) == 2
 
 
 def test_a_retried_ask_with_the_same_request_id_is_one_question() -> None:
@@ -260,7 +260,7 @@ def test_more_open_questions_than_the_policy_allows_are_refused() -> None:
     ask(state, agents, "x", 3, "another agent has its own limit?")
     resolve(state, first, 4, note="yes")  # an answer frees a place
     ask(state, agents, "w", 5, "three?")
-    assert escalations.open_questions(state, agents["w"]) == 2
+    assert escalations.open_questions(state, state.agents[agents["w"]]) == 2
 
 
 def test_asking_on_a_finished_ticket_is_refused() -> None:
@@ -430,15 +430,30 @@ def test_an_answer_reaches_the_restarted_askers_replacement() -> None:
     assert (answer.question_id, answer.answer) == (question_id, "v2")
 
 
-def test_an_answer_to_an_agent_that_left_stays_on_the_escalation() -> None:
+def test_the_questions_of_an_agent_that_left_are_withdrawn() -> None:
     state, agents = ticket()
     question_id = ask(state, agents, "w", 1, "Which DB?")
     core.leave(state, LeaveTicket(**auth(agents, "w"), reason="done"), s(2))
-    view = resolve(state, question_id, 3, note="staging")
-    assert view.note == "staging" and view.status == "resolved"
-    assert any(e.kind == "answer_undelivered" for e in state.timeline)
+    question = escalations.find(state, question_id)
+    assert question.resolved_by == "unstuck" and "withdrawn: " in (question.note or "")
+    assert events(question) == [("trigger", "pending"), ("resolve", "pending")]  # pages close
+    error = refused(lambda: resolve(state, question_id, 3, note="staging"), state)
+    assert error.field == "escalation_id" and "already resolved by unstuck" in error.rule
     for who in ("x", "v"):
         assert core.inbox(state, agents[who]).answers == []
+
+
+def test_a_question_to_a_restarted_agent_reaches_its_replacement_after_the_answer() -> None:
+    state, agents = ticket()
+    question_id = ask(state, agents, "w", 1, "Which DB?")
+    asker = state.agents[agents["w"]]
+    asker.state = "terminated"  # restarted: its replacement registers under the same name
+    replacement = asker.model_copy(update={"id": "w-2", "state": "idle", "answers": []})
+    state.agents["w-2"] = replacement
+    assert escalations.waits_for_answer(state, replacement)  # not stalled meanwhile
+    assert escalations.open_questions(state, replacement) == 1  # its lineage's allowance
+    resolve(state, question_id, 3, note="staging")
+    assert [a.answer for a in core.inbox(state, "w-2").answers] == ["staging"]
 
 
 # ---- a fresh diagnosis budget ------------------------------------------------------------
@@ -741,3 +756,48 @@ def test_deliveries_of_one_escalation_go_out_in_order() -> None:
     assert state.timeline[-1].kind == "escalation_undeliverable"
     view = escalations.view(state, escalation)
     assert [d.event for d in view.deliveries] == sent and view.status == "resolved"
+
+
+# ---- bounds and scope (review findings) --------------------------------------------------
+
+
+def test_questions_are_bounded_per_ticket_too() -> None:
+    state, agents = ticket(escalation={"max_open_questions_per_ticket": 2})
+    ask(state, agents, "w", 1, "one?")
+    ask(state, agents, "x", 2, "two?")
+    msg = AskHuman(**auth(agents, "v"), question="three?")
+    error = refused(lambda: people.ask(state, msg, s(3)), state)
+    assert error.field == "question" and "max_open_questions_per_ticket" in error.rule
+
+
+def test_only_resolving_a_stop_of_diagnosing_gives_a_fresh_budget() -> None:
+    state, agents = ticket()
+    state.consecutive_failed_diagnoses = 3
+    other = raise_(state, "external_restart", 1, agents["x"])
+    resolve(state, other.id, 2)
+    assert state.consecutive_failed_diagnoses == 3  # diagnosing never stopped for it
+    guard = raise_(state, "diagnosis_guard", 3)
+    ladder = raise_(state, "diagnosis_ladder", 4)
+    resolve(state, guard.id, 5, note="fixed the runner")
+    assert state.consecutive_failed_diagnoses == 0
+    # The ladder's escalation was the same stop: the person dealt with both.
+    assert ladder.resolved and ladder.note == f"with {guard.id}: fixed the runner"
+    assert events(ladder)[-1] == ("resolve", "pending")
+    assert diagnosis.guard_reason(state) is None
+
+
+def test_releasing_a_replacement_resolves_its_lineages_quarantine() -> None:
+    state, agents = ticket()
+    storm = raise_(state, "restart_quarantine", 1, agents["w"])
+    old = state.agents[agents["w"]]
+    old.state = "terminated"
+    state.agents["w-2"] = old.model_copy(update={"id": "w-2", "state": "idle"})
+    escalations.resolve_quarantine(state, "w-2", s(2), "olga")
+    assert storm.resolved and storm.resolved_by == "olga"
+
+
+def test_blank_questions_and_notes_are_refused_by_the_message() -> None:
+    with pytest.raises(ValueError, match="only whitespace"):
+        AskHuman(agent_id="a", token="t", question=" \n\t")
+    with pytest.raises(ValueError, match="only whitespace"):
+        ResolveEscalation(escalation_id="e", note="   ", operator_token="t")

@@ -227,6 +227,13 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "operator": any_text,
     # The real operator token only where no accepted message can end the ticket.
     "operator_token": st.one_of(twisted("op.token"), small_text),
+    "question": any_text,
+    "as_task": st.booleans(),
+    # The ticket's first two escalation ids (agents' questions, when they asked) and junk.
+    "escalation_id": st.one_of(
+        st.sampled_from([Ref("escalation.1"), Ref("escalation.2"), Ref("escalation.1", "suffix")]),
+        small_text,
+    ),
 }
 RELEASE_OPERATOR_TOKEN = st.one_of(st.just(Ref("op.token")), twisted("op.token"), small_text)
 
@@ -236,7 +243,7 @@ def message(draw: st.DrawFn, name: str) -> dict[str, Any]:
     """A payload shaped like ``name``'s message: each field good, junk, huge or missing."""
     fields = INBOUND[name].model_fields
     good = dict(GOOD)
-    if name == "release":
+    if name in ("release", "ack", "resolve"):  # none of them can end the ticket
         good["operator_token"] = RELEASE_OPERATOR_TOKEN
     if "token" in fields and draw(st.booleans()):  # often one agent's own id and token
         agent = draw(st.sampled_from(AGENTS))
@@ -296,7 +303,10 @@ def generate_cases(count: int) -> list[tuple[str, Any]]:
 
 
 def comparable(dump: dict[str, Any]) -> dict[str, Any]:
-    return dump | {"ignored_messages": 0}
+    """The state a refused message must leave alone. Escalation deliveries are not part of
+    it: an activity settles them in the background (an accepted ask_human's trigger)."""
+    escalations = [{**e, "deliveries": None} for e in dump.get("escalations", [])]
+    return dump | {"ignored_messages": 0, "escalations": escalations}
 
 
 def decodable(name: str, payload: Any) -> bool:
@@ -368,6 +378,8 @@ async def test_fuzzed_messages_never_break_the_ticket(
         client.get_workflow_handle(launched.ticket_id), launched.ticket_id, launched.operator_token
     )
     creds = {"op.token": ticket.operator_token}
+    for n in (1, 2):  # what an escalation id of this ticket looks like (escalations.1, .2)
+        creds[f"escalation.{n}"] = f"{ticket.ticket_id}/escalation/agent_question/{n}"
     for kind in ("worker", "validator", "diagnostic"):
         creds[f"join.{kind}"] = join_secret_for(settings, ticket.ticket_id, kind)
     for name in AGENTS:

@@ -12,6 +12,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -635,3 +636,40 @@ async def test_a_sinks_file_that_is_not_utf8_keeps_trying(
     await run.until(lambda: len(run.beats) >= 2, "two tries")
     outcome = await run.cancelled()
     assert outcome.complete is False
+
+
+# ---- review findings: heartbeats while waiting, giving up, unusable URLs ----------------
+
+
+async def test_a_slow_sink_is_heartbeated_past_with_the_fast_one_already_recorded(
+    receivers: Callable[..., Receiver], fast_backoff: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify, "HEARTBEAT_EVERY_S", 0.05)
+    fast, slow = receivers(), receivers(("slow", 1.0))
+    req = request(sinks=[sink("fast", url=fast.url), sink("slow", url=slow.url, timeout_s=5)])
+    run = Run(settings_with(None), req)
+    # While the slow sink still answers, a heartbeat already names the fast one: a worker
+    # dying now would not send it again.
+    await run.until(lambda: any(b.delivered == ["fast"] for b in run.beats), "fast recorded")
+    assert not run.task.done()
+    outcome = await run.outcome()
+    assert sorted(outcome.delivered) == ["fast", "slow"]
+
+
+async def test_a_sink_down_past_give_up_after_s_is_recorded_undeliverable(
+    receivers: Callable[..., Receiver], fast_backoff: None
+) -> None:
+    gone = receivers(up=False)
+    req = request(sinks=[sink("gone", url=gone.url)]).model_copy(
+        update={"give_up_after_s": 0.2, "queued_at": datetime.now(UTC)}
+    )
+    outcome = await Run(settings_with(None), req).outcome()
+    assert outcome.delivered == [] and outcome.complete
+    assert outcome.failed[0].startswith("gone: gave up after 0.2 s")
+    assert "ConnectError" in outcome.failed[0]  # with the last reason it was not taken
+
+
+def test_a_url_httpx_cannot_use_is_refused_by_the_spec() -> None:
+    for url in ("http://[::1/x", "http://:80/", "ftp://example.com/"):
+        with pytest.raises(ValueError, match="url"):
+            sink("bad", url=url)

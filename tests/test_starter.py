@@ -455,9 +455,13 @@ async def test_escalations_ack_answer_and_resolve_from_the_command_line(
                 return code == 0 and qid in out and "May I change the public API?" in out
 
             await eventually(listed)  # across tickets: from the visibility store
-            code, out, _ = await run(capsys, cli("escalations", ticket_id))
-            assert code == 0 and "SEV-3" in out and "trigger pending" in out
-            assert "ConnectError" in out  # the late delivery's last error, from its heartbeat
+
+            async def why_late() -> bool:
+                code, out, _ = await run(capsys, cli("escalations", ticket_id))
+                assert code == 0 and "SEV-3" in out and "trigger pending" in out
+                return "ConnectError" in out  # the last error, from the delivery's heartbeat
+
+            await eventually(why_late)
 
             code, _, err = await run(capsys, cli("ack", "not-an-id"))
             assert code == 2 and "ESCALATION_ID: 'not-an-id' is not an escalation id" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -174,6 +175,8 @@ NOTIFY_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 #: One attempt may wait this long for a receiver that is down (then the next attempt resumes
 #: from its heartbeat details): in effect, until delivered.
 NOTIFY_ATTEMPT_TIMEOUT = timedelta(days=1)
+#: Escalations delivered at once per ticket (the rest wait their turn).
+MAX_NOTIFIERS = 8
 NOTIFY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60)
 )
@@ -285,7 +288,8 @@ class TicketWorkflow:
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
         self._agent_ops: set[asyncio.Task[None]] = set()
-        self._notifiers: dict[str, asyncio.Task[None]] = {}  # escalation id -> its deliveries
+        self._notifiers: set[asyncio.Task[None]] = set()  # at most MAX_NOTIFIERS
+        self._notifying: set[str] = set()  # the escalations they deliver
         self._draining = False
         self._updates_this_run = 0
         self._armed: datetime | None = None
@@ -397,7 +401,7 @@ class TicketWorkflow:
         else:
             # Deliveries on their way are cancelled: each answers with what it did (within a
             # heartbeat), the rest rides along in the carried state for the next run.
-            for notifier in self._notifiers.values():
+            for notifier in self._notifiers:
                 notifier.cancel()
         await workflow.wait_condition(
             lambda: (
@@ -597,64 +601,81 @@ class TicketWorkflow:
     # ---- escalations reach people (DESIGN §14) ------------------------------------------
 
     def _start_notifiers(self) -> None:
+        """One notifier per escalation with messages to send, at most MAX_NOTIFIERS at once
+        (a ticket ending with many open escalations does not flood the server)."""
         if not self._state.escalations_v1 or self._draining:
             return
         for escalation in escalations.pending(self._state):
-            if escalation.id not in self._notifiers:
-                self._notifiers[escalation.id] = asyncio.create_task(self._notify(escalation.id))
+            if len(self._notifiers) >= MAX_NOTIFIERS:
+                return
+            if escalation.id in self._notifying:
+                continue
+            self._notifying.add(escalation.id)
+            task = asyncio.create_task(self._notify(escalation.id))
+            self._notifiers.add(task)
+            # Also when cancelled before it ever ran (continue-as-new right after it was
+            # started): a finally inside the coroutine would never run then.
+            task.add_done_callback(functools.partial(self._notifier_done, escalation.id))
+
+    def _notifier_done(self, escalation_id: str, task: asyncio.Task[None]) -> None:
+        self._notifiers.discard(task)
+        self._notifying.discard(escalation_id)
 
     async def _notify(self, escalation_id: str) -> None:
         """Deliver an escalation's messages in order (a resolve never overtakes its trigger)."""
-        try:
-            while not self._draining:
-                escalation = escalations.find(self._state, escalation_id)
-                due = escalations.next_delivery(escalation)
-                if due is None:
-                    break
-                index, delivery = due
-                policy = self._state.spec.policy.escalation
-                request = NotifyRequest(
-                    ticket_id=self._state.ticket_id,
-                    ticket_title=self._state.spec.title,
-                    ticket_priority=self._state.spec.priority,
-                    event=delivery.event,
-                    escalation=escalations.view(self._state, escalation),
-                    sinks=list(policy.sinks),
-                    notify=policy.notify,
-                    retry_max_interval_s=policy.retry_max_interval_s,
-                    done=escalations.settled_sinks(delivery),
+        while not self._draining:
+            escalation = escalations.find(self._state, escalation_id)
+            due = escalations.next_delivery(escalation)
+            if due is None:
+                break
+            index, delivery = due
+            policy = self._state.spec.policy.escalation
+            request = NotifyRequest(
+                ticket_id=self._state.ticket_id,
+                ticket_title=self._state.spec.title,
+                ticket_priority=self._state.spec.priority,
+                event=delivery.event,
+                escalation=escalations.view(self._state, escalation),
+                sinks=list(policy.sinks),
+                notify=policy.notify,
+                retry_max_interval_s=policy.retry_max_interval_s,
+                give_up_after_s=policy.give_up_after_s,
+                queued_at=delivery.queued_at,
+                done=escalations.settled_sinks(delivery),
+            )
+            request.escalation.deliveries = []  # the history needs no copy of them
+            try:
+                outcome = await workflow.execute_activity(
+                    DELIVER_ESCALATION_ACTIVITY,
+                    request,
+                    result_type=NotifyOutcome,
+                    start_to_close_timeout=NOTIFY_ATTEMPT_TIMEOUT,
+                    heartbeat_timeout=NOTIFY_HEARTBEAT_TIMEOUT,
+                    retry_policy=NOTIFY_RETRY,
+                    # Continue-as-new cancels it and waits for what it did (its answer).
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"notify: {delivery.event} {escalation.severity} {escalation.source}",
                 )
-                request.escalation.deliveries = []  # the history needs no copy of them
-                try:
-                    outcome = await workflow.execute_activity(
-                        DELIVER_ESCALATION_ACTIVITY,
-                        request,
-                        result_type=NotifyOutcome,
-                        start_to_close_timeout=NOTIFY_ATTEMPT_TIMEOUT,
-                        heartbeat_timeout=NOTIFY_HEARTBEAT_TIMEOUT,
-                        retry_policy=NOTIFY_RETRY,
-                        # Continue-as-new cancels it and waits for what it did (its answer).
-                        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                        summary=f"notify: {delivery.event} {escalation.severity} "
-                        f"{escalation.source}",
-                    )
-                except ActivityError as exc:
-                    if isinstance(exc.cause, CancelledError):
-                        break  # cancelled before it started: the next run sends it
-                    # Only a bug gets here (no attempt limit): say so on the escalation.
-                    outcome = NotifyOutcome(failed=[f"delivery: {exc.cause or exc}"])
-                escalations.delivery_finished(
-                    self._state,
-                    escalation_id,
-                    index,
-                    workflow.now(),
-                    delivered=outcome.delivered,
-                    failed=outcome.failed,
-                    complete=outcome.complete,
-                )
-                self._after_change()
-        finally:
-            self._notifiers.pop(escalation_id, None)
+            except ActivityError as exc:
+                if isinstance(exc.cause, CancelledError):
+                    break  # cancelled before it started: the next run sends it
+                # Only a bug gets here (no attempt limit): say so on the escalation.
+                outcome = NotifyOutcome(failed=[f"delivery: {exc.cause or exc}"])
+            escalations.delivery_finished(
+                self._state,
+                escalation_id,
+                index,
+                workflow.now(),
+                delivered=outcome.delivered,
+                failed=outcome.failed,
+                complete=outcome.complete,
+            )
+            self._after_change()
+        # Done with this escalation: hand the slot to the next one waiting.
+        current = asyncio.current_task()
+        if current is not None:
+            self._notifier_done(escalation_id, current)
+        self._start_notifiers()
 
     def _after_change(self, *, publish_now: bool = False) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
