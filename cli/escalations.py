@@ -138,7 +138,8 @@ def render_escalations(
     for e in escalations:
         why = e.question or e.reason
         if e.status == "resolved":
-            why = f"{why[:100]} → {e.resolved_by}: {e.note or ''}"
+            cut = "…" if len(why) > 100 else ""
+            why = f"{why[:100]}{cut}\n→ {e.resolved_by}: {e.note or ''}"
         table.add_row(
             _t(e.id),
             Text(e.severity, style=SEVERITY_STYLES.get(e.severity, "")),
