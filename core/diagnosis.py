@@ -73,7 +73,6 @@ from models.diagnosis import (
 )
 from models.ledger import (
     DiagnosticRunRecord,
-    EscalationRecord,
     diagnostic_run_id,
     escalation_record_id,
 )
@@ -379,18 +378,7 @@ def escalate(
     )
     state.escalations.append(escalation)
     escalations.queue(state, escalation, "trigger", now)
-    state.outbox.escalations.append(
-        EscalationRecord(
-            id=escalation.id,
-            ticket_id=state.ticket_id,
-            severity=severity,  # type: ignore[arg-type]
-            source=source,
-            reason=reason,
-            agent_id=agent_id,
-            diagnosis_run_id=diagnosis_run_id,
-            created_at=now,
-        )
-    )
+    state.outbox.escalations.append(escalations.ledger_record(state, escalation))
     log(state, now, "escalated", f"{severity} escalated to a person: {reason}", agent_id=agent_id)
     return escalation
 

@@ -13,12 +13,29 @@ from datetime import datetime
 
 from core.common import Refused, log
 from core.state import Agent, Delivery, Escalation, TicketState
-from models.ledger import EscalationResolutionRecord
+from models.ledger import EscalationRecord, EscalationResolutionRecord
 from models.messages import DeliveryView, EscalationView
 from models.spec import SEVERITY_RANK
 
 #: Sources a person resolves by answering: the note is the answer, the asker gets it.
 QUESTION_SOURCE = "agent_question"
+
+
+def ledger_record(state: TicketState, escalation: Escalation) -> EscalationRecord:
+    """The escalation's ledger row as it stands (the ledger keeps the first acknowledgement)."""
+    return EscalationRecord(
+        id=escalation.id,
+        ticket_id=state.ticket_id,
+        severity=escalation.severity,  # type: ignore[arg-type]
+        source=escalation.source,
+        reason=escalation.reason,
+        agent_id=escalation.agent_id,
+        diagnosis_run_id=escalation.diagnosis_run_id,
+        created_at=escalation.created_at,
+        acknowledged=escalation.acknowledged,
+        acknowledged_at=escalation.acknowledged_at if escalation.acknowledged else None,
+        acknowledged_by=escalation.acknowledged_by if escalation.acknowledged else None,
+    )
 
 
 def severity_of(state: TicketState, source: str) -> str:

@@ -17,7 +17,6 @@ from core import diagnosis, escalations
 from core.common import Refused, Step, add_task, check_operator, current_phase, log
 from core.state import FEEDBACK_LIMIT, HELD_STATUSES, Escalation, HumanAnswer, TicketState
 from core.ticket import _authenticate, _cached, _remember, _reply_key, _require_open
-from models.ledger import EscalationRecord
 from models.messages import (
     AcknowledgeEscalation,
     AskHuman,
@@ -106,21 +105,7 @@ def acknowledge(
     escalation.acknowledged_at = now
     escalation.acknowledged_by = msg.operator
     escalations.queue(state, escalation, "acknowledge", now)
-    state.outbox.escalations.append(  # the ledger keeps the first acknowledgement
-        EscalationRecord(
-            id=escalation.id,
-            ticket_id=state.ticket_id,
-            severity=escalation.severity,  # type: ignore[arg-type]
-            source=escalation.source,
-            reason=escalation.reason,
-            agent_id=escalation.agent_id,
-            diagnosis_run_id=escalation.diagnosis_run_id,
-            created_at=escalation.created_at,
-            acknowledged=True,
-            acknowledged_at=now,
-            acknowledged_by=msg.operator,
-        )
-    )
+    state.outbox.escalations.append(escalations.ledger_record(state, escalation))
     log(
         state,
         now,
