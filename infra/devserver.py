@@ -362,6 +362,12 @@ def _port_in_use_message(host: str, port: int, ui_port: int, what: str, taken: i
 #: tickets, 0.2 s in WAL mode (bench/detection.py --no-scan). WAL keeps full durability
 #: (``synchronous`` stays FULL) and survives a killed server (tests/test_chaos.py).
 SQLITE_PRAGMAS = ("journal_mode=wal",)
+#: Server limits a ticket outgrows (DESIGN §15). ``history.maxInFlightUpdates`` (default 10)
+#: caps the updates one workflow has admitted but not answered: 50 agents claiming at once
+#: got 23 of their 50 claims refused (RESOURCE_EXHAUSTED) and took 18 s through the SDK's
+#: retries; at 500 (a ticket's agent cap, core.ticket.MAX_AGENTS) none is refused and the
+#: 50 take 0.09 s. Production servers need the same value: deploy/dynamicconfig.yaml.
+DYNAMIC_CONFIG: dict[str, int] = {"history.maxInFlightUpdates": 500}
 
 
 def _start_command(binary: Path, settings: Settings, host: str, db_path: Path) -> list[str]:
@@ -386,6 +392,8 @@ def _start_command(binary: Path, settings: Settings, host: str, db_path: Path) -
         cmd += ["--sqlite-pragma", pragma]
     for name, type_name in SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={type_name}"]
+    for key, value in DYNAMIC_CONFIG.items():
+        cmd += ["--dynamic-config-value", f"{key}={value}"]
     return cmd
 
 

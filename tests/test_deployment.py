@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from core.ticket import MAX_AGENTS
+from infra.devserver import DYNAMIC_CONFIG
 from infra.settings import SEARCH_ATTRIBUTES, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +90,18 @@ def test_observability_services_agree_with_the_worker() -> None:
     assert importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http"), (
         "the OTLP exporter the worker image needs is a project dependency"
     )
+
+
+def test_production_server_limits_match_the_dev_server() -> None:
+    """The temporal service reads deploy/dynamicconfig.yaml, whose values are the ones the
+    embedded dev server gets (infra.devserver.DYNAMIC_CONFIG): 50+ agents per ticket."""
+    temporal = SERVICES["temporal"]
+    path = temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    mounts = {
+        target.removesuffix(":ro"): source
+        for source, _, target in (m.partition(":") for m in temporal["volumes"])
+    }
+    source = mounts[f"/etc/temporal/{path}"]  # auto-setup resolves it under /etc/temporal
+    config = yaml.safe_load((ROOT / source).read_text())
+    assert {key: values[0]["value"] for key, values in config.items()} == DYNAMIC_CONFIG
+    assert DYNAMIC_CONFIG["history.maxInFlightUpdates"] >= MAX_AGENTS
