@@ -34,24 +34,27 @@ def render_dashboard(
         "| phase | " + " | ".join(STATUS_ORDER) + " |",
         "|---|" + "---|" * len(STATUS_ORDER),
     ]
+    # One pass over the tasks (this runs after every message: no work per task per phase
+    # or per task per agent).
+    counts: dict[str, dict[str, int]] = {
+        p.name: dict.fromkeys(STATUS_ORDER, 0) for p in state.spec.phases
+    }
+    held: dict[str, list[str]] = {}
+    for task in state.tasks.values():
+        by_status = counts.get(task.phase)
+        if by_status is not None:
+            by_status[task.status] += 1
+        if task.assigned_agent is not None and task.status in HELD_STATUSES:
+            held.setdefault(task.assigned_agent, []).append(task.id)
     for phase in state.spec.phases:
-        counts = {s: 0 for s in STATUS_ORDER}
-        for task in state.tasks.values():
-            if task.phase == phase.name:
-                counts[task.status] += 1
-        lines.append(f"| {phase.name} | " + " | ".join(str(counts[s]) for s in STATUS_ORDER) + " |")
+        row = counts[phase.name]
+        lines.append(f"| {phase.name} | " + " | ".join(str(row[s]) for s in STATUS_ORDER) + " |")
     live = [a for a in state.agents.values() if a.state != "terminated"]
     if live:
         lines += ["", "| agent | kind | state | tasks |", "|---|---|---|---|"]
         for agent in live:
-            held = [
-                t.id
-                for t in state.tasks.values()
-                if t.assigned_agent == agent.id and t.status in HELD_STATUSES
-            ]
-            lines.append(
-                f"| {agent.id} | {agent.kind} | {agent.state} | {', '.join(held) or '-'} |"
-            )
+            mine = ", ".join(held.get(agent.id, [])) or "-"
+            lines.append(f"| {agent.id} | {agent.kind} | {agent.state} | {mine} |")
     suspects = views.anomalies(state, now)
     if suspects:
         lines += ["", "| agent | anomaly | signature | signals |", "|---|---|---|---|"]
