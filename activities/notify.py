@@ -37,6 +37,7 @@ from models.notify import (
     NotifyOutcome,
     NotifyProgress,
     NotifyRequest,
+    settled,
 )
 from models.spec import SinkSpec
 
@@ -98,13 +99,9 @@ class NotifyActivities:
             activity.heartbeat(progress.model_dump(mode="json"))
             return False
         chosen, missing = sinks.choose(deployment, request)
-        settled = (
-            set(request.done)
-            | set(progress.delivered)
-            | {f.split(":", 1)[0] for f in progress.failed}
-        )
-        progress.failed += [m for m in missing if m.split(":", 1)[0] not in settled]
-        owed = [s for s in chosen if s.name not in settled]
+        done = set(request.done) | settled(progress.delivered, progress.failed)
+        progress.failed += [m for m in missing if not settled([], [m]) & done]
+        owed = [s for s in chosen if s.name not in done]
         if owed and _given_up(request):
             progress.failed += [
                 f"{s.name}: gave up after {request.give_up_after_s:g} s "

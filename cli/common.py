@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -107,10 +106,7 @@ async def open_client(settings: Settings) -> Client:
 
 def ui_url(settings: Settings, ticket_id: str | None = None) -> str:
     """The Temporal Web UI: the namespace's workflow list, or one ticket's page."""
-    host = settings.host.strip("[]")
-    host = f"[{host}]" if ":" in host else host
-    base = f"http://{host}:{settings.ui_port}/namespaces/{quote(settings.namespace, safe='')}"
-    return f"{base}/workflows/{quote(ticket_id, safe='')}" if ticket_id else f"{base}/workflows"
+    return settings.web_ui(ticket_id)
 
 
 def token_path(settings: Settings, ticket_id: str) -> Path:

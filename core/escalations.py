@@ -15,6 +15,7 @@ from core.common import Refused, log
 from core.state import Agent, Delivery, Escalation, TicketState
 from models.ledger import EscalationRecord, EscalationResolutionRecord
 from models.messages import DeliveryView, EscalationView
+from models.notify import settled
 from models.spec import SEVERITY_RANK
 
 #: Sources a person resolves by answering: the note is the answer, the asker gets it.
@@ -193,7 +194,7 @@ def next_delivery(escalation: Escalation) -> tuple[int, Delivery] | None:
 
 def settled_sinks(delivery: Delivery) -> list[str]:
     """Sinks that took the message or refused it for good (not to be sent it again)."""
-    return [*delivery.delivered, *(f.split(":", 1)[0] for f in delivery.failed)]
+    return sorted(settled(delivery.delivered, delivery.failed))
 
 
 def delivery_finished(

@@ -25,8 +25,6 @@ from models.messages import (
     ResolveEscalation,
 )
 
-LIVE = escalations.WAITING
-
 
 def _escalations_on(state: TicketState) -> None:
     if not state.escalations_v1:
@@ -199,7 +197,7 @@ def _tell_agents(
     line = f"{msg.operator} resolved {escalation.id}: {msg.note}"
     told = 0
     for agent in state.agents.values():
-        if agent.state in LIVE:
+        if agent.state in escalations.WAITING:
             agent.feedback = [*agent.feedback, line][-FEEDBACK_LIMIT:]
             told += 1
     created = ""

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
@@ -176,10 +177,15 @@ class Settings(BaseModel):
         return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
 
     def web_ui(self, ticket_id: str | None = None) -> str:
-        """The Temporal Web UI: its workflow list, or a ticket's page."""
-        base = (self.ui_url or f"http://{self.host}:{self.ui_port}").rstrip("/")
-        page = f"{base}/namespaces/{self.namespace}/workflows"
-        return f"{page}/{ticket_id}" if ticket_id else page
+        """The Temporal Web UI: the namespace's workflow list, or one ticket's page (under
+        ``ui_url`` when set, else the dev server's UI next to the Temporal address)."""
+        if self.ui_url:
+            base = self.ui_url.rstrip("/")
+        else:
+            host = self.host.strip("[]")
+            base = f"http://{f'[{host}]' if ':' in host else host}:{self.ui_port}"
+        page = f"{base}/namespaces/{quote(self.namespace, safe='')}/workflows"
+        return f"{page}/{quote(ticket_id, safe='')}" if ticket_id else page
 
     @property
     def host(self) -> str:

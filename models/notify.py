@@ -58,3 +58,9 @@ class NotifyOutcome(BaseModel):
 
 
 DELIVER_ESCALATION_ACTIVITY = "deliver_escalation"
+
+
+def settled(delivered: list[str], failed: list[str]) -> set[str]:
+    """The sinks done with a message: those that took it, and those in ``failed``, whose
+    entries read ``"<sink>: <why>"`` (refused for good, given up, or unknown)."""
+    return {*delivered, *(entry.split(":", 1)[0] for entry in failed)}

@@ -6,7 +6,7 @@ Every number has the default of DESIGN.md and can be changed per ticket in ``pol
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from pydantic import (
@@ -66,6 +66,7 @@ EscalationSource = Literal[
     "critical_anomaly",
     "agent_question",
 ]
+assert set(ESCALATION_SOURCES) == set(get_args(EscalationSource)), "one list of sources"
 SinkKind = Literal["webhook", "slack", "pagerduty"]
 
 KB = 1024

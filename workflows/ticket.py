@@ -288,8 +288,8 @@ class TicketWorkflow:
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
         self._agent_ops: set[asyncio.Task[None]] = set()
-        self._notifiers: set[asyncio.Task[None]] = set()  # at most MAX_NOTIFIERS
-        self._notifying: set[str] = set()  # the escalations they deliver
+        #: escalation id -> the task delivering its messages (at most MAX_NOTIFIERS)
+        self._notifiers: dict[str, asyncio.Task[None]] = {}
         self._draining = False
         self._updates_this_run = 0
         self._armed: datetime | None = None
@@ -391,7 +391,12 @@ class TicketWorkflow:
         if final:
             self._flush_ledger()  # a drain for continue-as-new may have paused it
             self._start_notifiers()  # ... and cancelled deliveries: they must go out now
-            if waiting := len(self._notifiers):
+            if self._notifiers:
+                waiting = sum(
+                    d.status == "pending"
+                    for e in escalations.pending(self._state)
+                    for d in e.deliveries
+                )
                 core.note(
                     self._state,
                     workflow.now(),
@@ -401,7 +406,7 @@ class TicketWorkflow:
         else:
             # Deliveries on their way are cancelled: each answers with what it did (within a
             # heartbeat), the rest rides along in the carried state for the next run.
-            for notifier in self._notifiers:
+            for notifier in self._notifiers.values():
                 notifier.cancel()
         await workflow.wait_condition(
             lambda: (
@@ -608,18 +613,17 @@ class TicketWorkflow:
         for escalation in escalations.pending(self._state):
             if len(self._notifiers) >= MAX_NOTIFIERS:
                 return
-            if escalation.id in self._notifying:
+            if escalation.id in self._notifiers:
                 continue
-            self._notifying.add(escalation.id)
             task = asyncio.create_task(self._notify(escalation.id))
-            self._notifiers.add(task)
+            self._notifiers[escalation.id] = task
             # Also when cancelled before it ever ran (continue-as-new right after it was
             # started): a finally inside the coroutine would never run then.
-            task.add_done_callback(functools.partial(self._notifier_done, escalation.id))
+            task.add_done_callback(functools.partial(self._forget_notifier, escalation.id))
 
-    def _notifier_done(self, escalation_id: str, task: asyncio.Task[None]) -> None:
-        self._notifiers.discard(task)
-        self._notifying.discard(escalation_id)
+    def _forget_notifier(self, escalation_id: str, task: asyncio.Future[None] | None) -> None:
+        if self._notifiers.get(escalation_id) is task:  # not a successor started since
+            del self._notifiers[escalation_id]
 
     async def _notify(self, escalation_id: str) -> None:
         """Deliver an escalation's messages in order (a resolve never overtakes its trigger)."""
@@ -672,9 +676,7 @@ class TicketWorkflow:
             )
             self._after_change()
         # Done with this escalation: hand the slot to the next one waiting.
-        current = asyncio.current_task()
-        if current is not None:
-            self._notifier_done(escalation_id, current)
+        self._forget_notifier(escalation_id, asyncio.current_task())
         self._start_notifiers()
 
     def _after_change(self, *, publish_now: bool = False) -> None:
