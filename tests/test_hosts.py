@@ -8,6 +8,7 @@ task queue; the agents are real processes (agents/demo_agent.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -16,14 +17,20 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 from core.state import TicketState
 from infra.settings import Settings
+from models.runtime import RESTART_AGENT_ACTIVITY, host_queue
 from tests.chaoskit import WorkerProcess
 from tests.conftest import unique_id
 from tests.test_agent_health import agent, alive, cancel, until
 from tests.ticketkit import Launched, launch
+from workflows.diagnosis import DiagnosticWorkflow
+from workflows.ticket import TicketWorkflow
 
 DEADLINE_S = 1.5
 HOST_GONE_S = 3.0
@@ -110,14 +117,32 @@ async def test_a_restart_goes_to_the_host_that_runs_the_agent(
     assert replacement.pid != first.pid and alive(replacement.pid)
     await cancel(ticket)  # the stop goes to host-a too
     state = await until(ticket, lambda s: not alive(ada(s).pid), "ada stopped", timeout=30)
+    await replays(ticket)
 
 
-@pytest.mark.skip(
-    reason="known bug, issue 16 stays open: after host-a's worker is SIGKILLed mid-ladder, "
-    "a full replay of the ticket on host-b fails with a nondeterminism error (the heartbeat "
-    "deadline timer differs) in 3 of 4 runs, with or without leases; the respawn on host-b "
-    "itself works"
-)
+async def restarted_elsewhere(client: Client, ticket: Launched, dead_queue: str) -> None:
+    """Wait, reading history only, until the ticket scheduled the restart on the shared queue.
+
+    No query meanwhile: a query that reaches the live worker while the dead one still holds
+    the ticket's workflow task makes that worker apply the pending events at the previous
+    task's time and keep the result in its cache; a later replay then diverges (an SDK/server
+    edge case found by this test, in the note of issue 16, not specific to leases).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline:
+        async for event in client.get_workflow_handle(ticket.ticket_id).fetch_history_events():
+            attrs = event.activity_task_scheduled_event_attributes
+            if (
+                event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                and attrs.activity_type.name == RESTART_AGENT_ACTIVITY
+                and attrs.task_queue.name != dead_queue
+            ):
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError("no restart on the shared queue within 60 s")
+
+
 async def test_a_host_gone_for_good_its_agents_respawn_on_another(
     client: Client, hosts: tuple[Settings, WorkerProcess, WorkerProcess]
 ) -> None:
@@ -129,6 +154,7 @@ async def test_a_host_gone_for_good_its_agents_respawn_on_another(
     first = ada(state)
     a.kill()  # host-a's worker, SIGKILLed for good ...
     kill_group(first.pid)  # ... and its agents with it, as when the machine goes
+    await restarted_elsewhere(client, ticket, host_queue(settings.task_queue, "host-a"))
     state = await started_on(ticket, "host-b", 1)
     [gone] = [e for e in state.timeline if e.kind == "host_gone"]
     assert "host-a" in gone.message
@@ -137,6 +163,16 @@ async def test_a_host_gone_for_good_its_agents_respawn_on_another(
     assert kinds.index("agent_unresponsive") < kinds.index("host_gone")
     await cancel(ticket)  # the stop reaches host-b
     await until(ticket, lambda s: not alive(ada(s).pid), "ada stopped on host-b", timeout=30)
+    await replays(ticket)
+
+
+async def replays(ticket: Launched) -> None:
+    """The whole story replays: routing by host is deterministic."""
+    history = await ticket.handle.fetch_history()
+    replayed = await Replayer(
+        workflows=[TicketWorkflow, DiagnosticWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None
 
 
 pytestmark = pytest.mark.usefixtures("worker")
