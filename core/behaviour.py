@@ -284,11 +284,11 @@ def repetition(state: TicketState, agent: Agent) -> Signal:
 
 
 def held_by(state: TicketState) -> dict[str, Task]:
-    """Each agent's longest-held task (one pass over the tasks)."""
+    """Each agent's longest-held task (from the index: only the held tasks, in creation order)."""
     held: dict[str, Task] = {}
-    for task in state.tasks.values():
-        if task.assigned_agent is None or task.status not in HELD_STATUSES:
-            continue
+    held_ids = (t for ids in state.index().held.values() for t in ids)
+    for task in sorted((state.tasks[t] for t in held_ids), key=lambda t: t.seq):
+        assert task.assigned_agent is not None
         other = held.get(task.assigned_agent)
         if other is None or (task.claimed_at or task.updated_at) < (
             other.claimed_at or other.updated_at

@@ -11,7 +11,6 @@ from typing import Generic, TypeVar
 
 from core.state import (
     ACTIVE_STATUSES,
-    FINAL_STATUSES,
     TIMELINE_LIMIT,
     Agent,
     Task,
@@ -111,7 +110,9 @@ def add_task(
         updated_at=now,
         seq=number,
     )
+    index = state.index()  # before the task joins: the index must not count it twice
     state.tasks[task.id] = task
+    index.add(task)
     if created_by != "spec":
         log(
             state,
@@ -143,7 +144,8 @@ def log(
 
 
 def open_tasks(state: TicketState) -> int:
-    return sum(1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES)
+    counts = state.index().by_status
+    return sum(counts[s] for s in ACTIVE_STATUSES)
 
 
 def claimable(state: TicketState, task: Task, phases: list[str] | None = None) -> bool:
@@ -213,9 +215,8 @@ def blocked_tasks(state: TicketState) -> set[str]:
 
 def moving_tasks(state: TicketState) -> int:
     """Active tasks that are not blocked: work that can still happen without help."""
-    if not state.healing_v2 or not any(
-        t.status in ("failed", "cancelled") for t in state.tasks.values()
-    ):
+    counts = state.index().by_status
+    if not state.healing_v2 or not (counts["failed"] or counts["cancelled"]):
         return open_tasks(state)  # nothing can be blocked: no fixpoint on the hot path
     blocked = blocked_tasks(state)
     return sum(
@@ -226,11 +227,11 @@ def moving_tasks(state: TicketState) -> int:
 def current_phase(state: TicketState) -> str | None:
     """The first phase (in order) with unfinished tasks; else the last phase that had tasks."""
     last = None
+    index = state.index()
     for phase in state.spec.phases:
-        statuses = [t.status for t in state.tasks.values() if t.phase == phase.name]
-        if any(s not in FINAL_STATUSES for s in statuses):
+        if index.unfinished_by_phase[phase.name]:
             return phase.name
-        if statuses:
+        if index.total_by_phase[phase.name]:
             last = phase.name
     return last
 

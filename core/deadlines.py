@@ -32,14 +32,11 @@ def next_deadline(state: TicketState) -> Deadline | None:
     if state.status == "open":
         timeout = timedelta(seconds=state.spec.policy.validation.validator_timeout_s)
         label = f"validator timeout {timeout.total_seconds():g}s"
-        for task in state.tasks.values():
-            if task.review_requested_at is not None and task.status in (
-                "under_review",
-                "validation_in_progress",
-            ):
-                candidates.append(
-                    Deadline(task.review_requested_at + timeout, f"{label} {task.id}")
-                )
+        # The tasks under review only, in creation order (a set's order is not deterministic).
+        reviewing = sorted((state.tasks[t] for t in state.index().reviewing), key=lambda t: t.seq)
+        for task in reviewing:
+            assert task.review_requested_at is not None
+            candidates.append(Deadline(task.review_requested_at + timeout, f"{label} {task.id}"))
         for version in state.results:
             if version.status == "pending_validation" and not version.timeout_reported:
                 candidates.append(

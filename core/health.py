@@ -47,9 +47,7 @@ HOUR = timedelta(hours=1)
 def interval(state: TicketState, agent: Agent) -> timedelta:
     """The agent's heartbeat deadline: shorter while it runs or holds tasks."""
     policy = state.spec.policy.health
-    busy = agent.state == "running" or any(
-        t.assigned_agent == agent.id and t.status in HELD_STATUSES for t in state.tasks.values()
-    )
+    busy = agent.state == "running" or agent.id in state.index().held
     return timedelta(seconds=policy.running_deadline_s if busy else policy.idle_deadline_s)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from models.diagnosis import Hypothesis
 from models.ledger import LedgerBatch
@@ -64,6 +65,73 @@ class TaskReview(BaseModel):
     at: datetime
 
 
+#: Task fields the ticket's index (TaskIndex) follows.
+INDEXED_FIELDS: frozenset[str] = frozenset(
+    {"status", "phase", "assigned_agent", "review_requested_at"}
+)
+REVIEW_STATUSES: frozenset[str] = frozenset({"under_review", "validation_in_progress"})
+
+
+class TaskIndex:
+    """What the hot path asks of the tasks, kept current as tasks change (not serialised).
+
+    Every message used to count the tasks by status, find the current phase, the tasks
+    under review and each agent's held tasks with a pass over all of them: O(tasks) per
+    message. The index answers those from counters and small sets; each task reports a
+    change of an indexed field to it (Task.__setattr__). Derived from the tasks alone, so it
+    is rebuilt identically on replay and after continue-as-new.
+    """
+
+    def __init__(self, tasks: dict[str, Task], *, attach: bool = True) -> None:
+        self.by_status: Counter[str] = Counter()
+        self.by_phase_status: Counter[tuple[str, str]] = Counter()
+        self.unfinished_by_phase: Counter[str] = Counter()
+        self.total_by_phase: Counter[str] = Counter()
+        self.held: dict[str, set[str]] = {}
+        self.reviewing: set[str] = set()
+        self.size = 0
+        for task in tasks.values():
+            self.add(task, attach=attach)
+
+    def add(self, task: Task, *, attach: bool = True) -> None:
+        if attach:
+            task._index = self
+        self.size += 1
+        self._count(task, +1)
+
+    def snapshot(self) -> tuple[object, ...]:
+        """Everything it holds, comparable (tests: the index against a fresh count)."""
+        return (
+            +self.by_status,
+            +self.by_phase_status,
+            +self.unfinished_by_phase,
+            +self.total_by_phase,
+            {agent: sorted(ids) for agent, ids in self.held.items()},
+            sorted(self.reviewing),
+            self.size,
+        )
+
+    def _count(self, task: Task, sign: int) -> None:
+        self.by_status[task.status] += sign
+        self.by_phase_status[task.phase, task.status] += sign
+        self.total_by_phase[task.phase] += sign
+        if task.status not in FINAL_STATUSES:
+            self.unfinished_by_phase[task.phase] += sign
+        if task.assigned_agent is not None and task.status in HELD_STATUSES:
+            held = self.held.setdefault(task.assigned_agent, set())
+            if sign > 0:
+                held.add(task.id)
+            else:
+                held.discard(task.id)
+                if not held:
+                    del self.held[task.assigned_agent]
+        if task.review_requested_at is not None and task.status in REVIEW_STATUSES:
+            if sign > 0:
+                self.reviewing.add(task.id)
+            else:
+                self.reviewing.discard(task.id)
+
+
 class Task(BaseModel):
     id: str
     key: str | None = None
@@ -101,6 +169,19 @@ class Task(BaseModel):
         default_factory=list,
         description="reassign_task: agent lineages it is not given to while another can take it",
     )
+    _index: TaskIndex | None = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        index = self._index if name in INDEXED_FIELDS else None
+        if index is None:
+            super().__setattr__(name, value)
+            return
+        index._count(self, -1)
+        try:
+            super().__setattr__(name, value)
+        finally:
+            index._count(self, +1)
+
     # Validation in iterations (tasks with validation on).
     iteration: int = Field(default=0, description="how many times the result went to review")
     reviewer: str | None = None
@@ -423,6 +504,15 @@ class TicketState(BaseModel):
     stuck_skipped_at: datetime | None = Field(
         default=None, description="the last stuck check whose diagnosis was skipped"
     )
+
+    _task_index: TaskIndex | None = PrivateAttr(default=None)
+
+    def index(self) -> TaskIndex:
+        """The tasks' index (built on first use, e.g. after continue-as-new or a query copy)."""
+        index = self._task_index
+        if index is None or index.size != len(self.tasks):
+            index = self._task_index = TaskIndex(self.tasks)
+        return index
 
     @property
     def ticket_id(self) -> str:

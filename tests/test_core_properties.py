@@ -8,6 +8,7 @@ After every step the invariants of DESIGN §3–4 must hold.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -445,6 +446,30 @@ class TicketMachine(RuleBasedStateMachine):
         self.version_ledger.extend(outbox.workflow_results)
         self.review_ledger.extend(outbox.reviews)
         self.state.outbox = LedgerBatch(ticket_id=self.state.ticket_id)
+
+    @invariant()
+    def the_task_index_matches_the_tasks(self) -> None:
+        """What the hot path reads from the index is what a pass over the tasks finds."""
+        tasks = list(self.state.tasks.values())
+        held: dict[str, list[str]] = {}
+        for t in tasks:
+            if t.assigned_agent is not None and t.status in HELD_STATUSES:
+                held.setdefault(t.assigned_agent, []).append(t.id)
+        counted = (
+            Counter(t.status for t in tasks),
+            Counter((t.phase, t.status) for t in tasks),
+            Counter(t.phase for t in tasks if t.status not in ("done", "failed", "cancelled")),
+            Counter(t.phase for t in tasks),
+            {agent: sorted(ids) for agent, ids in held.items()},
+            sorted(
+                t.id
+                for t in tasks
+                if t.review_requested_at is not None
+                and t.status in ("under_review", "validation_in_progress")
+            ),
+            len(tasks),
+        )
+        assert self.state.index().snapshot() == counted
 
     @invariant()
     def tasks_are_never_lost_and_ids_are_sequential(self) -> None:

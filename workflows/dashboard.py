@@ -6,7 +6,7 @@ from datetime import datetime
 
 from core import ticket as core
 from core import views
-from core.state import HELD_STATUSES, TicketState
+from core.state import TicketState
 
 STATUS_ORDER = (
     "pending",
@@ -34,21 +34,15 @@ def render_dashboard(
         "| phase | " + " | ".join(STATUS_ORDER) + " |",
         "|---|" + "---|" * len(STATUS_ORDER),
     ]
-    # One pass over the tasks (this runs after every message: no work per task per phase
-    # or per task per agent).
-    counts: dict[str, dict[str, int]] = {
-        p.name: dict.fromkeys(STATUS_ORDER, 0) for p in state.spec.phases
-    }
-    held: dict[str, list[str]] = {}
-    for task in state.tasks.values():
-        by_status = counts.get(task.phase)
-        if by_status is not None:
-            by_status[task.status] += 1
-        if task.assigned_agent is not None and task.status in HELD_STATUSES:
-            held.setdefault(task.assigned_agent, []).append(task.id)
+    # From the tasks' index (this runs after every message: no pass over the tasks).
+    index = state.index()
     for phase in state.spec.phases:
-        row = counts[phase.name]
-        lines.append(f"| {phase.name} | " + " | ".join(str(row[s]) for s in STATUS_ORDER) + " |")
+        row = " | ".join(str(index.by_phase_status[phase.name, s]) for s in STATUS_ORDER)
+        lines.append(f"| {phase.name} | {row} |")
+    held = {
+        agent: [t.id for t in sorted((state.tasks[i] for i in ids), key=lambda t: t.seq)]
+        for agent, ids in index.held.items()
+    }
     live = [a for a in state.agents.values() if a.state != "terminated"]
     if live:
         lines += ["", "| agent | kind | state | tasks |", "|---|---|---|---|"]
