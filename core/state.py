@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from models.diagnosis import Hypothesis
 from models.ledger import LedgerBatch
 from models.runtime import AgentProcess
-from models.spec import AgentSpec, TicketSpec
+from models.spec import PRIORITY_RANK, AgentSpec, TicketSpec
 
 TaskStatus = Literal[
     "pending",
@@ -67,8 +68,9 @@ class TaskReview(BaseModel):
 
 #: Task fields the ticket's index (TaskIndex) follows.
 INDEXED_FIELDS: frozenset[str] = frozenset(
-    {"status", "phase", "assigned_agent", "review_requested_at"}
+    {"status", "phase", "priority", "assigned_agent", "review_requested_at"}
 )
+
 REVIEW_STATUSES: frozenset[str] = frozenset({"under_review", "validation_in_progress"})
 
 
@@ -82,7 +84,16 @@ class TaskIndex:
     is rebuilt identically on replay and after continue-as-new.
     """
 
-    def __init__(self, tasks: dict[str, Task], *, attach: bool = True) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        phase_order: dict[str, int] | None = None,
+        *,
+        attach: bool = True,
+    ) -> None:
+        self.phase_order = phase_order or {}
+        #: pending tasks as (claim key, id), sorted: a claim walks them in claim order
+        self.pending: list[tuple[tuple[int, int, int], str]] = []
         self.by_status: Counter[str] = Counter()
         self.by_phase_status: Counter[tuple[str, str]] = Counter()
         self.unfinished_by_phase: Counter[str] = Counter()
@@ -99,6 +110,10 @@ class TaskIndex:
         self.size += 1
         self._count(task, +1)
 
+    def claim_key(self, task: Task) -> tuple[int, int, int]:
+        """Claim order: higher priority first, then the earlier phase, then the older task."""
+        return (-PRIORITY_RANK.get(task.priority, 0), self.phase_order.get(task.phase, 0), task.seq)
+
     def snapshot(self) -> tuple[object, ...]:
         """Everything it holds, comparable (tests: the index against a fresh count)."""
         return (
@@ -108,6 +123,7 @@ class TaskIndex:
             +self.total_by_phase,
             {agent: sorted(ids) for agent, ids in self.held.items()},
             sorted(self.reviewing),
+            [task_id for _, task_id in self.pending],
             self.size,
         )
 
@@ -125,6 +141,14 @@ class TaskIndex:
                 held.discard(task.id)
                 if not held:
                     del self.held[task.assigned_agent]
+        if task.status == "pending":
+            entry = (self.claim_key(task), task.id)
+            if sign > 0:
+                bisect.insort(self.pending, entry)
+            else:
+                at = bisect.bisect_left(self.pending, entry)
+                if at < len(self.pending) and self.pending[at] == entry:
+                    del self.pending[at]
         if task.review_requested_at is not None and task.status in REVIEW_STATUSES:
             if sign > 0:
                 self.reviewing.add(task.id)
@@ -511,7 +535,8 @@ class TicketState(BaseModel):
         """The tasks' index (built on first use, e.g. after continue-as-new or a query copy)."""
         index = self._task_index
         if index is None or index.size != len(self.tasks):
-            index = self._task_index = TaskIndex(self.tasks)
+            order = {p.name: i for i, p in enumerate(self.spec.phases)}
+            index = self._task_index = TaskIndex(self.tasks, order)
         return index
 
     @property

@@ -89,7 +89,7 @@ from models.messages import (
     TaskView,
     encoded_size,
 )
-from models.spec import PRIORITY_RANK, AutomatedCheck, TicketSpec
+from models.spec import AutomatedCheck, TicketSpec
 from models.validation import ChecksReport
 
 #: Most tasks one ticket may hold (a runaway agent must not grow state without bound).
@@ -1023,14 +1023,8 @@ def _claim_for(
         return ClaimReply(task=None, reason="agent is quarantined", inbox=box)
     if agent.state in ("restarting", "unresponsive"):
         return ClaimReply(task=None, reason=f"agent is {agent.state}", inbox=box)
-    rework = next(
-        (
-            t
-            for t in state.tasks.values()
-            if t.assigned_agent == agent.id and t.status == "needs_work"
-        ),
-        None,
-    )
+    mine = sorted((state.tasks[t] for t in state.index().held.get(agent.id, ())), key=_seq)
+    rework = next((t for t in mine if t.status == "needs_work"), None)
     if rework is not None:  # a failed review comes back to the same agent first
         agent.waiting_since = None
         rework.status = "running"
@@ -1046,11 +1040,7 @@ def _claim_for(
             task_id=rework.id,
         )
         return ClaimReply(task=task_view(rework), reason="", inbox=box)
-    held = sum(
-        1
-        for t in state.tasks.values()
-        if t.assigned_agent == agent.id and t.status in HELD_STATUSES
-    )
+    held = len(mine)
     limit = state.spec.policy.tasks.max_tasks_per_agent
     if held >= limit:
         return ClaimReply(
@@ -1214,22 +1204,26 @@ def _task_result_record(
     )
 
 
+def _seq(task: Task) -> int:
+    return task.seq
+
+
 def next_eligible(
     state: TicketState, phases: list[str] | None = None, agent: Agent | None = None
 ) -> Task | None:
-    """The task a claim (of ``agent``, when given) would get now, without claiming it."""
-    order = {p.name: i for i, p in enumerate(state.spec.phases)}
-    best: Task | None = None
-    best_key: tuple[int, int, int] | None = None
-    for task in state.tasks.values():
+    """The task a claim (of ``agent``, when given) would get now, without claiming it.
+
+    Walks the pending tasks in claim order (the index keeps them sorted) and takes the first
+    one it may: no pass over all the tasks, only over the pending ones ahead of it.
+    """
+    for _, task_id in state.index().pending:
+        task = state.tasks[task_id]
         if not claimable(state, task, phases):
             continue
         if agent is not None and task.avoid and avoided(state, task, agent):
             continue
-        k = (-PRIORITY_RANK[task.priority], order.get(task.phase, 0), task.seq)
-        if best_key is None or k < best_key:
-            best, best_key = task, k
-    return best
+        return task
+    return None
 
 
 def _why_nothing(state: TicketState, phases: list[str] | None = None) -> str:

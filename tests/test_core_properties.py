@@ -33,7 +33,7 @@ from models.messages import (
     ReviewResult,
     SubmitResult,
 )
-from models.spec import TicketSpec
+from models.spec import PRIORITY_RANK, TicketSpec
 
 
 class Creds(TypedDict):
@@ -451,6 +451,7 @@ class TicketMachine(RuleBasedStateMachine):
     def the_task_index_matches_the_tasks(self) -> None:
         """What the hot path reads from the index is what a pass over the tasks finds."""
         tasks = list(self.state.tasks.values())
+        order = {p.name: i for i, p in enumerate(self.state.spec.phases)}
         held: dict[str, list[str]] = {}
         for t in tasks:
             if t.assigned_agent is not None and t.status in HELD_STATUSES:
@@ -467,6 +468,13 @@ class TicketMachine(RuleBasedStateMachine):
                 if t.review_requested_at is not None
                 and t.status in ("under_review", "validation_in_progress")
             ),
+            [
+                t.id
+                for t in sorted(
+                    (t for t in tasks if t.status == "pending"),
+                    key=lambda t: (-PRIORITY_RANK[t.priority], order[t.phase], t.seq),
+                )
+            ],
             len(tasks),
         )
         assert self.state.index().snapshot() == counted
