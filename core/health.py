@@ -499,6 +499,14 @@ def leases_carried_over(state: TicketState, now: datetime) -> None:
             lease_ended(state, agent.id, "cancelled", now)
 
 
+def lease_never_held(state: TicketState, agent_id: str) -> None:
+    """A lease the ticket cancelled before its activity was ever scheduled: not held (the
+    agent's last sign of life stands; its next beat offers the queue again)."""
+    agent = state.agents.get(agent_id)
+    if agent is not None and agent.lease_held:
+        agent.lease_held = False
+
+
 def lease_started(state: TicketState, agent: Agent) -> None:
     agent.lease_held = True
     agent.leases += 1

@@ -782,6 +782,10 @@ class TicketWorkflow:
         if self._leases.get(agent_id) is task:
             del self._leases[agent_id]
             self._leases_cancelled.discard(agent_id)
+            # Cancelled before it ever ran (continue-as-new or the agent leaving in the same
+            # activation): it never held, and nothing else would say so. No workflow API here:
+            # this also runs when the worker evicts the workflow.
+            health.lease_never_held(self._state, agent_id)
 
     async def _hold_lease(self, agent_id: str, queue: str) -> None:
         """One lease: an activity the agent's own process runs and heartbeats while it lives.
@@ -814,7 +818,7 @@ class TicketWorkflow:
             else:
                 end = "refused"
         health.lease_ended(self._state, agent_id, end, workflow.now())
-        self._forget_lease(agent_id, asyncio.current_task())
+        self._forget_lease(agent_id, asyncio.current_task())  # (lease_never_held: a no-op now)
         self._after_change()
 
     def _after_change(self, *, publish_now: bool = False) -> None:
