@@ -28,7 +28,9 @@ pytestmark = pytest.mark.usefixtures("worker")
 DEADLINE_S = 1.5
 
 
-def spec(ticket_id: str, agents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def spec(
+    ticket_id: str, agents: list[dict[str, Any]] | None = None, deadline_s: float = DEADLINE_S
+) -> dict[str, Any]:
     return {
         "id": ticket_id,
         "title": "Liveness",
@@ -36,8 +38,8 @@ def spec(ticket_id: str, agents: list[dict[str, Any]] | None = None) -> dict[str
         "agents": agents or [],
         "policy": {
             "health": {
-                "idle_deadline_s": DEADLINE_S,
-                "running_deadline_s": DEADLINE_S,
+                "idle_deadline_s": deadline_s,
+                "running_deadline_s": deadline_s,
                 "restart_cooldown_s": 0,
                 "stop_grace_s": 2,
             },
@@ -224,4 +226,48 @@ async def test_a_beat_cannot_borrow_another_agents_lease(
         )
         assert state.agents[owner.agent_id or ""].lease_held
         assert owner.leased
+    await cancel(ticket)
+
+
+async def test_a_paused_agent_that_comes_back_in_time_is_not_restarted(
+    client: Client, settings: Settings
+) -> None:
+    """SIGSTOP for two deadlines (its lease lapses, the ladder climbs), then SIGCONT: the
+    agent beats again, is alive again, gets a new lease, and is never restarted."""
+    ticket = await launch(
+        client,
+        settings,
+        # Three seconds a deadline: the test must see "degraded" and resume the agent before
+        # a third one passes, also on a busy machine.
+        spec(unique_id("lease-pause"), [agent("ada", "--work-seconds", "600", "600")], 3.0),
+    )
+    state = await until(
+        ticket,
+        lambda s: any(a.lease_held and a.state == "running" for a in s.agents.values()),
+        "ada working under a lease",
+    )
+    pid = _pid_of(state, next(iter(state.agents)))
+    os.killpg(os.getpgid(pid), signal.SIGSTOP)
+    try:
+        await until(
+            ticket,
+            lambda s: any(e.kind == "agent_degraded" for e in s.timeline),
+            "ada degraded while paused",
+            timeout=30,
+        )
+    finally:
+        os.killpg(os.getpgid(pid), signal.SIGCONT)
+    state = await until(
+        ticket,
+        lambda s: (
+            any(e.kind == "agent_recovered" for e in s.timeline)
+            and any(a.lease_held for a in s.agents.values())
+        ),
+        "ada alive again under a new lease",
+        timeout=30,
+    )
+    [ada] = state.agents.values()
+    assert ada.leases >= 2 and ada.state in ("idle", "running")
+    assert not [e for e in state.timeline if e.kind in ("agent_unresponsive", "agent_restarting")]
+    assert alive(pid)
     await cancel(ticket)
