@@ -43,6 +43,12 @@ log = logging.getLogger("unstuck.agent.lease")
 CHECK_EVERY_S = 1.0
 #: Leases one process may hold at once (one per session).
 MAX_LEASES = 1000
+#: The longest the SDK waits between sending a lease's heartbeats to the server. Its own
+#: rule, 0.8 x the heartbeat timeout (12 s at the default 15 s deadline), would lapse a live
+#: agent's lease whenever one heartbeat came 3 s late; 5 s (the default beat interval) keeps
+#: the margin beats had (10 s). Heartbeats are no history events; where the server bills
+#: them as actions that is 720 per agent-hour, as many as beat signals were.
+HEARTBEAT_EVERY = timedelta(seconds=5)
 
 
 class LeaseHolder(Protocol):
@@ -112,6 +118,7 @@ class LeaseHost:
             activities=[self.hold_lease],
             max_concurrent_activities=MAX_LEASES,
             graceful_shutdown_timeout=timedelta(0),
+            max_heartbeat_throttle_interval=HEARTBEAT_EVERY,
             identity=f"lease-host {self.queue.removeprefix(LEASE_QUEUE_PREFIX)}",
         )
         self._run = asyncio.create_task(self._worker.run(), name=f"lease host {self.queue}")
