@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -57,18 +56,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from agent_client.session import AgentSession
 from bench.harness import (
+    BenchDef,
     code_fingerprint,
     environment,
     fresh_server,
     load_average,
-    make_console,
     progress_display,
     temp_dir,
     temp_ledger,
-    verdict,
-    write_json,
 )
 from bench.history import analyse, event_name, fetch_runs
+from bench.report import Summary, fmt_f, get, md_table
 from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
@@ -358,7 +356,7 @@ def build_report(
 # ---- measure -----------------------------------------------------------------------------
 
 
-async def measure(
+async def beat(
     env: WorkflowEnvironment, args: argparse.Namespace, console: Console
 ) -> tuple[list[Ticket], dict[str, Any]]:
     client: Client = env.client
@@ -502,141 +500,116 @@ async def dev_server_suggestion(
 # ---- print ---------------------------------------------------------------------------------
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    cfg, hb, tg = report["config"], report["heartbeats"], report["targets"]
-    main = report["tickets"]["bounded"]
-    t = Table(
-        title=(
-            f"Heartbeat history: {cfg['agents_per_ticket']} agents × "
-            f"{report['simulated']['hours']:g} simulated hours, one beat per agent every "
-            f"{cfg['beat_every_s']:g} s (scaled cadence; idle deadline "
-            f"{cfg['idle_deadline_s']:g} s), continue-as-new after "
-            f"{cfg['continue_as_new_after_events']} events — time-skipping test server"
-        )
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    cfg, hb = r["config"], r["heartbeats"]
+    main = get(r, "tickets", "bounded", default={})
+    s.info(
+        "History events per agent-hour of heartbeats (5 s interval)",
+        f"{fmt_f(hb.get('events_per_agent_hour_at_5s_refined'), 0)}",
+        f"{fmt_f(hb.get('events_per_heartbeat'), 2)} events per heartbeat (signal part "
+        f"{fmt_f(hb.get('signal_part_per_heartbeat'), 2)}, timer part "
+        f"{fmt_f(hb.get('timer_part_per_heartbeat'), 2)}); plain extrapolation "
+        f"{fmt_f(hb.get('events_per_agent_hour_at_5s_naive'), 0)}",
     )
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    t.add_column("note")
-    t.add_row("heartbeats sent (per agent)", f"{hb['total']} ({hb['per_agent']})", "")
-    t.add_row("history events, all runs", str(main["events_total"]), f"{main['runs']} runs")
-    t.add_row(
-        "[bold]events per heartbeat[/]",
-        f"{hb['events_per_heartbeat']:.3f}",
-        "all events ÷ beats (start, registrations, timer, continue-as-new included)",
+
+    def bounded_reasons() -> list[str]:
+        if (main.get("runs") or 0) <= 1:
+            return [
+                f"only {main.get('runs')} run: {main.get('events_total')} events in all never "
+                f"reached the threshold ({cfg.get('continue_as_new_after_events')}), so the "
+                "bound was not exercised; send more beats (--hours, --agents).",
+            ]
+        return [
+            f"the longest run had {main.get('max_run_length')} events, over the bound "
+            f"{main.get('bound')} (lengths {main.get('run_lengths')}): the ticket continued as "
+            "new later than the threshold allows."
+        ]
+
+    s.target(
+        r,
+        "bounded",
+        "Continue-as-new keeps every run bounded (max events of one run)",
+        str(get(r, "targets", "bounded", "value", default="—")),
+        f"{main.get('runs')} runs, lengths {main.get('run_lengths')}",
+        bounded_reasons,
     )
-    t.add_row(
-        "  signal part",
-        f"{hb['signal_part_per_heartbeat']:.3f}",
-        "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
-    )
-    t.add_row(
-        "  deadline-timer part",
-        f"{hb['timer_part_per_heartbeat']:.3f}",
-        f"{hb['timer_events_per_cycle']:.1f} events per timer cycle (fired, workflow task, "
-        "re-armed)",
-    )
-    t.add_row(
-        "  signals per signal-triggered workflow task",
-        f"{hb['signals_per_signal_workflow_task']}",
-        "1.0 = no batching",
-    )
-    t.add_row(
-        f"[bold]events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats[/]",
-        f"{hb['events_per_agent_hour_at_5s_naive']:.0f}",
-        f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
-    )
-    t.add_row(
-        "  refined (timer share at the default cadence)",
-        f"{hb['events_per_agent_hour_at_5s_refined']:.0f}",
-        f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
-        f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ {cfg['agents_per_ticket']} agents",
-    )
-    t.add_section()
-    t.add_row("runs (continue-as-new chain)", str(main["runs"]), f"lengths {main['run_lengths']}")
-    row = tg["bounded"]
-    t.add_row(
-        f"[bold]max events of one run[/] ({row['target']})",
-        str(row["value"]),
-        verdict(row["pass"]),
-    )
-    row = tg["state_intact"]
-    checks = main["state_checks"]
-    t.add_row(
-        "[bold]state intact at the end[/]",
-        verdict(row["pass"]),
-        f"{checks.get('agents_registered')}/{checks.get('agents_expected')} agents registered, "
-        f"{checks.get('heartbeats_counted')} beats counted of {checks.get('beats_sent')} sent, "
-        f"states {checks.get('agent_states')}, missed {checks.get('missed_beats_total')}, "
-        f"ignored {checks.get('ignored_messages')}",
-    )
-    server = report["tickets"].get("server")
-    if server is not None:
-        t.add_section()
-        t.add_row(
-            "server's own suggestion (no test switch): runs",
-            str(server["runs"]),
-            f"lengths {server['run_lengths']}",
-        )
-        t.add_row(
-            "  its max events of one run",
-            str(server["max_run_length"]),
-            "continued as new by the server's suggestion"
-            if server["runs"] > 1
-            else "no suggestion from the time-skipping test server, one ever-growing run",
-        )
-        t.add_row(
-            "  its state intact",
-            verdict(bool(server["state_checks"].get("intact"))),
-            f"{server['state_checks'].get('heartbeats_counted')} beats counted of "
-            f"{server['state_checks'].get('beats_sent')} sent",
-        )
-    dev = report.get("dev_server_suggestion")
-    if dev is not None:
-        t.add_section()
-        if "error" in dev:
-            t.add_row("real dev server's own suggestion", "—", f"[red]{dev['error']}[/]")
-        else:
-            t.add_row(
-                "real dev server's own suggestion (no test switch): first run",
-                str(dev["first_run_length"]),
-                f"events when the server suggested it and the ticket continued as new "
-                f"(within {dev['continued_within_beats']} beats; runs {dev['run_lengths']})"
-                if dev["suggested"]
-                else f"not suggested within {dev['beats_sent']} beats",
+    checks = main.get("state_checks", {})
+
+    def intact_reasons() -> list[str]:
+        bad = [
+            k
+            for k in (
+                "heartbeat_counts_equal_beats_sent",
+                "last_seq_equal_beats_sent",
             )
-            t.add_row(
-                "  its state intact",
-                verdict(bool(dev["state_checks"].get("intact"))),
-                f"{dev['state_checks'].get('heartbeats_counted')} beats counted of "
-                f"{dev['state_checks'].get('beats_sent')} sent (back to back, real time: "
-                f"{dev['signals_per_signal_workflow_task']} signals per workflow task)",
-            )
-    console.print(t)
-    by = Table(title="events of the bounded ticket by cause (all runs)")
-    by.add_column("cause")
-    by.add_column("events", justify="right")
-    by.add_column("per heartbeat", justify="right")
-    for cause, n in main["events_by_cause"].items():
-        by.add_row(cause, str(n), f"{n / max(1, hb['total']):.3f}")
-    console.print(by)
-    info = Table(show_header=False, box=None)
-    info.add_row("simulated span", f"{report['simulated']['start']} → {report['simulated']['end']}")
-    info.add_row("wall time driving the beats", f"{report['wall_seconds_driving']:.1f} s")
-    info.add_row("workflow tasks by trigger", str(main["workflow_task_triggers"]))
-    if main["workflow_task_failures"]:
-        info.add_row("[red]workflow task failures[/]", str(main["workflow_task_failures"]))
-    console.print(info)
-    console.print(f"[dim]{cfg['scaled_cadence_note']}[/]")
+            if not checks.get(k)
+        ]
+        return [
+            f"agents registered {checks.get('agents_registered')}/"
+            f"{checks.get('agents_expected')}, beats counted {checks.get('heartbeats_counted')} "
+            f"of {checks.get('beats_sent')}, missed {checks.get('missed_beats_total')}, ignored "
+            f"{checks.get('ignored_messages')}, restarts {checks.get('restarts_total')}, status "
+            f"{checks.get('status')}" + (f"; failed checks: {', '.join(bad)}" if bad else "") + "."
+        ]
 
-
-# ---- main ------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.heartbeat_history",
-        description="History events per heartbeat, and the continue-as-new bound.",
+    s.target(
+        r,
+        "state_intact",
+        "Ticket state intact after all heartbeats",
+        "yes" if get(r, "targets", "state_intact", "value") else "no",
+        f"{checks.get('heartbeats_counted')} of {checks.get('beats_sent')} beats counted",
+        intact_reasons,
     )
+    rows = [
+        ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})"],
+        ["events per heartbeat (all-in)", fmt_f(hb.get("events_per_heartbeat"), 3)],
+        ["… signal part", fmt_f(hb.get("signal_part_per_heartbeat"), 3)],
+        ["… deadline-timer part", fmt_f(hb.get("timer_part_per_heartbeat"), 3)],
+        [
+            "signals per signal-triggered workflow task",
+            str(hb.get("signals_per_signal_workflow_task")),
+        ],
+        [
+            "events per agent-hour at 5 s, plain",
+            fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
+        ],
+        [
+            "events per agent-hour at 5 s, refined",
+            fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
+        ],
+        ["runs / max events of one run", f"{main.get('runs')} / {main.get('max_run_length')}"],
+    ]
+    server = get(r, "tickets", "server")
+    if server:
+        rows.append(
+            [
+                "server's own suggestion (test server): runs / longest",
+                f"{server.get('runs')} / {server.get('max_run_length')}",
+            ]
+        )
+    dev = r.get("dev_server_suggestion")
+    if dev:
+        rows.append(
+            [
+                "real dev server's own suggestion: first run length",
+                f"error: {dev['error']}" if "error" in dev else str(dev.get("first_run_length")),
+            ]
+        )
+    s.section += [
+        f"{cfg.get('agents_per_ticket')} agents × {cfg.get('simulated_hours'):g} simulated hours, "
+        f"one beat per agent every {cfg.get('beat_every_s'):g} s (scaled cadence, idle deadline "
+        f"{cfg.get('idle_deadline_s'):g} s), continue-as-new after "
+        f"{cfg.get('continue_as_new_after_events')} events; time-skipping test server.",
+        "",
+        *md_table(["figure", "value"], rows),
+        "",
+        f"_{cfg.get('scaled_cadence_note', '')}_",
+    ]
+    return s
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", type=int, default=10, help="agents per ticket (default 10)")
     p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
     p.add_argument(
@@ -681,20 +654,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3000,
         help="dev-server check: give up after this many beats (default 3000)",
     )
-    p.add_argument("--out", type=Path, default=Path("bench/out/heartbeat_history.json"))
-    p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = p.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> str | None:
     if args.agents < 1 or args.hours <= 0 or args.beat_every <= 0:
-        p.error("--agents, --hours and --beat-every must be positive")
+        return "--agents, --hours and --beat-every must be positive"
     if args.beat_every >= args.idle_deadline:
-        p.error("--beat-every must be shorter than --idle-deadline (or agents miss beats)")
+        return "--beat-every must be shorter than --idle-deadline (or agents miss beats)"
     if args.can_after < 100:
-        p.error("--can-after must be at least 100 (TicketInput's own limit)")
-    return args
+        return "--can-after must be at least 100 (TicketInput's own limit)"
+    return None
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """On the time-skipping test server (not a dev server: simulated hours in seconds)."""
     test_server = find_temporal_binary().parent / "temporal-test-server"
     load_before = load_average()
     with temp_dir("unstuck-bench-heartbeat-history-", keep=args.keep_data, console=console) as tmp:
@@ -711,25 +684,24 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await ensure_search_attributes(env.client, settings.namespace)
         with temp_ledger(settings) as ledger:
             async with env, build_worker(env.client, settings, ledger):
-                tickets, meta = await measure(env, args, console)
+                tickets, meta = await beat(env, args, console)
             report = build_report(args, tickets, meta, test_server, load_before)
             if args.dev_suggestion:
                 report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
             return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = make_console(150)
-    started = time.monotonic()
-    report = asyncio.run(run(args, console))
-    report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
-    print_report(console, report)
-    write_json(args.out, report)
-    console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
-    ok = all(t["pass"] for t in report["targets"].values())
-    return 1 if (args.strict and not ok) else 0
-
+BENCH = BenchDef(
+    name="heartbeat_history",
+    title="History events per agent-hour of heartbeats; continue-as-new bound",
+    doc=__doc__ or "",
+    arguments=arguments,
+    check=check,
+    measure=measure,
+    summarize=summarize,
+    quick=("--agents", "4", "--hours", "4", "--can-after", "300", "--no-dev-suggestion"),
+)
+parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
 if __name__ == "__main__":
     raise SystemExit(main())
