@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 import starter
 from agent_client.session import AgentSession
-from bench.harness import BenchDef, environment, percentiles, server
+from bench.harness import BenchDef, environment, option, percentiles, server
 from bench.report import Summary, fmt_s, get, md_table
 from core.state import TicketState
 from infra.settings import Settings
@@ -181,11 +181,11 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--windows", default="2,5", help="anomaly windows to measure, seconds")
-    p.add_argument("--runs", type=int, default=8, help="looping agents per window")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--every", type=float, default=1.0, help="seconds between two notes")
-    p.add_argument("--timeout", type=float, default=60.0, help="per run, seconds")
+    option(p, "--windows", "2,5", "anomaly windows to measure, seconds")
+    option(p, "--runs", 8, "looping agents per window")
+    option(p, "--concurrency", 4, "runs in flight at a time")
+    option(p, "--every", 1.0, "seconds between two notes")
+    option(p, "--timeout", 60.0, "per run, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:

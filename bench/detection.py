@@ -62,6 +62,7 @@ from temporalio.service import RPCError
 
 from agent_client.session import AgentSession
 from bench.harness import (
+    OFF_S,
     QUANTILES,
     BenchDef,
     CpuMeter,
@@ -71,11 +72,13 @@ from bench.harness import (
     event_time,
     load_average,
     loop_lag,
+    option,
     progress_display,
     quantile,
     secs,
     server,
     summary,
+    ticket_spec,
     timer_that_woke,
     until_ready,
     utc_now,
@@ -93,15 +96,6 @@ from bench.report import (
 from core.diagnosis import stuck_at
 from core.state import TicketState
 from models.messages import DiagnosisView
-from models.spec import (
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    SeedTask,
-    StuckPolicy,
-    TicketSpec,
-)
 from models.workflow_io import TicketInput
 from workflows.ticket import TicketWorkflow
 
@@ -109,8 +103,6 @@ TICKET_QUEUE = "bench-detection"
 
 #: Target from the issue: Unstuck notices a stuck ticket within 1 s of the moment, at p99.
 TARGET_P99_S = 1.0
-#: "Off" for the baseline cohort's own timer and for health deadlines: far beyond the run.
-OFF_S = 86_400.0
 #: AgentSession heartbeat interval: one beat at registration, then none during the run.
 HEARTBEAT_S = 3_600.0
 
@@ -190,21 +182,6 @@ def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
 
 
 # ---- setup -----------------------------------------------------------------------------
-
-
-def _spec(ticket_id: str, tasks: int, window: float, cooldown: float) -> TicketSpec:
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="stuck-detection benchmark ticket",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="benchmark tasks")],
-        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
-        policy=Policy(
-            stuck=StuckPolicy(window_s=window, cooldown_s=cooldown),
-            health=HealthPolicy(idle_deadline_s=OFF_S, running_deadline_s=OFF_S),
-        ),
-    )
 
 
 def with_stuck_policy(state: TicketState, window: float, cooldown: float) -> TicketState:
@@ -511,7 +488,7 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
 
 async def warm_up(client: Client, prefix: str, tasks: int) -> None:
     """One ticket through a diagnosis (workflow sandbox, activities, child workflow warm)."""
-    spec = _spec(f"{prefix}-warm", min(tasks, 2), 0.5, 0.5)
+    spec = ticket_spec(f"{prefix}-warm", min(tasks, 2), stuck=(0.5, 0.5))
     handle = await client.start_workflow(
         TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
     )
@@ -629,7 +606,7 @@ async def cohorts(
             bar = progress.add_task(f"[cyan]{cohort}: start tickets", total=args.tickets)
             runs[cohort] = []
             for i in range(args.tickets):
-                spec = _spec(f"{prefix}-{cohort[0]}{i}", args.tasks, window, cooldown)
+                spec = ticket_spec(f"{prefix}-{cohort[0]}{i}", args.tasks, stuck=(window, cooldown))
                 handle = await client.start_workflow(
                     TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
                 )
@@ -980,58 +957,19 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tickets", type=int, default=40, help="N tickets per cohort (default 40)")
-    p.add_argument("--tasks", type=int, default=3, help="seed tasks per ticket (default 3)")
-    p.add_argument("--window", type=float, default=3.0, help="stuck window_s (default 3)")
-    p.add_argument(
-        "--cooldown", type=float, default=None, help="stuck cooldown_s (default: = --window)"
-    )
-    p.add_argument(
-        "--spread",
-        type=float,
-        default=10.0,
-        help="agents start at uniform random offsets in [0, spread) s (default 10)",
-    )
-    p.add_argument(
-        "--think",
-        type=float,
-        default=0.2,
-        help="agent pause before each complete, uniform [0, think) s (default 0.2)",
-    )
-    p.add_argument(
-        "--period",
-        type=float,
-        default=6.0,
-        help="the real baseline scanner's period P, seconds (default 6)",
-    )
-    p.add_argument(
-        "--baseline-period",
-        type=float,
-        default=60.0,
-        help="the period the issue names; analytic baseline and scaling (default 60)",
-    )
-    p.add_argument(
-        "--poll-ms",
-        type=int,
-        default=50,
-        help="external poll interval of the diagnoses query; 0 = no polling, no external "
-        "figure (default 50)",
-    )
-    p.add_argument(
-        "--poll-lead",
-        type=float,
-        default=0.3,
-        help="start polling this many seconds before the stuck moment (default 0.3)",
-    )
-    p.add_argument(
-        "--no-scan",
-        dest="scan",
-        action="store_false",
-        help="no baseline cohort and no real scanner (Unstuck alone; the analytic baseline "
-        "is still computed)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="random seed (offsets, scan phase)")
-    p.add_argument("--timeout", type=float, default=120, help="per-ticket limit, seconds")
+    option(p, "--tickets", 40, "N tickets per cohort")
+    option(p, "--tasks", 3, "seed tasks per ticket")
+    option(p, "--window", 3.0, "stuck window_s")
+    option(p, "--cooldown", None, "stuck cooldown_s (None: = --window)", type=float)
+    option(p, "--spread", 10.0, "agents start at uniform random offsets in [0, spread) s")
+    option(p, "--think", 0.2, "agent pause before each complete, uniform [0, think) s")
+    option(p, "--period", 6.0, "the real baseline scanner's period P, seconds")
+    option(p, "--baseline-period", 60.0, "the period the issue names; analytic and scaling")
+    option(p, "--poll-ms", 50, "poll interval of the diagnoses query; 0 = no external figure")
+    option(p, "--poll-lead", 0.3, "start polling this many seconds before the stuck moment")
+    option(p, "--no-scan", True, "no baseline cohort, no real scanner (the analytic one stays)")
+    option(p, "--seed", None, "random seed (offsets, scan phase)", type=int)
+    option(p, "--timeout", 120.0, "per-ticket limit, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:

@@ -29,7 +29,7 @@ from temporalio.client import Client
 
 import starter
 from agents import demo_agent
-from bench.harness import REPO, BenchDef, environment, progress_display, server
+from bench.harness import REPO, BenchDef, environment, option, progress_display, server
 from bench.report import Summary, get
 from core.state import TicketState
 from infra.settings import Settings
@@ -524,12 +524,10 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--only", default="", help="comma list of fault kinds")
-    p.add_argument("--healthy", type=int, default=0, help="extra healthy runs (0 diagnoses)")
-    p.add_argument("--markdown", type=Path, default=OUT, help="the table (full runs only)")
-    p.add_argument(
-        "--timelines", action="store_true", help="print the timeline of unexpected outcomes"
-    )
+    option(p, "--only", "", "comma list of fault kinds")
+    option(p, "--healthy", 0, "extra healthy runs (0 diagnoses)")
+    option(p, "--markdown", OUT, "the table (full runs only)", type=Path)
+    option(p, "--timelines", False, "print the timeline of unexpected outcomes")
 
 
 def write_markdown(args: argparse.Namespace, report: dict[str, Any], console: Console) -> None:

@@ -40,6 +40,16 @@ from infra.devserver import DevServer, ensure_server, find_temporal_binary, free
 from infra.enrollment import JOIN_KEY_ENV
 from infra.settings import Settings
 from ledger.store import Ledger
+from models.spec import (
+    AgentSpec,
+    HealthPolicy,
+    PhaseSpec,
+    Policy,
+    ResultCriterion,
+    SeedTask,
+    StuckPolicy,
+    TicketSpec,
+)
 from worker import build_worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +173,39 @@ async def until_ready(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+#: "Off" for a window or a deadline: far beyond any run.
+OFF_S = 86_400.0
+HEALTH_OFF = {"idle_deadline_s": OFF_S, "running_deadline_s": OFF_S}
+
+
+def ticket_spec(
+    ticket_id: str,
+    tasks: int = 0,
+    *,
+    about: str = "benchmark ticket",
+    stuck: tuple[float, float] | None = (OFF_S, OFF_S),
+    health: dict[str, float] | None = HEALTH_OFF,
+    agents: Sequence[AgentSpec] = (),
+) -> TicketSpec:
+    """A bench ticket: one phase ``work`` with ``tasks`` seed tasks; stuck detection
+    (window, cooldown) and health deadlines off unless given (None: the policy defaults)."""
+    policy: dict[str, Any] = {}
+    if stuck is not None:
+        policy["stuck"] = StuckPolicy(window_s=stuck[0], cooldown_s=stuck[1])
+    if health is not None:
+        policy["health"] = HealthPolicy.model_validate(health)
+    return TicketSpec(
+        id=ticket_id,
+        title=f"bench {ticket_id}",
+        description=about,
+        result_criteria=[ResultCriterion(description="the benchmark ran")],
+        phases=[PhaseSpec(name="work", description="benchmark tasks")],
+        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
+        agents=list(agents),
+        policy=Policy(**policy),
+    )
 
 
 # ---- environment and code --------------------------------------------------------------
@@ -560,7 +603,13 @@ class BenchDef:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         self.arguments(p)
-        p.add_argument("--out", type=Path, default=Path(f"bench/out/{self.name}.json"))
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help=f"the JSON report (default bench/out/{self.name}.json; bench/out/quick/… with "
+            "--quick)",
+        )
         p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
         p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
         p.add_argument(
@@ -580,6 +629,8 @@ class BenchDef:
         if error:
             p.error(error)
         args.bench = self.name
+        if args.out is None:
+            args.out = Path("bench/out/quick" if args.quick else "bench/out") / f"{self.name}.json"
         return args
 
     async def run(self, args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -620,6 +671,20 @@ def server(
     kwargs.setdefault("task_queue", f"bench-{name.replace('_', '-')}")
     kwargs.setdefault("tmp_prefix", f"unstuck-bench-{name.replace('_', '-')}-")
     return fresh_server(console, keep_data=getattr(args, "keep_data", False), **kwargs)
+
+
+def option(p: argparse.ArgumentParser, flag: str, default: Any, about: str, **kw: Any) -> None:
+    """One flag, typed by its default and ``(default …)`` added to its help; ``False``: a
+    switch; ``--no-x`` with ``True``: a switch that turns ``x`` off."""
+    if default is True and flag.startswith("--no-"):
+        p.add_argument(flag, dest=flag[5:].replace("-", "_"), action="store_false", help=about)
+    elif default is False:
+        p.add_argument(flag, action="store_true", help=about)
+    else:
+        kw.setdefault("type", str if default is None else type(default))
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        about += "" if default in ("", None) else f" (default {shown})"
+        p.add_argument(flag, default=default, help=about, **kw)
 
 
 def at_least(args: argparse.Namespace, minimum: float, *names: str) -> str | None:

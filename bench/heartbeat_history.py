@@ -61,23 +61,18 @@ from bench.harness import (
     environment,
     fresh_server,
     load_average,
+    option,
     progress_display,
     temp_dir,
     temp_ledger,
+    ticket_spec,
 )
 from bench.history import analyse, event_name, fetch_runs
 from bench.report import Summary, fmt_f, get, md_table
 from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
-from models.spec import (
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    StuckPolicy,
-    TicketSpec,
-)
+from models.spec import TicketSpec
 from models.workflow_io import TicketInput
 from worker import build_worker
 from workflows.ticket import TicketWorkflow
@@ -98,19 +93,10 @@ OFF_S = 400 * 86_400.0
 # ---- setup -----------------------------------------------------------------------------
 
 
-def _spec(ticket_id: str, idle_deadline: float) -> TicketSpec:
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="heartbeat history benchmark ticket: agents that only heartbeat",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="no tasks")],
-        tasks=[],
-        policy=Policy(
-            stuck=StuckPolicy(window_s=OFF_S, cooldown_s=OFF_S),
-            health=HealthPolicy(idle_deadline_s=idle_deadline, running_deadline_s=idle_deadline),
-        ),
-    )
+def spec_of(ticket_id: str, idle_deadline: float) -> TicketSpec:
+    """No tasks: agents that only heartbeat."""
+    deadlines = {"idle_deadline_s": idle_deadline, "running_deadline_s": idle_deadline}
+    return ticket_spec(ticket_id, stuck=(OFF_S, OFF_S), health=deadlines)
 
 
 @dataclass
@@ -366,7 +352,7 @@ async def beat(
     if args.server_ticket:
         plan.append(("server", None))
     for label, limit in plan:
-        spec = _spec(f"{prefix}-{label}", args.idle_deadline)
+        spec = spec_of(f"{prefix}-{label}", args.idle_deadline)
         handle = await client.start_workflow(
             TicketWorkflow.run,
             TicketInput(spec=spec, continue_as_new_after_events=limit),
@@ -438,7 +424,7 @@ async def dev_server_suggestion(
     try:
         async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "dev") as bench:
             client = bench.client
-            spec = _spec(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
+            spec = spec_of(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
             handle = await client.start_workflow(
                 TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
             )
@@ -610,50 +596,15 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agents", type=int, default=10, help="agents per ticket (default 10)")
-    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
-    p.add_argument(
-        "--beat-every",
-        type=float,
-        default=300.0,
-        help="simulated seconds between two beats of one agent (default 300)",
-    )
-    p.add_argument(
-        "--idle-deadline",
-        type=float,
-        default=600.0,
-        help="policy.health idle (and running) deadline, simulated seconds (default 600)",
-    )
-    p.add_argument(
-        "--can-after",
-        type=int,
-        default=2000,
-        help="TicketInput.continue_as_new_after_events of the bounded ticket (default 2000)",
-    )
-    p.add_argument(
-        "--margin",
-        type=int,
-        default=DEFAULT_MARGIN,
-        help=f"a run may exceed the threshold by this many events (default {DEFAULT_MARGIN})",
-    )
-    p.add_argument(
-        "--no-server-ticket",
-        dest="server_ticket",
-        action="store_false",
-        help="skip the second ticket that relies on the server's own suggestion",
-    )
-    p.add_argument(
-        "--no-dev-suggestion",
-        dest="dev_suggestion",
-        action="store_false",
-        help="skip the check of the real dev server's own continue-as-new suggestion",
-    )
-    p.add_argument(
-        "--dev-max-beats",
-        type=int,
-        default=3000,
-        help="dev-server check: give up after this many beats (default 3000)",
-    )
+    option(p, "--agents", 10, "agents per ticket")
+    option(p, "--hours", 24.0, "simulated hours")
+    option(p, "--beat-every", 300.0, "simulated seconds between two beats of one agent")
+    option(p, "--idle-deadline", 600.0, "policy.health idle (and running) deadline, simulated s")
+    option(p, "--can-after", 2000, "TicketInput.continue_as_new_after_events, bounded ticket")
+    option(p, "--margin", DEFAULT_MARGIN, "a run may exceed the threshold by this many events")
+    option(p, "--no-server-ticket", True, "skip the ticket that relies on the server's suggestion")
+    option(p, "--no-dev-suggestion", True, "skip the real dev server's own continue-as-new check")
+    option(p, "--dev-max-beats", 3000, "dev-server check: give up after this many beats")
 
 
 def check(args: argparse.Namespace) -> str | None:

@@ -40,7 +40,7 @@ from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFa
 from temporalio.common import RawValue
 
 import starter
-from bench.harness import BenchDef, environment, server
+from bench.harness import BenchDef, environment, option, server
 from bench.report import Summary, get, md_table
 from core.state import TicketState
 from infra.enrollment import JOIN_KINDS, join_key, join_secret
@@ -463,8 +463,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--generated", type=int, default=2000, help="random payloads after the corpus")
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated payloads")
+    option(p, "--generated", 2000, "random payloads after the corpus")
+    option(p, "--seed", 1, "seed of the generated payloads")
 
 
 async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:

@@ -45,26 +45,21 @@ from temporalio.worker import Worker
 from agent_client.session import AgentSession
 from bench.ceiling import Bump, CeilingWorkflow
 from bench.harness import (
+    HEALTH_OFF,
     BenchDef,
     CpuMeter,
     at_least,
     code_fingerprint,
     environment,
+    option,
     progress_display,
     server,
+    ticket_spec,
     until_ready,
 )
 from bench.history import HistoryStats, analyse, fetch_runs, source_of
 from bench.report import Summary, fmt_f, fmt_pct, fmt_s, get, md_table, num
 from models.messages import StatusView
-from models.spec import (
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    SeedTask,
-    TicketSpec,
-)
 from models.workflow_io import TicketInput
 from workflows.ticket import TicketWorkflow
 
@@ -151,23 +146,6 @@ async def _timed_phase(
 # ---- setup -----------------------------------------------------------------------------
 
 
-def _spec(ticket_id: str, tasks: int, heartbeats: bool) -> TicketSpec:
-    policy = Policy()
-    if not heartbeats:
-        # Agents send no heartbeats: keep health deadlines out of the way so the run
-        # measures the task protocol, not agents being declared unresponsive.
-        policy = Policy(health=HealthPolicy(idle_deadline_s=86_400, running_deadline_s=86_400))
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="lifecycle benchmark ticket",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="benchmark tasks")],
-        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
-        policy=policy,
-    )
-
-
 # ---- ours: tickets ---------------------------------------------------------------------
 
 
@@ -234,7 +212,11 @@ async def run_tickets(
 ) -> TicketsRun:
     handles: list[WorkflowHandle[Any, StatusView]] = []
     for i in range(tickets):
-        spec = _spec(f"{prefix}-t{i}", tasks, heartbeats)
+        # Without heartbeats, health deadlines are out of the way: the run measures the
+        # task protocol, not agents being declared unresponsive.
+        spec = ticket_spec(
+            f"{prefix}-t{i}", tasks, stuck=None, health=None if heartbeats else HEALTH_OFF
+        )
         handle = await client.start_workflow(
             TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
         )
@@ -465,7 +447,7 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
                 else "off (health deadlines set to 1 day)"
             ),
             "result_bytes": args.result_bytes,
-            "warmup": not args.no_warmup,
+            "warmup": args.warmup,
         },
         "environment": environment(load_digits=None),
         "code": code_fingerprint(["workflows/ticket.py"]),
@@ -767,20 +749,14 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tickets", type=int, default=8, help="N tickets per round (default 8)")
-    p.add_argument("--tasks", type=int, default=100, help="M seed tasks per ticket (default 100)")
-    p.add_argument("--agents", type=int, default=4, help="K agents per ticket (default 4)")
-    p.add_argument(
-        "--rounds", type=int, default=4, help="R interleaved ours/ceiling rounds (default 4)"
-    )
-    p.add_argument(
-        "--heartbeats",
-        action="store_true",
-        help="agents heartbeat at the normal rate (default: off, health deadlines relaxed)",
-    )
-    p.add_argument("--result-bytes", type=int, default=200, help="size of each task result")
-    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up round")
-    p.add_argument("--timeout", type=float, default=900, help="limit per phase, seconds")
+    option(p, "--tickets", 8, "N tickets per round")
+    option(p, "--tasks", 100, "M seed tasks per ticket")
+    option(p, "--agents", 4, "K agents per ticket")
+    option(p, "--rounds", 4, "R interleaved ours/ceiling rounds")
+    option(p, "--heartbeats", False, "agents heartbeat at the normal rate (default: off)")
+    option(p, "--result-bytes", 200, "size of each task result")
+    option(p, "--no-warmup", True, "skip the untimed warm-up round")
+    option(p, "--timeout", 900.0, "limit per phase, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -806,7 +782,7 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 ceiling = functools.partial(
                     run_ceiling, client, progress=progress, meter=meter, timeout=args.timeout
                 )
-                if not args.no_warmup:
+                if args.warmup:
                     warm = min(args.tickets, 2)
                     await tickets(
                         prefix=f"{prefix}-warm", tickets=warm, tasks=5, agents=2,

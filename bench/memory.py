@@ -72,6 +72,7 @@ from bench.harness import (
     cpu_seconds,
     environment,
     load_average,
+    option,
     progress_display,
     server,
     until_ready,
@@ -897,35 +898,17 @@ def _counts(text: str) -> list[int]:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--counts",
-        type=_counts,
-        default=[100, 1000],
-        help="open-ticket counts judged against the target (default 100,1000)",
-    )
-    p.add_argument(
-        "--step", type=int, default=100, help="also sample RSS every this many tickets (100)"
-    )
-    p.add_argument(
-        "--concurrency", type=int, default=32, help="tickets being opened at a time (32)"
-    )
-    p.add_argument("--workers", type=int, default=2, help="worker agents per ticket (2)")
-    p.add_argument(
-        "--completes", type=int, default=3, help="tasks worker 0 completes per ticket (3)"
-    )
-    p.add_argument("--result-bytes", type=int, default=1000, help="size of each result (1000)")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up tickets (5)")
-    p.add_argument(
-        "--settle", type=float, default=2.0, help="pause before sampling RSS, seconds (2)"
-    )
-    p.add_argument("--samples", type=int, default=6, help="RSS readings per step (6)")
-    p.add_argument(
-        "--otel",
-        choices=["file", "none"],
-        default="file",
-        help="the worker's UNSTUCK_OTEL_EXPORTER (default file, the worker's own default)",
-    )
-    p.add_argument("--timeout", type=float, default=600, help="limit per step, seconds")
+    option(p, "--counts", [100, 1000], "open-ticket counts judged against the target", type=_counts)
+    option(p, "--step", 100, "also sample RSS every this many tickets")
+    option(p, "--concurrency", 32, "tickets being opened at a time")
+    option(p, "--workers", 2, "worker agents per ticket")
+    option(p, "--completes", 3, "tasks worker 0 completes per ticket")
+    option(p, "--result-bytes", 1000, "size of each result")
+    option(p, "--warmup", 5, "warm-up tickets")
+    option(p, "--settle", 2.0, "pause before sampling RSS, seconds")
+    option(p, "--samples", 6, "RSS readings per step")
+    option(p, "--otel", "file", "the worker's UNSTUCK_OTEL_EXPORTER", choices=["file", "none"])
+    option(p, "--timeout", 600.0, "limit per step, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:

@@ -70,10 +70,12 @@ from bench.harness import (
     event_time,
     load_average,
     loop_lag,
+    option,
     progress_display,
     secs,
     server,
     summary,
+    ticket_spec,
     timer_that_woke,
     until_ready,
     utc_now,
@@ -83,16 +85,7 @@ from core.health import last_sign_of_life
 from core.state import TicketState, TimelineEvent
 from infra.settings import Settings
 from ledger.store import Ledger
-from models.spec import (
-    AgentSpec,
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    SeedTask,
-    StuckPolicy,
-    TicketSpec,
-)
+from models.spec import AgentSpec
 from models.workflow_io import TicketInput
 from workflows.ticket import TicketWorkflow
 
@@ -102,8 +95,6 @@ TICKET_QUEUE = "bench-reassignment"
 TARGET_SLACK_S = 1.0
 #: Missed deadlines in a row before an agent is unresponsive (core.health's ladder).
 LADDER = 3
-#: Stuck detection out of the way: far beyond the run.
-OFF_S = 86_400.0
 LADDER_KINDS = ("heartbeat_missed", "agent_degraded", "agent_unresponsive")
 #: The server does not fire a timer earlier than its creation + 1 s
 #: (``history.timerProcessorMaxTimeShift``): timers shorter than this fire > 0.1 s late.
@@ -113,34 +104,15 @@ SHORT_TIMER = timedelta(seconds=0.9)
 # ---- setup -----------------------------------------------------------------------------
 
 
-def _spec(
-    ticket_id: str,
-    *,
-    running_deadline: float,
-    idle_deadline: float,
-    tasks: int = 1,
-    agents: list[AgentSpec] | None = None,
-    cooldown: float = 60.0,
-    grace: float = 10.0,
-) -> TicketSpec:
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="reassignment benchmark ticket",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="benchmark tasks")],
-        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
-        agents=agents or [],
-        policy=Policy(
-            stuck=StuckPolicy(window_s=OFF_S, cooldown_s=OFF_S),
-            health=HealthPolicy(
-                idle_deadline_s=idle_deadline,
-                running_deadline_s=running_deadline,
-                restart_cooldown_s=cooldown,
-                stop_grace_s=grace,
-            ),
-        ),
-    )
+def health(
+    running: float, idle: float, cooldown: float = 60.0, grace: float = 10.0
+) -> dict[str, float]:
+    return {
+        "running_deadline_s": running,
+        "idle_deadline_s": idle,
+        "restart_cooldown_s": cooldown,
+        "stop_grace_s": grace,
+    }
 
 
 async def _state(handle: WorkflowHandle[Any, Any]) -> TicketState:
@@ -252,7 +224,7 @@ class Run:
 async def one_run(
     run: Run, client: Client, args: argparse.Namespace, *, breakdown: bool = True
 ) -> None:
-    spec = _spec(run.ticket_id, running_deadline=args.deadline, idle_deadline=args.idle_deadline)
+    spec = ticket_spec(run.ticket_id, 1, health=health(args.deadline, args.idle_deadline))
     handle = await client.start_workflow(
         TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
     )
@@ -387,14 +359,11 @@ async def process_run(
         ),
         cwd=str(REPO),
     )
-    spec = _spec(
+    spec = ticket_spec(
         f"{prefix}-proc{n}",
-        running_deadline=args.deadline,
-        idle_deadline=args.deadline,
-        tasks=2,
+        2,
+        health=health(args.deadline, args.deadline, 0.0, 2.0),
         agents=[agent],
-        cooldown=0.0,
-        grace=2.0,
     )
     token = secrets.token_urlsafe(16)
     handle = await client.start_workflow(
@@ -823,39 +792,22 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs", type=int, default=40, help="tickets, one dying agent each (40)")
-    p.add_argument(
-        "--concurrency", type=int, default=8, help="runs in flight at a time (default 8)"
-    )
-    p.add_argument(
+    option(p, "--runs", 40, "tickets, one dying agent each")
+    option(p, "--concurrency", 8, "runs in flight at a time")
+    option(
+        p,
         "--deadline",
-        type=float,
-        default=2.0,
-        help="policy.health.running_deadline_s; the floor is 3× this (default 2; below 2 s the "
-        "server's 1 s timer floor, history.timerProcessorMaxTimeShift, shows up in the result)",
+        2.0,
+        "policy.health.running_deadline_s; the floor is 3× this (below 2 s the server's 1 s "
+        "timer floor, history.timerProcessorMaxTimeShift, shows up in the result)",
     )
-    p.add_argument(
-        "--idle-deadline",
-        type=float,
-        default=30.0,
-        help="policy.health.idle_deadline_s (the watcher is idle; default 30)",
-    )
-    p.add_argument("--poll-ms", type=int, default=50, help="watcher claim interval (50)")
-    p.add_argument(
-        "--poll-lead",
-        type=float,
-        default=0.3,
-        help="the watcher starts polling this long before the floor (default 0.3 s)",
-    )
-    p.add_argument(
-        "--process-runs",
-        type=int,
-        default=1,
-        help="runs with a real local-process agent that SIGKILLs itself (default 1; 0 = off)",
-    )
-    p.add_argument("--no-warmup", dest="warmup", action="store_false")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=60, help="per-run limit, seconds")
+    option(p, "--idle-deadline", 30.0, "policy.health.idle_deadline_s (the watcher is idle)")
+    option(p, "--poll-ms", 50, "watcher claim interval")
+    option(p, "--poll-lead", 0.3, "the watcher starts polling this long before the floor, s")
+    option(p, "--process-runs", 1, "runs with a real agent process that SIGKILLs itself; 0 = off")
+    option(p, "--no-warmup", True, "skip the warm-up run")
+    option(p, "--seed", None, "random seed", type=int)
+    option(p, "--timeout", 60.0, "per-run limit, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:
