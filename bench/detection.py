@@ -86,6 +86,7 @@ from bench.harness import (
 from bench.report import (
     Summary,
     cpu_reason,
+    fmt_f,
     fmt_ms,
     fmt_s,
     fmt_x,
@@ -933,10 +934,49 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     ):
         if key in parts:
             rows.append([label, *cells(parts[key], fmt_ms)])
-    rows.append([f"scan every {P60:g} s, analytic, pooled", *cells(pooled, fmt_s), ""])
+    rows.append([f"scan every {P60:g} s, analytic, pooled", *cells(pooled, fmt_s)])
+    one_run = get(base, "analytic_P60", "per_run", default={})
+    if one_run:
+        stats = ("p50", "p90", "p99", "max")
+        rows.append(
+            [
+                f"scan every {P60:g} s, analytic, one run: mean over the phase",
+                *(fmt_s(get(one_run, k, "mean_over_phase")) for k in stats),
+                str(over.get("n", "")),
+            ]
+        )
+        rows.append(
+            [
+                "… one run, 5th–95th percentile over the phase",
+                *(
+                    f"{fmt_f(get(one_run, k, 'p05_over_phase'), 1)}–"
+                    f"{fmt_f(get(one_run, k, 'p95_over_phase'), 1)} s"
+                    for k in stats
+                ),
+                "",
+            ]
+        )
     if emp.get("n"):
         rows.append([f"scan every {P:g} s, measured", *cells(emp, fmt_s)])
+        query = get(base, "empirical", "query_part_s", default={})
+        rows.append(["… its query part (does not scale with P)", *cells(query, fmt_ms)])
         rows.append([f"… scaled to {P60:g} s", *cells(scaled, fmt_s)])
+    diag = un.get("diagnosis_duration_s", {})
+    scan_s = get(base, "empirical", "scan_seconds", default={})
+    env = r.get("environment", {})
+    errors = r.get("errors") or {}
+    notes = [
+        f"Diagnosis duration (started → completed) p50 {fmt_s(diag.get('p50'))}, p99 "
+        f"{fmt_s(diag.get('p99'))}; baseline scan duration p50 {fmt_ms(scan_s.get('p50'))}, max "
+        f"{fmt_ms(scan_s.get('max'))}; the external poll saw the run on its first poll for "
+        f"{un.get('external_seen_on_first_poll')} of {over.get('n', 0)}; not diagnosed / not "
+        f"found by the scan {un.get('not_diagnosed')} / "
+        f"{get(base, 'empirical', 'not_found')} (agent failed, left out: "
+        f"{un.get('failed_tickets')} / {get(base, 'empirical', 'failed_tickets')}); load "
+        f"average {env.get('load_average_at_start')} → {env.get('load_average_at_end')}."
+    ]
+    if errors:
+        notes.append(f"{len(errors)} ticket(s) with notes, e.g. {next(iter(errors.items()))}.")
     s.section += [
         f"{cfg.get('tickets_per_cohort')} tickets per cohort × {cfg.get('tasks_per_ticket')} "
         f"tasks; window {cfg.get('window_s'):g} s, cooldown {cfg.get('cooldown_s'):g} s, stuck "
@@ -952,7 +992,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         )
         + ".",
     ]
-    s.section += ["", *(c[0].upper() + c[1:] for c in cpu_reason(r))]
+    s.section += ["", *(c[0].upper() + c[1:] for c in cpu_reason(r)), "", *notes]
     return s
 
 

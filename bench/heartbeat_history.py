@@ -547,48 +547,102 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"{checks.get('heartbeats_counted')} of {checks.get('beats_sent')} beats counted",
         intact_reasons,
     )
+    beats, lengths = hb.get("total") or 1, main.get("run_lengths")
+
+    def intact(t: dict[str, Any]) -> str:
+        c = t.get("state_checks", {})
+        ok = "yes" if c.get("intact") else "**no**"
+        return f"{ok}: {c.get('heartbeats_counted')} beats counted of {c.get('beats_sent')} sent"
+
     rows = [
-        ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})"],
-        ["events per heartbeat (all-in)", fmt_f(hb.get("events_per_heartbeat"), 3)],
-        ["… signal part", fmt_f(hb.get("signal_part_per_heartbeat"), 3)],
-        ["… deadline-timer part", fmt_f(hb.get("timer_part_per_heartbeat"), 3)],
+        ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})", ""],
+        ["history events, all runs", str(main.get("events_total")), f"{main.get('runs')} runs"],
+        [
+            "**events per heartbeat**",
+            fmt_f(hb.get("events_per_heartbeat"), 3),
+            "all events ÷ beats (start, registrations, timer, continue-as-new included)",
+        ],
+        [
+            "… signal part",
+            fmt_f(hb.get("signal_part_per_heartbeat"), 3),
+            "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
+        ],
+        [
+            "… deadline-timer part",
+            fmt_f(hb.get("timer_part_per_heartbeat"), 3),
+            f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
+            "workflow task, re-armed)",
+        ],
         [
             "signals per signal-triggered workflow task",
             str(hb.get("signals_per_signal_workflow_task")),
+            "1.0 = no batching",
         ],
         [
-            "events per agent-hour at 5 s, plain",
+            f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
             fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
+            f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
         ],
         [
-            "events per agent-hour at 5 s, refined",
+            "… refined (timer share at the default cadence)",
             fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
+            f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
+            f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ "
+            f"{cfg.get('agents_per_ticket')} agents",
         ],
-        ["runs / max events of one run", f"{main.get('runs')} / {main.get('max_run_length')}"],
+        ["runs (continue-as-new chain)", str(main.get("runs")), f"lengths {lengths}"],
+        ["state intact at the end", intact(main), f"states {checks.get('agent_states')}"],
     ]
     server = get(r, "tickets", "server")
     if server:
-        rows.append(
+        rows += [
             [
                 "server's own suggestion (test server): runs / longest",
                 f"{server.get('runs')} / {server.get('max_run_length')}",
-            ]
-        )
+                f"lengths {server.get('run_lengths')}",
+            ],
+            ["… its state intact", intact(server), ""],
+        ]
     dev = r.get("dev_server_suggestion")
-    if dev:
-        rows.append(
+    if dev and "error" in dev:
+        rows.append(["real dev server's own suggestion", "—", f"error: {dev['error']}"])
+    elif dev:
+        rows += [
             [
                 "real dev server's own suggestion: first run length",
-                f"error: {dev['error']}" if "error" in dev else str(dev.get("first_run_length")),
-            ]
-        )
+                str(dev.get("first_run_length")),
+                f"suggested and continued as new within {dev.get('continued_within_beats')} "
+                f"beats; runs {dev.get('run_lengths')}"
+                if dev.get("suggested")
+                else f"not suggested within {dev.get('beats_sent')} beats",
+            ],
+            [
+                "… its state intact",
+                intact(dev),
+                f"back to back in real time: {dev.get('signals_per_signal_workflow_task')} "
+                "signals per workflow task",
+            ],
+        ]
+    causes = [
+        [cause, str(n), fmt_f(n / beats, 3)] for cause, n in main.get("events_by_cause", {}).items()
+    ]
+    sim = r.get("simulated", {})
     s.section += [
         f"{cfg.get('agents_per_ticket')} agents × {cfg.get('simulated_hours'):g} simulated hours, "
         f"one beat per agent every {cfg.get('beat_every_s'):g} s (scaled cadence, idle deadline "
         f"{cfg.get('idle_deadline_s'):g} s), continue-as-new after "
         f"{cfg.get('continue_as_new_after_events')} events; time-skipping test server.",
         "",
-        *md_table(["figure", "value"], rows),
+        *md_table(["figure", "value", "note"], rows),
+        "",
+        *md_table(
+            ["events of the bounded ticket by cause (all runs)", "events", "per heartbeat"], causes
+        ),
+        "",
+        f"Simulated span {sim.get('start')} → {sim.get('end')}, driven in "
+        f"{fmt_f(r.get('wall_seconds_driving'), 1)} s; workflow tasks by trigger "
+        f"{main.get('workflow_task_triggers')}; workflow task failures "
+        f"{main.get('workflow_task_failures') or 0}.",
         "",
         f"_{cfg.get('scaled_cadence_note', '')}_",
     ]

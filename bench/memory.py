@@ -77,7 +77,7 @@ from bench.harness import (
     server,
     until_ready,
 )
-from bench.report import Summary, fmt_bytes, fmt_pct, get, md_table, num, ratio
+from bench.report import Summary, fmt_bytes, fmt_f, fmt_pct, get, md_table, num, ratio
 from infra.devserver import DevServer, free_port
 from infra.settings import Settings
 from models.messages import CancelTicket, StatusView
@@ -839,8 +839,10 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 fmt_bytes(c.get("uss_bytes")),
                 str(c.get("sticky_cache_size")),
                 str(c.get("forced_evictions")),
-                f"{q.get('open')}/{q.get('queried')} open, {c.get('cache_hits_during_query_pass')} "
-                f"hits / {c.get('cache_misses_during_query_pass')} misses",
+                f"{q.get('open')}/{q.get('queried')} open in {fmt_f(q.get('seconds'), 1)} s, "
+                f"{c.get('cache_hits_during_query_pass')} hits / "
+                f"{c.get('cache_misses_during_query_pass')} misses",
+                fmt_bytes(c.get("server_rss_bytes")),
             ]
         )
     steps = ", ".join(
@@ -869,6 +871,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 "cached",
                 "forced evictions",
                 "status query of every ticket",
+                "server RSS",
             ],
             rows,
         ),
@@ -879,8 +882,14 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         "A ticket evicted from the cache costs no worker memory, but its next message "
         "(update, signal, query, timer) replays its history first.",
         "",
-        f"Opening took {tm.get('opening_s')} s ({tm.get('tickets_per_s')} tickets/s, worker CPU "
-        f"{tm.get('worker_cpu_opening_s')} s); problems: {len(r.get('problems', []))}.",
+        f"One ticket: state {fmt_bytes(one.get('state_json_bytes'))} as JSON, "
+        f"{one.get('history_events')} history events. Worker ready in "
+        f"{tm.get('worker_ready_s')} s, warm-up {tm.get('warmup_s')} s, opening "
+        f"{tm.get('opening_s')} s ({tm.get('tickets_per_s')} tickets/s, worker CPU "
+        f"{tm.get('worker_cpu_opening_s')} s), terminating {tm.get('terminate_s')} s; load "
+        f"average {get(r, 'environment', 'load_average_at_start')} → "
+        f"{get(r, 'environment', 'load_average_at_end')}; problems: {len(r.get('problems', []))}.",
+        *(f"* problem: {x}" for x in r.get("problems", [])[:10]),
     ]
     return s
 

@@ -80,7 +80,19 @@ from bench.harness import (
     until_ready,
     utc_now,
 )
-from bench.report import Summary, cpu_reason, fmt_s, fmt_x, get, md_table, num, parts_reason, pcells
+from bench.report import (
+    Summary,
+    cpu_reason,
+    fmt_f,
+    fmt_ms,
+    fmt_s,
+    fmt_x,
+    get,
+    md_table,
+    num,
+    parts_reason,
+    pcells,
+)
 from core.health import last_sign_of_life
 from core.state import TicketState, TimelineEvent
 from infra.settings import Settings
@@ -776,7 +788,49 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     ):
         if key in parts:
             rows.append([label, *pcells(parts[key])])
-    rows.append(["seen from outside (claim reply)", *pcells(r.get("external_latency_s", {}))])
+    for key, label in (
+        ("external_latency_s", "seen from outside (claim reply)"),
+        ("external_overshoot_s", "… overshoot from outside"),
+        ("external_sent_latency_s", "… that claim sent (wall clock)"),
+        ("claim_server_latency_s", "… that claim applied (task_claimed, workflow time)"),
+        ("claim_after_reassigned_s", "task_reassigned → task_claimed (workflow time)"),
+    ):
+        rows.append([label, *pcells(r.get(key, {}))])
+    for p in procs:
+        rows.append(
+            [
+                f"real process {p.get('task_id') or ''}: latency",
+                "",
+                "",
+                fmt_s(p.get("latency_s"), 3),
+                "1",
+            ]
+        )
+        rows.append(["… overshoot", "", "", fmt_s(p.get("overshoot_s"), 3), "1"])
+        for key, label in (
+            ("crash_logged_to_last_sign_s", "… its log line 'crashing (SIGKILL)' → last sign"),
+            ("crash_logged_to_reassigned_s", "… its log line → task_reassigned"),
+            ("reassigned_to_restarted_s", "… task_reassigned → process replaced"),
+            ("reassigned_to_replacement_registered_s", "… → replacement registered"),
+            ("reassigned_to_reclaimed_s", "… → task claimed again"),
+        ):
+            rows.append([label, "", "", fmt_s(p.get(key), 3), ""])
+    beat, polls = r.get("heartbeat_sent_to_workflow_time_s", {}), r.get("polls_per_run", {})
+    env, errors = r.get("environment", {}), r.get("errors") or {}
+    notes = [
+        f"Heartbeat signal call returned → its workflow time p50 {fmt_ms(beat.get('p50'))}, max "
+        f"{fmt_ms(beat.get('max'))}; claims polled per run p50 {fmt_f(polls.get('p50'), 0)}, "
+        f"max {fmt_f(polls.get('max'), 0)}; short ladder timers fired up to "
+        f"{fmt_s(get(parts, 'short_timer_late_max_s', 'max'))} late; load average "
+        f"{env.get('load_average_at_start')} → {env.get('load_average_at_end')}.",
+        *cpu_reason(r),
+        *(
+            [f"{len(errors)} run(s) with notes, e.g. {next(iter(errors.items()))}."]
+            if errors
+            else []
+        ),
+        *(f"Real-process run: {p['errors']}." for p in procs if p.get("errors")),
+    ]
     s.section += [
         f"{cfg.get('runs')} runs ({cfg.get('concurrency')} at a time), running deadline "
         f"{deadline:g} s → floor {floor:g} s; {cfg.get('process_runs')} real-process run(s).",
@@ -787,6 +841,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"{st.get('runs_with_breakdown')} runs (the last step's in "
         f"{st.get('runs_whose_last_timer_was_under_0.9s')}); failed runs "
         f"{r.get('failed_runs')}.",
+        *(line for n in notes for line in ("", n[0].upper() + n[1:])),
     ]
     return s
 
