@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -586,7 +586,6 @@ class BenchDef:
     miss_exits_1: bool = False  # exit 1 on a miss even without --strict
     width: int = 150  # console width when output is redirected
     on_report: Callable[[argparse.Namespace, dict[str, Any], Console], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
