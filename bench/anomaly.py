@@ -201,14 +201,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return build_report(args, runs)
 
 
-BENCH = BenchDef(
-    name="anomaly",
-    title="Loop start → anomaly diagnosis, against the anomaly window",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "anomaly",
+    "Loop start → anomaly diagnosis, against the anomaly window",
     quick=("--windows", "2", "--runs", "3"),
     miss_exits_1=True,
 )

@@ -1034,14 +1034,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return report
 
 
-BENCH = BenchDef(
-    name="detection",
-    title="Stuck-detection overshoot against a 60 s polling baseline",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "detection",
+    "Stuck-detection overshoot against a 60 s polling baseline",
     quick=("--tickets", "8", "--spread", "3", "--period", "3"),
     width=140,
 )

@@ -536,13 +536,10 @@ def write_markdown(args: argparse.Namespace, report: dict[str, Any], console: Co
         console.print(f"wrote {args.markdown}")
 
 
-BENCH = BenchDef(
-    name="faults",
-    title="The fault suite: every fault kind end to end, and healthy runs",
-    doc=__doc__ or "",
-    arguments=arguments,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "faults",
+    "The fault suite: every fault kind end to end, and healthy runs",
     quick=("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
     full=("--healthy", "20"),
     miss_exits_1=True,

@@ -587,6 +587,21 @@ class BenchDef:
     width: int = 150  # console width when output is redirected
     on_report: Callable[[argparse.Namespace, dict[str, Any], Console], None] | None = None
 
+    @classmethod
+    def of(cls, module: dict[str, Any], name: str, title: str, **kw: Any) -> BenchDef:
+        """The bench of a module (pass its ``globals()``): its docstring and its
+        ``arguments``, ``measure``, ``summarize`` and, if it has one, ``check``."""
+        return cls(
+            name=name,
+            title=title,
+            doc=module.get("__doc__") or "",
+            arguments=module["arguments"],
+            measure=module["measure"],
+            summarize=module["summarize"],
+            check=module.get("check"),
+            **kw,
+        )
+
     @property
     def module(self) -> str:
         return f"bench.{self.name}"

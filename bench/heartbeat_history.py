@@ -696,14 +696,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             return report
 
 
-BENCH = BenchDef(
-    name="heartbeat_history",
-    title="History events per agent-hour of heartbeats; continue-as-new bound",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "heartbeat_history",
+    "History events per agent-hour of heartbeats; continue-as-new bound",
     quick=("--agents", "4", "--hours", "4", "--can-after", "300", "--no-dev-suggestion"),
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

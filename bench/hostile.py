@@ -473,13 +473,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return build_report(args, result)
 
 
-BENCH = BenchDef(
-    name="hostile",
-    title="Hostile messages from a second client: tried and refused (beside the chaos figures)",
-    doc=__doc__ or "",
-    arguments=arguments,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "hostile",
+    "Hostile messages from a second client: tried and refused (beside the chaos figures)",
     quick=("--generated", "100"),
     miss_exits_1=True,
 )

@@ -825,14 +825,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return build_report(args, rounds)
 
 
-BENCH = BenchDef(
-    name="lifecycle",
-    title="Task-lifecycle throughput and history events per lifecycle",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "lifecycle",
+    "Task-lifecycle throughput and history events per lifecycle",
     quick=("--tickets", "2", "--tasks", "20", "--agents", "2", "--rounds", "2"),
     width=120,
 )

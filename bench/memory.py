@@ -945,14 +945,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return build_report(args, m, proc, load_before, time.monotonic() - started)
 
 
-BENCH = BenchDef(
-    name="memory",
-    title="Worker memory per open ticket",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "memory",
+    "Worker memory per open ticket",
     quick=("--counts", "20,100", "--step", "0", "--warmup", "2"),
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

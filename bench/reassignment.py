@@ -882,14 +882,10 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return build_report(args, runs, processes, meta, load_before)
 
 
-BENCH = BenchDef(
-    name="reassignment",
-    title="Agent death → task claimable again, against the three-deadline floor",
-    doc=__doc__ or "",
-    arguments=arguments,
-    check=check,
-    measure=measure,
-    summarize=summarize,
+BENCH = BenchDef.of(
+    globals(),
+    "reassignment",
+    "Agent death → task claimable again, against the three-deadline floor",
     quick=("--runs", "6", "--concurrency", "3", "--process-runs", "1"),
     informational=frozenset({"external_overshoot_max"}),
 )
