@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -42,12 +43,46 @@ from infra.telemetry import (
     tracing_interceptors,
 )
 from ledger.store import Ledger
+from models.runtime import host_queue
 from workflows.diagnosis import DiagnosticWorkflow
 from workflows.ticket import TicketWorkflow
 
 log = logging.getLogger("unstuck.worker")
 
 WORKFLOWS: list[type] = [TicketWorkflow, DiagnosticWorkflow]
+
+
+class UnstuckWorker:
+    """The worker of one host: the shared task queue (tickets, diagnoses, activities) and the
+    host's own queue ``<task_queue>@<host_id>`` (DESIGN §15), where the ticket sends the stop
+    and the restart of the agent processes this host started. Use it as ``async with``."""
+
+    def __init__(self, shared: Worker, host: Worker, host_id: str) -> None:
+        self.shared = shared
+        self.host = host
+        self.host_id = host_id
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def task_queue(self) -> str:
+        return self.shared.task_queue
+
+    @property
+    def host_task_queue(self) -> str:
+        return self.host.task_queue
+
+    async def __aenter__(self) -> UnstuckWorker:
+        await self._stack.__aenter__()
+        try:
+            await self._stack.enter_async_context(self.shared)
+            await self._stack.enter_async_context(self.host)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.__aexit__(None, None, None)
 
 
 def build_worker(
@@ -57,7 +92,7 @@ def build_worker(
     *,
     llm: LLMSettings | None = None,
     span_file: Path | None = None,
-) -> Worker:
+) -> UnstuckWorker:
     """The one worker definition used by ``worker.py``, the demo and the tests.
 
     ``llm`` configures the optional LLM hypothesis provider (default: from the
@@ -74,11 +109,17 @@ def build_worker(
         span_file=span_file if span_file is not None else _traced_span_file(settings),
         agent_log_dir=Path(settings.data_dir) / "agents",
     )
+    agents = AgentActivities(
+        settings.data_dir,
+        temporal_address=settings.temporal_address,
+        namespace=settings.namespace,
+        host=settings.host_id,
+    )
     # A client's interceptors that are also worker interceptors apply to its workers;
     # add tracing only where the client does not already carry it.
     carried = {type(i) for i in client.config()["interceptors"]}
     interceptors = [i for i in tracing_interceptors() if type(i) not in carried]
-    return Worker(
+    shared = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
@@ -86,11 +127,7 @@ def build_worker(
         activities=[
             *ledger_activities.activities(),
             *diagnosis_activities.activities(),
-            *AgentActivities(
-                settings.data_dir,
-                temporal_address=settings.temporal_address,
-                namespace=settings.namespace,
-            ).activities(),
+            *agents.activities(),
             *NotifyActivities(settings).activities(),
             read_result_file,
             run_checks,
@@ -100,6 +137,14 @@ def build_worker(
         # workflow-task pick-up dominate stuck-detection latency (bench/detection.py).
         max_concurrent_workflow_task_polls=16,
     )
+    host = Worker(
+        client,
+        task_queue=host_queue(settings.task_queue, settings.host_id),
+        interceptors=interceptors,
+        activities=agents.activities(),
+        max_concurrent_activity_task_polls=2,
+    )
+    return UnstuckWorker(shared, host, settings.host_id)
 
 
 def _traced_span_file(settings: Settings) -> Path | None:
@@ -165,10 +210,11 @@ async def serve(settings: Settings) -> int:
     try:
         async with build_worker(client, settings, ledger, span_file=span_file):
             log.info(
-                "worker on %s, namespace %s, task queue %s, ledger %s",
+                "worker on %s, namespace %s, task queue %s, host %s, ledger %s",
                 settings.temporal_address,
                 settings.namespace,
                 settings.task_queue,
+                settings.host_id,
                 ledger.url.render_as_string(hide_password=True),
             )
             if server.ui_url:

@@ -65,6 +65,7 @@ class AgentActivities:
         runtimes: Mapping[str, AgentRuntime] | None = None,
         temporal_address: str = "",
         namespace: str = "default",
+        host: str | None = None,
     ) -> None:
         self.log_dir = Path(data_dir) / "agents"
         #: Where spawned agents connect when the ticket does not say (the worker's own server).
@@ -72,8 +73,8 @@ class AgentActivities:
         self.namespace = namespace
         self.runtimes: dict[str, AgentRuntime] = {
             "external": ExternalRuntime(),
-            "local-process": LocalProcessRuntime(self.log_dir, data_dir=Path(data_dir)),
-            "command": CommandRuntime(self.log_dir, data_dir=Path(data_dir)),
+            "local-process": LocalProcessRuntime(self.log_dir, host=host, data_dir=Path(data_dir)),
+            "command": CommandRuntime(self.log_dir, host=host, data_dir=Path(data_dir)),
         }
         self.runtimes.update(runtimes or {})
 

@@ -30,10 +30,12 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from agent_client.lease import LeaseHost
 from infra.enrollment import JOIN_SECRET_ENV, EnrollmentError, join_key, join_secret
 from infra.settings import Settings
 from models.messages import (
     AgentInbox,
+    AgentStatus,
     AskHuman,
     AskReply,
     ClaimReply,
@@ -128,6 +130,7 @@ class AgentSession:
         on_inbox: Callable[[AgentInbox], None] | None = None,
         retry_window_s: float = RETRY_WINDOW_S,
         join_secret: str | None = None,
+        lease: bool = True,
     ) -> None:
         """``join_secret``: the ticket's secret for this agent's kind (infra.enrollment).
 
@@ -135,6 +138,10 @@ class AgentSession:
         one derived from the deployment's join key when this process can read it
         (``UNSTUCK_JOIN_KEY`` or ``<data dir>/join.key``), else none: a ticket launched with
         enrollment then refuses the registration, naming ``join_secret``.
+
+        ``lease``: carry this agent's liveness on a lease activity run by this process
+        (agent_client.lease: no history event per beat); False = a beat signal every
+        ``heartbeat_interval_s``, as agents that cannot run a Temporal worker do.
         """
         self.client = client
         self.ticket_id = ticket_id
@@ -154,6 +161,11 @@ class AgentSession:
         self._seq = 0
         self._beats: asyncio.Task[None] | None = None
         self._join_secret = join_secret
+        self._lease_wanted = lease
+        self._lease_host: LeaseHost | None = None
+        self._leases_running = 0
+        self._beat_now = asyncio.Event()
+        self._last_beat: tuple[AgentStatus, str | None] | None = None  # (status, task) last sent
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -192,6 +204,11 @@ class AgentSession:
         """Whether this session's heartbeat loop runs."""
         return self._beats is not None
 
+    @property
+    def leased(self) -> bool:
+        """Whether the ticket watches this agent through a lease (no beat signals then)."""
+        return self._leases_running > 0
+
     def start_heartbeats(self) -> None:
         if self._beats is None:
             self._beats = asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat {self.name}")
@@ -202,33 +219,58 @@ class AgentSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beats
             self._beats = None
+        if self._lease_host is not None:
+            host, self._lease_host = self._lease_host, None
+            await host.leave(self)  # a held lease ends (released) within a second
+
+    # LeaseHolder (agent_client.lease): the lease host tells the session about its lease.
+
+    def lease_taken(self) -> None:
+        self._leases_running += 1
+
+    def lease_lost(self) -> None:
+        self._leases_running -= 1
+        if self._leases_running == 0:
+            self._beat_now.set()  # beat at once: that offers the lease queue again
 
     async def _heartbeat_loop(self) -> None:
+        if self._lease_wanted and self.agent_id is not None:
+            self._lease_host = await LeaseHost.join(self.client, self)
         while True:
+            self._beat_now.clear()
             try:
-                await self.heartbeat()
+                # Beats while no lease carries the liveness; with one, only status changes.
+                if not self.leased or self._last_beat != self._beat_state():
+                    await self.heartbeat()
                 await self.refresh_inbox()
             except TicketClosed:
                 self.stop_requested.set()
                 return
             except Exception as exc:  # a missed beat is the ticket's business, not a crash
                 log.warning("%s: heartbeat failed: %s", self.name, exc)
-            await asyncio.sleep(self.heartbeat_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval_s)
+
+    def _beat_state(self) -> tuple[AgentStatus, str | None]:
+        return ("running" if self.current_task_id else "idle", self.current_task_id)
 
     # ---- messages ------------------------------------------------------------------------
 
     @_refuse_invalid
     async def heartbeat(self) -> None:
         self._seq += 1
+        status, task_id = beat = self._beat_state()
         await self._signal(
             "heartbeat",
             Heartbeat(
                 **self._auth(),
                 seq=self._seq,
-                status="running" if self.current_task_id else "idle",
-                current_task_id=self.current_task_id,
+                status=status,
+                current_task_id=task_id,
+                lease_queue=self._lease_host.queue if self._lease_host is not None else None,
             ),
         )
+        self._last_beat = beat
 
     async def refresh_inbox(self) -> AgentInbox:
         try:

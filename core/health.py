@@ -17,6 +17,7 @@ within ``running_deadline_s`` to come back.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from core import diagnosis, escalations
 from core.common import (
@@ -61,8 +62,12 @@ def last_sign_of_life(agent: Agent) -> datetime:
 
 
 def agent_deadline(state: TicketState, agent: Agent) -> datetime | None:
-    """When the agent misses its next heartbeat, or None if it is not watched."""
-    if agent.state not in LIVE_STATES:
+    """When the agent misses its next heartbeat, or None if it is not watched.
+
+    An agent holding a lease is watched by the server instead: the lease activity's
+    heartbeat timeout ends it (:func:`lease_ended`), and the ladder then climbs from there.
+    """
+    if agent.state not in LIVE_STATES or agent.lease_held:
         return None
     return last_sign_of_life(agent) + interval(state, agent) * (agent.missed_beats + 1)
 
@@ -442,6 +447,88 @@ def _record(
             finished_at=now if finished else None,
         )
     )
+
+
+# ---- liveness leases (DESIGN §15) ------------------------------------------------------------
+#
+# A beat signal costs ~4.5 history events; an activity heartbeat costs none. An agent whose
+# beat names a lease queue (agent_client.lease: a worker inside the agent's own process) gets
+# a lease: a ``hold_lease`` activity on that queue whose heartbeat timeout is the running
+# deadline. While it is scheduled the agent is not on the ticket's timer and sends no beats
+# (only changes of its status). When the lease ends, the agent's last sign of life is set
+# from how it ended and the usual ladder takes over; its next beat (it resumes beating as soon
+# as it loses its lease) offers the queue again. A dead agent is thus found as early as with
+# beats: the lease lapses one deadline after its last heartbeat reached the server.
+
+LeaseEnd = Literal["lapsed", "released", "refused", "cancelled"]
+
+
+def lease_timeout(state: TicketState) -> timedelta:
+    """The lease activity's heartbeat (and schedule-to-start) timeout: one running deadline."""
+    return timedelta(seconds=state.spec.policy.health.running_deadline_s)
+
+
+def lease_offered(state: TicketState, agent: Agent, queue: str) -> None:
+    """A beat named the agent's lease queue: it gets a lease when it has none (leases_wanted)."""
+    agent.lease_queue = queue
+
+
+def leases_wanted(state: TicketState) -> list[Agent]:
+    """Live agents that offered a lease queue and hold no lease."""
+    if not state.fleet_v1 or state.status != "open":
+        return []
+    return [
+        a
+        for a in state.agents.values()
+        if a.lease_queue is not None and not a.lease_held and a.state in LIVE_STATES
+    ]
+
+
+def leases_moot(state: TicketState) -> list[Agent]:
+    """Agents holding a lease that must end: the agent left, is restarted, or the ticket ended."""
+    return [
+        a
+        for a in state.agents.values()
+        if a.lease_held and (state.status != "open" or a.state not in LIVE_STATES)
+    ]
+
+
+def leases_carried_over(state: TicketState, now: datetime) -> None:
+    """A new run holds no lease yet (the last one cancelled its own before continuing as new):
+    any marked held are taken as cancelled now, and offered again."""
+    for agent in state.agents.values():
+        if agent.lease_held:
+            lease_ended(state, agent.id, "cancelled", now)
+
+
+def lease_started(state: TicketState, agent: Agent) -> None:
+    agent.lease_held = True
+    agent.leases += 1
+
+
+def lease_ended(state: TicketState, agent_id: str, end: LeaseEnd, now: datetime) -> None:
+    """The agent's lease ended; set its last sign of life from how.
+
+    ``lapsed``: no heartbeat reached the server for one lease timeout (or the agent never
+    took the lease): its last sign of life was that long ago. ``released``: the agent's
+    process ended it (it stopped beating or closed its session): alive until now.
+    ``refused``: its lease host does not know the agent (its process restarted): no news.
+    ``cancelled``: the ticket ended it (continue-as-new, the agent left): alive until now, and
+    the ticket offers it a new lease at once if it is still live.
+    """
+    agent = state.agents.get(agent_id)
+    if agent is None or not agent.lease_held:
+        return
+    agent.lease_held = False
+    alive: datetime | None = None
+    if end == "lapsed":
+        alive = now - lease_timeout(state)
+    elif end in ("released", "cancelled"):
+        alive = now
+    if alive is not None and (agent.last_heartbeat_at is None or alive > agent.last_heartbeat_at):
+        agent.last_heartbeat_at = alive
+    if end != "cancelled":
+        agent.lease_queue = None  # its next beat offers it again
 
 
 # ---- signs of life, registration and release ------------------------------------------------

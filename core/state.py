@@ -196,6 +196,14 @@ class Agent(BaseModel):
     answers: list[HumanAnswer] = Field(
         default_factory=list, description="a person's answers to its questions (its inbox)"
     )
+    # Liveness leases (core.health, DESIGN §15): an activity run by the agent's own process.
+    lease_queue: str | None = Field(
+        default=None, description="its lease host's task queue, offered in its latest beat"
+    )
+    lease_held: bool = Field(
+        default=False, description="a lease activity is scheduled: its heartbeats are the beats"
+    )
+    leases: int = Field(default=0, description="lease activities scheduled for it")
 
 
 class Lineage(BaseModel):
@@ -391,6 +399,14 @@ class TicketState(BaseModel):
         description=(
             "set by the workflow each run (patch behaviour-signals): anomaly scores, the "
             "anomaly trigger and the hard bounds of create_task"
+        ),
+    )
+    fleet_v1: bool = Field(
+        default=False,
+        description=(
+            "set by the workflow each run (patch fleet-liveness): agents that offer a lease "
+            "queue are watched through a lease activity's heartbeat timeout (no signal per "
+            "beat); agent processes are stopped and restarted on the host that runs them"
         ),
     )
     trust_v1: bool = Field(

@@ -257,6 +257,8 @@ def heartbeat(state: TicketState, msg: Heartbeat, now: datetime) -> bool:
     health.heartbeat_received(state, agent, now)
     if agent.state in ("idle", "running", "spawning"):
         agent.state = msg.status
+    if state.fleet_v1 and msg.lease_queue is not None:
+        health.lease_offered(state, agent, msg.lease_queue)
     if msg.current_task_id:
         task = state.tasks.get(msg.current_task_id)
         if task is not None and task.assigned_agent == agent.id and task.status == "assigned":

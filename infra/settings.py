@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,15 @@ class Settings(BaseModel):
     temporal_address: str = Field(default="127.0.0.1:7233", description="host:port of Temporal")
     namespace: str = "default"
     task_queue: str = "unstuck"
+    host_id: str = Field(
+        default_factory=lambda: socket.gethostname() or "localhost",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="this worker's host identity: agent processes it starts are stopped and "
+        "restarted through the task queue <task_queue>@<host_id>, which only it polls; "
+        "give each worker on one machine its own (default: the host name)",
+    )
     database_url: str = Field(
         default="", description="SQLAlchemy URL of the ledger; empty = SQLite under data_dir"
     )
@@ -227,6 +237,7 @@ ENV_VARS: dict[str, str] = {
     "temporal_address": "UNSTUCK_TEMPORAL_ADDRESS",
     "namespace": "UNSTUCK_NAMESPACE",
     "task_queue": "UNSTUCK_TASK_QUEUE",
+    "host_id": "UNSTUCK_HOST_ID",
     "database_url": "UNSTUCK_DATABASE_URL",
     "data_dir": "UNSTUCK_DATA_DIR",
     "ui_port": "UNSTUCK_UI_PORT",

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import to_json
 
+from models.runtime import LEASE_QUEUE_PATTERN
 from models.spec import AgentKind, Priority, ResultType, Slug, TaskType
 
 AgentStatus = Literal["idle", "running"]
@@ -189,6 +190,13 @@ class Heartbeat(Authenticated):
     seq: int = Field(ge=0)
     status: AgentStatus = "idle"
     current_task_id: str | None = Field(default=None, max_length=50)
+    lease_queue: str | None = Field(
+        default=None,
+        pattern=LEASE_QUEUE_PATTERN,
+        description="the task queue of this agent's lease host (agent_client.lease): the "
+        "ticket then carries the agent's liveness on an activity's heartbeat timeout instead "
+        "of one signal per beat (DESIGN §15)",
+    )
 
 
 class CompleteTask(Authenticated):

@@ -23,8 +23,23 @@ SPAWN_AGENT_ACTIVITY = "spawn_agent"
 STOP_AGENT_ACTIVITY = "stop_agent"
 RESTART_AGENT_ACTIVITY = "restart_agent"
 AGENT_ALIVE_ACTIVITY = "agent_alive"
+#: Run by the agent's own process (agent_client.lease), not by the worker: it heartbeats for
+#: as long as the agent lives, so its heartbeat timeout carries the agent's liveness.
+HOLD_LEASE_ACTIVITY = "hold_lease"
+#: Every lease host's task queue starts with this (a worker's queue never does): a message
+#: cannot point the ticket's leases at a worker.
+LEASE_QUEUE_PREFIX = "unstuck-lease/"
+LEASE_QUEUE_PATTERN = r"^unstuck-lease/[A-Za-z0-9._:@/-]{1,150}$"
 
 RuntimeName = Literal["external", "local-process", "command"]
+#: Runtimes whose agents are processes on the host of the worker that started them.
+HOSTED_RUNTIMES: tuple[RuntimeName, ...] = ("local-process", "command")
+
+
+def host_queue(task_queue: str, host: str) -> str:
+    """The task queue only the worker on ``host`` polls (stop and restart its processes)."""
+    return f"{task_queue}@{host}"
+
 
 #: Default time an agent gets between SIGTERM and SIGKILL (DESIGN §6: graceful stop 10 s).
 DEFAULT_STOP_GRACE_S = 10.0

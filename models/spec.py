@@ -264,6 +264,13 @@ class HealthPolicy(_Strict):
     restart_cooldown_s: float = Field(default=60.0, ge=0)
     max_restarts_per_hour: int = Field(default=3, ge=1)
     stop_grace_s: float = Field(default=10.0, gt=0)
+    host_gone_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a stop or restart not picked up by the worker on the agent's host within "
+        "this long: that host is gone, the replacement starts on another",
+    )
 
 
 class ValidationPolicy(_Strict):

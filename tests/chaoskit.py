@@ -52,6 +52,7 @@ from temporalio.service import RPCError
 
 from agent_client.session import TRANSIENT, AgentSession
 from core.state import TicketState
+from infra.enrollment import JOIN_KEY_ENV
 from infra.settings import Settings
 from ledger.store import Ledger
 from models.messages import TaskView
@@ -150,7 +151,13 @@ class WorkerProcess:
     def start(self) -> int:
         assert not self.alive, "the previous worker process is still running"
         env = {k: v for k, v in os.environ.items() if not k.startswith("UNSTUCK_")}
-        env.update(UNSTUCK_OTEL_EXPORTER="none", UNSTUCK_START_DEV_SERVER="false")
+        env.update(
+            UNSTUCK_OTEL_EXPORTER="none",
+            UNSTUCK_START_DEV_SERVER="false",
+            UNSTUCK_HOST_ID=self.settings.host_id,
+        )
+        if JOIN_KEY_ENV in os.environ:  # the key tickets are launched with in this process
+            env[JOIN_KEY_ENV] = os.environ[JOIN_KEY_ENV]
         self.starts += 1
         self.started_at = datetime.now(UTC)
         with self.log_path.open("ab") as log:

@@ -13,7 +13,6 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from infra.client import connect
 from infra.devserver import (
@@ -27,7 +26,7 @@ from infra.devserver import (
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
 from ledger.store import Ledger
-from worker import build_worker
+from worker import UnstuckWorker, build_worker
 
 # One join key (infra.enrollment) for the whole session, before any worker or agent starts:
 # tickets launched by tests are enrolled, and every process the tests start (agents, the
@@ -124,7 +123,9 @@ def ledger(settings: Settings) -> Iterator[Ledger]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def worker(client: Client, settings: Settings, ledger: Ledger) -> AsyncIterator[Worker]:
+async def worker(
+    client: Client, settings: Settings, ledger: Ledger
+) -> AsyncIterator[UnstuckWorker]:
     """One Unstuck worker for the session, on the settings' task queue."""
     async with build_worker(client, settings, ledger) as running:
         yield running

@@ -200,6 +200,11 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "seq": st.one_of(st.integers(-5, 10**6), st.sampled_from([2**63 - 1, 2**64])),
     "status": st.sampled_from(["idle", "running", "dead"]),
     "current_task_id": st.one_of(st.none(), task_ids),
+    "lease_queue": st.one_of(
+        st.none(),
+        st.sampled_from(["unstuck-lease/fuzz/1/abc", "unstuck", "unstuck@host", "unstuck-lease/"]),
+        small_text,
+    ),
     "result": any_text,
     "result_type": st.sampled_from(["implementation", "analysis", "fix", "design", "poem"]),
     "claim_next": st.booleans(),

@@ -228,10 +228,18 @@ async def test_seed_scenario_with_production_windows_under_time_skipping(
     env, settings, ledger = time_skipping
     client = env.client
     ticket = await launch(client, settings, seed_spec(unique_id("seed-60s")))
+    # lease=False: a running lease activity would hold the time-skipping server's clock.
     async with (
-        AgentSession(client, ticket.ticket_id, name="worker", heartbeat_interval_s=3600) as w,
         AgentSession(
-            client, ticket.ticket_id, name="vera", kind="validator", heartbeat_interval_s=3600
+            client, ticket.ticket_id, name="worker", heartbeat_interval_s=3600, lease=False
+        ) as w,
+        AgentSession(
+            client,
+            ticket.ticket_id,
+            name="vera",
+            kind="validator",
+            heartbeat_interval_s=3600,
+            lease=False,
         ) as vera,
     ):
         await work(w, [], done=seed_done(ticket))

@@ -130,8 +130,9 @@ async def test_validator_timeout_with_the_production_ten_minutes(
 ) -> None:
     env, settings, _ = time_skipping
     ticket = await launch(env.client, settings, validated_spec(unique_id("timeout")))
+    # lease=False: a running lease activity would hold the time-skipping server's clock.
     async with AgentSession(
-        env.client, ticket.ticket_id, name="ada", heartbeat_interval_s=3600
+        env.client, ticket.ticket_id, name="ada", heartbeat_interval_s=3600, lease=False
     ) as ada:
         task = await ada.claim()
         assert task is not None

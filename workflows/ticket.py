@@ -22,7 +22,9 @@ from temporalio.exceptions import (
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    TimeoutType,
 )
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -77,6 +79,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.notify import DELIVER_ESCALATION_ACTIVITY, NotifyOutcome, NotifyRequest
     from models.runtime import (
+        HOLD_LEASE_ACTIVITY,
+        HOSTED_RUNTIMES,
         RESTART_AGENT_ACTIVITY,
         SPAWN_AGENT_ACTIVITY,
         STOP_AGENT_ACTIVITY,
@@ -86,6 +90,7 @@ with workflow.unsafe.imports_passed_through():
         SpawnAgent,
         StopAgent,
         StopOutcome,
+        host_queue,
     )
     from models.spec import AgentSpec, AutomatedCheck, TicketSpec
     from models.validation import RUN_CHECKS_ACTIVITY, ChecksReport, RunChecks
@@ -141,6 +146,15 @@ TRUST_BOUNDARIES = "trust-boundaries"
 #: activity, acknowledged and resolved by people (ack/resolve), agents may ask a person
 #: (ask_human), and the EscalationSeverity search attribute names the worst unresolved one.
 ESCALATIONS_V1 = "escalations-v1"
+#: Fleet-scale liveness (DESIGN §15): agents that offer a lease queue hold a lease activity
+#: whose heartbeat timeout carries their liveness instead of a signal per beat
+#: (core.health, agent_client.lease), and agent processes are stopped and restarted through
+#: the task queue of the host that runs them (TicketState.fleet_v1).
+FLEET_LIVENESS = "fleet-liveness"
+#: A lease ends after this long even while the agent lives; the agent is then offered a new
+#: one at its next beat (an activity must have a start-to-close or schedule-to-close bound).
+LEASE_TERM = timedelta(hours=6)
+LEASE_RETRY = RetryPolicy(maximum_attempts=1)  # a lost lease is the ticket's news, not retried
 #: While only the number of open tasks changes (agents completing tasks in a burst), its
 #: search attribute is refreshed at most this often: each upsert is a visibility write on
 #: the server, and one per workflow task made the server's CPU per update twice Temporal's
@@ -186,6 +200,12 @@ def _search_attribute(name: str, value: Any) -> SearchAttributeUpdate[Any]:
     """The update of one of the ticket's search attributes (None unsets it)."""
     key: SearchAttributeKey[Any] = SEARCH_ATTRIBUTE_KEYS[name]
     return key.value_set(value) if value is not None else key.value_unset()
+
+
+def _host_gone(exc: ActivityError) -> bool:
+    """The activity waited on a host's own queue and no worker there took it."""
+    cause = exc.cause
+    return isinstance(cause, ActivityTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START
 
 
 def _refusal(exc: core.Refused) -> ApplicationError:
@@ -284,12 +304,17 @@ class TicketWorkflow:
         self._state.behaviour_v1 = workflow.patched(BEHAVIOUR_SIGNALS)
         self._state.trust_v1 = workflow.patched(TRUST_BOUNDARIES)
         self._state.escalations_v1 = workflow.patched(ESCALATIONS_V1)
+        self._state.fleet_v1 = workflow.patched(FLEET_LIVENESS)
+        health.leases_carried_over(self._state, workflow.now())
         self._input = input
         self._flush: asyncio.Task[None] | None = None
         self._diagnoses: dict[str, asyncio.Task[None]] = {}
         self._agent_ops: set[asyncio.Task[None]] = set()
         #: escalation id -> the task delivering its messages (at most MAX_NOTIFIERS)
         self._notifiers: dict[str, asyncio.Task[None]] = {}
+        #: agent id -> the task holding its lease activity; ids whose lease is being cancelled
+        self._leases: dict[str, asyncio.Task[None]] = {}
+        self._leases_cancelled: set[str] = set()
         self._draining = False
         self._updates_this_run = 0
         self._armed: datetime | None = None
@@ -408,6 +433,9 @@ class TicketWorkflow:
             # heartbeat), the rest rides along in the carried state for the next run.
             for notifier in self._notifiers.values():
                 notifier.cancel()
+            # Leases end with the run; the next run offers them again at once.
+            for agent_id in list(self._leases):
+                self._cancel_lease(agent_id)
         await workflow.wait_condition(
             lambda: (
                 workflow.all_handlers_finished()
@@ -416,6 +444,7 @@ class TicketWorkflow:
                 and (self._flush is None or self._flush.done())
                 and (not final or self._state.outbox.is_empty())
                 and not self._notifiers
+                and not self._leases
             )
         )
 
@@ -536,22 +565,59 @@ class TicketWorkflow:
             )
         self._after_change()
 
+    def _host_route(self, process: AgentProcess | None) -> dict[str, Any]:
+        """Activity options that send an operation on ``process`` to the host running it
+        (its worker's own task queue), with how long that host may take to answer."""
+        if (
+            not self._state.fleet_v1
+            or process is None
+            or not process.host
+            or process.runtime not in HOSTED_RUNTIMES
+        ):
+            return {}
+        return {
+            "task_queue": host_queue(workflow.info().task_queue, process.host),
+            "schedule_to_start_timeout": timedelta(
+                seconds=self._state.spec.policy.health.host_gone_s
+            ),
+        }
+
     async def _restart_agent(self, effect: RestartAgentProcess) -> None:
         grace = self._state.spec.policy.health.stop_grace_s
+        previous = effect.previous
         try:
-            outcome = await workflow.execute_activity(
-                RESTART_AGENT_ACTIVITY,
-                RestartAgent(
-                    spawn=self._spawn_request(effect.spec, effect.generation),
-                    previous=effect.previous,
-                    grace_s=grace,
-                ),
-                result_type=RestartOutcome,
-                start_to_close_timeout=timedelta(seconds=grace + 120),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=AGENT_OP_RETRY,
-                summary=f"restart agent {effect.lineage} (restart {effect.number})",
-            )
+            while True:
+                route = self._host_route(previous)
+                try:
+                    outcome = await workflow.execute_activity(
+                        RESTART_AGENT_ACTIVITY,
+                        RestartAgent(
+                            spawn=self._spawn_request(effect.spec, effect.generation),
+                            previous=previous,
+                            grace_s=grace,
+                        ),
+                        result_type=RestartOutcome,
+                        start_to_close_timeout=timedelta(seconds=grace + 120),
+                        heartbeat_timeout=timedelta(seconds=30),
+                        retry_policy=AGENT_OP_RETRY,
+                        summary=f"restart agent {effect.lineage} (restart {effect.number})",
+                        **route,
+                    )
+                    break
+                except ActivityError as exc:
+                    if not route or not _host_gone(exc) or previous is None:
+                        raise
+                    # Nobody polls that host's queue: its worker is gone, and with it (as
+                    # far as the ticket can tell) the process. Start the replacement anywhere.
+                    core.note(
+                        self._state,
+                        workflow.now(),
+                        "host_gone",
+                        f"host {previous.host!r} did not take the restart of {effect.lineage} "
+                        f"within {route['schedule_to_start_timeout'].total_seconds():g} s: the "
+                        "replacement starts on another host",
+                    )
+                    previous = None
             health.restart_finished(
                 self._state, effect.agent_id, effect.number, outcome, workflow.now()
             )
@@ -572,8 +638,17 @@ class TicketWorkflow:
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=AGENT_OP_RETRY,
                 summary=f"stop agent {process.agent_name} ({reason[:60]})",
+                **self._host_route(process),
             )
         except ActivityError as exc:
+            if _host_gone(exc):
+                core.note(
+                    self._state,
+                    workflow.now(),
+                    "host_gone",
+                    f"host {process.host!r} did not take the stop of {process.agent_name}: "
+                    "its worker is gone",
+                )
             workflow.logger.warning("stopping %s failed: %s", process.agent_name, exc.cause)
 
     async def _diagnose(self, input: DiagnosisInput) -> None:
@@ -679,12 +754,76 @@ class TicketWorkflow:
         self._forget_notifier(escalation_id, asyncio.current_task())
         self._start_notifiers()
 
+    # ---- liveness leases (DESIGN §15) ---------------------------------------------------
+
+    def _sync_leases(self) -> None:
+        """Start a lease for every agent that offered one; end those that became moot."""
+        if not self._state.fleet_v1:
+            return
+        for agent in health.leases_moot(self._state):
+            self._cancel_lease(agent.id)
+        if self._draining:
+            return
+        for agent in health.leases_wanted(self._state):
+            if agent.id in self._leases or agent.lease_queue is None:
+                continue  # the previous one is still ending
+            health.lease_started(self._state, agent)
+            task = asyncio.create_task(self._hold_lease(agent.id, agent.lease_queue))
+            self._leases[agent.id] = task
+            task.add_done_callback(functools.partial(self._forget_lease, agent.id))
+
+    def _cancel_lease(self, agent_id: str) -> None:
+        task = self._leases.get(agent_id)
+        if task is not None and agent_id not in self._leases_cancelled:
+            self._leases_cancelled.add(agent_id)
+            task.cancel()
+
+    def _forget_lease(self, agent_id: str, task: asyncio.Future[None] | None) -> None:
+        if self._leases.get(agent_id) is task:
+            del self._leases[agent_id]
+            self._leases_cancelled.discard(agent_id)
+
+    async def _hold_lease(self, agent_id: str, queue: str) -> None:
+        """One lease: an activity the agent's own process runs and heartbeats while it lives.
+
+        It ends when its heartbeats stop for one timeout (lapsed), when the agent's process
+        ends it (released), when that process does not know the agent (refused) or when the
+        ticket cancels it. Only the ends are in history: nothing per beat.
+        """
+        timeout = health.lease_timeout(self._state)
+        end: health.LeaseEnd = "released"
+        try:
+            await workflow.execute_activity(
+                HOLD_LEASE_ACTIVITY,
+                args=[self._state.ticket_id, agent_id],
+                task_queue=queue,
+                schedule_to_start_timeout=timeout,
+                heartbeat_timeout=timeout,
+                start_to_close_timeout=LEASE_TERM,
+                retry_policy=LEASE_RETRY,
+                cancellation_type=ActivityCancellationType.TRY_CANCEL,
+                summary=f"lease {agent_id}",
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, CancelledError):
+                end = "cancelled"
+            elif isinstance(cause, ActivityTimeout):
+                # The lease's term ran out while the agent lives: as if it had released it.
+                end = "released" if cause.type == TimeoutType.START_TO_CLOSE else "lapsed"
+            else:
+                end = "refused"
+        health.lease_ended(self._state, agent_id, end, workflow.now())
+        self._forget_lease(agent_id, asyncio.current_task())
+        self._after_change()
+
     def _after_change(self, *, publish_now: bool = False) -> None:
         """After every state change: ledger, stuck bookkeeping, the Web UI."""
         diagnosis.note_activity(self._state)
         diagnosis.settle_runs(self._state, workflow.now())  # healing v2: verified outcomes
         self._flush_ledger()
         self._start_notifiers()
+        self._sync_leases()
         if self._coalesce_publish is None:
             self._coalesce_publish = workflow.patched(PUBLISH_ONCE_PER_ACTIVATION)
         if not self._coalesce_publish:
@@ -985,6 +1124,8 @@ class TicketWorkflow:
             core.ignore(self._state)
             return
         core.heartbeat(self._state, msg, workflow.now())
+        if msg.lease_queue is not None:
+            self._sync_leases()  # the agent offers a lease: it may get one now
 
     @workflow.signal(name="progress")
     def progress(self, msg: ReportProgress) -> None:
