@@ -47,6 +47,7 @@ NAMES = (
     "detection",
     "heartbeat_history",
     "reassignment",
+    "liveness",
     "memory",
     "anomaly",
     "hostile",
