@@ -1,7 +1,19 @@
-"""History cost of heartbeats, and proof that continue-as-new keeps a ticket's history bounded.
+"""History cost of healthy agents (leases, and beats as the baseline), and proof that
+continue-as-new keeps a ticket's history bounded.
 
     .venv/bin/python -m bench.heartbeat_history [--agents 10 --hours 24 --beat-every 300
-                                                 --can-after 2000 --out ...]
+                                                 --can-after 2000 --lease-agents 5
+                                                 --lease-window 60 --out ...]
+
+**Headline: agents as they run by default** (``AgentSession()``: their liveness rides on a
+lease activity, agent_client.lease). A lease needs a real clock and a worker in the agent's
+process, so this part runs on a fresh **dev server** (the harness's): ``--lease-agents``
+healthy idle sessions on one ticket at the default health policy, measured for
+``--lease-window`` seconds once steady (``bench.liveness.cost_run``: the setup, and a timer
+armed during it that fires once, are counted apart), extrapolated per agent-hour, plus one
+lease renewal per ``LEASE_TERM``. Target: ≤ 100 events per agent-hour. The **baseline** is
+beats (one signal per agent every 5 s, ``lease=False``: what the old 2,807 per agent-hour
+measured), below, on the time-skipping test server.
 
 1. Starts Temporal's **time-skipping test server** (``WorkflowEnvironment.start_time_skipping``
    with the ``temporal-test-server`` binary next to ``temporal``, pydantic data converter,
@@ -68,7 +80,8 @@ from bench.harness import (
     ticket_spec,
 )
 from bench.history import analyse, event_name, fetch_runs
-from bench.report import Summary, fmt_f, get, md_table
+from bench.liveness import EVENTS_TARGET, ServerCounters, cost_run, with_renewal
+from bench.report import Summary, fmt_f, fmt_s, get, md_table
 from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
@@ -483,6 +496,34 @@ async def dev_server_suggestion(
     return out
 
 
+# ---- agents as they run by default: leases, on a real dev server ----------------------------
+
+
+async def lease_cost(args: argparse.Namespace, console: Console, tmp: Path) -> dict[str, Any]:
+    """``--lease-agents`` default sessions (leases) on a fresh dev server: the history events
+    of ``--lease-window`` seconds once steady, per agent-hour (bench.liveness.cost_run)."""
+    out: dict[str, Any] = {"server": "temporal server start-dev"}
+    try:
+        async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "lease") as bench:
+            counters = ServerCounters(bench.server.pid, bench.settings.namespace)
+            console.log(
+                f"leases: {args.lease_agents} agents × {args.lease_window:g} s on a dev server"
+            )
+            out |= await cost_run(
+                bench,
+                counters,
+                "lease",
+                agents=args.lease_agents,
+                window=args.lease_window,
+                timeout=120.0,
+                prefix=f"hb-lease-{uuid.uuid4().hex[:6]}",
+            )
+        out["events_per_agent_hour_with_renewal"] = with_renewal(out["events_per_agent_hour"])
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 # ---- print ---------------------------------------------------------------------------------
 
 
@@ -490,9 +531,33 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     s = Summary()
     cfg, hb = r["config"], r["heartbeats"]
     main = get(r, "tickets", "bounded", default={})
+    lease = r.get("lease") or {}
+    beats_ev = hb.get("events_per_agent_hour_at_5s_refined")
+
+    def lease_reasons() -> list[str]:
+        if lease.get("error"):
+            return [f"the lease measurement failed: {lease['error']}"]
+        return [
+            f"{lease.get('steady_events')} steady events in {fmt_s(lease.get('window_s'), 0)} "
+            f"for {lease.get('agents')} agents, by type {lease.get('events_by_type')}; leased "
+            f"at the end {lease.get('leased_at_end')}/{lease.get('agents')} (an agent without "
+            "its lease beats every interval, ~4.5 events a beat)."
+        ]
+
+    s.target(
+        r,
+        "lease_events_per_agent_hour",
+        "History events per healthy agent-hour, as agents run by default (leases)",
+        fmt_f(lease.get("events_per_agent_hour_with_renewal"), 1),
+        f"{lease.get('steady_events')} events in {fmt_s(lease.get('window_s'), 0)} × "
+        f"{lease.get('agents')} agents after the setup, + lease renewals; beats (baseline): "
+        f"{fmt_f(beats_ev, 0)}",
+        lease_reasons,
+    )
     s.info(
         "History events per agent-hour of heartbeats (5 s interval)",
-        f"{fmt_f(hb.get('events_per_agent_hour_at_5s_refined'), 0)}",
+        f"{fmt_f(beats_ev, 0)}",
+        "baseline, beats (AgentSession(lease=False)): "
         f"{fmt_f(hb.get('events_per_heartbeat'), 2)} events per heartbeat (signal part "
         f"{fmt_f(hb.get('signal_part_per_heartbeat'), 2)}, timer part "
         f"{fmt_f(hb.get('timer_part_per_heartbeat'), 2)}); plain extrapolation "
@@ -627,6 +692,30 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         [cause, str(n), fmt_f(n / beats, 3)] for cause, n in main.get("events_by_cause", {}).items()
     ]
     sim = r.get("simulated", {})
+    if lease:
+        s.section += [
+            "**Agents as they run by default (leases)**, on a dev server: "
+            + (
+                f"failed: {lease['error']}"
+                if lease.get("error")
+                else f"{lease.get('agents')} healthy idle agents, default health policy, "
+                f"{fmt_s(lease.get('window_s'), 0)} once steady: {lease.get('steady_events')} "
+                f"history events ({lease.get('setup_events')} setup events and "
+                f"{lease.get('setup_leftover_events')} setup leftovers excluded: the ticket's "
+                "deadline timer armed before the leases were taken fires once, and nothing "
+                f"re-arms it), {fmt_f(lease.get('events_per_agent_hour'), 1)} per agent-hour; "
+                "with one lease renewal per agent every 6 h: "
+                f"**{fmt_f(lease.get('events_per_agent_hour_with_renewal'), 1)}** (target ≤ "
+                f"{EVENTS_TARGET:g}), against {fmt_f(beats_ev, 0)} on beats (below). Activity "
+                "heartbeats that reached the server: "
+                f"{fmt_f(lease.get('activity_heartbeats_per_agent_hour'), 0)} per agent-hour "
+                "(no history event each). `python -m bench.liveness` compares the designs."
+            ),
+            "",
+            "**The baseline: beats** (`AgentSession(lease=False)`, one signal per agent every "
+            "5 s):",
+            "",
+        ]
     s.section += [
         f"{cfg.get('agents_per_ticket')} agents × {cfg.get('simulated_hours'):g} simulated hours, "
         f"one beat per agent every {cfg.get('beat_every_s'):g} s (scaled cadence, idle deadline "
@@ -659,6 +748,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     option(p, "--no-server-ticket", True, "skip the ticket that relies on the server's suggestion")
     option(p, "--no-dev-suggestion", True, "skip the real dev server's own continue-as-new check")
     option(p, "--dev-max-beats", 3000, "dev-server check: give up after this many beats")
+    option(p, "--lease-agents", 5, "agents as they run by default (leases), dev server")
+    option(p, "--lease-window", 60.0, "seconds those agents are measured once steady")
+    option(p, "--no-lease", True, "skip the lease measurement (the headline)")
 
 
 def check(args: argparse.Namespace) -> str | None:
@@ -691,6 +783,17 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             async with env, build_worker(env.client, settings, ledger):
                 tickets, meta = await beat(env, args, console)
             report = build_report(args, tickets, meta, test_server, load_before)
+            if args.lease:
+                lease = report["lease"] = await lease_cost(args, console, tmp)
+                value = lease.get("events_per_agent_hour_with_renewal")
+                report["targets"] = {
+                    "lease_events_per_agent_hour": {
+                        "target": f"<= {EVENTS_TARGET:g}",
+                        "value": value,
+                        "pass": value is not None and value <= EVENTS_TARGET,
+                    },
+                    **report["targets"],
+                }
             if args.dev_suggestion:
                 report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
             return report
@@ -699,8 +802,20 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 BENCH = BenchDef.of(
     globals(),
     "heartbeat_history",
-    "History events per agent-hour of heartbeats; continue-as-new bound",
-    quick=("--agents", "4", "--hours", "4", "--can-after", "300", "--no-dev-suggestion"),
+    "History events per healthy agent-hour (leases; beats as the baseline); continue-as-new bound",
+    quick=(
+        "--agents",
+        "4",
+        "--hours",
+        "4",
+        "--can-after",
+        "300",
+        "--no-dev-suggestion",
+        "--lease-agents",
+        "3",
+        "--lease-window",
+        "20",
+    ),
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
