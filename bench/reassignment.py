@@ -31,7 +31,12 @@
 3. Optionally (``--process-runs``, default 1) the same with a real process: a
    ``local-process`` demo agent (``agents.demo_agent --crash-after-claims 1
    --crash-only-in-generation 0``) SIGKILLs itself right after its first claim; the ticket
-   reassigns its task and restarts it; the replacement claims the task again.
+   reassigns its task and restarts it; the replacement claims the task again. It runs as
+   agents run by default: its liveness rides on a lease (agent_client.lease; the report
+   says whether the ticket had scheduled one, ``leases``); a lapsed lease hands over to the
+   same ladder from the agent's last sign of life, so the floor is the same. The in-process
+   victims above never start a heartbeat loop (no lease): their one beat is the last sign
+   of life the ladder counts from.
 
 Prints a Rich table (PASS/MISS) and writes JSON to ``--out``. See bench/README.md.
 """
@@ -328,6 +333,7 @@ class ProcessRun:
     reclaimed_at: datetime | None = None  # the reassigned task's next task_claimed
     old_pid: int | None = None
     new_pid: int | None = None
+    leases: int | None = None  # lease activities the ticket scheduled for the dead agent
     errors: list[str] = field(default_factory=list)
 
 
@@ -411,6 +417,7 @@ async def process_run(
             dead = state.agents[unresponsive.agent_id]
             run.dead_agent = dead.id
             run.last_sign = last_sign_of_life(dead)
+            run.leases = dead.leases
             for kind in LADDER_KINDS:
                 entry = _first(state.timeline, kind, agent_id=dead.id)
                 if entry is not None:
@@ -539,6 +546,7 @@ def _process_report(p: ProcessRun, floor: float) -> dict[str, Any]:
         "reassigned_to_reclaimed_s": secs(p.reclaimed_at, p.reassigned_at),
         "old_pid": p.old_pid,
         "new_pid": p.new_pid,
+        "leases": p.leases,
         "errors": p.errors,
     }
 
@@ -682,6 +690,12 @@ def build_report(
     }
 
 
+def _leased(p: dict[str, Any]) -> str:
+    """Whether the dead process's liveness rode on a lease (the default) or on beats."""
+    n = p.get("leases")
+    return "liveness on beats: no lease" if n == 0 else "leased" if n else "lease unknown"
+
+
 def summarize(r: dict[str, Any], quick: bool) -> Summary:
     s = Summary()
     cfg = r["config"]
@@ -750,7 +764,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         "… with a real SIGKILLed agent process",
         fmt_s(get(r, "targets", "process_overshoot_max", "value"), 3),
         "; ".join(
-            f"latency {fmt_s(p.get('latency_s'), 3)}, process replaced "
+            f"latency {fmt_s(p.get('latency_s'), 3)} ({_leased(p)}), process replaced "
             f"{fmt_s(p.get('reassigned_to_restarted_s'), 2)} and task claimed again "
             f"{fmt_s(p.get('reassigned_to_reclaimed_s'), 2)} after task_reassigned"
             for p in procs
