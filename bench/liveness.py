@@ -320,8 +320,11 @@ class ServerCounters:
     def read(self) -> dict[str, float]:
         if self.url is None:
             return {}
-        with urllib.request.urlopen(self.url, timeout=5) as r:
-            text = r.read().decode()
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:  # counters are an extra: the history figures stand without them
+            return {}
         out: dict[str, float] = {}
         for line in text.splitlines():
             m = _METRIC.match(line)
@@ -340,6 +343,9 @@ class ServerCounters:
 
 
 def _delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """What the counters added between two reads (nothing when either read failed)."""
+    if not a or not b:
+        return {}
     return {k: b[k] - a.get(k, 0.0) for k in sorted(b) if b[k] - a.get(k, 0.0) > 0}
 
 
@@ -1136,8 +1142,8 @@ def _why(r: dict[str, Any]) -> list[str]:
         + f" and {fmt_f(relay.get('events_per_agent_hour'), 0)} behind a relay with "
         f"W = {fmt_s(w, 1)} and {relay.get('agents', '—')} agents. The relay's cost is one "
         "signal and its workflow task per window, shared by the agents behind it: at this "
-        f"window it gets under the target only with about {fmt_f(needed, 0)} agents per relay "
-        "(one workflow's), or with a longer window "
+        f"window it gets under the target only with about {fmt_f(needed, 0)} agents behind one "
+        "relay (of one ticket: a signal goes to one workflow), or with a longer window "
         f"({fmt_f(long_relay.get('events_per_agent_hour'), 0)} per agent-hour at "
         f"W = {fmt_s(longest, 1)} with {long_relay.get('agents', '—')} agents), which adds "
         "up to one window to detection "
