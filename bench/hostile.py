@@ -26,24 +26,22 @@ aside).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import RawValue
 
 import starter
-from bench.harness import environment, fresh_server, make_console, write_json
+from bench.harness import BenchDef, environment, option, server
+from bench.report import Summary, get, md_table
 from core.state import TicketState
 from infra.enrollment import JOIN_KINDS, join_key, join_secret
 from models.messages import INBOUND
@@ -331,7 +329,7 @@ def comparable(state: TicketState) -> str:
     return state.model_copy(update={"ignored_messages": 0}).model_dump_json()
 
 
-async def measure(
+async def attack(
     client: Client, settings: Any, args: argparse.Namespace, console: Console
 ) -> dict[str, Any]:
     tid = f"hostile-{uuid.uuid4().hex[:8]}"
@@ -435,47 +433,54 @@ def build_report(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, 
     }
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    table = Table(title="Hostile messages from a second client")
-    for column in ("category", "tried", "refused"):
-        table.add_column(column)
-    for category, row in report["categories"].items():
-        table.add_row(category, str(row["tried"]), str(row["refused"]))
-    console.print(table)
-    for wrong in report["wrongly_accepted"]:
-        console.print(f"[red]accepted[/]: {wrong['category']} {wrong['what']} → {wrong['target']}")
-    target = report["targets"]["refused"]
-    console.print(
-        f"{target['value']} refused, {report['workflow_task_failures']} workflow task(s) failed, "
-        f"state unchanged: {report['state_unchanged']}: {'PASS' if target['pass'] else 'MISS'}"
+def summarize(r: dict[str, Any], quick: bool) -> Summary:
+    s = Summary()
+    s.target(
+        r,
+        "refused",
+        "Hostile messages from a second client, refused",
+        str(get(r, "targets", "refused", "value")),
+        f"{r['workflow_task_failures']} workflow tasks failed, state unchanged: "
+        f"{'yes' if r['state_unchanged'] else 'NO'}; {r['config']['generated']} of them "
+        f"generated (seed {r['config']['seed']}); {r['seconds']} s",
+        lambda: (
+            [
+                f"accepted: {w['category']} {w['what']} → {w['target']}"
+                for w in r["wrongly_accepted"]
+            ]
+            + [f"refused without a reason: {w['what']}" for w in r["refused_without_a_reason"]]
+        ),
     )
+    rows = [[c, str(v["tried"]), str(v["refused"])] for c, v in r["categories"].items()]
+    s.section += [
+        "Raw JSON from a client with the ticket id and the agents' ids but no secret "
+        "(bench/hostile.py says what each category holds). Each must be refused; afterwards "
+        "no workflow task may have failed and the state must be as before.",
+        "",
+        *md_table(["category", "tried", "refused"], rows),
+    ]
+    return s
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__)
-    p.add_argument("--generated", type=int, default=2000, help="random payloads after the corpus")
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated payloads")
-    p.add_argument("--out", type=Path, default=Path("bench/out/hostile.json"))
-    return p.parse_args(argv)
+def arguments(p: argparse.ArgumentParser) -> None:
+    option(p, "--generated", 2000, "random payloads after the corpus")
+    option(p, "--seed", 1, "seed of the generated payloads")
 
 
-async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    async with fresh_server(
-        console, task_queue="hostile", tmp_prefix="unstuck-bench-hostile-"
-    ) as bench:
-        result = await measure(bench.client, bench.settings, args, console)
+async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    async with server(args, console) as bench:
+        result = await attack(bench.client, bench.settings, args, console)
     return build_report(args, result)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    console = make_console(150)
-    report = asyncio.run(run(args, console))
-    print_report(console, report)
-    write_json(args.out, report)
-    console.print(f"JSON written to {args.out}")
-    return 0 if report["targets"]["refused"]["pass"] else 1
-
+BENCH = BenchDef.of(
+    globals(),
+    "hostile",
+    "Hostile messages from a second client: tried and refused (beside the chaos figures)",
+    quick=("--generated", "100"),
+    miss_exits_1=True,
+)
+parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -410,7 +410,7 @@ def test_parse_args_defaults_and_only() -> None:
     assert quick.results == Path("bench/out/RESULTS-quick.md")
     assert quick.out_dir == Path("bench/out/quick")
     full = parse_args([])
-    assert full.results == Path("bench/RESULTS.md") and len(full.names) == len(BENCHES) == 8
+    assert full.results == Path("bench/RESULTS.md") and len(full.names) == len(BENCHES) == 9
     with pytest.raises(SystemExit):
         parse_args(["--only", "nope"])
 
