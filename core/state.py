@@ -195,6 +195,10 @@ class Task(BaseModel):
     )
     _index: TaskIndex | None = PrivateAttr(default=None)
 
+    def __eq__(self, other: object) -> bool:
+        # The fields only: whether an index is attached yet is no part of a task's value.
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
     def __setattr__(self, name: str, value: Any) -> None:
         index = self._index if name in INDEXED_FIELDS else None
         if index is None:
@@ -530,6 +534,10 @@ class TicketState(BaseModel):
     )
 
     _task_index: TaskIndex | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # The fields only: whether the index was built yet is no part of the state's value.
+        return type(other) is type(self) and self.__dict__ == other.__dict__
 
     def index(self) -> TaskIndex:
         """The tasks' index (built on first use, e.g. after continue-as-new or a query copy)."""
