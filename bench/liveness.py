@@ -991,8 +991,9 @@ def _section(r: dict[str, Any]) -> list[str]:
             if lease.get("counters_available")
             else " — **not available in this run** (the server's /metrics was not found)"
         )
-        + ". The SDK sends an activity's heartbeats at most once per 0.8 × its heartbeat "
-        "timeout (12 s at 15 s: ≤ 300 per agent-hour), whatever the activity calls; Temporal "
+        + ". The lease host has the SDK send a lease's heartbeats at most every 5 s "
+        "(agent_client.lease.HEARTBEAT_EVERY; the SDK's own rule, 0.8 × the heartbeat timeout, "
+        "would be 12 s at 15 s), whatever the activity calls: ≤ 720 per agent-hour; Temporal "
         "Cloud bills every heartbeat that reaches the server as an action, like a signal or a "
         "timer. `liveness actions` = the server's own `action` counter without the queries "
         "(the relay: its signals and timers). The queries are each session's inbox read, "
