@@ -229,9 +229,10 @@ def current_phase(state: TicketState) -> str | None:
     last = None
     index = state.index()
     for phase in state.spec.phases:
-        if index.unfinished_by_phase[phase.name]:
+        unfinished, total = index.phase_counts(phase.name)
+        if unfinished:
             return phase.name
-        if index.total_by_phase[phase.name]:
+        if total:
             last = phase.name
     return last
 

@@ -96,8 +96,6 @@ class TaskIndex:
         self.pending: list[tuple[tuple[int, int, int], str]] = []
         self.by_status: Counter[str] = Counter()
         self.by_phase_status: Counter[tuple[str, str]] = Counter()
-        self.unfinished_by_phase: Counter[str] = Counter()
-        self.total_by_phase: Counter[str] = Counter()
         self.held: dict[str, set[str]] = {}
         self.reviewing: set[str] = set()
         self.size = 0
@@ -110,6 +108,11 @@ class TaskIndex:
         self.size += 1
         self._count(task, +1)
 
+    def phase_counts(self, phase: str) -> tuple[int, int]:
+        """(unfinished, all) tasks of ``phase``."""
+        counts = [(status, n) for (p, status), n in self.by_phase_status.items() if p == phase]
+        return sum(n for st, n in counts if st not in FINAL_STATUSES), sum(n for _, n in counts)
+
     def claim_key(self, task: Task) -> tuple[int, int, int]:
         """Claim order: higher priority first, then the earlier phase, then the older task."""
         return (-PRIORITY_RANK.get(task.priority, 0), self.phase_order.get(task.phase, 0), task.seq)
@@ -119,8 +122,6 @@ class TaskIndex:
         return (
             +self.by_status,
             +self.by_phase_status,
-            +self.unfinished_by_phase,
-            +self.total_by_phase,
             {agent: sorted(ids) for agent, ids in self.held.items()},
             sorted(self.reviewing),
             [task_id for _, task_id in self.pending],
@@ -130,9 +131,6 @@ class TaskIndex:
     def _count(self, task: Task, sign: int) -> None:
         self.by_status[task.status] += sign
         self.by_phase_status[task.phase, task.status] += sign
-        self.total_by_phase[task.phase] += sign
-        if task.status not in FINAL_STATUSES:
-            self.unfinished_by_phase[task.phase] += sign
         if task.assigned_agent is not None and task.status in HELD_STATUSES:
             held = self.held.setdefault(task.assigned_agent, set())
             if sign > 0:

@@ -459,8 +459,6 @@ class TicketMachine(RuleBasedStateMachine):
         counted = (
             Counter(t.status for t in tasks),
             Counter((t.phase, t.status) for t in tasks),
-            Counter(t.phase for t in tasks if t.status not in ("done", "failed", "cancelled")),
-            Counter(t.phase for t in tasks),
             {agent: sorted(ids) for agent, ids in held.items()},
             sorted(
                 t.id
