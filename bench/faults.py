@@ -540,7 +540,7 @@ BENCH = BenchDef.of(
     globals(),
     "faults",
     "The fault suite: every fault kind end to end, and healthy runs",
-    quick=("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
+    quick="--only healthy,missing_result,looping_agent,task_storm --healthy 2",
     full=("--healthy", "20"),
     miss_exits_1=True,
     width=170,

@@ -2,49 +2,15 @@
 continue-as-new keeps a ticket's history bounded.
 
     .venv/bin/python -m bench.heartbeat_history [--agents 10 --hours 24 --beat-every 300
-                                                 --can-after 2000 --lease-agents 5
-                                                 --lease-window 60 --out ...]
+                                                 --can-after 2000 --lease-agents 5]
 
-**Headline: agents as they run by default** (``AgentSession()``: their liveness rides on a
-lease activity, agent_client.lease). A lease needs a real clock and a worker in the agent's
-process, so this part runs on a fresh **dev server** (the harness's): ``--lease-agents``
-healthy idle sessions on one ticket at the default health policy, measured for
-``--lease-window`` seconds once steady (``bench.liveness.cost_run``: the setup, and a timer
-armed during it that fires once, are counted apart), extrapolated per agent-hour, plus one
-lease renewal per ``LEASE_TERM``. Target: ≤ 100 events per agent-hour. The **baseline** is
-beats (one signal per agent every 5 s, ``lease=False``: what the old 2,807 per agent-hour
-measured), below, on the time-skipping test server.
-
-1. Starts Temporal's **time-skipping test server** (``WorkflowEnvironment.start_time_skipping``
-   with the ``temporal-test-server`` binary next to ``temporal``, pydantic data converter,
-   search attributes registered) and, in this process, the Unstuck worker
-   (``build_worker``, temp SQLite ledger). Both are stopped at the end.
-2. Two tickets, driven identically in the same simulated time:
-
-   * **bounded**: ``TicketInput.continue_as_new_after_events = --can-after`` (2000): the
-     ticket continues as new once a run's history reaches that length;
-   * **server**: no test switch; it continues as new only when the server suggests it
-     (``is_continue_as_new_suggested``), to show what the server's own suggestion does.
-
-   Each ticket gets ``--agents`` ``AgentSession`` agents (no seed tasks, no heartbeat loop:
-   the bench sends every beat itself with ``session.heartbeat()``). A simulated day at
-   one beat per agent every ``--beat-every`` s (300) would be 24 h × 12 × 10 = 2,880 beats
-   per ticket; at the default 5 s interval it would be 172,800, too many to send, so the
-   cadence is scaled: ``policy.health.idle_deadline_s = --idle-deadline`` (600) and one
-   beat per agent every 300 s of simulated time. The agents' beats are staggered evenly
-   (``env.sleep(beat_every / agents)``, one agent beats, ``env.sleep``, the next one beats,
-   ...), so each beat gets its own workflow task, as beats from independent agents do (the
-   history shows it: signals per signal-triggered workflow task). The bench does not query
-   the ticket between beats: on the time-skipping test server a query that arrives while
-   the workflow task that continues the ticket as new is in flight hangs that server
-   (``query deadline exceeded``, then every call times out); the final state check (every
-   beat counted) shows nothing was lost.
-3. Afterwards: every run of both tickets (following ``continued_as_new`` →
-   ``new_execution_run_id`` from the first run id), every event classified
-   (bench/history.py), and the tickets' state checked (agents still registered, each
-   agent's heartbeat count equals the beats sent to it, nothing missed or ignored).
-
-Prints Rich tables (PASS/MISS: the bound) and writes JSON to ``--out``. See bench/README.md.
+Headline: ``--lease-agents`` default sessions (leases) on a dev server, their history events
+per agent-hour once steady (``bench.liveness.cost_run``) plus one renewal per ``LEASE_TERM``:
+target ≤ 100. Baseline and bound, on the time-skipping test server: ``--agents`` agents beat
+(``lease=False``, one staggered beat every ``--beat-every`` simulated s) on a ticket that
+continues as new after ``--can-after`` events, and on one that follows only the server's
+suggestion; every run's events classified, the state checked (every beat counted). What
+runs and what each figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -301,23 +267,6 @@ def build_report(
         },
         "environment": {**_environment(test_server), "load_average_at_start": load_before},
         "code": code_fingerprint(["workflows/ticket.py", "core/health.py", "core/ticket.py"]),
-        "definitions": {
-            "events_per_heartbeat": "all events of all runs of the ticket / heartbeats sent "
-            "(includes the start, the registrations, the deadline timer and every "
-            "continue-as-new)",
-            "signal_part": "WorkflowExecutionSignaled + the workflow task (scheduled, started, "
-            "completed) each signal triggers, per heartbeat",
-            "timer_part": "the ticket's one deadline timer: a beat moves the earliest deadline "
-            "later, the armed timer fires anyway, finds nothing due and is re-armed "
-            "(TimerFired, its workflow task, TimerStarted)",
-            "per_agent_hour_naive": f"{BEATS_PER_AGENT_HOUR} beats per agent-hour (one per "
-            f"{DEFAULT_INTERVAL_S:g} s) x events per heartbeat measured at the scaled cadence",
-            "per_agent_hour_refined": f"{BEATS_PER_AGENT_HOUR} x the signal part + the timer "
-            "share at the default cadence: about one timer cycle per ticket every "
-            f"{DEFAULT_IDLE_DEADLINE_S:g} - {DEFAULT_INTERVAL_S:g} s, divided among the "
-            "ticket's agents",
-            "bound": "max events of one run <= continue_as_new_after_events + margin",
-        },
         "simulated": {
             "start": meta["sim_start"],
             "end": meta["sim_end"],
@@ -803,19 +752,8 @@ BENCH = BenchDef.of(
     globals(),
     "heartbeat_history",
     "History events per healthy agent-hour (leases; beats as the baseline); continue-as-new bound",
-    quick=(
-        "--agents",
-        "4",
-        "--hours",
-        "4",
-        "--can-after",
-        "300",
-        "--no-dev-suggestion",
-        "--lease-agents",
-        "3",
-        "--lease-window",
-        "20",
-    ),
+    quick="--agents 4 --hours 4 --can-after 300 --no-dev-suggestion "
+    "--lease-agents 3 --lease-window 20",
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 

@@ -477,7 +477,7 @@ BENCH = BenchDef.of(
     globals(),
     "hostile",
     "Hostile messages from a second client: tried and refused (beside the chaos figures)",
-    quick=("--generated", "100"),
+    quick="--generated 100",
     miss_exits_1=True,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

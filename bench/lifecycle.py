@@ -1,26 +1,13 @@
 """Task-lifecycle throughput and history cost of the Ticket workflow, against a raw ceiling.
 
-    .venv/bin/python -m bench.lifecycle [--tickets N --tasks M --agents K --rounds R
-                                         --out bench/out/lifecycle.json]
+    .venv/bin/python -m bench.lifecycle [--tickets N --tasks M --agents K --rounds R]
 
-1. Starts its own Temporal dev server (free ports, temp data dir) and, in this process, the
-   Unstuck worker (``build_worker``, temp SQLite ledger) plus a worker for the ceiling
-   workflow on a second task queue. Both are stopped at the end.
-2. Ours: N tickets with M seed tasks each (one phase, no dependencies). K ``AgentSession``
-   worker agents per ticket run concurrently: register, claim, then
-   ``complete(..., claim_next=True)`` until no task is left. Timed: this working phase.
-   Then one validator per ticket validates a submitted result, so every ticket completes.
-3. Ceiling: N ``BenchCeiling`` workflows (bench/ceiling.py) get exactly as many updates
-   from exactly as many concurrent callers as the tickets got in the working phase (caller
-   k of workflow i sends what agent k of ticket i sent), same client and data converter,
-   same worker process.
-4. Steps 2 and 3 repeat R times (fresh tickets and workflows each round), interleaved, so
-   drift in machine load hits both sides alike.
-5. Histories: every ticket's full history (all continue-as-new runs), events per lifecycle
-   and a per-event-type breakdown.
-
-Prints a Rich table with PASS/MISS per target and writes JSON to ``--out``. See
-bench/README.md for what each figure means.
+Per round: N tickets of M tasks worked by K ``AgentSession`` agents each (register, claim,
+``complete(claim_next=True)`` until none is left; timed), then validated; and N
+``BenchCeiling`` workflows (bench/ceiling.py) sent the same updates by as many concurrent
+callers. R rounds, interleaved. Then every ticket's history, events per lifecycle. Targets:
+ours ≥ 50 % of the ceiling's updates/s; ≤ 10 events per lifecycle. What runs and what each
+figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -54,14 +41,13 @@ from bench.harness import (
     option,
     progress_display,
     server,
+    start_ticket,
     ticket_spec,
     until_ready,
 )
 from bench.history import HistoryStats, analyse, fetch_runs, source_of
 from bench.report import Summary, fmt_f, fmt_pct, fmt_s, get, md_table, num
 from models.messages import StatusView
-from models.workflow_io import TicketInput
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-unstuck"
 CEILING_QUEUE = "bench-ceiling"
@@ -143,9 +129,6 @@ async def _timed_phase(
     )
 
 
-# ---- setup -----------------------------------------------------------------------------
-
-
 # ---- ours: tickets ---------------------------------------------------------------------
 
 
@@ -217,10 +200,7 @@ async def run_tickets(
         spec = ticket_spec(
             f"{prefix}-t{i}", tasks, stuck=None, health=None if heartbeats else HEALTH_OFF
         )
-        handle = await client.start_workflow(
-            TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-        )
-        handles.append(handle)
+        handles.append(await start_ticket(client, spec, TICKET_QUEUE, ready=False))
     await asyncio.gather(*(until_ready(h, "status") for h in handles))
 
     bar = progress.add_task(f"[cyan]{label}: task lifecycles", total=tickets * tasks)
@@ -451,37 +431,6 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
         },
         "environment": environment(load_digits=None),
         "code": code_fingerprint(["workflows/ticket.py"]),
-        "definitions": {
-            "lifecycle": "one task claimed -> completed (the claim is the agent's first "
-            "claim or the previous complete(claim_next=True) reply)",
-            "working_phase": "wall time from the moment all K agents of all N tickets start "
-            "(tickets already started and idle) to the last agent's final reply; includes "
-            "register, first claim and every complete(claim_next=True). Summed over rounds",
-            "ours_updates": "updates sent in the working phase: per ticket K register + "
-            "K claim + M complete(claim_next=True)",
-            "ceiling_updates": "the same number of 'bump' updates to BenchCeiling workflows, "
-            "caller k of workflow i sending exactly what agent k of ticket i sent, "
-            "sequentially, all callers concurrent",
-            "ratio_updates": "per round: ours updates/s / ceiling updates/s at equal update "
-            "count (= ceiling wall time / ours wall time), identical to lifecycles/s / "
-            "ceiling-equivalent lifecycles/s where ceiling-equivalent = ceiling updates/s "
-            "/ ours updates per lifecycle; reported: the median over rounds (robust to a "
-            "burst of outside load in one phase). The >= 50% target is judged on this",
-            "ratio_updates_pooled": "the same from wall times summed over all rounds",
-            "ratio_strict": "lifecycles/s / ceiling updates/s: against a shell needing "
-            "exactly one update per lifecycle at raw speed (= ratio_updates * M/(M+2K))",
-            "rounds": "odd rounds (2nd, 4th, ...) run the ceiling before ours",
-            "ratio_cpu": "(python + server CPU per update, ceiling) / (same, ours) over the "
-            "working phases: the throughput ratio the CPU cost alone predicts when both "
-            "are CPU-bound; steadier than wall time on a shared machine",
-            "events_per_lifecycle": "all events of all runs of all tickets / lifecycles; "
-            "includes start, registration, validation and finish. The <= 10 target is "
-            "judged on this",
-            "events_per_lifecycle_working": "events whose server timestamp falls inside "
-            "the working phase / lifecycles (steady state)",
-            "cpu": "python_cpu = this process (worker, ledger activity, agents/callers), "
-            "server_cpu = the dev server process, both over the working phase",
-        },
         "ours": {
             "lifecycles": lifecycles,
             "updates_per_lifecycle": round(updates_per_lifecycle, 3),
@@ -829,7 +778,7 @@ BENCH = BenchDef.of(
     globals(),
     "lifecycle",
     "Task-lifecycle throughput and history events per lifecycle",
-    quick=("--tickets", "2", "--tasks", "20", "--agents", "2", "--rounds", "2"),
+    quick="--tickets 2 --tasks 20 --agents 2 --rounds 2",
     width=120,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

@@ -3,37 +3,14 @@
     .venv/bin/python -m bench.liveness              # 5 agents × 60 s per design, 3 kills each
     .venv/bin/python -m bench.liveness --quick
 
-Three Temporal-native ways for the ticket to know that an agent lives, on a fresh dev server
-(the harness's, with the Unstuck worker in this process):
-
-* **beats** (the baseline): ``AgentSession(lease=False)`` on the real ticket: one
-  ``heartbeat`` signal every interval (a third of the shortest deadline: 5 s by default).
-* **relay** (bench-only: the product has no batch signal): ``BenchRelayLiveness``, a small
-  workflow defined here on its own task queue, mirrors the ticket's liveness logic minimally:
-  a ``seen`` signal carries the ids of the agents heard in a window; one durable timer for the
-  earliest deadline, re-armed when it fires (as the ticket's); an agent is unresponsive after
-  three missed deadlines in a row. An in-process relay collects simulated agents' beats (each
-  every interval, at a random phase) and signals once per window ``W`` in which it heard any.
-* **lease** (the chosen design): ``AgentSession()`` as it is by default, on the real ticket:
-  a lease activity per agent on a worker in the agent's own process (agent_client.lease),
-  heartbeat timeout = the running deadline; beat signals only when the status changes.
-
-1. **Cost of healthy idle agents** (the default health policy). beats and lease: a fresh
-   ticket with ``--agents`` in-process sessions each; relay: ``--relay-agents`` simulated
-   agents for each window of ``--relay-windows``. The setup (start, registrations, first
-   beats, the leases taken) is excluded and counted apart: history length and the server's
-   own counters (``/metrics`` of the dev server: ``service_requests``, ``action``) are read
-   once the agents are steady and again ``--window`` seconds later. Events per agent-hour =
-   window events ÷ agents × 3600 ÷ window. Writes: signals and timers from the window's
-   history; activity heartbeats that reached the server and queries from its counters.
-2. **Detection of a dead agent** (deadlines ``--deadline``, idle = running). beats and lease:
-   ``--kills`` real ``local-process`` agents each (agents/demo_agent.py ``--wedged``: it
-   registers and keeps its liveness going but never claims, so nothing else is a sign of
-   life; for beats the same program through ``bench.liveness_agent``, whose sessions are
-   ``lease=False``), SIGKILLed by the bench at a random moment once steady; detection =
-   ``agent_unresponsive`` on the ticket's timeline − the kill. relay: ``--kills`` simulated
-   agents stop beating; detection = the relay workflow's unresponsive time − the stop.
-   Target: ≤ 3 deadlines + 1 s.
+Three ways for a ticket to know that an agent lives: **beats** (``AgentSession(lease=False)``,
+a signal every interval), a **relay** (bench-only: ``BenchRelayLiveness`` below, fed one
+``seen`` signal per window ``W`` by an in-process relay of simulated agents) and the
+**lease** (``AgentSession()``, the default). 1. Cost of healthy idle agents: history events
+(setup excluded) and the dev server's own counters over ``--window`` s, per agent-hour;
+target (lease) ≤ 100 events. 2. Detection of a dead agent: ``--kills`` real agent processes
+SIGKILLed (relay: simulated agents stop); kill → ``agent_unresponsive``, target ≤ 3
+deadlines + 1 s. What runs and what each figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -907,6 +884,23 @@ def _per_hour(x: Any) -> str:
     return fmt_f(x, 0) if num(x) else "—"
 
 
+COST_COLUMNS = ("setup_events", "setup_leftover_events", "steady_events")
+PER_HOUR_COLUMNS = (
+    "events", "signals", "timers", "activity_heartbeats", "liveness_actions", "queries"
+)  # fmt: skip
+
+
+def _cost_cells(d: dict[str, Any], events: str = "", **fixed: str) -> list[str]:
+    """A design's row of the cost table: its setup counts and its figures per agent-hour
+    (``fixed``: a cell given as is, by its column)."""
+    cells = [str(d.get(k, "—")) for k in COST_COLUMNS]
+    for k in PER_HOUR_COLUMNS:
+        given = fixed.get(k)
+        cells.append(given if given is not None else _per_hour(d.get(f"{k}_per_agent_hour")))
+    cells[len(COST_COLUMNS)] += events
+    return cells
+
+
 def _section(r: dict[str, Any]) -> list[str]:
     c = r.get("config", {})
     limit = r.get("detection_limit_s")
@@ -935,50 +929,17 @@ def _section(r: dict[str, Any]) -> list[str]:
                 "setup events",
                 "setup leftovers",
                 "steady events",
-                "events / agent-hour",
-                "signals / agent-hour",
-                "timers / agent-hour",
-                "activity heartbeats / agent-hour",
-                "liveness actions / agent-hour",
-                "queries / agent-hour",
+                *(f"{k} / agent-hour" for k in PER_HOUR_COLUMNS),
             ],
             [
-                [
-                    "beats (`lease=False`)",
-                    str(beats.get("setup_events", "—")),
-                    str(beats.get("setup_leftover_events", "—")),
-                    str(beats.get("steady_events", "—")),
-                    _per_hour(beats.get("events_per_agent_hour")),
-                    _per_hour(beats.get("signals_per_agent_hour")),
-                    _per_hour(beats.get("timers_per_agent_hour")),
-                    _per_hour(beats.get("activity_heartbeats_per_agent_hour")),
-                    _per_hour(beats.get("liveness_actions_per_agent_hour")),
-                    _per_hour(beats.get("queries_per_agent_hour")),
-                ],
+                ["beats (`lease=False`)", *_cost_cells(beats)],
                 [
                     f"relay (W = {fmt_s(w, 1)}, {relay.get('agents', '—')} agents)",
-                    str(relay.get("setup_events", "—")),
-                    str(relay.get("setup_leftover_events", "—")),
-                    str(relay.get("steady_events", "—")),
-                    _per_hour(relay.get("events_per_agent_hour")),
-                    _per_hour(relay.get("signals_per_agent_hour")),
-                    _per_hour(relay.get("timers_per_agent_hour")),
-                    "0",
-                    _per_hour(relay.get("liveness_actions_per_agent_hour")),
-                    "0 (simulated agents)",
+                    *_cost_cells(relay, activity_heartbeats="0", queries="0 (simulated agents)"),
                 ],
                 [
                     "**lease** (default)",
-                    str(lease.get("setup_events", "—")),
-                    str(lease.get("setup_leftover_events", "—")),
-                    str(lease.get("steady_events", "—")),
-                    f"{_per_hour(lease.get('events_per_agent_hour'))} "
-                    f"(+{fmt_f(renewal, 1)} renewal)",
-                    _per_hour(lease.get("signals_per_agent_hour")),
-                    _per_hour(lease.get("timers_per_agent_hour")),
-                    _per_hour(lease.get("activity_heartbeats_per_agent_hour")),
-                    _per_hour(lease.get("liveness_actions_per_agent_hour")),
-                    _per_hour(lease.get("queries_per_agent_hour")),
+                    *_cost_cells(lease, events=f" (+{fmt_f(renewal, 1)} renewal)"),
                 ],
             ],
         ),
@@ -1178,18 +1139,7 @@ BENCH = BenchDef.of(
     globals(),
     "liveness",
     "Liveness at fleet scale: beats, a relay and leases (events, writes, detection)",
-    quick=(
-        "--agents",
-        "3",
-        "--window",
-        "20",
-        "--relay-agents",
-        "5,20",
-        "--deadline",
-        "2",
-        "--kills",
-        "1",
-    ),
+    quick="--agents 3 --window 20 --relay-agents 5,20 --deadline 2 --kills 1",
     informational=frozenset({"beats_detection", "relay_detection"}),
 )
 main = BENCH.main

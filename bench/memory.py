@@ -1,38 +1,14 @@
 """Worker memory per open ticket: the Unstuck worker's RSS with 100 and 1,000 tickets open.
 
-    .venv/bin/python -m bench.memory [--counts 100,1000 --step 100 --concurrency 32
-                                      --out bench/out/memory.json]
+    .venv/bin/python -m bench.memory [--counts 100,1000 --step 100 --concurrency 32]
 
-1. Starts its own Temporal dev server (free ports, temp data dir) and the Unstuck worker as
-   a **separate OS process** (``python worker.py --no-dev-server --address … --task-queue …
-   --database-url sqlite:///<tmp>/ledger.db --data-dir <tmp>``, Prometheus metrics on a free
-   port), so the worker's memory (``/proc/<pid>/status`` VmRSS, ``smaps_rollup`` PSS/USS) is
-   measured alone, without this process's client and agents.
-2. Warm-up: a few tickets opened exactly like the measured ones, then cancelled (they
-   finish and leave the worker's workflow cache). Baseline = the median of several RSS
-   samples after a settle pause.
-3. Tickets are opened in steps (every ``--step`` tickets, and at each of ``--counts``), at
-   most ``--concurrency`` at a time. Each ticket is the reference ticket of
-   examples/login.yaml (15 seed tasks in three phases with dependencies; its local-process
-   agents removed), with ``--workers`` worker agents and one validator registered through
-   ``AgentSession`` (one heartbeat each, no heartbeat loop): worker 0 completes
-   ``--completes`` tasks with ``complete(claim_next=True)`` and keeps the next one, every
-   other worker then tries to claim one (and reports progress on it; with login.yaml's
-   dependencies and the defaults none is free yet: ``tickets.tasks_held`` in the JSON
-   counts the tasks in progress). The ticket stays open, waiting
-   on its one durable timer. Health deadlines, stuck window/cooldown and the validator
-   timeout are one day, so nothing is declared unresponsive or stuck and no diagnosis runs.
-4. After each step: settle, sample the worker's RSS. At each of ``--counts`` also PSS/USS,
-   the worker's sticky-cache metrics (cached workflows, forced evictions) and a ``status``
-   query of every open ticket (all answer ``open``; cache misses during the pass would be
-   evicted tickets being replayed).
-5. Per open ticket = (RSS at N − baseline) / N; marginal = the RSS difference between two
-   counts / their difference; a least-squares slope over all steps. Target ≤ 1 MB per open
-   ticket at every count.
-6. All tickets are terminated, the worker (SIGTERM) and the server stopped, temp data
-   deleted.
-
-Prints a Rich table (PASS/MISS) and writes JSON to ``--out``. See bench/README.md.
+The worker runs as a separate OS process (``python worker.py --no-dev-server …``) so its
+memory is measured alone. After a warm-up, tickets of examples/login.yaml (its agents
+removed, every deadline a day away) are opened in steps and brought mid-work through
+``AgentSession``; after each step the worker's RSS is sampled, and at each of ``--counts``
+also PSS/USS, its workflow-cache metrics and a ``status`` query of every ticket. Per open
+ticket = (RSS at N − baseline) / N; target ≤ 1 MB at every count. What runs and what each
+figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -720,30 +696,6 @@ def build_report(
         },
         "environment": {**environment(), "load_average_at_start": load_before},
         "code": code_fingerprint(["workflows/ticket.py", "worker.py"]),
-        "definitions": {
-            "rss": "VmRSS of the worker process (/proc/<pid>/status): the median of several "
-            "readings 0.25 s apart after a settle pause",
-            "baseline": "the worker's RSS after the warm-up tickets were opened, driven and "
-            "cancelled (imports, workflow sandbox, connections warm; no ticket open)",
-            "per_open_ticket": "(RSS with N tickets open - baseline) / N. Target <= 1 MB "
-            "(10^6 bytes) at every N",
-            "marginal": "(RSS at the larger count - RSS at the smaller) / the difference of "
-            "the counts: the cost of one more ticket without the fixed part",
-            "slope": "least-squares slope of RSS over the open-ticket count, all steps "
-            "(baseline included)",
-            "pss_uss": "from /proc/<pid>/smaps_rollup: PSS shares pages mapped by several "
-            "processes; USS = Private_Clean + Private_Dirty (freed if the worker exits)",
-            "open_ticket": "examples/login.yaml (15 seed tasks, 3 phases, dependencies), "
-            "agents removed; workers_per_ticket workers + 1 validator registered, worker 0 "
-            "completed completes_per_ticket tasks (complete(claim_next=True)) and holds the "
-            "next, the other workers try to claim one each (tickets.tasks_held counts the tasks "
-            "in progress); one heartbeat per agent; open, "
-            "waiting on its durable timer (every deadline one day away)",
-            "residency": "the workflow cache (max_cached_workflows) keeps each open ticket's "
-            "workflow instance in memory; sticky_cache_size is the worker's own metric of "
-            "cached workflows. A ticket evicted from the cache costs no worker memory, but "
-            "its next message (update, signal, query, timer) replays its history first",
-        },
         "baseline": baseline.json(),
         "steps": [s.json() for s in samples],
         "at_counts": at_counts,
@@ -949,7 +901,7 @@ BENCH = BenchDef.of(
     globals(),
     "memory",
     "Worker memory per open ticket",
-    quick=("--counts", "20,100", "--step", "0", "--warmup", "2"),
+    quick="--counts 20,100 --step 0 --warmup 2",
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
