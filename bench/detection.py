@@ -674,23 +674,16 @@ def build_report(
     emp_s = summary(emp)
     scaled_s = summary(scaled)
     p99 = u.get("p99")
-    ratios = {
-        "analytic_pooled_P60": {
-            "p50": _ratio(pooled["p50"], u.get("p50")),
-            "p99": _ratio(pooled["p99"], u.get("p99")),
-        },
-        "analytic_one_run_mean_P60": {
-            "p50": _ratio(per_run.get("p50"), u.get("p50")),
-            "p99": _ratio(per_run.get("p99"), u.get("p99")),
-        },
-        "empirical_scaled_P60": {
-            "p50": _ratio(scaled_s.get("p50"), u.get("p50")),
-            "p99": _ratio(scaled_s.get("p99"), u.get("p99")),
-        },
-        f"empirical_P{args.period:g}": {
-            "p50": _ratio(emp_s.get("p50"), u.get("p50")),
-            "p99": _ratio(emp_s.get("p99"), u.get("p99")),
-        },
+    against = {
+        "analytic_pooled_P60": pooled,
+        "analytic_one_run_mean_P60": per_run,
+        "empirical_scaled_P60": scaled_s,
+        f"empirical_P{args.period:g}": emp_s,
+    }
+    ratios: dict[str, Any] = {
+        k: {p: _ratio(v.get(p), u.get(p)) for p in ("p50", "p99")} for k, v in against.items()
+    }
+    ratios |= {
         "against_unstuck_external": {
             "analytic_pooled_P60_p50": _ratio(pooled["p50"], ext.get("p50")),
             "analytic_pooled_P60_p99": _ratio(pooled["p99"], ext.get("p99")),
@@ -835,13 +828,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     )
 
     def cells(d: dict[str, Any], unit: Callable[[Any], str]) -> list[str]:
-        return [
-            unit(d.get("p50")),
-            unit(d.get("p90")),
-            unit(d.get("p99")),
-            unit(d.get("max")),
-            str(d.get("n", "")),
-        ]
+        return [*(unit(d.get(k)) for k in ("p50", "p90", "p99", "max")), str(d.get("n", ""))]
 
     parts = un.get("breakdown_s", {})
     rows = [["**Unstuck overshoot**", *cells(over, fmt_ms)]]

@@ -506,37 +506,31 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
 def summarize(r: dict[str, Any], quick: bool) -> Summary:
     s = Summary()
     cfg, ours, ceil, ratios, hist = (
-        r["config"],
-        r["ours"],
-        r["ceiling"],
-        r["ratios"],
-        r["history"],
+        r[k] for k in ("config", "ours", "ceiling", "ratios", "history")
     )
     per_round = ratios.get("ratio_updates_per_round", [])
     rounds_text = " / ".join(fmt_pct(x) for x in per_round)
+    smoke = "Smoke sizes: few {}; not the target's definition."
+
+    def cpu_ms(side: dict[str, Any], part: str = "") -> float:
+        parts = [part] if part else ["python", "server"]
+        return sum(side.get(f"{p}_cpu_ms_per_update") or 0 for p in parts)
 
     def throughput_reasons() -> list[str]:
+        spread = fmt_pct(max(per_round) - min(per_round)) if per_round else "—"
         out = [
-            f"per-round ratios {rounds_text} (spread "
-            f"{fmt_pct(max(per_round) - min(per_round)) if per_round else '—'}), pooled "
+            f"per-round ratios {rounds_text} (spread {spread}), pooled "
             f"{fmt_pct(ratios.get('ratio_updates_pooled'))}."
         ]
-        ours_cpu = (ours.get("python_cpu_ms_per_update") or 0) + (
-            ours.get("server_cpu_ms_per_update") or 0
-        )
-        ceil_cpu = (ceil.get("python_cpu_ms_per_update") or 0) + (
-            ceil.get("server_cpu_ms_per_update") or 0
-        )
+        ours_cpu, ceil_cpu = cpu_ms(ours), cpu_ms(ceil)
         if ours_cpu and ceil_cpu:
-            extra_py = (ours.get("python_cpu_ms_per_update") or 0) - (
-                ceil.get("python_cpu_ms_per_update") or 0
+            extra_py = cpu_ms(ours, "python") - cpu_ms(ceil, "python")
+            extra_srv = cpu_ms(ours, "server") - cpu_ms(ceil, "server")
+            side = (
+                "the dev server"
+                if extra_srv > extra_py
+                else "the Python process (worker, ledger activity, agents)"
             )
-            extra_srv = (ours.get("server_cpu_ms_per_update") or 0) - (
-                ceil.get("server_cpu_ms_per_update") or 0
-            )
-            side = "the Python process (worker, ledger activity, agents)"
-            if extra_srv > extra_py:
-                side = "the dev server"
             out.append(
                 f"CPU per update: ours {ours_cpu:.2f} ms (python "
                 f"{ours.get('python_cpu_ms_per_update')} + server "
@@ -561,9 +555,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             "the ratio of total CPU per update when the run is CPU-bound. What moved it and "
             "what did not is listed in bench/README.md (lifecycle, 'Reading the results')."
         )
-        if quick:
-            out.append("Smoke sizes: few tickets and tasks; not the target's definition.")
-        return out
+        return out + ([smoke.format("tickets and tasks")] if quick else [])
 
     s.target(
         r,
@@ -592,7 +584,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             + ".",
             "A ticket's fixed cost (roughly 30–40 events) is amortised over its tasks: with few "
             "tasks per ticket it dominates; the working-phase figure is the steady state.",
-            *(["Smoke sizes: few tasks per ticket; not the target's definition."] if quick else []),
+            *([smoke.format("tasks per ticket")] if quick else []),
         ]
 
     s.target(
@@ -605,61 +597,51 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         events_reasons,
     )
 
+    def both(cell: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [cell(ours), cell(ceil)]
+
     def lat(p: dict[str, Any]) -> str:
         u = p.get("update_latency", {})
         return f"{fmt_f(u.get('p50_ms'), 0)} / {fmt_f(u.get('p95_ms'), 0)} ms"
 
+    def cpu(p: dict[str, Any]) -> str:
+        return " / ".join(fmt_f(p.get(f"{x}_cpu_ms_per_update")) for x in ("python", "server"))
+
+    per_lc_working = fmt_f(hist.get("events_per_lifecycle_working"))
+    problems = r.get("problems", [])
     s.section += [
         f"{cfg['tickets']} tickets × {cfg['tasks_per_ticket']} tasks × "
         f"{cfg['agents_per_ticket']} agents × {cfg['rounds']} rounds; heartbeats "
         f"{cfg['heartbeats']}.",
         "",
         *md_table(
-            ["figure", "ours", "ceiling"],
+            "figure | ours | ceiling",
             [
-                [
-                    "working phase (sum of rounds)",
-                    fmt_s(ours.get("seconds")),
-                    fmt_s(ceil.get("seconds")),
-                ],
-                ["updates sent", str(ours.get("updates")), str(ceil.get("updates"))],
-                [
-                    "updates/s",
-                    fmt_f(ours.get("updates_per_s"), 1),
-                    fmt_f(ceil.get("updates_per_s"), 1),
-                ],
+                ["working phase (sum of rounds)", *both(lambda p: fmt_s(p.get("seconds")))],
+                ["updates sent", *both(lambda p: str(p.get("updates")))],
+                ["updates/s", *both(lambda p: fmt_f(p.get("updates_per_s"), 1))],
                 [
                     "task lifecycles/s",
                     fmt_f(ours.get("lifecycles_per_s"), 1),
                     f"{fmt_f(ceil.get('equivalent_lifecycles_per_s'), 1)} (equivalent)",
                 ],
-                ["update latency p50 / p95", lat(ours), lat(ceil)],
-                [
-                    "CPU ms per update: python / server",
-                    f"{fmt_f(ours.get('python_cpu_ms_per_update'))} / "
-                    f"{fmt_f(ours.get('server_cpu_ms_per_update'))}",
-                    f"{fmt_f(ceil.get('python_cpu_ms_per_update'))} / "
-                    f"{fmt_f(ceil.get('server_cpu_ms_per_update'))}",
-                ],
+                ["update latency p50 / p95", *both(lat)],
+                ["CPU ms per update: python / server", *both(cpu)],
                 [
                     "history events",
                     f"{fmt_f(hist.get('events_per_lifecycle'))} per lifecycle "
-                    f"(working phase {fmt_f(hist.get('events_per_lifecycle_working'))})",
+                    f"(working phase {per_lc_working})",
                     f"{fmt_f(ceil.get('events_per_update'))} per update",
                 ],
             ],
         ),
         "",
         *md_table(
-            ["round", "order", "ours updates/s", "ceiling updates/s", "ours ÷ ceiling"],
+            "round | order | ours updates/s | ceiling updates/s | ours ÷ ceiling",
             [
-                [
-                    str(i + 1),
-                    rd.get("order", ""),
-                    fmt_f(get(rd, "ours", "updates_per_s"), 1),
-                    fmt_f(get(rd, "ceiling", "updates_per_s"), 1),
-                    fmt_pct(rd.get("ratio_updates"), 1),
-                ]
+                [str(i + 1), rd.get("order", "")]
+                + [fmt_f(get(rd, side, "updates_per_s"), 1) for side in ("ours", "ceiling")]
+                + [fmt_pct(rd.get("ratio_updates"), 1)]
                 for i, rd in enumerate(r.get("rounds", []))
             ],
         ),
@@ -669,9 +651,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"{fmt_pct(ratios.get('ratio_strict'), 1)}, CPU-cost "
         f"{fmt_pct(ratios.get('ratio_cpu'), 1)}. "
         f"Tickets completed {ours.get('tickets_completed')}/{ours.get('tickets')}, tasks done "
-        f"{ours.get('tasks_done')}/{ours.get('lifecycles')}; problems: "
-        f"{len(r.get('problems', []))}.",
-        *(f"* problem: {p}" for p in r.get("problems", [])[:10]),
+        f"{ours.get('tasks_done')}/{ours.get('lifecycles')}; problems: {len(problems)}.",
+        *(f"* problem: {p}" for p in problems[:10]),
     ]
     one = hist.get("one_ticket", {})
 
@@ -685,7 +666,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         "workflow tasks by what triggered them.",
         "",
         *md_table(
-            ["event type (charged to)", "events", "per lifecycle"],
+            "event type (charged to) | events | per lifecycle",
             [
                 [f"{k} ({source_of(k)})", str(v["count"]), fmt_f(v["per_lifecycle"])]
                 for k, v in one.get("by_type", {}).items()
