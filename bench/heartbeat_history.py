@@ -568,53 +568,36 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         ok = "yes" if c.get("intact") else "**no**"
         return f"{ok}: {c.get('heartbeats_counted')} beats counted of {c.get('beats_sent')} sent"
 
+    timer_cycle = DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S
+    # fmt: off
     rows = [
         ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})", ""],
         ["history events, all runs", str(main.get("events_total")), f"{main.get('runs')} runs"],
-        [
-            "**events per heartbeat**",
-            fmt_f(hb.get("events_per_heartbeat"), 3),
-            "all events ÷ beats (start, registrations, timer, continue-as-new included)",
-        ],
-        [
-            "… signal part",
-            fmt_f(hb.get("signal_part_per_heartbeat"), 3),
-            "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
-        ],
-        [
-            "… deadline-timer part",
-            fmt_f(hb.get("timer_part_per_heartbeat"), 3),
-            f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
-            "workflow task, re-armed)",
-        ],
-        [
-            "signals per signal-triggered workflow task",
-            str(hb.get("signals_per_signal_workflow_task")),
-            "1.0 = no batching",
-        ],
-        [
-            f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
-            fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
-            f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
-        ],
-        [
-            "… refined (timer share at the default cadence)",
-            fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
-            f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
-            f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ "
-            f"{cfg.get('agents_per_ticket')} agents",
-        ],
+        ["**events per heartbeat**", fmt_f(hb.get("events_per_heartbeat"), 3),
+         "all events ÷ beats (start, registrations, timer, continue-as-new included)"],
+        ["… signal part", fmt_f(hb.get("signal_part_per_heartbeat"), 3),
+         "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)"],
+        ["… deadline-timer part", fmt_f(hb.get("timer_part_per_heartbeat"), 3),
+         f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
+         "workflow task, re-armed)"],
+        ["signals per signal-triggered workflow task",
+         str(hb.get("signals_per_signal_workflow_task")), "1.0 = no batching"],
+        [f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
+         fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
+         f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat"],
+        ["… refined (timer share at the default cadence)",
+         fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
+         f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
+         f"~{timer_cycle:g} s ÷ {cfg.get('agents_per_ticket')} agents"],
         ["runs (continue-as-new chain)", str(main.get("runs")), f"lengths {lengths}"],
         ["state intact at the end", intact(main), f"states {checks.get('agent_states')}"],
     ]
     server = get(r, "tickets", "server")
     if server:
         rows += [
-            [
-                "server's own suggestion (test server): runs / longest",
-                f"{server.get('runs')} / {server.get('max_run_length')}",
-                f"lengths {server.get('run_lengths')}",
-            ],
+            ["server's own suggestion (test server): runs / longest",
+             f"{server.get('runs')} / {server.get('max_run_length')}",
+             f"lengths {server.get('run_lengths')}"],
             ["… its state intact", intact(server), ""],
         ]
     dev = r.get("dev_server_suggestion")
@@ -622,21 +605,14 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         rows.append(["real dev server's own suggestion", "—", f"error: {dev['error']}"])
     elif dev:
         rows += [
-            [
-                "real dev server's own suggestion: first run length",
-                str(dev.get("first_run_length")),
-                f"suggested and continued as new within {dev.get('continued_within_beats')} "
-                f"beats; runs {dev.get('run_lengths')}"
-                if dev.get("suggested")
-                else f"not suggested within {dev.get('beats_sent')} beats",
-            ],
-            [
-                "… its state intact",
-                intact(dev),
-                f"back to back in real time: {dev.get('signals_per_signal_workflow_task')} "
-                "signals per workflow task",
-            ],
+            ["real dev server's own suggestion: first run length", str(dev.get("first_run_length")),
+             f"suggested and continued as new within {dev.get('continued_within_beats')} "
+             f"beats; runs {dev.get('run_lengths')}" if dev.get("suggested")
+             else f"not suggested within {dev.get('beats_sent')} beats"],
+            ["… its state intact", intact(dev), f"back to back in real time: "
+             f"{dev.get('signals_per_signal_workflow_task')} signals per workflow task"],
         ]
+    # fmt: on
     causes = [
         [cause, str(n), fmt_f(n / beats, 3)] for cause, n in main.get("events_by_cause", {}).items()
     ]

@@ -617,18 +617,16 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     procs = r.get("process_runs", [])
 
     def process_reasons() -> list[str]:
-        out = []
-        for p in procs:
-            out.append(
+        return [
+            *(
                 f"{p.get('ticket_id')}: overshoot {fmt_s(p.get('overshoot_s'), 3)}, ladder late "
                 f"{ {k: round(v, 3) for k, v in (p.get('ladder_late_s') or {}).items()} }, "
                 f"errors {p.get('errors')}."
-            )
-        out.append(
+                for p in procs
+            ),
             "The real process's last sign of life is whatever the ticket saw last (its claim or "
-            "a beat of its session loop); the same timer effects apply as above."
-        )
-        return out
+            "a beat of its session loop); the same timer effects apply as above.",
+        ]
 
     s.target(
         r,
@@ -683,16 +681,10 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     ):
         rows.append([label, *pcells(r.get(key, {}))])
     for p in procs:
-        rows.append(
-            [
-                f"real process {p.get('task_id') or ''}: latency",
-                "",
-                "",
-                fmt_s(p.get("latency_s"), 3),
-                "1",
-            ]
-        )
-        rows.append(["… overshoot", "", "", fmt_s(p.get("overshoot_s"), 3), "1"])
+        for label, key in ((f"real process {p.get('task_id') or ''}: latency", "latency_s"),
+                           ("… overshoot", "overshoot_s")):  # fmt: skip
+            rows.append([label, "", "", fmt_s(p.get(key), 3), "1"])
+
         for key, label in (
             ("crash_logged_to_last_sign_s", "… its log line 'crashing (SIGKILL)' → last sign"),
             ("crash_logged_to_reassigned_s", "… its log line → task_reassigned"),
@@ -735,13 +727,9 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
 def arguments(p: argparse.ArgumentParser) -> None:
     option(p, "--runs", 40, "tickets, one dying agent each")
     option(p, "--concurrency", 8, "runs in flight at a time")
-    option(
-        p,
-        "--deadline",
-        2.0,
-        "policy.health.running_deadline_s; the floor is 3× this (below 2 s the server's 1 s "
-        "timer floor, history.timerProcessorMaxTimeShift, shows up in the result)",
-    )
+    option(p, "--deadline", 2.0, "policy.health.running_deadline_s; the floor is 3× this "
+           "(below 2 s the server's 1 s timer floor shows up in the result)")  # fmt: skip
+
     option(p, "--idle-deadline", 30.0, "policy.health.idle_deadline_s (the watcher is idle)")
     option(p, "--poll-ms", 50, "watcher claim interval")
     option(p, "--poll-lead", 0.3, "the watcher starts polling this long before the floor, s")
