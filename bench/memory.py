@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import hashlib
 import inspect
 import itertools
 import os
@@ -51,6 +50,7 @@ from bench.harness import (
     option,
     progress_display,
     server,
+    start_ticket,
     until_ready,
 )
 from bench.report import Summary, fmt_bytes, fmt_f, fmt_pct, get, md_table, num, ratio
@@ -58,8 +58,6 @@ from infra.devserver import DevServer, free_port
 from infra.settings import Settings
 from models.messages import CancelTicket, StatusView
 from models.spec import HealthPolicy, ResultType, StuckPolicy, TicketSpec, load_spec
-from models.workflow_io import TicketInput
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-memory"
 SPEC_FILE = REPO / "examples" / "login.yaml"
@@ -259,12 +257,12 @@ class Sample:
 async def sample_memory(
     proc: WorkerProcess,
     open_tickets: int,
-    *,
     settle: float,
     samples: int,
     started: float,
     rollup: bool,
 ) -> Sample:
+    """Median of ``samples`` VmRSS readings 0.25 s apart, after ``settle`` s."""
     await asyncio.sleep(settle)
     readings: list[int] = []
     for k in range(samples):
@@ -309,20 +307,10 @@ class Opened:
 
 
 async def open_ticket(
-    client: Client,
-    spec: TicketSpec,
-    token_sha256: str,
-    args: argparse.Namespace,
-    result: str,
+    client: Client, spec: TicketSpec, token: str, args: argparse.Namespace, result: str
 ) -> Opened:
     """Start one ticket and bring it to a realistic mid-work state; it stays open."""
-    handle = await client.start_workflow(
-        TicketWorkflow.run,
-        TicketInput(spec=spec, operator_token_sha256=token_sha256),
-        id=spec.id,
-        task_queue=TICKET_QUEUE,
-    )
-    opened = Opened(handle)
+    opened = Opened(await start_ticket(client, spec, TICKET_QUEUE, token=token, ready=False))
     try:
         workers = [
             AgentSession(client, spec.id, name=f"worker-{k}", heartbeat_interval_s=HEARTBEAT_S)
@@ -434,7 +422,6 @@ async def open_tickets(
     started: float,
 ) -> dict[str, Any]:
     token = secrets.token_urlsafe(16)
-    token_sha = hashlib.sha256(token.encode()).hexdigest()
     spec0 = base_spec()
     prefix = f"mem-{uuid.uuid4().hex[:6]}"
     result = ("# done\n\n" + "x" * args.result_bytes)[: args.result_bytes]
@@ -444,15 +431,15 @@ async def open_tickets(
     def spec_for(name: str) -> TicketSpec:
         return spec0.model_copy(update={"id": f"{prefix}-{name}"})
 
+    def opening(name: str) -> Callable[[], Awaitable[Opened]]:
+        return functools.partial(open_ticket, client, spec_for(name), token, args, result)
+
     with progress_display(console) as progress:
         # The worker process is up once a ticket answers a query.
         t = time.monotonic()
         bar = progress.add_task("[dim]worker process starting", total=1)
-        ready = await client.start_workflow(
-            TicketWorkflow.run,
-            TicketInput(spec=spec_for("ready"), operator_token_sha256=token_sha),
-            id=f"{prefix}-ready",
-            task_queue=TICKET_QUEUE,
+        ready = await start_ticket(
+            client, spec_for("ready"), TICKET_QUEUE, token=token, ready=False
         )
         try:
             await until_ready(ready, "status", timeout=args.timeout)
@@ -466,14 +453,7 @@ async def open_tickets(
         t = time.monotonic()
         bar = progress.add_task("[dim]warm-up tickets", total=args.warmup + 1)
         warm = await bounded(
-            [
-                functools.partial(
-                    open_ticket, client, spec_for(f"warm{k}"), token_sha, args, result
-                )
-                for k in range(args.warmup)
-            ],
-            args.concurrency,
-            lambda: None,
+            [opening(f"warm{k}") for k in range(args.warmup)], args.concurrency, lambda: None
         )
         for handle in [ready, *(w.handle for w in warm)]:
             await handle.execute_update(
@@ -484,14 +464,7 @@ async def open_tickets(
         problems += [w.error for w in warm if w.error]
         timing["warmup_s"] = round(time.monotonic() - t, 2)
         baseline_metrics = await proc.metrics()
-        baseline = await sample_memory(
-            proc,
-            0,
-            settle=args.settle + 1,
-            samples=args.samples * 2,
-            started=started,
-            rollup=True,
-        )
+        baseline = await sample_memory(proc, 0, args.settle + 1, args.samples * 2, started, True)
 
         points = _points(args.counts, args.step)
         opened: list[Opened] = []
@@ -504,31 +477,15 @@ async def open_tickets(
         cpu0 = cpu_seconds(proc.pid)
         for point in points:
             t = time.monotonic()
+            jobs = [opening(f"t{i}") for i in range(len(opened), point)]
             batch = await asyncio.wait_for(
-                bounded(
-                    [
-                        functools.partial(
-                            open_ticket, client, spec_for(f"t{i}"), token_sha, args, result
-                        )
-                        for i in range(len(opened), point)
-                    ],
-                    args.concurrency,
-                    lambda: progress.advance(bar),
-                ),
-                args.timeout,
+                bounded(jobs, args.concurrency, lambda: progress.advance(bar)), args.timeout
             )
             opening_s += time.monotonic() - t
             opened += batch
             problems += [o.error for o in batch if o.error]
             is_count = point in args.counts
-            sample = await sample_memory(
-                proc,
-                point,
-                settle=args.settle,
-                samples=args.samples,
-                started=started,
-                rollup=is_count,
-            )
+            sample = await sample_memory(proc, point, args.settle, args.samples, started, is_count)
             samples.append(sample)
             if is_count:
                 before = await proc.metrics()
@@ -570,15 +527,8 @@ async def open_tickets(
         t = time.monotonic()
         bar = progress.add_task("[green]terminate tickets", total=len(opened))
 
-        async def terminate(h: WorkflowHandle[Any, Any]) -> None:
-            with contextlib.suppress(RPCError):
-                await h.terminate("benchmark over")
-
-        await bounded(
-            [functools.partial(terminate, o.handle) for o in opened],
-            args.concurrency,
-            lambda: progress.advance(bar),
-        )
+        ends = [functools.partial(_terminate, o.handle) for o in opened]
+        await bounded(ends, args.concurrency, lambda: progress.advance(bar))
         timing["terminate_s"] = round(time.monotonic() - t, 2)
     return {
         "baseline": baseline,
@@ -591,6 +541,11 @@ async def open_tickets(
         "one_ticket": one,
         "problems": problems,
     }
+
+
+async def _terminate(h: WorkflowHandle[Any, Any]) -> None:
+    with contextlib.suppress(RPCError):
+        await h.terminate("benchmark over")
 
 
 def _counter(metrics: dict[str, float], name: str) -> int | None:
@@ -734,7 +689,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         c = get(r, "at_counts", key, default={})
 
         def reasons(v: dict[str, Any] = v, c: dict[str, Any] = c) -> list[str]:
-            out = [
+            return [
                 f"worker RSS {fmt_bytes(v.get('rss_bytes'))} with {v.get('open_tickets')} "
                 f"tickets open vs baseline {fmt_bytes(fig.get('baseline_rss_bytes'))}: "
                 f"{fmt_bytes(v.get('rss_bytes_per_ticket'))} per ticket (PSS "
@@ -760,7 +715,6 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 "loop, coroutines and pending handlers in the sandbox. Results and timeline "
                 "entries grow it with the ticket's age.",
             ]
-            return out
 
         s.target(
             r,
@@ -780,23 +734,20 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             fmt_bytes(x),
             f"slope over all steps {fmt_bytes(fig.get('slope_rss_bytes_per_ticket'))}",
         )
-    rows = []
-    for key, c in r.get("at_counts", {}).items():
-        q = c.get("query_pass", {})
-        rows.append(
-            [
-                key,
-                fmt_bytes(c.get("rss_bytes")),
-                fmt_bytes(c.get("pss_bytes")),
-                fmt_bytes(c.get("uss_bytes")),
-                str(c.get("sticky_cache_size")),
-                str(c.get("forced_evictions")),
-                f"{q.get('open')}/{q.get('queried')} open in {fmt_f(q.get('seconds'), 1)} s, "
-                f"{c.get('cache_hits_during_query_pass')} hits / "
-                f"{c.get('cache_misses_during_query_pass')} misses",
-                fmt_bytes(c.get("server_rss_bytes")),
-            ]
-        )
+    rows = [
+        [
+            key,
+            *(fmt_bytes(c.get(f"{k}_bytes")) for k in ("rss", "pss", "uss")),
+            str(c.get("sticky_cache_size")),
+            str(c.get("forced_evictions")),
+            f"{get(c, 'query_pass', 'open')}/{get(c, 'query_pass', 'queried')} open in "
+            f"{fmt_f(get(c, 'query_pass', 'seconds'), 1)} s, "
+            f"{c.get('cache_hits_during_query_pass')} hits / "
+            f"{c.get('cache_misses_during_query_pass')} misses",
+            fmt_bytes(c.get("server_rss_bytes")),
+        ]
+        for key, c in r.get("at_counts", {}).items()
+    ]
     steps = ", ".join(
         f"{x.get('open_tickets')}: {x.get('rss_bytes', 0) / 1e6:.0f}" for x in r.get("steps", [])
     )
@@ -815,16 +766,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"RSS; peak {fmt_bytes(fig.get('peak_rss_bytes'))}.",
         "",
         *md_table(
-            [
-                "open tickets",
-                "RSS",
-                "PSS",
-                "USS",
-                "cached",
-                "forced evictions",
-                "status query of every ticket",
-                "server RSS",
-            ],
+            "open tickets | RSS | PSS | USS | cached | forced evictions | "
+            "status query of every ticket | server RSS",
             rows,
         ),
         "",
