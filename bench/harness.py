@@ -185,13 +185,14 @@ async def start_ticket(
     *,
     token: str | None = None,
     ready: bool = True,
+    **inputs: Any,
 ) -> WorkflowHandle[Any, Any]:
-    """Start a ticket (with ``token``'s hash as its operator token) and, with ``ready``, wait
-    until it answers a query."""
+    """Start a ticket (with ``token``'s hash as its operator token, and any other
+    ``TicketInput`` fields) and, with ``ready``, wait until it answers a query."""
     sha = hashlib.sha256(token.encode()).hexdigest() if token else None
     handle = await client.start_workflow(
         TicketWorkflow.run,
-        TicketInput(spec=spec, operator_token_sha256=sha),
+        TicketInput(spec=spec, operator_token_sha256=sha, **inputs),
         id=spec.id,
         task_queue=task_queue,
     )

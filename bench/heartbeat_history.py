@@ -41,6 +41,7 @@ from bench.harness import (
     load_average,
     option,
     progress_display,
+    start_ticket,
     temp_dir,
     temp_ledger,
     ticket_spec,
@@ -52,9 +53,7 @@ from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
 from models.spec import TicketSpec
-from models.workflow_io import TicketInput
 from worker import build_worker
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-heartbeat-history"
 
@@ -304,6 +303,21 @@ def build_report(
 # ---- measure -----------------------------------------------------------------------------
 
 
+async def _start(client: Client, label: str, spec: TicketSpec, limit: int | None) -> Ticket:
+    handle = await start_ticket(
+        client, spec, TICKET_QUEUE, ready=False, continue_as_new_after_events=limit
+    )
+    assert handle.first_execution_run_id is not None or handle.result_run_id is not None
+    return Ticket(label, handle, handle.first_execution_run_id or handle.result_run_id or "", limit)
+
+
+async def _register(client: Client, t: Ticket, agents: int) -> None:
+    for k in range(agents):
+        session = AgentSession(client, t.handle.id, name=f"agent-{k}")
+        await session.register()  # no heartbeat loop: the bench sends every beat
+        t.agents.append(session)
+
+
 async def beat(
     env: WorkflowEnvironment, args: argparse.Namespace, console: Console
 ) -> tuple[list[Ticket], dict[str, Any]]:
@@ -315,23 +329,9 @@ async def beat(
         plan.append(("server", None))
     for label, limit in plan:
         spec = spec_of(f"{prefix}-{label}", args.idle_deadline)
-        handle = await client.start_workflow(
-            TicketWorkflow.run,
-            TicketInput(spec=spec, continue_as_new_after_events=limit),
-            id=spec.id,
-            task_queue=TICKET_QUEUE,
-        )
-        assert handle.first_execution_run_id is not None or handle.result_run_id is not None
-        tickets.append(
-            Ticket(
-                label, handle, handle.first_execution_run_id or handle.result_run_id or "", limit
-            )
-        )
+        tickets.append(await _start(client, label, spec, limit))
     for t in tickets:
-        for k in range(args.agents):
-            session = AgentSession(client, t.handle.id, name=f"agent-{k}")
-            await session.register()  # no heartbeat loop: the bench sends every beat
-            t.agents.append(session)
+        await _register(client, t, args.agents)
 
     rounds = int(args.hours * 3600 // args.beat_every)
     slot = args.beat_every / args.agents
@@ -387,15 +387,9 @@ async def dev_server_suggestion(
         async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "dev") as bench:
             client = bench.client
             spec = spec_of(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
-            handle = await client.start_workflow(
-                TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-            )
-            first = handle.first_execution_run_id or handle.result_run_id or ""
-            ticket = Ticket("dev-server", handle, first, None)
-            for k in range(args.agents):
-                session = AgentSession(client, spec.id, name=f"agent-{k}")
-                await session.register()
-                ticket.agents.append(session)
+            ticket = await _start(client, "dev-server", spec, None)
+            handle, first = ticket.handle, ticket.first_run_id
+            await _register(client, ticket, args.agents)
             beats = 0
             continued_at_beat: int | None = None
             with progress_display(console) as progress:
