@@ -614,10 +614,6 @@ async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _detections(runs: list[dict[str, Any]]) -> list[float]:
-    return [r["detection_s"] for r in runs if num(r.get("detection_s"))]
-
-
 def with_renewal(events_per_agent_hour: Any) -> float | None:
     """A lease's events per agent-hour in a window plus its renewals (``RENEWAL_EVENTS`` per
     ``LEASE_TERM``), which no short window sees."""
@@ -647,17 +643,13 @@ def build_report(
     }
     designs: dict[str, Any] = {}
     for design in DESIGNS:
-        if design == "relay":
-            runs = [
-                {"detection_s": x}
-                for x in relay_det.get(str(headline_w), [])
-                if num(x)  # a None (never found) is counted as missing below
-            ]
-            missing = sum(1 for x in relay_det.get(str(headline_w), []) if not num(x))
-        else:
-            runs = detection.get(design, [])
-            missing = sum(1 for r in runs if not num(r.get("detection_s")))
-        det = _detections(runs)
+        found: list[Any] = (
+            relay_det.get(str(headline_w), [])
+            if design == "relay"
+            else [r.get("detection_s") for r in detection.get(design, [])]
+        )
+        det: list[float] = [x for x in found if num(x)]  # None: never found (missing)
+        missing = len(found) - len(det)
         designs[design] = {
             "detection_s": summary(det),
             "detection_missing": missing,
