@@ -114,13 +114,11 @@ async def fresh_server(
     tmp_prefix: str = "unstuck-bench-",
     keep_data: bool = False,
     data_dir: Path | None = None,
-    worker_kwargs: dict[str, Any] | None = None,
     worker: bool = True,
 ) -> AsyncIterator[Bench]:
     """Start a Temporal dev server on free ports (data in a temp dir, or in ``data_dir``,
     which is then left in place), a temp SQLite ledger and, in this process, the Unstuck
-    worker (``build_worker(..., **worker_kwargs)``; none with ``worker=False``) on
-    ``task_queue``; stop all on leaving."""
+    worker on ``task_queue`` (none with ``worker=False``); stop all on leaving."""
     where = (
         temp_dir(tmp_prefix, keep=keep_data, console=console)
         if data_dir is None
@@ -150,7 +148,7 @@ async def fresh_server(
                 if not worker:
                     yield Bench(client, settings, ledger, server, tmp)
                     return
-                async with build_worker(client, settings, ledger, **(worker_kwargs or {})):
+                async with build_worker(client, settings, ledger):
                     yield Bench(client, settings, ledger, server, tmp)
         finally:
             if server is not None:
