@@ -205,7 +205,7 @@ BENCH = BenchDef.of(
     globals(),
     "anomaly",
     "Loop start → anomaly diagnosis, against the anomaly window",
-    quick=("--windows", "2", "--runs", "3"),
+    quick="--windows 2 --runs 3",
     miss_exits_1=True,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

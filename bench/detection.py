@@ -1,42 +1,13 @@
 """Stuck-detection latency: Unstuck's one durable timer per ticket against a periodic scan.
 
-    .venv/bin/python -m bench.detection [--tickets N --window S --spread S --period P
-                                         --out bench/out/detection.json]
+    .venv/bin/python -m bench.detection [--tickets N --window S --spread S --period P]
 
-1. Starts its own Temporal dev server (free ports, temp data dir) and, in this process, the
-   Unstuck worker (``build_worker``, temp SQLite ledger). Both are stopped at the end.
-2. Two cohorts of N tickets each, driven identically and one after the other (the Unstuck
-   cohort first, then the baseline; each is measured without the other's load on the
-   machine): one phase, M seed tasks, one
-   ``AgentSession`` per ticket (heartbeat interval 1 h, health deadlines 1 day, so beats and
-   health checks stay out of the way) that claims the first task at once, holds it until a
-   random offset in [0, spread) s and then completes every task
-   (``complete(claim_next=True)``). After its last task the ticket has
-   no active task and no result: it becomes *stuck* ``window`` s later.
-
-   * **Unstuck** cohort: ``policy.stuck.window_s = cooldown_s = window``. The ticket's own
-     timer fires and it starts a diagnosis child workflow. Per ticket: *overshoot* =
-     ``state.diagnoses[0].started_at`` − stuck moment, where the stuck moment is
-     ``max(last seed-task activity + window, created_at + cooldown)`` read from the
-     ``state`` query (the last activity = the latest ``updated_at`` of the seed tasks).
-     Second figure, seen from outside: the wall-clock time at which the ``diagnoses`` query
-     first returns a run (polled every ``--poll-ms`` from just before the stuck moment)
-     − stuck moment. Third: the overshoot split into its parts from the ticket's history.
-   * **Baseline** cohort (the seed's minimal design): the tickets' own detection is off
-     (window and cooldown 1 day) and a real asyncio scanner queries every ticket's ``state``
-     every ``--period`` P s (first scan at a random phase), applies
-     ``core.diagnosis.stuck_at`` with the cohort's ``window``/``cooldown`` and notes the
-     first scan that finds each ticket stuck. Baseline overshoot = the reply time of that
-     scan's query − stuck moment. P is scaled down (6 s instead of 60 s) to keep the run
-     short; each measurement is also scaled to ``--baseline-period`` (60 s): the wait for
-     the scan tick scales with P, the query latency does not.
-   * **Baseline, analytic**, at P = 60 s from the Unstuck cohort's stuck moments: scan
-     ticks at φ + kP with φ uniform; each ticket is found at the first tick after its stuck
-     moment. Computed exactly (no sampling): pooled over φ and tickets the delay is
-     uniform on (0, P); for one run (one φ) the distribution of each percentile over φ.
-
-Prints a Rich table (PASS/MISS for the target: Unstuck overshoot ≤ 1 s at p99) and writes
-JSON to ``--out``. See bench/README.md for what each figure means.
+Two cohorts of N tickets, driven alike one after the other: an agent completes every task at
+a random offset, and the ticket becomes stuck ``window`` s later. Unstuck: the ticket's own
+timer starts a diagnosis; overshoot = its ``started_at`` − the stuck moment (target p99 ≤ 1 s),
+also seen from outside (polling ``diagnoses``) and split into the timer's life from the
+history. Baseline: a real scanner every ``--period`` s, scaled to ``--baseline-period``
+(60 s), and the same scan computed exactly. What each figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -71,14 +42,16 @@ from bench.harness import (
     environment,
     event_time,
     load_average,
-    loop_lag,
+    measuring,
     option,
     progress_display,
     quantile,
     secs,
     server,
+    start_ticket,
     summary,
     ticket_spec,
+    ticket_state,
     timer_that_woke,
     until_ready,
     utc_now,
@@ -97,8 +70,6 @@ from bench.report import (
 from core.diagnosis import stuck_at
 from core.state import TicketState
 from models.messages import DiagnosisView
-from models.workflow_io import TicketInput
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-detection"
 
@@ -109,10 +80,6 @@ HEARTBEAT_S = 3_600.0
 
 
 # ---- statistics ------------------------------------------------------------------------
-
-
-def _quantile_of(q: float, values: list[float]) -> float:
-    return quantile(values, q)
 
 
 def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
@@ -146,7 +113,7 @@ def analytic_scan(stuck: list[float], period: float) -> dict[str, Any]:
 
     per_run: dict[str, Any] = {}
     stats: dict[str, Callable[[list[float]], float]] = {
-        f"p{round(q * 100)}": functools.partial(_quantile_of, q) for q in QUANTILES
+        f"p{round(q * 100)}": functools.partial(lambda q, v: quantile(v, q), q) for q in QUANTILES
     }
     stats["max"] = max
     stats["mean"] = lambda v: sum(v) / len(v)
@@ -260,7 +227,7 @@ async def drive_agent(
 
 async def watch_unstuck(run: TicketRun, args: argparse.Namespace) -> None:
     """After the agent's work: the stuck moment, then poll until the diagnosis shows up."""
-    state: TicketState = await run.handle.query("state", result_type=TicketState)
+    state = await ticket_state(run.handle)
     run.stuck_at = stuck_moment(state, args.window, args.cooldown)
     if args.poll_ms <= 0:
         return
@@ -300,7 +267,7 @@ async def collect_unstuck(
     deadline = time.monotonic() + args.timeout
     while pending:
         replies: list[TicketState | BaseException] = await asyncio.gather(
-            *(r.handle.query("state", result_type=TicketState) for r in pending),
+            *(ticket_state(r.handle) for r in pending),
             return_exceptions=True,
         )
         still: list[TicketRun] = []
@@ -364,7 +331,7 @@ async def _scan_one(
 ) -> tuple[bool, bool]:
     """One ticket in one scan: (found now, query failed)."""
     try:
-        state: TicketState = await run.handle.query("state", result_type=TicketState)
+        state = await ticket_state(run.handle)
     except RPCError as exc:
         run.errors.append(f"scan {number}: {exc}")
         return False, True
@@ -490,10 +457,7 @@ async def overshoot_breakdown(client: Client, run: TicketRun) -> dict[str, float
 async def warm_up(client: Client, prefix: str, tasks: int) -> None:
     """One ticket through a diagnosis (workflow sandbox, activities, child workflow warm)."""
     spec = ticket_spec(f"{prefix}-warm", min(tasks, 2), stuck=(0.5, 0.5))
-    handle = await client.start_workflow(
-        TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-    )
-    await until_ready(handle)
+    handle = await start_ticket(client, spec, TICKET_QUEUE)
     run = TicketRun("unstuck", handle, 0.0)
     await drive_agent(run, client, time.monotonic(), 0.0, random.Random(0))
     deadline = time.monotonic() + 60
@@ -608,26 +572,15 @@ async def cohorts(
             runs[cohort] = []
             for i in range(args.tickets):
                 spec = ticket_spec(f"{prefix}-{cohort[0]}{i}", args.tasks, stuck=(window, cooldown))
-                handle = await client.start_workflow(
-                    TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-                )
+                handle = await start_ticket(client, spec, TICKET_QUEUE, ready=False)
                 runs[cohort].append(TicketRun(cohort, handle, rng.uniform(0, args.spread)))
                 progress.advance(bar)
             await asyncio.gather(*(until_ready(r.handle) for r in runs[cohort]))
-            stop = asyncio.Event()
-            lags: list[float] = []
-            lag_task = asyncio.create_task(loop_lag(stop, lags))
-            meter.start()
-            try:
+            async with measuring(meter) as cpu[cohort]:
                 if cohort == "unstuck":
                     await drive_unstuck(runs[cohort], client, args, rng, progress)
                 else:
                     scans = await drive_baseline(runs[cohort], client, args, rng, phase, progress)
-            finally:
-                stop.set()
-                await lag_task
-                cpu[cohort] = meter.stop()
-                cpu[cohort]["event_loop_lag_s"] = summary(lags)
         unstuck = runs["unstuck"]
         baseline = runs.get("baseline", [])
 
@@ -721,23 +674,16 @@ def build_report(
     emp_s = summary(emp)
     scaled_s = summary(scaled)
     p99 = u.get("p99")
-    ratios = {
-        "analytic_pooled_P60": {
-            "p50": _ratio(pooled["p50"], u.get("p50")),
-            "p99": _ratio(pooled["p99"], u.get("p99")),
-        },
-        "analytic_one_run_mean_P60": {
-            "p50": _ratio(per_run.get("p50"), u.get("p50")),
-            "p99": _ratio(per_run.get("p99"), u.get("p99")),
-        },
-        "empirical_scaled_P60": {
-            "p50": _ratio(scaled_s.get("p50"), u.get("p50")),
-            "p99": _ratio(scaled_s.get("p99"), u.get("p99")),
-        },
-        f"empirical_P{args.period:g}": {
-            "p50": _ratio(emp_s.get("p50"), u.get("p50")),
-            "p99": _ratio(emp_s.get("p99"), u.get("p99")),
-        },
+    against = {
+        "analytic_pooled_P60": pooled,
+        "analytic_one_run_mean_P60": per_run,
+        "empirical_scaled_P60": scaled_s,
+        f"empirical_P{args.period:g}": emp_s,
+    }
+    ratios: dict[str, Any] = {
+        k: {p: _ratio(v.get(p), u.get(p)) for p in ("p50", "p99")} for k, v in against.items()
+    }
+    ratios |= {
         "against_unstuck_external": {
             "analytic_pooled_P60_p50": _ratio(pooled["p50"], ext.get("p50")),
             "analytic_pooled_P60_p99": _ratio(pooled["p99"], ext.get("p99")),
@@ -768,36 +714,6 @@ def build_report(
         },
         "environment": {**environment(), "load_average_at_start": load_before},
         "code": code_fingerprint(["workflows/ticket.py", "core/diagnosis.py"]),
-        "definitions": {
-            "stuck_moment": "max(latest updated_at of the seed tasks + window, created_at + "
-            "cooldown), from the ticket's `state` query: the moment the ticket satisfies the "
-            "stuck rule (DESIGN §5); all timestamps are workflow time (= server time)",
-            "unstuck_overshoot": "state.diagnoses[0].started_at - stuck moment; started_at is "
-            "workflow.now() of the workflow task in which the ticket's timer fired",
-            "unstuck_external": "local wall time when the `diagnoses` query first returned a "
-            "run (reply received) - stuck moment; polled every poll_ms from poll_lead_s before "
-            "the stuck moment, so resolution ~poll_ms plus one query round trip",
-            "unstuck_breakdown": "from the ticket's history: arm_lag (the timer starts when the "
-            "arming workflow task completes, but its delay was computed from that task's start), "
-            "timer_late (TimerFired - nominal fire time), fired_to_wft_scheduled + "
-            "wft_schedule_to_start (the worker picks up the woken workflow task); total = "
-            "WorkflowTaskStarted - (arming task start + delay)",
-            "baseline_empirical": "a scan every scan_period_s (first at a random phase) queries "
-            "`state` of every baseline ticket concurrently; a ticket is found by the first "
-            "scan whose reply satisfies core.diagnosis.stuck_at (window/cooldown as the "
-            "unstuck cohort) at reply time; overshoot = reply time - stuck moment",
-            "baseline_empirical_scaled": "each baseline measurement moved to baseline_period_s: "
-            "wait (scan tick - stuck moment, >= 0) * baseline_period/scan_period + query part "
-            "(reply - max(tick, stuck moment)), which does not scale with the period",
-            "baseline_analytic_pooled": "scan ticks at phase + k*P, phase uniform: the delay to "
-            "the next tick is uniform on (0, P) for every ticket, so pooled quantile q = q*P "
-            "(max = the supremum P); a scan that takes no time",
-            "baseline_analytic_one_run": "for one run (one phase, all tickets), each "
-            "percentile over the tickets as a function of the phase, computed exactly from "
-            "the unstuck cohort's stuck moments: mean, 5th/50th/95th percentile and range "
-            "over the phase",
-            "ratios": "baseline percentile / unstuck overshoot percentile (same percentile)",
-        },
         "unstuck": {
             "overshoot_s": u,
             "external_latency_s": ext,
@@ -912,13 +828,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     )
 
     def cells(d: dict[str, Any], unit: Callable[[Any], str]) -> list[str]:
-        return [
-            unit(d.get("p50")),
-            unit(d.get("p90")),
-            unit(d.get("p99")),
-            unit(d.get("max")),
-            str(d.get("n", "")),
-        ]
+        return [*(unit(d.get(k)) for k in ("p50", "p90", "p99", "max")), str(d.get("n", ""))]
 
     parts = un.get("breakdown_s", {})
     rows = [["**Unstuck overshoot**", *cells(over, fmt_ms)]]
@@ -1038,7 +948,7 @@ BENCH = BenchDef.of(
     globals(),
     "detection",
     "Stuck-detection overshoot against a 60 s polling baseline",
-    quick=("--tickets", "8", "--spread", "3", "--period", "3"),
+    quick="--tickets 8 --spread 3 --period 3",
     width=140,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

@@ -63,29 +63,17 @@ def agent(name: str, *knobs: str, kind: str = "worker") -> dict[str, Any]:
 
 def tasks(validation: bool = False) -> list[dict[str, Any]]:
     """Four tasks over three phases; the implementation depends on the design."""
+    # fmt: off
     return [
         {"key": "design", "phase": "requirements", "title": "Design the API", "type": "design"},
-        {
-            "key": "build",
-            "phase": "implementation",
-            "title": "Build the endpoint",
-            "depends_on": ["design"],
-            "validation": validation,
-        },
-        {
-            "key": "docs",
-            "phase": "implementation",
-            "title": "Write the docs",
-            "type": "documentation",
-        },
-        {
-            "key": "tests",
-            "phase": "testing",
-            "title": "Test the endpoint",
-            "type": "test",
-            "depends_on": ["build"],
-        },
+        {"key": "build", "phase": "implementation", "title": "Build the endpoint",
+         "depends_on": ["design"], "validation": validation},
+        {"key": "docs", "phase": "implementation", "title": "Write the docs",
+         "type": "documentation"},
+        {"key": "tests", "phase": "testing", "title": "Test the endpoint", "type": "test",
+         "depends_on": ["build"]},
     ]
+    # fmt: on
 
 
 def spec(ticket_id: str, agents: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
@@ -102,6 +90,7 @@ def spec(ticket_id: str, agents: list[dict[str, Any]], **overrides: Any) -> dict
 
 VALIDATOR = agent("vera", kind="validator")
 SUBMITTER = ("--submit-when-done",)
+ONE_RETRY = {**POLICY, "tasks": {**POLICY["tasks"], "max_retries": 1}}
 
 
 @dataclass(frozen=True)
@@ -113,197 +102,99 @@ class Fault:
     timeout_s: float = 60.0
 
 
+# fmt: off
 FAULTS: tuple[Fault, ...] = (
-    Fault(
-        "healthy",
-        "no fault: a fleet that submits its result when the work is done",
-        "healed",
-        lambda tid: spec(tid, [agent("ada", *SUBMITTER), agent("linus"), VALIDATOR]),
-    ),
-    Fault(
-        "missing_result",
-        "every task done, nobody submits the final result",
-        "healed",
-        lambda tid: spec(tid, [agent("ada"), agent("linus"), VALIDATOR]),
-    ),
-    Fault(
-        "crashed_agent",
-        "an agent is SIGKILLed holding a task (once)",
-        "healed",
-        lambda tid: spec(
-            tid,
-            [
-                agent("ada", *SUBMITTER),
-                agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
-                VALIDATOR,
-            ],
-        ),
-    ),
-    Fault(
-        "crash_looping_agent",
-        "an agent crashes on every claim, in every generation",
-        "healed",
-        lambda tid: spec(
-            tid,
-            [
-                agent("ada", *SUBMITTER),
-                agent("grace", "--crash-after-claims", "1"),
-                VALIDATOR,
-            ],
-        ),
-        timeout_s=90,
-    ),
-    Fault(
-        "dependency_failed",
-        "a task fails for good; the tasks behind it wait on it",
-        "healed",
-        lambda tid: spec(
-            tid,
-            [
-                agent(
-                    "ada",
-                    "--fail-tasks",
-                    "^T2$",
-                    "--fail-reason",
-                    "SMTP_HOST is not set",
-                    *SUBMITTER,
-                ),
-                VALIDATOR,
-            ],
-            policy={**POLICY, "tasks": {**POLICY["tasks"], "max_retries": 1}},
-        ),
-    ),
-    Fault(
-        "environment_error",
-        "one missing module fails every implementation task until someone fixes it",
-        "healed",
-        lambda tid: spec(
-            tid,
-            [
-                agent(
-                    name,
-                    "--fail-tasks",
-                    "Build|Write",
-                    "--fail-reason",
-                    "ModuleNotFoundError: No module named 'bcrypt'",
-                    "--fixed-by",
-                    "Fix the environment",
-                    *SUBMITTER,
-                )
-                for name in ("ada", "linus")
-            ]
-            + [VALIDATOR],
-            policy={**POLICY, "tasks": {**POLICY["tasks"], "max_retries": 1}},
-        ),
-        timeout_s=90,
-    ),
-    Fault(
-        "validator_absent",
-        "a reviewed task and no validator at all",
-        "escalated",
-        lambda tid: spec(tid, [agent("ada", *SUBMITTER)], tasks=tasks(validation=True)),
-    ),
-    Fault(
-        "validator_on_demand",
-        "a reviewed task; the spec's validator starts only on demand and nobody started it",
-        "healed",
-        lambda tid: spec(
-            tid,
-            [agent("ada", *SUBMITTER), {**agent("vera", kind="validator"), "spawn": "on_demand"}],
-            tasks=tasks(validation=True),
-        ),
-    ),
-    Fault(
-        "validator_timeout",
-        "the validator takes the review and never answers",
-        "escalated",
-        lambda tid: spec(
-            tid,
-            [agent("ada", *SUBMITTER), agent("vera", "--never-review", kind="validator")],
-            tasks=tasks(validation=True),
-        ),
-    ),
-    Fault(
-        "validation_loop",
-        "the validator rejects every iteration of the reviewed task",
-        "escalated",
-        lambda tid: spec(
-            tid,
-            [agent("ada", *SUBMITTER), agent("vera", "--reject-reviews", kind="validator")],
-            tasks=tasks(validation=True),
-        ),
-        timeout_s=90,
-    ),
-    Fault(
-        "premature_completion",
-        "a result is submitted before the work is done and never revised by its author",
-        "healed",
-        lambda tid: spec(tid, [agent("ada", "--submit-early"), agent("linus"), VALIDATOR]),
-    ),
-    Fault(
-        "trivial_results",
-        "every result, the final one too, is just 'ok' (interrupt and restart do not help)",
-        "escalated",
-        lambda tid: spec(tid, [agent("ada", "--trivial-results", *SUBMITTER), VALIDATOR]),
-        timeout_s=60,
-    ),
-    Fault(
-        "task_storm",
-        "an agent tries to create 300 tasks as fast as it can, once, then works",
-        "healed",  # 20 accepted (the rate bound), the duplicates cancelled, the agent told
-        lambda tid: spec(tid, [agent("ada", "--storm", "300", *SUBMITTER), VALIDATOR]),
-        timeout_s=45,
-    ),
-    Fault(
-        "looping_agent",
-        "an agent holds a task and reports the same note every second, in every generation",
-        "escalated",  # interrupted, then restarted, then a person
-        lambda tid: spec(tid, [agent("ada", "--loop", *SUBMITTER), VALIDATOR], tasks=tasks()[:1]),
-        timeout_s=60,
-    ),
-    Fault(
-        "flip_flopping_agent",
-        "an agent alternates between two notes on one task (A/B/A/B), never finishing",
-        "escalated",
-        lambda tid: spec(
-            tid, [agent("ada", "--loop", "--alternate", *SUBMITTER), VALIDATOR], tasks=tasks()[:1]
-        ),
-        timeout_s=60,
-    ),
-    Fault(
-        "wedged_worker",
-        "the only worker heartbeats but never claims (its first process is wedged)",
-        "healed",  # nobody claims for a whole window: the wedged worker is restarted
-        lambda tid: spec(tid, [agent("ada", "--wedged", *SUBMITTER), VALIDATOR]),
-        timeout_s=45,
-    ),
-    Fault(
-        "no_worker",
-        "a fleet of one validator: nobody can take the work",
-        "escalated",  # a person is told at once: the ticket cannot start a worker
-        lambda tid: spec(tid, [VALIDATOR]),
-        timeout_s=30,
-    ),
-    Fault(
-        "stalled_agent",
-        "an agent hangs on its first task, heartbeats going, until someone takes the task",
-        "healed",  # interrupted: the task goes back to the queue, the agent works again
-        lambda tid: spec(tid, [agent("ada", "--stall", *SUBMITTER), VALIDATOR]),
-        timeout_s=45,
-    ),
+    Fault("healthy", "no fault: a fleet that submits its result when the work is done", "healed",
+          lambda tid: spec(tid, [agent("ada", *SUBMITTER), agent("linus"), VALIDATOR])),
+    Fault("missing_result", "every task done, nobody submits the final result", "healed",
+          lambda tid: spec(tid, [agent("ada"), agent("linus"), VALIDATOR])),
+    Fault("crashed_agent", "an agent is SIGKILLed holding a task (once)", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER),
+              agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
+              VALIDATOR,
+          ])),
+    Fault("crash_looping_agent", "an agent crashes on every claim, in every generation", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER), agent("grace", "--crash-after-claims", "1"), VALIDATOR,
+          ]), timeout_s=90),
+    Fault("dependency_failed", "a task fails for good; the tasks behind it wait on it", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set",
+                    *SUBMITTER),
+              VALIDATOR,
+          ], policy=ONE_RETRY)),
+    Fault("environment_error",
+          "one missing module fails every implementation task until someone fixes it", "healed",
+          lambda tid: spec(tid, [
+              agent(name, "--fail-tasks", "Build|Write", "--fail-reason",
+                    "ModuleNotFoundError: No module named 'bcrypt'", "--fixed-by",
+                    "Fix the environment", *SUBMITTER)
+              for name in ("ada", "linus")
+          ] + [VALIDATOR], policy=ONE_RETRY), timeout_s=90),
+    Fault("validator_absent", "a reviewed task and no validator at all", "escalated",
+          lambda tid: spec(tid, [agent("ada", *SUBMITTER)], tasks=tasks(validation=True))),
+    Fault("validator_on_demand",
+          "a reviewed task; the spec's validator starts only on demand and nobody started it",
+          "healed",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER), {**agent("vera", kind="validator"), "spawn": "on_demand"},
+          ], tasks=tasks(validation=True))),
+    Fault("validator_timeout", "the validator takes the review and never answers", "escalated",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER), agent("vera", "--never-review", kind="validator"),
+          ], tasks=tasks(validation=True))),
+    Fault("validation_loop", "the validator rejects every iteration of the reviewed task",
+          "escalated",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER), agent("vera", "--reject-reviews", kind="validator"),
+          ], tasks=tasks(validation=True)), timeout_s=90),
+    Fault("premature_completion",
+          "a result is submitted before the work is done and never revised by its author",
+          "healed",
+          lambda tid: spec(tid, [agent("ada", "--submit-early"), agent("linus"), VALIDATOR])),
+    Fault("trivial_results",
+          "every result, the final one too, is just 'ok' (interrupt and restart do not help)",
+          "escalated",
+          lambda tid: spec(tid, [agent("ada", "--trivial-results", *SUBMITTER), VALIDATOR]),
+          timeout_s=60),
+    # 20 accepted (the rate bound), the duplicates cancelled, the agent told
+    Fault("task_storm", "an agent tries to create 300 tasks as fast as it can, once, then works",
+          "healed",
+          lambda tid: spec(tid, [agent("ada", "--storm", "300", *SUBMITTER), VALIDATOR]),
+          timeout_s=45),
+    # interrupted, then restarted, then a person
+    Fault("looping_agent",
+          "an agent holds a task and reports the same note every second, in every generation",
+          "escalated",
+          lambda tid: spec(tid, [agent("ada", "--loop", *SUBMITTER), VALIDATOR],
+                           tasks=tasks()[:1]), timeout_s=60),
+    Fault("flip_flopping_agent",
+          "an agent alternates between two notes on one task (A/B/A/B), never finishing",
+          "escalated",
+          lambda tid: spec(tid, [agent("ada", "--loop", "--alternate", *SUBMITTER), VALIDATOR],
+                           tasks=tasks()[:1]), timeout_s=60),
+    # nobody claims for a whole window: the wedged worker is restarted
+    Fault("wedged_worker",
+          "the only worker heartbeats but never claims (its first process is wedged)", "healed",
+          lambda tid: spec(tid, [agent("ada", "--wedged", *SUBMITTER), VALIDATOR]),
+          timeout_s=45),
+    # a person is told at once: the ticket cannot start a worker
+    Fault("no_worker", "a fleet of one validator: nobody can take the work", "escalated",
+          lambda tid: spec(tid, [VALIDATOR]), timeout_s=30),
+    # interrupted: the task goes back to the queue, the agent works again
+    Fault("stalled_agent",
+          "an agent hangs on its first task, heartbeats going, until someone takes the task",
+          "healed",
+          lambda tid: spec(tid, [agent("ada", "--stall", *SUBMITTER), VALIDATOR]),
+          timeout_s=45),
 )
 #: The short form CI runs (tests/test_faults.py): one of each kind of ending.
 QUICK = (
-    "healthy",
-    "missing_result",
-    "dependency_failed",
-    "validator_absent",
-    "validator_on_demand",
-    "looping_agent",
-    "stalled_agent",
-    "task_storm",
-    "wedged_worker",
+    "healthy", "missing_result", "dependency_failed", "validator_absent", "validator_on_demand",
+    "looping_agent", "stalled_agent", "task_storm", "wedged_worker",
 )
+# fmt: on
 
 
 @dataclass
@@ -540,7 +431,7 @@ BENCH = BenchDef.of(
     globals(),
     "faults",
     "The fault suite: every fault kind end to end, and healthy runs",
-    quick=("--only", "healthy,missing_result,looping_agent,task_storm", "--healthy", "2"),
+    quick="--only healthy,missing_result,looping_agent,task_storm --healthy 2",
     full=("--healthy", "20"),
     miss_exits_1=True,
     width=170,

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -35,6 +35,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from bench.report import Summarizer, show, summarize
+from core.state import TicketState, TimelineEvent
 from infra.client import connect
 from infra.devserver import DevServer, ensure_server, find_temporal_binary, free_port
 from infra.enrollment import JOIN_KEY_ENV
@@ -50,7 +51,9 @@ from models.spec import (
     StuckPolicy,
     TicketSpec,
 )
+from models.workflow_io import TicketInput
 from worker import build_worker
+from workflows.ticket import TicketWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,13 +114,11 @@ async def fresh_server(
     tmp_prefix: str = "unstuck-bench-",
     keep_data: bool = False,
     data_dir: Path | None = None,
-    worker_kwargs: dict[str, Any] | None = None,
     worker: bool = True,
 ) -> AsyncIterator[Bench]:
     """Start a Temporal dev server on free ports (data in a temp dir, or in ``data_dir``,
     which is then left in place), a temp SQLite ledger and, in this process, the Unstuck
-    worker (``build_worker(..., **worker_kwargs)``; none with ``worker=False``) on
-    ``task_queue``; stop all on leaving."""
+    worker on ``task_queue`` (none with ``worker=False``); stop all on leaving."""
     where = (
         temp_dir(tmp_prefix, keep=keep_data, console=console)
         if data_dir is None
@@ -147,7 +148,7 @@ async def fresh_server(
                 if not worker:
                     yield Bench(client, settings, ledger, server, tmp)
                     return
-                async with build_worker(client, settings, ledger, **(worker_kwargs or {})):
+                async with build_worker(client, settings, ledger):
                     yield Bench(client, settings, ledger, server, tmp)
         finally:
             if server is not None:
@@ -173,6 +174,66 @@ async def until_ready(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+async def start_ticket(
+    client: Client,
+    spec: TicketSpec,
+    task_queue: str,
+    *,
+    token: str | None = None,
+    ready: bool = True,
+    **inputs: Any,
+) -> WorkflowHandle[Any, Any]:
+    """Start a ticket (with ``token``'s hash as its operator token, and any other
+    ``TicketInput`` fields) and, with ``ready``, wait until it answers a query."""
+    sha = hashlib.sha256(token.encode()).hexdigest() if token else None
+    handle = await client.start_workflow(
+        TicketWorkflow.run,
+        TicketInput(spec=spec, operator_token_sha256=sha, **inputs),
+        id=spec.id,
+        task_queue=task_queue,
+    )
+    if ready:
+        await until_ready(handle)
+    return handle
+
+
+async def ticket_state(handle: WorkflowHandle[Any, Any]) -> TicketState:
+    state: TicketState = await handle.query("state", result_type=TicketState)
+    return state
+
+
+async def close_ticket(handle: WorkflowHandle[Any, Any], token: str) -> None:
+    """Cancel (the ticket stops its local agent processes), else terminate."""
+    try:
+        await handle.execute_update("cancel", {"operator_token": token, "reason": "bench over"})
+        await asyncio.wait_for(handle.result(), 30)
+    except Exception:
+        with suppress(Exception):
+            await handle.terminate("bench over")
+
+
+def first_entry(
+    timeline: Sequence[TimelineEvent],
+    kind: str,
+    *,
+    task_id: str | None = None,
+    agent_id: str | None = None,
+    after: datetime | None = None,
+) -> TimelineEvent | None:
+    """The first timeline entry of ``kind`` (for that task / agent, not before ``after``)."""
+    return next(
+        (
+            e
+            for e in timeline
+            if e.kind == kind
+            and (task_id is None or e.task_id == task_id)
+            and (agent_id is None or e.agent_id == agent_id)
+            and (after is None or e.at >= after)
+        ),
+        None,
+    )
 
 
 #: "Off" for a window or a deadline: far beyond any run.
@@ -403,6 +464,24 @@ class CpuMeter:
         }
 
 
+@asynccontextmanager
+async def measuring(meter: CpuMeter) -> AsyncIterator[dict[str, Any]]:
+    """``meter`` and the event-loop lag over the block: the dict it yields is filled on
+    leaving (``CpuMeter.stop()`` plus ``event_loop_lag_s``)."""
+    out: dict[str, Any] = {}
+    stop = asyncio.Event()
+    lags: list[float] = []
+    lag_task = asyncio.create_task(loop_lag(stop, lags))
+    meter.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        await lag_task
+        out |= meter.stop()
+        out["event_loop_lag_s"] = summary(lags)
+
+
 async def loop_lag(stop: asyncio.Event, into: list[float], interval: float = 0.05) -> None:
     """How late a 50 ms sleep wakes up in this process's event loop (the loop the worker's
     workflow activations, activities, agents and scanner share): CPU starvation and GIL
@@ -588,10 +667,14 @@ class BenchDef:
     on_report: Callable[[argparse.Namespace, dict[str, Any], Console], None] | None = None
 
     @classmethod
-    def of(cls, module: dict[str, Any], name: str, title: str, **kw: Any) -> BenchDef:
+    def of(
+        cls, module: dict[str, Any], name: str, title: str, quick: str = "", **kw: Any
+    ) -> BenchDef:
         """The bench of a module (pass its ``globals()``): its docstring and its
-        ``arguments``, ``measure``, ``summarize`` and, if it has one, ``check``."""
+        ``arguments``, ``measure``, ``summarize`` and, if it has one, ``check``; ``quick``,
+        the smoke run's flags as one string."""
         return cls(
+            quick=tuple(quick.split()),
             name=name,
             title=title,
             doc=module.get("__doc__") or "",

@@ -2,49 +2,15 @@
 continue-as-new keeps a ticket's history bounded.
 
     .venv/bin/python -m bench.heartbeat_history [--agents 10 --hours 24 --beat-every 300
-                                                 --can-after 2000 --lease-agents 5
-                                                 --lease-window 60 --out ...]
+                                                 --can-after 2000 --lease-agents 5]
 
-**Headline: agents as they run by default** (``AgentSession()``: their liveness rides on a
-lease activity, agent_client.lease). A lease needs a real clock and a worker in the agent's
-process, so this part runs on a fresh **dev server** (the harness's): ``--lease-agents``
-healthy idle sessions on one ticket at the default health policy, measured for
-``--lease-window`` seconds once steady (``bench.liveness.cost_run``: the setup, and a timer
-armed during it that fires once, are counted apart), extrapolated per agent-hour, plus one
-lease renewal per ``LEASE_TERM``. Target: ≤ 100 events per agent-hour. The **baseline** is
-beats (one signal per agent every 5 s, ``lease=False``: what the old 2,807 per agent-hour
-measured), below, on the time-skipping test server.
-
-1. Starts Temporal's **time-skipping test server** (``WorkflowEnvironment.start_time_skipping``
-   with the ``temporal-test-server`` binary next to ``temporal``, pydantic data converter,
-   search attributes registered) and, in this process, the Unstuck worker
-   (``build_worker``, temp SQLite ledger). Both are stopped at the end.
-2. Two tickets, driven identically in the same simulated time:
-
-   * **bounded**: ``TicketInput.continue_as_new_after_events = --can-after`` (2000): the
-     ticket continues as new once a run's history reaches that length;
-   * **server**: no test switch; it continues as new only when the server suggests it
-     (``is_continue_as_new_suggested``), to show what the server's own suggestion does.
-
-   Each ticket gets ``--agents`` ``AgentSession`` agents (no seed tasks, no heartbeat loop:
-   the bench sends every beat itself with ``session.heartbeat()``). A simulated day at
-   one beat per agent every ``--beat-every`` s (300) would be 24 h × 12 × 10 = 2,880 beats
-   per ticket; at the default 5 s interval it would be 172,800, too many to send, so the
-   cadence is scaled: ``policy.health.idle_deadline_s = --idle-deadline`` (600) and one
-   beat per agent every 300 s of simulated time. The agents' beats are staggered evenly
-   (``env.sleep(beat_every / agents)``, one agent beats, ``env.sleep``, the next one beats,
-   ...), so each beat gets its own workflow task, as beats from independent agents do (the
-   history shows it: signals per signal-triggered workflow task). The bench does not query
-   the ticket between beats: on the time-skipping test server a query that arrives while
-   the workflow task that continues the ticket as new is in flight hangs that server
-   (``query deadline exceeded``, then every call times out); the final state check (every
-   beat counted) shows nothing was lost.
-3. Afterwards: every run of both tickets (following ``continued_as_new`` →
-   ``new_execution_run_id`` from the first run id), every event classified
-   (bench/history.py), and the tickets' state checked (agents still registered, each
-   agent's heartbeat count equals the beats sent to it, nothing missed or ignored).
-
-Prints Rich tables (PASS/MISS: the bound) and writes JSON to ``--out``. See bench/README.md.
+Headline: ``--lease-agents`` default sessions (leases) on a dev server, their history events
+per agent-hour once steady (``bench.liveness.cost_run``) plus one renewal per ``LEASE_TERM``:
+target ≤ 100. Baseline and bound, on the time-skipping test server: ``--agents`` agents beat
+(``lease=False``, one staggered beat every ``--beat-every`` simulated s) on a ticket that
+continues as new after ``--can-after`` events, and on one that follows only the server's
+suggestion; every run's events classified, the state checked (every beat counted). What
+runs and what each figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -75,6 +41,7 @@ from bench.harness import (
     load_average,
     option,
     progress_display,
+    start_ticket,
     temp_dir,
     temp_ledger,
     ticket_spec,
@@ -86,9 +53,7 @@ from core.state import TicketState
 from infra.devserver import ensure_search_attributes, find_temporal_binary
 from infra.settings import Settings
 from models.spec import TicketSpec
-from models.workflow_io import TicketInput
 from worker import build_worker
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-heartbeat-history"
 
@@ -301,23 +266,6 @@ def build_report(
         },
         "environment": {**_environment(test_server), "load_average_at_start": load_before},
         "code": code_fingerprint(["workflows/ticket.py", "core/health.py", "core/ticket.py"]),
-        "definitions": {
-            "events_per_heartbeat": "all events of all runs of the ticket / heartbeats sent "
-            "(includes the start, the registrations, the deadline timer and every "
-            "continue-as-new)",
-            "signal_part": "WorkflowExecutionSignaled + the workflow task (scheduled, started, "
-            "completed) each signal triggers, per heartbeat",
-            "timer_part": "the ticket's one deadline timer: a beat moves the earliest deadline "
-            "later, the armed timer fires anyway, finds nothing due and is re-armed "
-            "(TimerFired, its workflow task, TimerStarted)",
-            "per_agent_hour_naive": f"{BEATS_PER_AGENT_HOUR} beats per agent-hour (one per "
-            f"{DEFAULT_INTERVAL_S:g} s) x events per heartbeat measured at the scaled cadence",
-            "per_agent_hour_refined": f"{BEATS_PER_AGENT_HOUR} x the signal part + the timer "
-            "share at the default cadence: about one timer cycle per ticket every "
-            f"{DEFAULT_IDLE_DEADLINE_S:g} - {DEFAULT_INTERVAL_S:g} s, divided among the "
-            "ticket's agents",
-            "bound": "max events of one run <= continue_as_new_after_events + margin",
-        },
         "simulated": {
             "start": meta["sim_start"],
             "end": meta["sim_end"],
@@ -355,6 +303,21 @@ def build_report(
 # ---- measure -----------------------------------------------------------------------------
 
 
+async def _start(client: Client, label: str, spec: TicketSpec, limit: int | None) -> Ticket:
+    handle = await start_ticket(
+        client, spec, TICKET_QUEUE, ready=False, continue_as_new_after_events=limit
+    )
+    assert handle.first_execution_run_id is not None or handle.result_run_id is not None
+    return Ticket(label, handle, handle.first_execution_run_id or handle.result_run_id or "", limit)
+
+
+async def _register(client: Client, t: Ticket, agents: int) -> None:
+    for k in range(agents):
+        session = AgentSession(client, t.handle.id, name=f"agent-{k}")
+        await session.register()  # no heartbeat loop: the bench sends every beat
+        t.agents.append(session)
+
+
 async def beat(
     env: WorkflowEnvironment, args: argparse.Namespace, console: Console
 ) -> tuple[list[Ticket], dict[str, Any]]:
@@ -366,23 +329,9 @@ async def beat(
         plan.append(("server", None))
     for label, limit in plan:
         spec = spec_of(f"{prefix}-{label}", args.idle_deadline)
-        handle = await client.start_workflow(
-            TicketWorkflow.run,
-            TicketInput(spec=spec, continue_as_new_after_events=limit),
-            id=spec.id,
-            task_queue=TICKET_QUEUE,
-        )
-        assert handle.first_execution_run_id is not None or handle.result_run_id is not None
-        tickets.append(
-            Ticket(
-                label, handle, handle.first_execution_run_id or handle.result_run_id or "", limit
-            )
-        )
+        tickets.append(await _start(client, label, spec, limit))
     for t in tickets:
-        for k in range(args.agents):
-            session = AgentSession(client, t.handle.id, name=f"agent-{k}")
-            await session.register()  # no heartbeat loop: the bench sends every beat
-            t.agents.append(session)
+        await _register(client, t, args.agents)
 
     rounds = int(args.hours * 3600 // args.beat_every)
     slot = args.beat_every / args.agents
@@ -438,15 +387,9 @@ async def dev_server_suggestion(
         async with fresh_server(console, task_queue=TICKET_QUEUE, data_dir=tmp / "dev") as bench:
             client = bench.client
             spec = spec_of(f"hb-dev-{uuid.uuid4().hex[:6]}", args.idle_deadline)
-            handle = await client.start_workflow(
-                TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-            )
-            first = handle.first_execution_run_id or handle.result_run_id or ""
-            ticket = Ticket("dev-server", handle, first, None)
-            for k in range(args.agents):
-                session = AgentSession(client, spec.id, name=f"agent-{k}")
-                await session.register()
-                ticket.agents.append(session)
+            ticket = await _start(client, "dev-server", spec, None)
+            handle, first = ticket.handle, ticket.first_run_id
+            await _register(client, ticket, args.agents)
             beats = 0
             continued_at_beat: int | None = None
             with progress_display(console) as progress:
@@ -619,53 +562,36 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         ok = "yes" if c.get("intact") else "**no**"
         return f"{ok}: {c.get('heartbeats_counted')} beats counted of {c.get('beats_sent')} sent"
 
+    timer_cycle = DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S
+    # fmt: off
     rows = [
         ["heartbeats sent (per agent)", f"{hb.get('total')} ({hb.get('per_agent')})", ""],
         ["history events, all runs", str(main.get("events_total")), f"{main.get('runs')} runs"],
-        [
-            "**events per heartbeat**",
-            fmt_f(hb.get("events_per_heartbeat"), 3),
-            "all events ÷ beats (start, registrations, timer, continue-as-new included)",
-        ],
-        [
-            "… signal part",
-            fmt_f(hb.get("signal_part_per_heartbeat"), 3),
-            "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)",
-        ],
-        [
-            "… deadline-timer part",
-            fmt_f(hb.get("timer_part_per_heartbeat"), 3),
-            f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
-            "workflow task, re-armed)",
-        ],
-        [
-            "signals per signal-triggered workflow task",
-            str(hb.get("signals_per_signal_workflow_task")),
-            "1.0 = no batching",
-        ],
-        [
-            f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
-            fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
-            f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat",
-        ],
-        [
-            "… refined (timer share at the default cadence)",
-            fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
-            f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
-            f"~{DEFAULT_IDLE_DEADLINE_S - DEFAULT_INTERVAL_S:g} s ÷ "
-            f"{cfg.get('agents_per_ticket')} agents",
-        ],
+        ["**events per heartbeat**", fmt_f(hb.get("events_per_heartbeat"), 3),
+         "all events ÷ beats (start, registrations, timer, continue-as-new included)"],
+        ["… signal part", fmt_f(hb.get("signal_part_per_heartbeat"), 3),
+         "WorkflowExecutionSignaled + its workflow task (scheduled, started, completed)"],
+        ["… deadline-timer part", fmt_f(hb.get("timer_part_per_heartbeat"), 3),
+         f"{fmt_f(hb.get('timer_events_per_cycle'), 1)} events per timer cycle (fired, "
+         "workflow task, re-armed)"],
+        ["signals per signal-triggered workflow task",
+         str(hb.get("signals_per_signal_workflow_task")), "1.0 = no batching"],
+        [f"**events per agent-hour at {DEFAULT_INTERVAL_S:g} s beats**",
+         fmt_f(hb.get("events_per_agent_hour_at_5s_naive"), 0),
+         f"{BEATS_PER_AGENT_HOUR} beats × events per heartbeat"],
+        ["… refined (timer share at the default cadence)",
+         fmt_f(hb.get("events_per_agent_hour_at_5s_refined"), 0),
+         f"{BEATS_PER_AGENT_HOUR} × signal part + one timer cycle per ticket every "
+         f"~{timer_cycle:g} s ÷ {cfg.get('agents_per_ticket')} agents"],
         ["runs (continue-as-new chain)", str(main.get("runs")), f"lengths {lengths}"],
         ["state intact at the end", intact(main), f"states {checks.get('agent_states')}"],
     ]
     server = get(r, "tickets", "server")
     if server:
         rows += [
-            [
-                "server's own suggestion (test server): runs / longest",
-                f"{server.get('runs')} / {server.get('max_run_length')}",
-                f"lengths {server.get('run_lengths')}",
-            ],
+            ["server's own suggestion (test server): runs / longest",
+             f"{server.get('runs')} / {server.get('max_run_length')}",
+             f"lengths {server.get('run_lengths')}"],
             ["… its state intact", intact(server), ""],
         ]
     dev = r.get("dev_server_suggestion")
@@ -673,21 +599,14 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         rows.append(["real dev server's own suggestion", "—", f"error: {dev['error']}"])
     elif dev:
         rows += [
-            [
-                "real dev server's own suggestion: first run length",
-                str(dev.get("first_run_length")),
-                f"suggested and continued as new within {dev.get('continued_within_beats')} "
-                f"beats; runs {dev.get('run_lengths')}"
-                if dev.get("suggested")
-                else f"not suggested within {dev.get('beats_sent')} beats",
-            ],
-            [
-                "… its state intact",
-                intact(dev),
-                f"back to back in real time: {dev.get('signals_per_signal_workflow_task')} "
-                "signals per workflow task",
-            ],
+            ["real dev server's own suggestion: first run length", str(dev.get("first_run_length")),
+             f"suggested and continued as new within {dev.get('continued_within_beats')} "
+             f"beats; runs {dev.get('run_lengths')}" if dev.get("suggested")
+             else f"not suggested within {dev.get('beats_sent')} beats"],
+            ["… its state intact", intact(dev), f"back to back in real time: "
+             f"{dev.get('signals_per_signal_workflow_task')} signals per workflow task"],
         ]
+    # fmt: on
     causes = [
         [cause, str(n), fmt_f(n / beats, 3)] for cause, n in main.get("events_by_cause", {}).items()
     ]
@@ -803,19 +722,8 @@ BENCH = BenchDef.of(
     globals(),
     "heartbeat_history",
     "History events per healthy agent-hour (leases; beats as the baseline); continue-as-new bound",
-    quick=(
-        "--agents",
-        "4",
-        "--hours",
-        "4",
-        "--can-after",
-        "300",
-        "--no-dev-suggestion",
-        "--lease-agents",
-        "3",
-        "--lease-window",
-        "20",
-    ),
+    quick="--agents 4 --hours 4 --can-after 300 --no-dev-suggestion "
+    "--lease-agents 3 --lease-window 20",
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 

@@ -54,35 +54,22 @@ Attack = tuple[str, str, str, Any]  # (category, what, update or "query:<name>",
 
 def corpus(ticket_id: str, key: bytes, alice: dict[str, str], vera: dict[str, str]) -> list[Attack]:
     attacks: list[Attack] = []
-    add = attacks.append
+    payload: Any
+
+    def add(category: str, what: str, target: str, payload: Any) -> None:
+        attacks.append((category, what, target, payload))
+
     for kind in JOIN_KINDS:
         base = {"name": f"mallory-{kind}", "kind": kind}
-        add(("impersonation", f"register as {kind}, no secret", "register", base))
-        add(
-            (
-                "impersonation",
-                f"register as {kind}, made-up secret",
-                "register",
-                {**base, "join_secret": "ujs1_guess"},
-            )
-        )
         other = "worker" if kind != "worker" else "validator"
-        add(
-            (
-                "impersonation",
-                f"register as {kind}, {other}'s secret",
-                "register",
-                {**base, "join_secret": join_secret(key, ticket_id, other)},
-            )
-        )
-        add(
-            (
-                "impersonation",
-                f"register as {kind}, another ticket's secret",
-                "register",
-                {**base, "join_secret": join_secret(key, "elsewhere", kind)},
-            )
-        )
+        for what, secret in (
+            ("no secret", None),
+            ("made-up secret", "ujs1_guess"),
+            (f"{other}'s secret", join_secret(key, ticket_id, other)),
+            ("another ticket's secret", join_secret(key, "elsewhere", kind)),
+        ):
+            payload = base if secret is None else {**base, "join_secret": secret}
+            add("impersonation", f"register as {kind}, {what}", "register", payload)
     forged = {"agent_id": alice["agent_id"], "token": "forged-" + alice["token"][:8]}
     for name, extra in (
         ("claim", {}),
@@ -91,142 +78,60 @@ def corpus(ticket_id: str, key: bytes, alice: dict[str, str], vera: dict[str, st
         ("create_task", {"phase": "testing", "title": "Injected"}),
         ("submit_result", {"content": "# forged result"}),
     ):
-        add(("impersonation", f"{name} as alice with a forged token", name, {**forged, **extra}))
-    add(("impersonation", "read alice's inbox by id", "query:inbox", alice["agent_id"]))
-    add(("impersonation", "read alice's inbox, forged token", "query:inbox", forged))
-    add(("impersonation", "read the state with a made-up operator token", "query:state", "guess"))
+        add("impersonation", f"{name} as alice with a forged token", name, {**forged, **extra})
+    add("impersonation", "read alice's inbox by id", "query:inbox", alice["agent_id"])
+    add("impersonation", "read alice's inbox, forged token", "query:inbox", forged)
+    add("impersonation", "read the state with a made-up operator token", "query:state", "guess")
     for name, payload in (
         ("cancel", {"reason": "bye", "operator_token": "guess"}),
         ("diagnose", {"operator_token": "guess"}),
         ("release", {"agent_id": alice["agent_id"], "operator_token": "guess"}),
     ):
-        add(("impersonation", f"{name} with a made-up operator token", name, payload))
+        add("impersonation", f"{name} with a made-up operator token", name, payload)
+    # fmt: off
     # Valid credentials, acts their kind or ownership does not allow.
-    add(
-        (
-            "authorisation",
-            "a worker judges the result",
-            "review_result",
-            {**alice, "version": 1, "passed": True},
-        )
-    )
-    add(
-        (
-            "authorisation",
-            "a worker judges a task",
-            "review_task",
-            {**alice, "task_id": "T1", "iteration": 1, "passed": True},
-        )
-    )
-    add(
-        (
-            "authorisation",
-            "a validator creates a task",
-            "create_task",
-            {**vera, "phase": "testing", "title": "Mine"},
-        )
-    )
-    add(
-        (
-            "authorisation",
-            "a validator submits the result",
-            "submit_result",
-            {**vera, "content": "# judged by me"},
-        )
-    )
-    add(
-        (
-            "authorisation",
-            "a validator completes alice's task",
-            "complete",
-            {**vera, "task_id": "T1", "result": "# x", "result_type": "fix"},
-        )
-    )
-    add(
-        (
-            "authorisation",
-            "a worker fails a task it does not hold",
-            "fail",
-            {**alice, "task_id": "T2", "reason": "no"},
-        )
-    )
+    for what, target, payload in (
+        ("a worker judges the result", "review_result", {**alice, "version": 1, "passed": True}),
+        ("a worker judges a task", "review_task",
+         {**alice, "task_id": "T1", "iteration": 1, "passed": True}),
+        ("a validator creates a task", "create_task",
+         {**vera, "phase": "testing", "title": "Mine"}),
+        ("a validator submits the result", "submit_result", {**vera, "content": "# judged by me"}),
+        ("a validator completes alice's task", "complete",
+         {**vera, "task_id": "T1", "result": "# x", "result_type": "fix"}),
+        ("a worker fails a task it does not hold", "fail",
+         {**alice, "task_id": "T2", "reason": "no"}),
+    ):
+        add("authorisation", what, target, payload)
     # A request id alice already used (the bench sent it before the attacks).
-    add(
-        (
-            "idempotency",
-            "claim with a used request id and other phases",
-            "claim",
-            {**alice, "request_id": "used-1", "phases": ["testing"]},
-        )
-    )
-    add(
-        (
-            "idempotency",
-            "complete with a used request id, another task",
-            "complete",
-            {
-                **alice,
-                "request_id": "used-2",
-                "task_id": "T2",
-                "result": "# r",
-                "result_type": "fix",
-            },
-        )
-    )
+    add("idempotency", "claim with a used request id and other phases", "claim",
+        {**alice, "request_id": "used-1", "phases": ["testing"]})
+    add("idempotency", "complete with a used request id, another task", "complete",
+        {**alice, "request_id": "used-2", "task_id": "T2", "result": "# r", "result_type": "fix"})
     for name in UPDATES:
         for what, payload in malformed():
-            add(("malformed", f"{name}: {what}", name, payload))
-    add(
-        (
-            "size",
-            "result of 20,000 control characters (120 KB as JSON)",
-            "complete",
-            {**alice, "task_id": "T1", "result": "\u0001" * 20_000, "result_type": "fix"},
-        )
-    )
-    add(
-        (
-            "size",
-            "result content of 200,000 control characters (1.2 MB as JSON)",
-            "submit_result",
-            {**alice, "content": "\u0000" * 200_000},
-        )
-    )
-    add(
-        (
-            "size",
-            "content of 262,145 four-byte code points (1 MiB + 4)",
-            "submit_result",
-            {**alice, "content": "\U0001f600" * 262_145},
-        )
-    )
-    add(
-        (
-            "size",
-            "a review whose evidence is 1.5 MB as JSON",
-            "review_result",
-            {
-                **vera,
-                "version": 1,
-                "passed": False,
-                "feedback": "no",
-                "evidence": ["\u0004" * 50_000] * 5,
-            },
-        )
-    )
-    add(
-        (
-            "size",
-            "a title of 201 characters",
-            "create_task",
-            {**alice, "phase": "testing", "title": "x" * 201},
-        )
-    )
+            add("malformed", f"{name}: {what}", name, payload)
+    for what, target, payload in (
+        ("result of 20,000 control characters (120 KB as JSON)", "complete",
+         {**alice, "task_id": "T1", "result": "\u0001" * 20_000, "result_type": "fix"}),
+        ("result content of 200,000 control characters (1.2 MB as JSON)", "submit_result",
+         {**alice, "content": "\u0000" * 200_000}),
+        ("content of 262,145 four-byte code points (1 MiB + 4)", "submit_result",
+         {**alice, "content": "\U0001f600" * 262_145}),
+        ("a review whose evidence is 1.5 MB as JSON", "review_result",
+         {**vera, "version": 1, "passed": False, "feedback": "no",
+          "evidence": ["\u0004" * 50_000] * 5}),
+        ("a title of 201 characters", "create_task",
+         {**alice, "phase": "testing", "title": "x" * 201}),
+    ):
+        add("size", what, target, payload)
+    # fmt: on
     return attacks
 
 
 def malformed() -> list[tuple[str, Any]]:
     deep = b'{"agent_id": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+    raw = lambda encoding, data: RawValue(Payload(metadata={"encoding": encoding}, data=data))  # noqa: E731
     return [
         ("null", None),
         ("a string", "claim me"),
@@ -234,14 +139,8 @@ def malformed() -> list[tuple[str, Any]]:
         ("a number", 42),
         ("a wrong type", {"agent_id": 7, "token": ["t"], "name": 7}),
         ("an unknown field", {"agent_id": "a", "token": "t", "name": "a", "admin": True}),
-        (
-            "5,000 levels of nesting",
-            RawValue(Payload(metadata={"encoding": b"json/plain"}, data=deep)),
-        ),
-        (
-            "bytes, not JSON",
-            RawValue(Payload(metadata={"encoding": b"binary/plain"}, data=b"\x00\xff")),
-        ),
+        ("5,000 levels of nesting", raw(b"json/plain", deep)),
+        ("bytes, not JSON", raw(b"binary/plain", b"\x00\xff")),
     ]
 
 
@@ -279,24 +178,10 @@ def generated(rng: random.Random, n: int, alice: dict[str, str]) -> list[Attack]
         }
 
     fields = [
-        "agent_id",
-        "token",
-        "task_id",
-        "result",
-        "result_type",
-        "phase",
-        "title",
-        "content",
-        "version",
-        "passed",
-        "feedback",
-        "name",
-        "kind",
-        "join_secret",
-        "request_id",
-        "reason",
+        "agent_id", "token", "task_id", "result", "result_type", "phase", "title", "content",
+        "version", "passed", "feedback", "name", "kind", "join_secret", "request_id", "reason",
         "operator_token",
-    ]
+    ]  # fmt: skip
     out: list[Attack] = []
     for i in range(n):
         name = rng.choice(UPDATES)
@@ -477,7 +362,7 @@ BENCH = BenchDef.of(
     globals(),
     "hostile",
     "Hostile messages from a second client: tried and refused (beside the chaos figures)",
-    quick=("--generated", "100"),
+    quick="--generated 100",
     miss_exits_1=True,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

@@ -1,26 +1,13 @@
 """Task-lifecycle throughput and history cost of the Ticket workflow, against a raw ceiling.
 
-    .venv/bin/python -m bench.lifecycle [--tickets N --tasks M --agents K --rounds R
-                                         --out bench/out/lifecycle.json]
+    .venv/bin/python -m bench.lifecycle [--tickets N --tasks M --agents K --rounds R]
 
-1. Starts its own Temporal dev server (free ports, temp data dir) and, in this process, the
-   Unstuck worker (``build_worker``, temp SQLite ledger) plus a worker for the ceiling
-   workflow on a second task queue. Both are stopped at the end.
-2. Ours: N tickets with M seed tasks each (one phase, no dependencies). K ``AgentSession``
-   worker agents per ticket run concurrently: register, claim, then
-   ``complete(..., claim_next=True)`` until no task is left. Timed: this working phase.
-   Then one validator per ticket validates a submitted result, so every ticket completes.
-3. Ceiling: N ``BenchCeiling`` workflows (bench/ceiling.py) get exactly as many updates
-   from exactly as many concurrent callers as the tickets got in the working phase (caller
-   k of workflow i sends what agent k of ticket i sent), same client and data converter,
-   same worker process.
-4. Steps 2 and 3 repeat R times (fresh tickets and workflows each round), interleaved, so
-   drift in machine load hits both sides alike.
-5. Histories: every ticket's full history (all continue-as-new runs), events per lifecycle
-   and a per-event-type breakdown.
-
-Prints a Rich table with PASS/MISS per target and writes JSON to ``--out``. See
-bench/README.md for what each figure means.
+Per round: N tickets of M tasks worked by K ``AgentSession`` agents each (register, claim,
+``complete(claim_next=True)`` until none is left; timed), then validated; and N
+``BenchCeiling`` workflows (bench/ceiling.py) sent the same updates by as many concurrent
+callers. R rounds, interleaved. Then every ticket's history, events per lifecycle. Targets:
+ours ≥ 50 % of the ceiling's updates/s; ≤ 10 events per lifecycle. What runs and what each
+figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -54,14 +41,13 @@ from bench.harness import (
     option,
     progress_display,
     server,
+    start_ticket,
     ticket_spec,
     until_ready,
 )
 from bench.history import HistoryStats, analyse, fetch_runs, source_of
 from bench.report import Summary, fmt_f, fmt_pct, fmt_s, get, md_table, num
 from models.messages import StatusView
-from models.workflow_io import TicketInput
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-unstuck"
 CEILING_QUEUE = "bench-ceiling"
@@ -143,9 +129,6 @@ async def _timed_phase(
     )
 
 
-# ---- setup -----------------------------------------------------------------------------
-
-
 # ---- ours: tickets ---------------------------------------------------------------------
 
 
@@ -217,10 +200,7 @@ async def run_tickets(
         spec = ticket_spec(
             f"{prefix}-t{i}", tasks, stuck=None, health=None if heartbeats else HEALTH_OFF
         )
-        handle = await client.start_workflow(
-            TicketWorkflow.run, TicketInput(spec=spec), id=spec.id, task_queue=TICKET_QUEUE
-        )
-        handles.append(handle)
+        handles.append(await start_ticket(client, spec, TICKET_QUEUE, ready=False))
     await asyncio.gather(*(until_ready(h, "status") for h in handles))
 
     bar = progress.add_task(f"[cyan]{label}: task lifecycles", total=tickets * tasks)
@@ -451,37 +431,6 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
         },
         "environment": environment(load_digits=None),
         "code": code_fingerprint(["workflows/ticket.py"]),
-        "definitions": {
-            "lifecycle": "one task claimed -> completed (the claim is the agent's first "
-            "claim or the previous complete(claim_next=True) reply)",
-            "working_phase": "wall time from the moment all K agents of all N tickets start "
-            "(tickets already started and idle) to the last agent's final reply; includes "
-            "register, first claim and every complete(claim_next=True). Summed over rounds",
-            "ours_updates": "updates sent in the working phase: per ticket K register + "
-            "K claim + M complete(claim_next=True)",
-            "ceiling_updates": "the same number of 'bump' updates to BenchCeiling workflows, "
-            "caller k of workflow i sending exactly what agent k of ticket i sent, "
-            "sequentially, all callers concurrent",
-            "ratio_updates": "per round: ours updates/s / ceiling updates/s at equal update "
-            "count (= ceiling wall time / ours wall time), identical to lifecycles/s / "
-            "ceiling-equivalent lifecycles/s where ceiling-equivalent = ceiling updates/s "
-            "/ ours updates per lifecycle; reported: the median over rounds (robust to a "
-            "burst of outside load in one phase). The >= 50% target is judged on this",
-            "ratio_updates_pooled": "the same from wall times summed over all rounds",
-            "ratio_strict": "lifecycles/s / ceiling updates/s: against a shell needing "
-            "exactly one update per lifecycle at raw speed (= ratio_updates * M/(M+2K))",
-            "rounds": "odd rounds (2nd, 4th, ...) run the ceiling before ours",
-            "ratio_cpu": "(python + server CPU per update, ceiling) / (same, ours) over the "
-            "working phases: the throughput ratio the CPU cost alone predicts when both "
-            "are CPU-bound; steadier than wall time on a shared machine",
-            "events_per_lifecycle": "all events of all runs of all tickets / lifecycles; "
-            "includes start, registration, validation and finish. The <= 10 target is "
-            "judged on this",
-            "events_per_lifecycle_working": "events whose server timestamp falls inside "
-            "the working phase / lifecycles (steady state)",
-            "cpu": "python_cpu = this process (worker, ledger activity, agents/callers), "
-            "server_cpu = the dev server process, both over the working phase",
-        },
         "ours": {
             "lifecycles": lifecycles,
             "updates_per_lifecycle": round(updates_per_lifecycle, 3),
@@ -557,37 +506,31 @@ def build_report(args: argparse.Namespace, rounds: list[Round]) -> dict[str, Any
 def summarize(r: dict[str, Any], quick: bool) -> Summary:
     s = Summary()
     cfg, ours, ceil, ratios, hist = (
-        r["config"],
-        r["ours"],
-        r["ceiling"],
-        r["ratios"],
-        r["history"],
+        r[k] for k in ("config", "ours", "ceiling", "ratios", "history")
     )
     per_round = ratios.get("ratio_updates_per_round", [])
     rounds_text = " / ".join(fmt_pct(x) for x in per_round)
+    smoke = "Smoke sizes: few {}; not the target's definition."
+
+    def cpu_ms(side: dict[str, Any], part: str = "") -> float:
+        parts = [part] if part else ["python", "server"]
+        return sum(side.get(f"{p}_cpu_ms_per_update") or 0 for p in parts)
 
     def throughput_reasons() -> list[str]:
+        spread = fmt_pct(max(per_round) - min(per_round)) if per_round else "—"
         out = [
-            f"per-round ratios {rounds_text} (spread "
-            f"{fmt_pct(max(per_round) - min(per_round)) if per_round else '—'}), pooled "
+            f"per-round ratios {rounds_text} (spread {spread}), pooled "
             f"{fmt_pct(ratios.get('ratio_updates_pooled'))}."
         ]
-        ours_cpu = (ours.get("python_cpu_ms_per_update") or 0) + (
-            ours.get("server_cpu_ms_per_update") or 0
-        )
-        ceil_cpu = (ceil.get("python_cpu_ms_per_update") or 0) + (
-            ceil.get("server_cpu_ms_per_update") or 0
-        )
+        ours_cpu, ceil_cpu = cpu_ms(ours), cpu_ms(ceil)
         if ours_cpu and ceil_cpu:
-            extra_py = (ours.get("python_cpu_ms_per_update") or 0) - (
-                ceil.get("python_cpu_ms_per_update") or 0
+            extra_py = cpu_ms(ours, "python") - cpu_ms(ceil, "python")
+            extra_srv = cpu_ms(ours, "server") - cpu_ms(ceil, "server")
+            side = (
+                "the dev server"
+                if extra_srv > extra_py
+                else "the Python process (worker, ledger activity, agents)"
             )
-            extra_srv = (ours.get("server_cpu_ms_per_update") or 0) - (
-                ceil.get("server_cpu_ms_per_update") or 0
-            )
-            side = "the Python process (worker, ledger activity, agents)"
-            if extra_srv > extra_py:
-                side = "the dev server"
             out.append(
                 f"CPU per update: ours {ours_cpu:.2f} ms (python "
                 f"{ours.get('python_cpu_ms_per_update')} + server "
@@ -612,9 +555,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             "the ratio of total CPU per update when the run is CPU-bound. What moved it and "
             "what did not is listed in bench/README.md (lifecycle, 'Reading the results')."
         )
-        if quick:
-            out.append("Smoke sizes: few tickets and tasks; not the target's definition.")
-        return out
+        return out + ([smoke.format("tickets and tasks")] if quick else [])
 
     s.target(
         r,
@@ -643,7 +584,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             + ".",
             "A ticket's fixed cost (roughly 30–40 events) is amortised over its tasks: with few "
             "tasks per ticket it dominates; the working-phase figure is the steady state.",
-            *(["Smoke sizes: few tasks per ticket; not the target's definition."] if quick else []),
+            *([smoke.format("tasks per ticket")] if quick else []),
         ]
 
     s.target(
@@ -656,61 +597,51 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         events_reasons,
     )
 
+    def both(cell: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [cell(ours), cell(ceil)]
+
     def lat(p: dict[str, Any]) -> str:
         u = p.get("update_latency", {})
         return f"{fmt_f(u.get('p50_ms'), 0)} / {fmt_f(u.get('p95_ms'), 0)} ms"
 
+    def cpu(p: dict[str, Any]) -> str:
+        return " / ".join(fmt_f(p.get(f"{x}_cpu_ms_per_update")) for x in ("python", "server"))
+
+    per_lc_working = fmt_f(hist.get("events_per_lifecycle_working"))
+    problems = r.get("problems", [])
     s.section += [
         f"{cfg['tickets']} tickets × {cfg['tasks_per_ticket']} tasks × "
         f"{cfg['agents_per_ticket']} agents × {cfg['rounds']} rounds; heartbeats "
         f"{cfg['heartbeats']}.",
         "",
         *md_table(
-            ["figure", "ours", "ceiling"],
+            "figure | ours | ceiling",
             [
-                [
-                    "working phase (sum of rounds)",
-                    fmt_s(ours.get("seconds")),
-                    fmt_s(ceil.get("seconds")),
-                ],
-                ["updates sent", str(ours.get("updates")), str(ceil.get("updates"))],
-                [
-                    "updates/s",
-                    fmt_f(ours.get("updates_per_s"), 1),
-                    fmt_f(ceil.get("updates_per_s"), 1),
-                ],
+                ["working phase (sum of rounds)", *both(lambda p: fmt_s(p.get("seconds")))],
+                ["updates sent", *both(lambda p: str(p.get("updates")))],
+                ["updates/s", *both(lambda p: fmt_f(p.get("updates_per_s"), 1))],
                 [
                     "task lifecycles/s",
                     fmt_f(ours.get("lifecycles_per_s"), 1),
                     f"{fmt_f(ceil.get('equivalent_lifecycles_per_s'), 1)} (equivalent)",
                 ],
-                ["update latency p50 / p95", lat(ours), lat(ceil)],
-                [
-                    "CPU ms per update: python / server",
-                    f"{fmt_f(ours.get('python_cpu_ms_per_update'))} / "
-                    f"{fmt_f(ours.get('server_cpu_ms_per_update'))}",
-                    f"{fmt_f(ceil.get('python_cpu_ms_per_update'))} / "
-                    f"{fmt_f(ceil.get('server_cpu_ms_per_update'))}",
-                ],
+                ["update latency p50 / p95", *both(lat)],
+                ["CPU ms per update: python / server", *both(cpu)],
                 [
                     "history events",
                     f"{fmt_f(hist.get('events_per_lifecycle'))} per lifecycle "
-                    f"(working phase {fmt_f(hist.get('events_per_lifecycle_working'))})",
+                    f"(working phase {per_lc_working})",
                     f"{fmt_f(ceil.get('events_per_update'))} per update",
                 ],
             ],
         ),
         "",
         *md_table(
-            ["round", "order", "ours updates/s", "ceiling updates/s", "ours ÷ ceiling"],
+            "round | order | ours updates/s | ceiling updates/s | ours ÷ ceiling",
             [
-                [
-                    str(i + 1),
-                    rd.get("order", ""),
-                    fmt_f(get(rd, "ours", "updates_per_s"), 1),
-                    fmt_f(get(rd, "ceiling", "updates_per_s"), 1),
-                    fmt_pct(rd.get("ratio_updates"), 1),
-                ]
+                [str(i + 1), rd.get("order", "")]
+                + [fmt_f(get(rd, side, "updates_per_s"), 1) for side in ("ours", "ceiling")]
+                + [fmt_pct(rd.get("ratio_updates"), 1)]
                 for i, rd in enumerate(r.get("rounds", []))
             ],
         ),
@@ -720,9 +651,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"{fmt_pct(ratios.get('ratio_strict'), 1)}, CPU-cost "
         f"{fmt_pct(ratios.get('ratio_cpu'), 1)}. "
         f"Tickets completed {ours.get('tickets_completed')}/{ours.get('tickets')}, tasks done "
-        f"{ours.get('tasks_done')}/{ours.get('lifecycles')}; problems: "
-        f"{len(r.get('problems', []))}.",
-        *(f"* problem: {p}" for p in r.get("problems", [])[:10]),
+        f"{ours.get('tasks_done')}/{ours.get('lifecycles')}; problems: {len(problems)}.",
+        *(f"* problem: {p}" for p in problems[:10]),
     ]
     one = hist.get("one_ticket", {})
 
@@ -736,7 +666,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         "workflow tasks by what triggered them.",
         "",
         *md_table(
-            ["event type (charged to)", "events", "per lifecycle"],
+            "event type (charged to) | events | per lifecycle",
             [
                 [f"{k} ({source_of(k)})", str(v["count"]), fmt_f(v["per_lifecycle"])]
                 for k, v in one.get("by_type", {}).items()
@@ -829,7 +759,7 @@ BENCH = BenchDef.of(
     globals(),
     "lifecycle",
     "Task-lifecycle throughput and history events per lifecycle",
-    quick=("--tickets", "2", "--tasks", "20", "--agents", "2", "--rounds", "2"),
+    quick="--tickets 2 --tasks 20 --agents 2 --rounds 2",
     width=120,
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main

@@ -3,37 +3,14 @@
     .venv/bin/python -m bench.liveness              # 5 agents × 60 s per design, 3 kills each
     .venv/bin/python -m bench.liveness --quick
 
-Three Temporal-native ways for the ticket to know that an agent lives, on a fresh dev server
-(the harness's, with the Unstuck worker in this process):
-
-* **beats** (the baseline): ``AgentSession(lease=False)`` on the real ticket: one
-  ``heartbeat`` signal every interval (a third of the shortest deadline: 5 s by default).
-* **relay** (bench-only: the product has no batch signal): ``BenchRelayLiveness``, a small
-  workflow defined here on its own task queue, mirrors the ticket's liveness logic minimally:
-  a ``seen`` signal carries the ids of the agents heard in a window; one durable timer for the
-  earliest deadline, re-armed when it fires (as the ticket's); an agent is unresponsive after
-  three missed deadlines in a row. An in-process relay collects simulated agents' beats (each
-  every interval, at a random phase) and signals once per window ``W`` in which it heard any.
-* **lease** (the chosen design): ``AgentSession()`` as it is by default, on the real ticket:
-  a lease activity per agent on a worker in the agent's own process (agent_client.lease),
-  heartbeat timeout = the running deadline; beat signals only when the status changes.
-
-1. **Cost of healthy idle agents** (the default health policy). beats and lease: a fresh
-   ticket with ``--agents`` in-process sessions each; relay: ``--relay-agents`` simulated
-   agents for each window of ``--relay-windows``. The setup (start, registrations, first
-   beats, the leases taken) is excluded and counted apart: history length and the server's
-   own counters (``/metrics`` of the dev server: ``service_requests``, ``action``) are read
-   once the agents are steady and again ``--window`` seconds later. Events per agent-hour =
-   window events ÷ agents × 3600 ÷ window. Writes: signals and timers from the window's
-   history; activity heartbeats that reached the server and queries from its counters.
-2. **Detection of a dead agent** (deadlines ``--deadline``, idle = running). beats and lease:
-   ``--kills`` real ``local-process`` agents each (agents/demo_agent.py ``--wedged``: it
-   registers and keeps its liveness going but never claims, so nothing else is a sign of
-   life; for beats the same program through ``bench.liveness_agent``, whose sessions are
-   ``lease=False``), SIGKILLed by the bench at a random moment once steady; detection =
-   ``agent_unresponsive`` on the ticket's timeline − the kill. relay: ``--kills`` simulated
-   agents stop beating; detection = the relay workflow's unresponsive time − the stop.
-   Target: ≤ 3 deadlines + 1 s.
+Three ways for a ticket to know that an agent lives: **beats** (``AgentSession(lease=False)``,
+a signal every interval), a **relay** (bench-only: ``BenchRelayLiveness`` below, fed one
+``seen`` signal per window ``W`` by an in-process relay of simulated agents) and the
+**lease** (``AgentSession()``, the default). 1. Cost of healthy idle agents: history events
+(setup excluded) and the dev server's own counters over ``--window`` s, per agent-hour;
+target (lease) ≤ 100 events. 2. Detection of a dead agent: ``--kills`` real agent processes
+SIGKILLed (relay: simulated agents stop); kill → ``agent_unresponsive``, target ≤ 3
+deadlines + 1 s. What runs and what each figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -41,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import os
 import random
 import re
@@ -68,22 +44,23 @@ from bench.harness import (
     Bench,
     BenchDef,
     CpuMeter,
+    close_ticket,
     code_fingerprint,
     environment,
+    measuring,
     option,
     server,
+    start_ticket,
     summary,
     ticket_spec,
-    until_ready,
+    ticket_state,
     utc_now,
 )
 from bench.history import event_name
 from bench.report import Summary, cpu_reason, fmt_f, fmt_s, get, md_table, num
 from core.health import last_sign_of_life
-from core.state import TicketState
 from models.spec import AgentSpec, HealthPolicy
-from models.workflow_io import TicketInput
-from workflows.ticket import LEASE_TERM, TicketWorkflow
+from workflows.ticket import LEASE_TERM
 
 DESIGNS = ("beats", "relay", "lease")
 #: Target (DESIGN §15): healthy agents cost at most this many history events per agent-hour.
@@ -198,19 +175,11 @@ async def _simulated_agent(
 
 
 async def relay_run(
-    client: Client,
-    *,
-    agents: int,
-    window: float,
-    deadline_s: float,
-    interval: float,
-    span_s: float,
-    kills: int,
-    timeout: float,
-    rng: random.Random,
-) -> dict[str, Any]:
-    """One relay workflow and its relay: the cost over ``span_s`` (kills = 0), or the time
-    to find ``kills`` agents that stopped beating unresponsive."""
+    client: Client, agents: int, window: float, deadline_s: float, interval: float,
+    span_s: float, kills: int, timeout: float, rng: random.Random,
+) -> dict[str, Any]:  # fmt: skip
+    """One relay workflow and its relay, simulated agents beating every ``interval``: the
+    cost over ``span_s`` (kills = 0), or the time to find ``kills`` stopped agents dead."""
     ids = [f"sim-{i}" for i in range(agents)]
     handle = await client.start_workflow(
         RELAY_WORKFLOW,
@@ -411,38 +380,10 @@ def _window(
 # ---- beats and lease on the real ticket -----------------------------------------------------
 
 
-async def _start_ticket(bench: Bench, spec: Any) -> tuple[WorkflowHandle[Any, Any], str]:
-    token = secrets.token_urlsafe(16)
-    handle = await bench.client.start_workflow(
-        TicketWorkflow.run,
-        TicketInput(spec=spec, operator_token_sha256=hashlib.sha256(token.encode()).hexdigest()),
-        id=spec.id,
-        task_queue=bench.settings.task_queue,
-    )
-    await until_ready(handle)
-    return handle, token
-
-
-async def _close_ticket(handle: WorkflowHandle[Any, Any], token: str) -> None:
-    """Cancel (the ticket stops its local agent processes), else terminate."""
-    try:
-        await handle.execute_update("cancel", {"operator_token": token, "reason": "bench over"})
-        await asyncio.wait_for(handle.result(), 30)
-    except Exception:
-        with contextlib.suppress(Exception):
-            await handle.terminate("bench over")
-
-
-async def _state(handle: WorkflowHandle[Any, Any]) -> TicketState:
-    state: TicketState = await handle.query("state", result_type=TicketState)
-    return state
-
-
 async def cost_run(
     bench: Bench,
     counters: ServerCounters,
     design: str,
-    *,
     agents: int,
     window: float,
     timeout: float,
@@ -452,7 +393,8 @@ async def cost_run(
     beats: ``lease=False``, lease: the default): what ``window`` seconds of them cost once
     steady, the setup counted apart."""
     spec = ticket_spec(f"{prefix}-{design}", 0, health=None)
-    handle, token = await _start_ticket(bench, spec)
+    token = secrets.token_urlsafe(16)
+    handle = await start_ticket(bench.client, spec, bench.settings.task_queue, token=token)
     sessions = [
         AgentSession(bench.client, spec.id, name=f"{design}-{i}", lease=design == "lease")
         for i in range(agents)
@@ -474,7 +416,7 @@ async def cost_run(
         await asyncio.sleep(window)
         after, c1 = await _events(handle), counters.read()
         elapsed = time.monotonic() - t0
-        state = await _state(handle)
+        state = await ticket_state(handle)
         out = _window(before, after, elapsed, agents)
         per = 3600 / elapsed / agents
         server = _delta(c0, c1)
@@ -515,7 +457,7 @@ async def cost_run(
         for s in sessions:
             with contextlib.suppress(Exception):
                 await s.stop_heartbeats()
-        await _close_ticket(handle, token)
+        await close_ticket(handle, token)
 
 
 async def kill_run(
@@ -530,13 +472,14 @@ async def kill_run(
     )
     spec = ticket_spec(f"{prefix}-{design}-kill{n}", 0, health=health, agents=[agent_spec])
     await asyncio.sleep(n * 0.7)  # the processes do not all start at once
-    handle, token = await _start_ticket(bench, spec)
+    token = secrets.token_urlsafe(16)
+    handle = await start_ticket(bench.client, spec, bench.settings.task_queue, token=token)
     out: dict[str, Any] = {"design": design, "ticket": spec.id}
     pids: set[int] = set()
     try:
         limit = time.monotonic() + args.timeout
         while True:
-            state = await _state(handle)
+            state = await ticket_state(handle)
             agent = next(
                 (a for a in state.agents.values() if a.name == VICTIM and a.state == "idle"), None
             )
@@ -553,12 +496,12 @@ async def kill_run(
                 raise RuntimeError(f"{design}: the agent never became steady")
             await asyncio.sleep(0.2)
         await asyncio.sleep(rng.uniform(d, 2 * d))  # steady, at a random phase of its beats
-        before = (await _state(handle)).agents[agent.id]
+        before = (await ticket_state(handle)).agents[agent.id]
         os.kill(pid, signal.SIGKILL)
         killed = utc_now()
         out |= {"pid": pid, "leased_at_kill": before.lease_held, "leases": before.leases}
         while time.monotonic() < limit + 2 * LADDER * d:
-            state = await _state(handle)
+            state = await ticket_state(handle)
             found = {e.kind: e.at for e in state.timeline if e.agent_id == agent.id}
             if "agent_unresponsive" in found:
                 dead = state.agents[agent.id]
@@ -581,7 +524,7 @@ async def kill_run(
         out["error"] = f"{type(exc).__name__}: {exc}"
         return out
     finally:
-        await _close_ticket(handle, token)
+        await close_ticket(handle, token)
         for pid in pids:  # the ticket stops its processes on cancel; make sure of it
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -613,89 +556,62 @@ def check(args: argparse.Namespace) -> str | None:
 
 async def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     rng = random.Random(args.seed)
+    rand = lambda: random.Random(rng.random())  # noqa: E731
     prefix = f"live-{uuid.uuid4().hex[:6]}"
     default = HealthPolicy()
     interval = min(default.idle_deadline_s, default.running_deadline_s) / 3
     cost: dict[str, Any] = {}
-    relay_cost: list[dict[str, Any]] = []
     detection: dict[str, list[dict[str, Any]]] = {}
     async with server(args, console) as bench:
         counters = ServerCounters(bench.server.pid, bench.settings.namespace)
-        relay_worker = Worker(
-            bench.client, task_queue=RELAY_QUEUE, workflows=[RelayLivenessWorkflow]
-        )
-        meter = CpuMeter(bench.server.pid)
-        async with relay_worker:
+        async with Worker(bench.client, task_queue=RELAY_QUEUE, workflows=[RelayLivenessWorkflow]):
             # 1. cost: one design at a time, so the server's counters are its own.
             for design in ("beats", "lease"):
                 console.log(f"cost: {design}, {args.agents} agents × {args.window:g} s")
                 cost[design] = await cost_run(
-                    bench,
-                    counters,
-                    design,
-                    agents=args.agents,
-                    window=args.window,
-                    timeout=args.timeout,
-                    prefix=prefix,
+                    bench, counters, design, args.agents, args.window, args.timeout, prefix
                 )
             console.log(f"cost: relay, {args.relay_agents} agents × windows {args.relay_windows} s")
             c0 = counters.read()
-            relay_cost = list(
-                await asyncio.gather(
-                    *(
-                        relay_run(
-                            bench.client,
-                            agents=n,
-                            window=w,
-                            deadline_s=default.idle_deadline_s,
-                            interval=interval,
-                            span_s=args.window,
-                            kills=0,
-                            timeout=args.timeout,
-                            rng=random.Random(rng.random()),
-                        )
-                        for n in args.relay_agents
-                        for w in args.relay_windows
+            relay_cost = await asyncio.gather(
+                *(
+                    relay_run(
+                        bench.client,
+                        n,
+                        w,
+                        default.idle_deadline_s,
+                        interval,
+                        args.window,
+                        0,
+                        args.timeout,
+                        rand(),
                     )
+                    for n in args.relay_agents
+                    for w in args.relay_windows
                 )
             )
             relay_counters = _delta(c0, counters.read())
             # 2. detection: every design at once.
             console.log(f"detection: {args.kills} kills per design, deadline {args.deadline:g} s")
-            meter.start()
             kills = [
-                kill_run(bench, design, args, prefix, n, random.Random(rng.random()))
+                kill_run(bench, design, args, prefix, n, rand())
                 for design in ("beats", "lease")
                 for n in range(args.kills)
             ]
             relays = [
-                relay_run(
-                    bench.client,
-                    agents=max(args.relay_agents),
-                    window=w,
-                    deadline_s=args.deadline,
-                    interval=args.deadline / 3,
-                    span_s=0,
-                    kills=args.kills,
-                    timeout=args.timeout,
-                    rng=random.Random(rng.random()),
-                )
+                relay_run(bench.client, max(args.relay_agents), w, args.deadline,
+                          args.deadline / 3, 0, args.kills, args.timeout, rand())
                 for w in args.relay_windows
-            ]
-            done = await asyncio.gather(*kills, *relays)
-            cpu = meter.stop()
+            ]  # fmt: skip
+            async with measuring(CpuMeter(bench.server.pid)) as cpu:
+                done = await asyncio.gather(*kills, *relays)
     for r in done[: len(kills)]:
         detection.setdefault(r["design"], []).append(r)
-    return build_report(
-        args, cost, relay_cost, relay_counters, detection, list(done[len(kills) :]), cpu
-    )
+    relays_done = list(done[len(kills) :])
+    return build_report(args, cost, list(relay_cost), relay_counters, detection, relays_done, cpu)
 
 
 # ---- report ----------------------------------------------------------------------------------
-
-
-def _detections(runs: list[dict[str, Any]]) -> list[float]:
-    return [r["detection_s"] for r in runs if num(r.get("detection_s"))]
 
 
 def with_renewal(events_per_agent_hour: Any) -> float | None:
@@ -727,17 +643,13 @@ def build_report(
     }
     designs: dict[str, Any] = {}
     for design in DESIGNS:
-        if design == "relay":
-            runs = [
-                {"detection_s": x}
-                for x in relay_det.get(str(headline_w), [])
-                if num(x)  # a None (never found) is counted as missing below
-            ]
-            missing = sum(1 for x in relay_det.get(str(headline_w), []) if not num(x))
-        else:
-            runs = detection.get(design, [])
-            missing = sum(1 for r in runs if not num(r.get("detection_s")))
-        det = _detections(runs)
+        found: list[Any] = (
+            relay_det.get(str(headline_w), [])
+            if design == "relay"
+            else [r.get("detection_s") for r in detection.get(design, [])]
+        )
+        det: list[float] = [x for x in found if num(x)]  # None: never found (missing)
+        missing = len(found) - len(det)
         designs[design] = {
             "detection_s": summary(det),
             "detection_missing": missing,
@@ -907,6 +819,23 @@ def _per_hour(x: Any) -> str:
     return fmt_f(x, 0) if num(x) else "—"
 
 
+COST_COLUMNS = ("setup_events", "setup_leftover_events", "steady_events")
+PER_HOUR_COLUMNS = (
+    "events", "signals", "timers", "activity_heartbeats", "liveness_actions", "queries"
+)  # fmt: skip
+
+
+def _cost_cells(d: dict[str, Any], events: str = "", **fixed: str) -> list[str]:
+    """A design's row of the cost table: its setup counts and its figures per agent-hour
+    (``fixed``: a cell given as is, by its column)."""
+    cells = [str(d.get(k, "—")) for k in COST_COLUMNS]
+    for k in PER_HOUR_COLUMNS:
+        given = fixed.get(k)
+        cells.append(given if given is not None else _per_hour(d.get(f"{k}_per_agent_hour")))
+    cells[len(COST_COLUMNS)] += events
+    return cells
+
+
 def _section(r: dict[str, Any]) -> list[str]:
     c = r.get("config", {})
     limit = r.get("detection_limit_s")
@@ -935,50 +864,17 @@ def _section(r: dict[str, Any]) -> list[str]:
                 "setup events",
                 "setup leftovers",
                 "steady events",
-                "events / agent-hour",
-                "signals / agent-hour",
-                "timers / agent-hour",
-                "activity heartbeats / agent-hour",
-                "liveness actions / agent-hour",
-                "queries / agent-hour",
+                *(f"{k.replace('_', ' ')} / agent-hour" for k in PER_HOUR_COLUMNS),
             ],
             [
-                [
-                    "beats (`lease=False`)",
-                    str(beats.get("setup_events", "—")),
-                    str(beats.get("setup_leftover_events", "—")),
-                    str(beats.get("steady_events", "—")),
-                    _per_hour(beats.get("events_per_agent_hour")),
-                    _per_hour(beats.get("signals_per_agent_hour")),
-                    _per_hour(beats.get("timers_per_agent_hour")),
-                    _per_hour(beats.get("activity_heartbeats_per_agent_hour")),
-                    _per_hour(beats.get("liveness_actions_per_agent_hour")),
-                    _per_hour(beats.get("queries_per_agent_hour")),
-                ],
+                ["beats (`lease=False`)", *_cost_cells(beats)],
                 [
                     f"relay (W = {fmt_s(w, 1)}, {relay.get('agents', '—')} agents)",
-                    str(relay.get("setup_events", "—")),
-                    str(relay.get("setup_leftover_events", "—")),
-                    str(relay.get("steady_events", "—")),
-                    _per_hour(relay.get("events_per_agent_hour")),
-                    _per_hour(relay.get("signals_per_agent_hour")),
-                    _per_hour(relay.get("timers_per_agent_hour")),
-                    "0",
-                    _per_hour(relay.get("liveness_actions_per_agent_hour")),
-                    "0 (simulated agents)",
+                    *_cost_cells(relay, activity_heartbeats="0", queries="0 (simulated agents)"),
                 ],
                 [
                     "**lease** (default)",
-                    str(lease.get("setup_events", "—")),
-                    str(lease.get("setup_leftover_events", "—")),
-                    str(lease.get("steady_events", "—")),
-                    f"{_per_hour(lease.get('events_per_agent_hour'))} "
-                    f"(+{fmt_f(renewal, 1)} renewal)",
-                    _per_hour(lease.get("signals_per_agent_hour")),
-                    _per_hour(lease.get("timers_per_agent_hour")),
-                    _per_hour(lease.get("activity_heartbeats_per_agent_hour")),
-                    _per_hour(lease.get("liveness_actions_per_agent_hour")),
-                    _per_hour(lease.get("queries_per_agent_hour")),
+                    *_cost_cells(lease, events=f" (+{fmt_f(renewal, 1)} renewal)"),
                 ],
             ],
         ),
@@ -1013,15 +909,8 @@ def _section(r: dict[str, Any]) -> list[str]:
             "`action`, the server's own count of billable actions):",
             "",
             *md_table(
-                ["counter", "beats", "lease"],
-                [
-                    [
-                        f"`{k}`",
-                        _per_hour(counters["beats"].get(k)),
-                        _per_hour(counters["lease"].get(k)),
-                    ]
-                    for k in keys
-                ],
+                "counter | beats | lease",
+                [[f"`{k}`", *(_per_hour(counters[d].get(k)) for d in counters)] for k in keys],
             ),
             "",
             f"(the lease host of the {c.get('agents')} in-process sessions is one worker: its "
@@ -1033,22 +922,16 @@ def _section(r: dict[str, Any]) -> list[str]:
         "any beat; events fall with the agents behind one relay, detection grows with W):",
         "",
         *md_table(
-            [
-                "agents",
-                "W",
-                "events / agent-hour",
-                "signals / agent-hour",
-                "timers / agent-hour",
-                "beats per signal (mean)",
-                f"detection max (deadline {fmt_s(c.get('deadline_s'), 0)})",
-            ],
+            "agents | W | events / agent-hour | signals / agent-hour | timers / agent-hour | "
+            f"beats per signal (mean) | detection max (deadline {fmt_s(c.get('deadline_s'), 0)})",
             [
                 [
                     str(x.get("agents")),
                     fmt_s(x.get("relay_window_s"), 1),
-                    _per_hour(x.get("events_per_agent_hour")),
-                    _per_hour(x.get("signals_per_agent_hour")),
-                    _per_hour(x.get("timers_per_agent_hour")),
+                    *(
+                        _per_hour(x.get(f"{k}_per_agent_hour"))
+                        for k in ("events", "signals", "timers")
+                    ),
                     fmt_f(get(x, "batch_size", "mean"), 1),
                     fmt_s(_relay_detection_max(r, x.get("relay_window_s"))),
                 ]
@@ -1071,33 +954,17 @@ def _section(r: dict[str, Any]) -> list[str]:
             "relay": f"simulated agent stops beating, W = {fmt_s(w, 1)}",
         }[design]
         det_rows.append(
-            [
-                design,
-                what,
-                str(d.get("n", 0)),
-                fmt_s(d.get("p50")),
-                fmt_s(d.get("max")),
-                fmt_s(limit),
-                ladder or "—",
-                last or "—",
-            ]
-        )
+            [design, what, str(d.get("n", 0)), *map(fmt_s, (d.get("p50"), d.get("max"), limit)),
+             ladder or "—", last or "—"]
+        )  # fmt: skip
     lines += [
         f"Detection: deadlines {fmt_s(c.get('deadline_s'), 0)} (idle = running), the kill → "
         "`agent_unresponsive` on the ticket's timeline (the relay workflow's own record for "
         "the relay), all designs at once:",
         "",
         *md_table(
-            [
-                "design",
-                "dead agent",
-                "n",
-                "p50",
-                "max",
-                "target",
-                "missed / degraded / unresponsive after the kill (s)",
-                "last sign of life − kill (s)",
-            ],
+            "design | dead agent | n | p50 | max | target | missed / degraded / unresponsive "
+            "after the kill (s) | last sign of life − kill (s)",
             det_rows,
         ),
         "",
@@ -1178,18 +1045,7 @@ BENCH = BenchDef.of(
     globals(),
     "liveness",
     "Liveness at fleet scale: beats, a relay and leases (events, writes, detection)",
-    quick=(
-        "--agents",
-        "3",
-        "--window",
-        "20",
-        "--relay-agents",
-        "5,20",
-        "--deadline",
-        "2",
-        "--kills",
-        "1",
-    ),
+    quick="--agents 3 --window 20 --relay-agents 5,20 --deadline 2 --kills 1",
     informational=frozenset({"beats_detection", "relay_detection"}),
 )
 main = BENCH.main

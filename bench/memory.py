@@ -1,38 +1,14 @@
 """Worker memory per open ticket: the Unstuck worker's RSS with 100 and 1,000 tickets open.
 
-    .venv/bin/python -m bench.memory [--counts 100,1000 --step 100 --concurrency 32
-                                      --out bench/out/memory.json]
+    .venv/bin/python -m bench.memory [--counts 100,1000 --step 100 --concurrency 32]
 
-1. Starts its own Temporal dev server (free ports, temp data dir) and the Unstuck worker as
-   a **separate OS process** (``python worker.py --no-dev-server --address … --task-queue …
-   --database-url sqlite:///<tmp>/ledger.db --data-dir <tmp>``, Prometheus metrics on a free
-   port), so the worker's memory (``/proc/<pid>/status`` VmRSS, ``smaps_rollup`` PSS/USS) is
-   measured alone, without this process's client and agents.
-2. Warm-up: a few tickets opened exactly like the measured ones, then cancelled (they
-   finish and leave the worker's workflow cache). Baseline = the median of several RSS
-   samples after a settle pause.
-3. Tickets are opened in steps (every ``--step`` tickets, and at each of ``--counts``), at
-   most ``--concurrency`` at a time. Each ticket is the reference ticket of
-   examples/login.yaml (15 seed tasks in three phases with dependencies; its local-process
-   agents removed), with ``--workers`` worker agents and one validator registered through
-   ``AgentSession`` (one heartbeat each, no heartbeat loop): worker 0 completes
-   ``--completes`` tasks with ``complete(claim_next=True)`` and keeps the next one, every
-   other worker then tries to claim one (and reports progress on it; with login.yaml's
-   dependencies and the defaults none is free yet: ``tickets.tasks_held`` in the JSON
-   counts the tasks in progress). The ticket stays open, waiting
-   on its one durable timer. Health deadlines, stuck window/cooldown and the validator
-   timeout are one day, so nothing is declared unresponsive or stuck and no diagnosis runs.
-4. After each step: settle, sample the worker's RSS. At each of ``--counts`` also PSS/USS,
-   the worker's sticky-cache metrics (cached workflows, forced evictions) and a ``status``
-   query of every open ticket (all answer ``open``; cache misses during the pass would be
-   evicted tickets being replayed).
-5. Per open ticket = (RSS at N − baseline) / N; marginal = the RSS difference between two
-   counts / their difference; a least-squares slope over all steps. Target ≤ 1 MB per open
-   ticket at every count.
-6. All tickets are terminated, the worker (SIGTERM) and the server stopped, temp data
-   deleted.
-
-Prints a Rich table (PASS/MISS) and writes JSON to ``--out``. See bench/README.md.
+The worker runs as a separate OS process (``python worker.py --no-dev-server …``) so its
+memory is measured alone. After a warm-up, tickets of examples/login.yaml (its agents
+removed, every deadline a day away) are opened in steps and brought mid-work through
+``AgentSession``; after each step the worker's RSS is sampled, and at each of ``--counts``
+also PSS/USS, its workflow-cache metrics and a ``status`` query of every ticket. Per open
+ticket = (RSS at N − baseline) / N; target ≤ 1 MB at every count. What runs and what each
+figure means: bench/README.md.
 """
 
 from __future__ import annotations
@@ -41,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import hashlib
 import inspect
 import itertools
 import os
@@ -75,6 +50,7 @@ from bench.harness import (
     option,
     progress_display,
     server,
+    start_ticket,
     until_ready,
 )
 from bench.report import Summary, fmt_bytes, fmt_f, fmt_pct, get, md_table, num, ratio
@@ -82,8 +58,6 @@ from infra.devserver import DevServer, free_port
 from infra.settings import Settings
 from models.messages import CancelTicket, StatusView
 from models.spec import HealthPolicy, ResultType, StuckPolicy, TicketSpec, load_spec
-from models.workflow_io import TicketInput
-from workflows.ticket import TicketWorkflow
 
 TICKET_QUEUE = "bench-memory"
 SPEC_FILE = REPO / "examples" / "login.yaml"
@@ -283,12 +257,12 @@ class Sample:
 async def sample_memory(
     proc: WorkerProcess,
     open_tickets: int,
-    *,
     settle: float,
     samples: int,
     started: float,
     rollup: bool,
 ) -> Sample:
+    """Median of ``samples`` VmRSS readings 0.25 s apart, after ``settle`` s."""
     await asyncio.sleep(settle)
     readings: list[int] = []
     for k in range(samples):
@@ -333,20 +307,10 @@ class Opened:
 
 
 async def open_ticket(
-    client: Client,
-    spec: TicketSpec,
-    token_sha256: str,
-    args: argparse.Namespace,
-    result: str,
+    client: Client, spec: TicketSpec, token: str, args: argparse.Namespace, result: str
 ) -> Opened:
     """Start one ticket and bring it to a realistic mid-work state; it stays open."""
-    handle = await client.start_workflow(
-        TicketWorkflow.run,
-        TicketInput(spec=spec, operator_token_sha256=token_sha256),
-        id=spec.id,
-        task_queue=TICKET_QUEUE,
-    )
-    opened = Opened(handle)
+    opened = Opened(await start_ticket(client, spec, TICKET_QUEUE, token=token, ready=False))
     try:
         workers = [
             AgentSession(client, spec.id, name=f"worker-{k}", heartbeat_interval_s=HEARTBEAT_S)
@@ -458,7 +422,6 @@ async def open_tickets(
     started: float,
 ) -> dict[str, Any]:
     token = secrets.token_urlsafe(16)
-    token_sha = hashlib.sha256(token.encode()).hexdigest()
     spec0 = base_spec()
     prefix = f"mem-{uuid.uuid4().hex[:6]}"
     result = ("# done\n\n" + "x" * args.result_bytes)[: args.result_bytes]
@@ -468,15 +431,15 @@ async def open_tickets(
     def spec_for(name: str) -> TicketSpec:
         return spec0.model_copy(update={"id": f"{prefix}-{name}"})
 
+    def opening(name: str) -> Callable[[], Awaitable[Opened]]:
+        return functools.partial(open_ticket, client, spec_for(name), token, args, result)
+
     with progress_display(console) as progress:
         # The worker process is up once a ticket answers a query.
         t = time.monotonic()
         bar = progress.add_task("[dim]worker process starting", total=1)
-        ready = await client.start_workflow(
-            TicketWorkflow.run,
-            TicketInput(spec=spec_for("ready"), operator_token_sha256=token_sha),
-            id=f"{prefix}-ready",
-            task_queue=TICKET_QUEUE,
+        ready = await start_ticket(
+            client, spec_for("ready"), TICKET_QUEUE, token=token, ready=False
         )
         try:
             await until_ready(ready, "status", timeout=args.timeout)
@@ -490,14 +453,7 @@ async def open_tickets(
         t = time.monotonic()
         bar = progress.add_task("[dim]warm-up tickets", total=args.warmup + 1)
         warm = await bounded(
-            [
-                functools.partial(
-                    open_ticket, client, spec_for(f"warm{k}"), token_sha, args, result
-                )
-                for k in range(args.warmup)
-            ],
-            args.concurrency,
-            lambda: None,
+            [opening(f"warm{k}") for k in range(args.warmup)], args.concurrency, lambda: None
         )
         for handle in [ready, *(w.handle for w in warm)]:
             await handle.execute_update(
@@ -508,14 +464,7 @@ async def open_tickets(
         problems += [w.error for w in warm if w.error]
         timing["warmup_s"] = round(time.monotonic() - t, 2)
         baseline_metrics = await proc.metrics()
-        baseline = await sample_memory(
-            proc,
-            0,
-            settle=args.settle + 1,
-            samples=args.samples * 2,
-            started=started,
-            rollup=True,
-        )
+        baseline = await sample_memory(proc, 0, args.settle + 1, args.samples * 2, started, True)
 
         points = _points(args.counts, args.step)
         opened: list[Opened] = []
@@ -528,31 +477,15 @@ async def open_tickets(
         cpu0 = cpu_seconds(proc.pid)
         for point in points:
             t = time.monotonic()
+            jobs = [opening(f"t{i}") for i in range(len(opened), point)]
             batch = await asyncio.wait_for(
-                bounded(
-                    [
-                        functools.partial(
-                            open_ticket, client, spec_for(f"t{i}"), token_sha, args, result
-                        )
-                        for i in range(len(opened), point)
-                    ],
-                    args.concurrency,
-                    lambda: progress.advance(bar),
-                ),
-                args.timeout,
+                bounded(jobs, args.concurrency, lambda: progress.advance(bar)), args.timeout
             )
             opening_s += time.monotonic() - t
             opened += batch
             problems += [o.error for o in batch if o.error]
             is_count = point in args.counts
-            sample = await sample_memory(
-                proc,
-                point,
-                settle=args.settle,
-                samples=args.samples,
-                started=started,
-                rollup=is_count,
-            )
+            sample = await sample_memory(proc, point, args.settle, args.samples, started, is_count)
             samples.append(sample)
             if is_count:
                 before = await proc.metrics()
@@ -594,15 +527,8 @@ async def open_tickets(
         t = time.monotonic()
         bar = progress.add_task("[green]terminate tickets", total=len(opened))
 
-        async def terminate(h: WorkflowHandle[Any, Any]) -> None:
-            with contextlib.suppress(RPCError):
-                await h.terminate("benchmark over")
-
-        await bounded(
-            [functools.partial(terminate, o.handle) for o in opened],
-            args.concurrency,
-            lambda: progress.advance(bar),
-        )
+        ends = [functools.partial(_terminate, o.handle) for o in opened]
+        await bounded(ends, args.concurrency, lambda: progress.advance(bar))
         timing["terminate_s"] = round(time.monotonic() - t, 2)
     return {
         "baseline": baseline,
@@ -615,6 +541,11 @@ async def open_tickets(
         "one_ticket": one,
         "problems": problems,
     }
+
+
+async def _terminate(h: WorkflowHandle[Any, Any]) -> None:
+    with contextlib.suppress(RPCError):
+        await h.terminate("benchmark over")
 
 
 def _counter(metrics: dict[str, float], name: str) -> int | None:
@@ -720,30 +651,6 @@ def build_report(
         },
         "environment": {**environment(), "load_average_at_start": load_before},
         "code": code_fingerprint(["workflows/ticket.py", "worker.py"]),
-        "definitions": {
-            "rss": "VmRSS of the worker process (/proc/<pid>/status): the median of several "
-            "readings 0.25 s apart after a settle pause",
-            "baseline": "the worker's RSS after the warm-up tickets were opened, driven and "
-            "cancelled (imports, workflow sandbox, connections warm; no ticket open)",
-            "per_open_ticket": "(RSS with N tickets open - baseline) / N. Target <= 1 MB "
-            "(10^6 bytes) at every N",
-            "marginal": "(RSS at the larger count - RSS at the smaller) / the difference of "
-            "the counts: the cost of one more ticket without the fixed part",
-            "slope": "least-squares slope of RSS over the open-ticket count, all steps "
-            "(baseline included)",
-            "pss_uss": "from /proc/<pid>/smaps_rollup: PSS shares pages mapped by several "
-            "processes; USS = Private_Clean + Private_Dirty (freed if the worker exits)",
-            "open_ticket": "examples/login.yaml (15 seed tasks, 3 phases, dependencies), "
-            "agents removed; workers_per_ticket workers + 1 validator registered, worker 0 "
-            "completed completes_per_ticket tasks (complete(claim_next=True)) and holds the "
-            "next, the other workers try to claim one each (tickets.tasks_held counts the tasks "
-            "in progress); one heartbeat per agent; open, "
-            "waiting on its durable timer (every deadline one day away)",
-            "residency": "the workflow cache (max_cached_workflows) keeps each open ticket's "
-            "workflow instance in memory; sticky_cache_size is the worker's own metric of "
-            "cached workflows. A ticket evicted from the cache costs no worker memory, but "
-            "its next message (update, signal, query, timer) replays its history first",
-        },
         "baseline": baseline.json(),
         "steps": [s.json() for s in samples],
         "at_counts": at_counts,
@@ -782,7 +689,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         c = get(r, "at_counts", key, default={})
 
         def reasons(v: dict[str, Any] = v, c: dict[str, Any] = c) -> list[str]:
-            out = [
+            return [
                 f"worker RSS {fmt_bytes(v.get('rss_bytes'))} with {v.get('open_tickets')} "
                 f"tickets open vs baseline {fmt_bytes(fig.get('baseline_rss_bytes'))}: "
                 f"{fmt_bytes(v.get('rss_bytes_per_ticket'))} per ticket (PSS "
@@ -808,7 +715,6 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 "loop, coroutines and pending handlers in the sandbox. Results and timeline "
                 "entries grow it with the ticket's age.",
             ]
-            return out
 
         s.target(
             r,
@@ -828,23 +734,20 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             fmt_bytes(x),
             f"slope over all steps {fmt_bytes(fig.get('slope_rss_bytes_per_ticket'))}",
         )
-    rows = []
-    for key, c in r.get("at_counts", {}).items():
-        q = c.get("query_pass", {})
-        rows.append(
-            [
-                key,
-                fmt_bytes(c.get("rss_bytes")),
-                fmt_bytes(c.get("pss_bytes")),
-                fmt_bytes(c.get("uss_bytes")),
-                str(c.get("sticky_cache_size")),
-                str(c.get("forced_evictions")),
-                f"{q.get('open')}/{q.get('queried')} open in {fmt_f(q.get('seconds'), 1)} s, "
-                f"{c.get('cache_hits_during_query_pass')} hits / "
-                f"{c.get('cache_misses_during_query_pass')} misses",
-                fmt_bytes(c.get("server_rss_bytes")),
-            ]
-        )
+    rows = [
+        [
+            key,
+            *(fmt_bytes(c.get(f"{k}_bytes")) for k in ("rss", "pss", "uss")),
+            str(c.get("sticky_cache_size")),
+            str(c.get("forced_evictions")),
+            f"{get(c, 'query_pass', 'open')}/{get(c, 'query_pass', 'queried')} open in "
+            f"{fmt_f(get(c, 'query_pass', 'seconds'), 1)} s, "
+            f"{c.get('cache_hits_during_query_pass')} hits / "
+            f"{c.get('cache_misses_during_query_pass')} misses",
+            fmt_bytes(c.get("server_rss_bytes")),
+        ]
+        for key, c in r.get("at_counts", {}).items()
+    ]
     steps = ", ".join(
         f"{x.get('open_tickets')}: {x.get('rss_bytes', 0) / 1e6:.0f}" for x in r.get("steps", [])
     )
@@ -863,16 +766,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         f"RSS; peak {fmt_bytes(fig.get('peak_rss_bytes'))}.",
         "",
         *md_table(
-            [
-                "open tickets",
-                "RSS",
-                "PSS",
-                "USS",
-                "cached",
-                "forced evictions",
-                "status query of every ticket",
-                "server RSS",
-            ],
+            "open tickets | RSS | PSS | USS | cached | forced evictions | "
+            "status query of every ticket | server RSS",
             rows,
         ),
         "",
@@ -949,7 +844,7 @@ BENCH = BenchDef.of(
     globals(),
     "memory",
     "Worker memory per open ticket",
-    quick=("--counts", "20,100", "--step", "0", "--warmup", "2"),
+    quick="--counts 20,100 --step 0 --warmup 2",
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 

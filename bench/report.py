@@ -75,9 +75,14 @@ def pcells(
     return [*(fmt_s(d.get(k), digits) for k in keys), str(d.get("n", 0))]
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(header: str | Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table; ``header`` may be one string, its cells split at ``" | "``."""
+
     def cell(x: str) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
+
+    if isinstance(header, str):
+        header = header.split(" | ")
 
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
