@@ -617,22 +617,16 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             + (
                 f"failed: {lease['error']}"
                 if lease.get("error")
-                else f"{lease.get('agents')} healthy idle agents, default health policy, "
-                f"{fmt_s(lease.get('window_s'), 0)} once steady: {lease.get('steady_events')} "
-                f"history events ({lease.get('setup_events')} setup events and "
-                f"{lease.get('setup_leftover_events')} setup leftovers excluded: the ticket's "
-                "deadline timer armed before the leases were taken fires once, and nothing "
-                f"re-arms it), {fmt_f(lease.get('events_per_agent_hour'), 1)} per agent-hour; "
-                "with one lease renewal per agent every 6 h: "
-                f"**{fmt_f(lease.get('events_per_agent_hour_with_renewal'), 1)}** (target ≤ "
-                f"{EVENTS_TARGET:g}), against {fmt_f(beats_ev, 0)} on beats (below). Activity "
-                "heartbeats that reached the server: "
-                f"{fmt_f(lease.get('activity_heartbeats_per_agent_hour'), 0)} per agent-hour "
-                "(no history event each). `python -m bench.liveness` compares the designs."
+                else f"{lease.get('agents')} agents, {fmt_s(lease.get('window_s'), 0)} once "
+                f"steady: {lease.get('steady_events')} events (setup "
+                f"{lease.get('setup_events')} and leftovers {lease.get('setup_leftover_events')} "
+                f"excluded), {fmt_f(lease.get('events_per_agent_hour'), 1)} per agent-hour, "
+                f"**{fmt_f(lease.get('events_per_agent_hour_with_renewal'), 1)}** with renewals "
+                f"(target ≤ {EVENTS_TARGET:g}; beats {fmt_f(beats_ev, 0)}); activity heartbeats "
+                f"{fmt_f(lease.get('activity_heartbeats_per_agent_hour'), 0)} per agent-hour."
             ),
             "",
-            "**The baseline: beats** (`AgentSession(lease=False)`, one signal per agent every "
-            "5 s):",
+            "**The baseline: beats** (`AgentSession(lease=False)`):",
             "",
         ]
     s.section += [

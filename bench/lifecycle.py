@@ -542,19 +542,9 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         if num(measured) and num(predicted) and predicted - measured > 0.1:
             out.append(
                 f"The measured ratio ({fmt_pct(measured)}) is well below what the CPU cost "
-                f"predicts ({fmt_pct(predicted)}): the working phases were not bound by CPU "
-                "alone (outside load during a phase, contention); see the per-round spread and "
-                "the load average."
+                f"predicts ({fmt_pct(predicted)}): not CPU-bound alone (outside load, contention)."
             )
-        out.append(
-            "Each of ours' updates runs the ticket's state machine (message validation, the "
-            "reply and inbox as pydantic models), batches a ledger write into an activity and "
-            "refreshes the Web UI (dashboard; search attributes once per workflow task, the "
-            "open-task count at most every 2 s); the ceiling workflow increments a counter. "
-            "Both sides, the agents and the server share the machine's cores, so the ratio is "
-            "the ratio of total CPU per update when the run is CPU-bound. What moved it and "
-            "what did not is listed in bench/README.md (lifecycle, 'Reading the results')."
-        )
+        out.append("What costs CPU per update, and what moved it: bench/README.md (lifecycle).")
         return out + ([smoke.format("tickets and tasks")] if quick else [])
 
     s.target(
@@ -582,8 +572,6 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             "largest sources per lifecycle: "
             + ", ".join(f"{k} {fmt_f(v.get('per_lifecycle'))}" for k, v in top)
             + ".",
-            "A ticket's fixed cost (roughly 30–40 events) is amortised over its tasks: with few "
-            "tasks per ticket it dominates; the working-phase figure is the steady state.",
             *([smoke.format("tasks per ticket")] if quick else []),
         ]
 
@@ -662,8 +650,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
     s.section += [
         "",
         f"History of {one.get('workflow_id')}: {one.get('events')} events, {one.get('runs')} "
-        f"run(s), {cfg['tasks_per_ticket']} lifecycles; all tickets: events by source and "
-        "workflow tasks by what triggered them.",
+        f"run(s), {cfg['tasks_per_ticket']} lifecycles; then all tickets.",
         "",
         *md_table(
             "event type (charged to) | events | per lifecycle",

@@ -846,17 +846,12 @@ def _section(r: dict[str, Any]) -> list[str]:
     relay = max(relay_rows, key=lambda x: x.get("agents", 0)) if relay_rows else {}
     renewal = get(r, "lease_renewal", "events_per_agent_hour")
     lines = [
-        f"Healthy idle agents at the default health policy (deadlines 30 s idle, 15 s running; "
-        f"beats every 5 s; lease heartbeat timeout 15 s; stuck detection off), "
-        f"{c.get('agents')} agents per ticket for {fmt_s(c.get('window_s'), 0)} after the "
-        "setup, extrapolated per hour. **Setup is excluded**: the start, registrations, first "
-        "beats and the leases taken (`setup events`), and a timer armed during the setup that "
-        "fires once in the window and is not armed again (`setup leftovers`: with leases, the "
-        "ticket's deadline timer from before the agents held their leases). The lease's figure "
-        f"for the target adds one lease renewal per agent every "
-        f"{fmt_f(get(r, 'config', 'lease_term_s', default=0) / 3600, 0)} h "
-        f"(~{get(r, 'lease_renewal', 'events_per_renewal')} events: "
-        f"{fmt_f(renewal, 1)} per agent-hour), which no window this short sees.",
+        f"Cost: {c.get('agents')} healthy idle agents per ticket for "
+        f"{fmt_s(c.get('window_s'), 0)} after the setup (excluded), per agent-hour; the lease "
+        f"adds one renewal every {fmt_f(get(r, 'config', 'lease_term_s', default=0) / 3600, 0)} h "
+        f"(~{get(r, 'lease_renewal', 'events_per_renewal')} events: {fmt_f(renewal, 1)} per "
+        "agent-hour). What each column counts: [README](README.md#benchliveness-beats-a-relay-"
+        "and-leases-measured-alike-design-15).",
         "",
         *md_table(
             [
@@ -879,24 +874,10 @@ def _section(r: dict[str, Any]) -> list[str]:
             ],
         ),
         "",
-        "Signals and timers are counted in the window's history; activity heartbeats (those "
-        "that reached the server: `RecordActivityTaskHeartbeat`) and queries from the dev "
-        "server's own request counters over the same window"
-        + (
-            ""
-            if lease.get("counters_available")
-            else " — **not available in this run** (the server's /metrics was not found)"
-        )
-        + ". The lease host has the SDK send a lease's heartbeats at most every 5 s "
-        "(agent_client.lease.HEARTBEAT_EVERY; the SDK's own rule, 0.8 × the heartbeat timeout, "
-        "would be 12 s at 15 s), whatever the activity calls: ≤ 720 per agent-hour; Temporal "
-        "Cloud bills every heartbeat that reaches the server as an action, like a signal or a "
-        "timer. `liveness actions` = the server's own `action` counter without the queries "
-        "(the relay: its signals and timers). The queries are each session's inbox read, "
-        "once per interval in both designs: they write no history, but the server counts "
-        "each as an action too "
-        f"(all actions: beats {_per_hour(beats.get('actions_per_agent_hour'))}, lease "
-        f"{_per_hour(lease.get('actions_per_agent_hour'))} per agent-hour).",
+        f"All actions per agent-hour: beats {_per_hour(beats.get('actions_per_agent_hour'))}, "
+        f"lease {_per_hour(lease.get('actions_per_agent_hour'))}"
+        + ("" if lease.get("counters_available") else " (server /metrics not found: no counters)")
+        + ".",
         "",
     ]
     counters = {
@@ -905,24 +886,15 @@ def _section(r: dict[str, Any]) -> list[str]:
     keys = sorted({k for v in counters.values() for k in v})
     if keys:
         lines += [
-            "The server's counters per agent-hour over the window (frontend requests, and "
-            "`action`, the server's own count of billable actions):",
-            "",
             *md_table(
-                "counter | beats | lease",
+                "server counter / agent-hour | beats | lease",
                 [[f"`{k}`", *(_per_hour(counters[d].get(k)) for d in counters)] for k in keys],
             ),
             "",
-            f"(the lease host of the {c.get('agents')} in-process sessions is one worker: its "
-            "activity-task long polls are shared here, one set per agent process in production.)",
-            "",
         ]
     lines += [
-        "The relay at every size and window (one `seen` signal per window in which it heard "
-        "any beat; events fall with the agents behind one relay, detection grows with W):",
-        "",
         *md_table(
-            "agents | W | events / agent-hour | signals / agent-hour | timers / agent-hour | "
+            "relay agents | W | events / agent-hour | signals / agent-hour | timers / agent-hour | "
             f"beats per signal (mean) | detection max (deadline {fmt_s(c.get('deadline_s'), 0)})",
             [
                 [
@@ -948,19 +920,14 @@ def _section(r: dict[str, Any]) -> list[str]:
             "/".join(fmt_f(x.get("ladder_s", {}).get(k), 1) for k in LADDER_KINDS) for x in runs
         )
         last = ", ".join(fmt_f(x.get("last_sign_of_life_s"), 2) for x in runs)
-        what = {
-            "beats": "real process (`bench.liveness_agent --wedged`), SIGKILL",
-            "lease": "real process (`agents.demo_agent --wedged`), SIGKILL",
-            "relay": f"simulated agent stops beating, W = {fmt_s(w, 1)}",
-        }[design]
+        what = {"beats": "process, SIGKILL", "lease": "process, SIGKILL",
+                "relay": f"simulated, W = {fmt_s(w, 1)}"}[design]  # fmt: skip
         det_rows.append(
             [design, what, str(d.get("n", 0)), *map(fmt_s, (d.get("p50"), d.get("max"), limit)),
              ladder or "—", last or "—"]
         )  # fmt: skip
     lines += [
-        f"Detection: deadlines {fmt_s(c.get('deadline_s'), 0)} (idle = running), the kill → "
-        "`agent_unresponsive` on the ticket's timeline (the relay workflow's own record for "
-        "the relay), all designs at once:",
+        f"Detection, deadlines {fmt_s(c.get('deadline_s'), 0)}, kill → `agent_unresponsive`:",
         "",
         *md_table(
             "design | dead agent | n | p50 | max | target | missed / degraded / unresponsive "
@@ -976,17 +943,14 @@ def _section(r: dict[str, Any]) -> list[str]:
 
 
 def _why(r: dict[str, Any]) -> list[str]:
-    """Why the lease: from this run's figures."""
+    """Why the lease, in this run's figures (the argument: bench/README.md)."""
     c = r.get("config", {})
-    beats = get(r, "cost", "beats", default={})
-    lease = get(r, "cost", "lease", default={})
+    beats_ev = get(r, "cost", "beats", "events_per_agent_hour")
     lease_ev = r.get("lease_events_per_agent_hour_with_renewal")
-    beats_ev = beats.get("events_per_agent_hour")
     w = c.get("headline_relay_window_s")
     relay_rows = _relay_at(r, w)
     relay = max(relay_rows, key=lambda x: x.get("agents", 0)) if relay_rows else {}
-    windows = c.get("relay_windows_s") or []
-    longest = max(windows) if windows else None
+    longest = max(c.get("relay_windows_s") or [0]) or None
     long_rows = _relay_at(r, longest)
     long_relay = max(long_rows, key=lambda x: x.get("agents", 0)) if long_rows else {}
     ratio = beats_ev / lease_ev if num(beats_ev) and num(lease_ev) and lease_ev else None
@@ -1000,44 +964,15 @@ def _why(r: dict[str, Any]) -> list[str]:
     needed = (
         per_signal * 3600 / w / EVENTS_TARGET if per_signal is not None and num(w) and w else None
     )
-    d = r.get("designs", {})
-    limit = r.get("detection_limit_s")
     return [
-        "**Why the lease.** "
-        f"Events: a healthy agent on a lease writes {fmt_f(lease_ev, 1)} history events per "
-        f"hour (target ≤ {EVENTS_TARGET:g}), against {fmt_f(beats_ev, 0)} on beats"
+        f"**Why the lease** ([README](README.md#why-the-lease)): {fmt_f(lease_ev, 1)} events "
+        f"per agent-hour against {fmt_f(beats_ev, 0)} on beats"
         + (f" ({ratio:,.0f}× fewer)" if ratio else "")
-        + f" and {fmt_f(relay.get('events_per_agent_hour'), 0)} behind a relay with "
-        f"W = {fmt_s(w, 1)} and {relay.get('agents', '—')} agents. The relay's cost is one "
-        "signal and its workflow task per window, shared by the agents behind it: at this "
-        f"window it gets under the target only with about {fmt_f(needed, 0)} agents behind one "
-        "relay (of one ticket: a signal goes to one workflow), or with a longer window "
-        f"({fmt_f(long_relay.get('events_per_agent_hour'), 0)} per agent-hour at "
-        f"W = {fmt_s(longest, 1)} with {long_relay.get('agents', '—')} agents), which adds "
-        "up to one window to detection "
-        f"({fmt_s(_relay_detection_max(r, longest))} measured at W = {fmt_s(longest, 1)} against "
-        f"{fmt_s(limit)}). "
-        f"Writes: the lease's liveness costs "
-        f"{fmt_f(lease.get('liveness_actions_per_agent_hour'), 0)} billable actions per "
-        f"agent-hour (its activity heartbeats that reached the server: "
-        f"{fmt_f(lease.get('activity_heartbeats_per_agent_hour'), 0)}; "
-        f"{fmt_f(lease.get('signals_per_agent_hour'), 0)} signals), against "
-        f"{fmt_f(beats.get('liveness_actions_per_agent_hour'), 0)} for beats (signals and "
-        f"timers) and {fmt_f(relay.get('liveness_actions_per_agent_hour'), 0)} for the relay; "
-        "the sessions' inbox reads "
-        f"({fmt_f(lease.get('queries_per_agent_hour'), 0)} queries per agent-hour, counted as "
-        "actions too) are the same in both designs and now the larger part of an agent's "
-        "actions. "
-        f"Detection: lease max {fmt_s(get(d, 'lease', 'detection_s', 'max'))}, beats "
-        f"{fmt_s(get(d, 'beats', 'detection_s', 'max'))}, relay "
-        f"{fmt_s(get(d, 'relay', 'detection_s', 'max'))} against {fmt_s(limit)}: a lapsed "
-        "lease hands over to the same ladder from the last heartbeat that reached the server. "
-        "Failure modes: the relay is one more process that must itself be supervised (when it "
-        "dies, every agent behind it looks dead at once) and adds up to one window to "
-        "detection; the lease finds a dead host with no extra moving part — the agent's own "
-        "process holds it and the server times it out. Its price: each agent process runs a "
-        "small Temporal worker (long polls on its own task queue), and an agent that cannot "
-        "run one keeps beating.",
+        + f"; the relay needs about {fmt_f(needed, 0)} agents behind it to reach "
+        f"{EVENTS_TARGET:g} at W = {fmt_s(w, 1)}, or W = {fmt_s(longest, 1)} "
+        f"({fmt_f(long_relay.get('events_per_agent_hour'), 0)} per agent-hour with "
+        f"{long_relay.get('agents', '—')} agents), which detects in "
+        f"{fmt_s(_relay_detection_max(r, longest))} against {fmt_s(r.get('detection_limit_s'))}.",
     ]
 
 

@@ -702,18 +702,13 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 *(
                     [
                         f"The marginal cost ({fmt_bytes(min(marginal.values()))}) is below the "
-                        "per-ticket figure: part of the growth is a one-off cost (allocator "
-                        "arenas, pools and caches filling) that more tickets amortise."
+                        "per-ticket figure: part of the growth is one-off (bench/README.md)."
                     ]
                     if marginal
                     and num(v.get("rss_bytes_per_ticket"))
                     and min(marginal.values()) < 0.8 * v["rss_bytes_per_ticket"]
                     else []
                 ),
-                "Every open ticket keeps its workflow instance in the worker's cache: the ticket "
-                "state as pydantic models (several times its JSON size), the workflow's event "
-                "loop, coroutines and pending handlers in the sandbox. Results and timeline "
-                "entries grow it with the ticket's age.",
             ]
 
         s.target(
@@ -773,9 +768,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
         "",
         f"RSS (MB) by open tickets: {steps}.",
         "",
-        f"All open tickets resident in the cache: {'yes' if fig.get('all_resident') else 'no'}. "
-        "A ticket evicted from the cache costs no worker memory, but its next message "
-        "(update, signal, query, timer) replays its history first.",
+        f"All open tickets resident in the cache: {'yes' if fig.get('all_resident') else 'no'} "
+        "([README](README.md#benchmemory-worker-memory-per-open-ticket)).",
         "",
         f"One ticket: state {fmt_bytes(one.get('state_json_bytes'))} as JSON, "
         f"{one.get('history_events')} history events. Worker ready in "

@@ -589,12 +589,8 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 f"0.9 s; server timer late up to {fmt_s(get(parts, 'timer_late_s', 'max'), 2)}."
             )
             out.append(
-                "The Temporal server never fires a timer sooner than 1 s after it was created "
-                "(`history.timerProcessorMaxTimeShift`). With deadlines under 2 s a late ladder "
-                "step leaves less than a second to the next deadline and the re-armed timer "
-                "fires about a second late: the miss measures the server's timer floor, not the "
-                "ticket. Production deadlines (15 s running) always arm the last step ≥ 14 s "
-                "ahead."
+                "The server's 1 s minimum timer (`history.timerProcessorMaxTimeShift`): the "
+                "miss measures it, not the ticket (bench/README.md)."
             )
         else:
             out += parts_reason(parts, "max")
@@ -624,8 +620,7 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
                 f"errors {p.get('errors')}."
                 for p in procs
             ),
-            "The real process's last sign of life is whatever the ticket saw last (its claim or "
-            "a beat of its session loop); the same timer effects apply as above.",
+            "Its last sign of life is the ticket's last claim or beat (bench/README.md).",
         ]
 
     s.target(

@@ -449,3 +449,40 @@ def test_hostile_messages_are_counted_beside_the_other_figures() -> None:
     wrong = [{"category": "impersonation", "what": "register as validator", "target": "register"}]
     md = render_results(META, [*all_ok(), outcome("hostile", hostile_report(wrong))])
     assert "accepted: impersonation register as validator → register" in misses_section(md)
+
+
+def anomaly_report(overshoots: tuple[float, ...], ahead: tuple[float, ...]) -> dict[str, Any]:
+    runs = [
+        {"window_s": 2.0, "detected": True, "latency_s": 2 + o, "overshoot_s": o,
+         "signal_on_s": 2 - a, "armed_ahead_s": a, "signature": "agent_looping"}
+        for o, a in zip(overshoots, ahead, strict=True)
+    ]  # fmt: skip
+    worst = max(overshoots)
+    return {
+        "config": {"windows_s": [2.0], "runs_per_window": len(runs), "note_every_s": 0.25},
+        "by_window": {
+            "2": {
+                "n": len(runs),
+                "latency_s": {"p50": 2.02, "p90": 2.03, "max": 2 + worst},
+                "overshoot_s": {"max": worst},
+                "signatures": ["agent_looping"],
+            }
+        },
+        "runs": runs,
+        "not_detected": 0,
+        "targets": {"overshoot_max": {"target": "<= 1 s", "value": worst, "pass": worst <= 1}},
+    }
+
+
+def test_anomaly_miss_names_timers_armed_under_the_servers_minimum() -> None:
+    md = render_results(META, [outcome("anomaly", anomaly_report((0.02, 0.03), (1.47, 1.45)))])
+    assert summary_rows(md)["Loop start → anomaly diagnosis, minus the window (worst run)"][:3] == [
+        "0.03 s",
+        "<= 1 s",
+        "PASS",
+    ]
+    assert "| 2 s | 2 | 2.02 s | 2.03 s | 2.03 s | 0.03 s | agent_looping |" in md
+    md = render_results(META, [outcome("anomaly", anomaly_report((0.02, 1.011), (1.47, 0.01)))])
+    misses = misses_section(md)
+    assert "window 2 s: max 3.01 s" in misses
+    assert "1 run(s) armed the window's timer under 1 s ahead" in misses
