@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,15 @@ class NotifyActivities:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The TLS context every delivery uses, built once per worker: building one loads the
+        CA bundle, which was the largest cost of an escalation when thousands of tickets
+        escalate together (py-spy, 2,000 tickets: 13 % of the worker's CPU)."""
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()  # as httpx's own: SSL_CERT_FILE/DIR, certifi
+        return self._tls
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.deliver_escalation]
@@ -65,7 +75,9 @@ class NotifyActivities:
         progress.escalation_id, progress.event = request.escalation.id, request.event
         wait = FIRST_BACKOFF_S
         try:
-            async with httpx.AsyncClient(follow_redirects=False) as client:
+            async with httpx.AsyncClient(
+                follow_redirects=False, verify=self._tls_context()
+            ) as client:
                 while not await self._try(client, request, progress):
                     log.warning(
                         "%s of %s not delivered (try %d), again in %.0f s: %s",

@@ -441,7 +441,10 @@ class Run:
     """One ``deliver_escalation`` activity in an ActivityEnvironment, its heartbeats kept."""
 
     def __init__(
-        self, settings: Settings, req: NotifyRequest, progress: NotifyProgress | None = None
+        self,
+        settings: Settings | notify.NotifyActivities,
+        req: NotifyRequest,
+        progress: NotifyProgress | None = None,
     ) -> None:
         self.env = ActivityEnvironment()
         self.beats: list[NotifyProgress] = []
@@ -452,7 +455,12 @@ class Run:
             self.env.info = dataclasses.replace(
                 self.env.info, heartbeat_details=[progress.model_dump(mode="json")]
             )
-        activity = notify.NotifyActivities(settings).deliver_escalation
+        activities = (
+            settings
+            if isinstance(settings, notify.NotifyActivities)
+            else notify.NotifyActivities(settings)
+        )
+        activity = activities.deliver_escalation
         self.task: asyncio.Task[NotifyOutcome] = asyncio.create_task(self.env.run(activity, req))
 
     async def until(self, check: Callable[[], bool], what: str) -> None:

@@ -31,13 +31,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio import activity, workflow
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetSystemInfoRequest
+from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 import worker as worker_module
+from activities import notify
 from infra.client import TemporalConnectError, connect, tls_config
 from infra.devserver import DevServer, DevServerError, ensure_server, free_port
 from infra.settings import ENV_VARS, Settings, SettingsError
+from ledger.store import Ledger
 from starter import _settings, build_parser
+from tests.receiver import Receiver
+from tests.test_sinks import Run as SinkRun
+from tests.test_sinks import request, settings_with, write_sinks
 
 # ---- certificates ---------------------------------------------------------------------------
 
@@ -473,6 +479,57 @@ def test_settings_name_the_setting_and_the_rule(pki: Pki, tmp_path: Path) -> Non
     assert "must be one line" in error(api_key="two\nlines")
     unreadable = error(api_key_file=tmp_path)
     assert unreadable.startswith("api_key_file (UNSTUCK_TEMPORAL_API_KEY_FILE): cannot read")
+
+
+async def test_the_workflow_cache_is_sized_by_a_setting(
+    client: Client, settings: Settings, ledger: Ledger
+) -> None:
+    """A worker holding more open tickets than its cache replays a ticket's whole history on
+    each of its workflow tasks: the cache size is the operator's (UNSTUCK_MAX_CACHED_TICKETS)."""
+    assert Settings.from_env().max_cached_tickets == 1000
+    os.environ["UNSTUCK_MAX_CACHED_TICKETS"] = "12000"
+    try:
+        sized = Settings.from_env(temporal_address=settings.temporal_address)
+    finally:
+        del os.environ["UNSTUCK_MAX_CACHED_TICKETS"]
+    built = worker_module.build_worker(client, sized, ledger)
+    assert built.shared.config()["max_cached_workflows"] == 12000
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(max_cached_tickets="0")
+    assert str(caught.value) == (
+        "max_cached_tickets (UNSTUCK_MAX_CACHED_TICKETS): Input should be greater than or "
+        "equal to 1"
+    )
+
+
+async def test_an_https_sink_behind_an_internal_ca_gets_escalations(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries share one TLS context per worker (built once: loading the CA bundle was the
+    largest cost of an escalation at scale), and it trusts what SSL_CERT_FILE names."""
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(pki.server_cert, pki.server_key)
+    receiver = Receiver(tls=served).up()
+    try:
+        path = write_sinks(
+            tmp_path / "sinks.yaml", {"name": "hook", "kind": "webhook", "url": receiver.url}
+        )
+        monkeypatch.setattr(notify, "FIRST_BACKOFF_S", 0.05)
+        # Not trusted (the public CA bundle): not delivered, the error says why, retried.
+        untrusted = notify.NotifyActivities(settings_with(path))
+        run = SinkRun(untrusted, request())
+        await run.until(lambda: any(b.last_errors for b in run.beats), "a failed try")
+        assert "CERTIFICATE_VERIFY_FAILED" in run.beats[-1].last_errors[0]
+        assert (await run.cancelled()).delivered == [] and receiver.ok() == []
+        # The operator's CA: every delivery of one worker, over one context.
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        trusting = notify.NotifyActivities(settings_with(path))
+        for n in (1, 2):
+            outcome = await SinkRun(trusting, request()).outcome()
+            assert (outcome.delivered, outcome.complete) == (["hook"], True)
+            assert len(receiver.ok()) == n
+    finally:
+        receiver.down()
 
 
 def test_secrets_stay_out_of_reprs_and_errors(tmp_path: Path) -> None:
