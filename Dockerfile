@@ -16,6 +16,10 @@ COPY agent_client ./agent_client
 COPY infra ./infra
 COPY cli ./cli
 COPY worker.py starter.py ./
-RUN pip install --no-cache-dir .
+# The sources' bytecode is written at build time: as nobody the worker could not write it,
+# and every ticket it loads (the workflow sandbox imports workflows/ afresh) would compile
+# workflows/ticket.py again (5 ms each time, 15 % of the worker's CPU when tickets escalate
+# together).
+RUN pip install --no-cache-dir . && python -m compileall -q /app
 USER nobody
 CMD ["python", "worker.py", "--no-dev-server"]

@@ -136,6 +136,7 @@ def build_worker(
         # Many tickets wake at once when their deadlines pass; the default 5 pollers made
         # workflow-task pick-up dominate stuck-detection latency (bench/detection.py).
         max_concurrent_workflow_task_polls=16,
+        max_cached_workflows=settings.max_cached_tickets,
     )
     host = Worker(
         client,

@@ -55,6 +55,14 @@ class Settings(BaseModel):
         "restarted through the task queue <task_queue>@<host_id>, which only it polls; "
         "give each worker on one machine its own (default: the host name)",
     )
+    max_cached_tickets: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="how many workflows (tickets and diagnoses) this worker keeps in memory; "
+        "a workflow task of one not kept replays its whole history first. Size it to the "
+        "tickets a worker holds open: about 0.45 MB each (bench.memory)",
+    )
     database_url: str = Field(
         default="", description="SQLAlchemy URL of the ledger; empty = SQLite under data_dir"
     )
@@ -238,6 +246,7 @@ ENV_VARS: dict[str, str] = {
     "namespace": "UNSTUCK_NAMESPACE",
     "task_queue": "UNSTUCK_TASK_QUEUE",
     "host_id": "UNSTUCK_HOST_ID",
+    "max_cached_tickets": "UNSTUCK_MAX_CACHED_TICKETS",
     "database_url": "UNSTUCK_DATABASE_URL",
     "data_dir": "UNSTUCK_DATA_DIR",
     "ui_port": "UNSTUCK_UI_PORT",

@@ -69,6 +69,11 @@ def test_dockerfile_runs_the_worker_against_an_external_server() -> None:
     for package in packages["packages"]:
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert SERVICES["worker"]["build"] == "."
+    # The worker runs as nobody, who cannot write /app: its bytecode is compiled at build
+    # time, or each workflow instance's sandbox compiles the workflow modules again.
+    compiled = re.search(r"python -m compileall -q /app$", dockerfile, re.M)
+    user = re.search(r"^USER nobody$", dockerfile, re.M)
+    assert compiled and user and compiled.start() < user.start()
 
 
 def test_observability_services_agree_with_the_worker() -> None:
