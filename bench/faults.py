@@ -188,11 +188,28 @@ FAULTS: tuple[Fault, ...] = (
           "healed",
           lambda tid: spec(tid, [agent("ada", "--stall", *SUBMITTER), VALIDATOR]),
           timeout_s=45),
+    # two faults at once, each healable alone: both must heal, neither may hide the other
+    Fault("two_faults",
+          "a task fails for good while another agent stalls on the task it holds", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set",
+                    *SUBMITTER),
+              agent("linus", "--stall"),
+              VALIDATOR,
+          ], policy=ONE_RETRY), timeout_s=60),
+    # a healable fault beside one that needs a person: the crash is healed, a person is told
+    Fault("crash_without_validator",
+          "an agent is SIGKILLed holding a task (once), and the reviewed task has no validator",
+          "escalated",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER),
+              agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
+          ], tasks=tasks(validation=True)), timeout_s=60),
 )
 #: The short form CI runs (tests/test_faults.py): one of each kind of ending.
 QUICK = (
     "healthy", "missing_result", "dependency_failed", "validator_absent", "validator_on_demand",
-    "looping_agent", "stalled_agent", "task_storm", "wedged_worker",
+    "looping_agent", "stalled_agent", "task_storm", "wedged_worker", "two_faults",
 )
 # fmt: on
 
