@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import inspect
 import itertools
 import os
 import secrets
@@ -37,7 +36,6 @@ from rich.console import Console
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
-import worker as worker_module
 from agent_client.session import AgentSession
 from bench.harness import (
     REPO,
@@ -67,6 +65,8 @@ TARGET_BYTES = 1_000_000
 MB = 1_000_000
 #: Health deadlines, stuck window/cooldown and validator timeout: far beyond the run.
 OFF_S = 86_400.0
+#: Worker CPU allowed while every ticket is open and quiet (% of one core).
+IDLE_CPU_PCT = 2.0
 #: AgentSession heartbeat interval (only used for the one beat the bench sends).
 HEARTBEAT_S = 3_600.0
 RESULT_TYPES: tuple[str, ...] = get_args(ResultType)
@@ -126,13 +126,10 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def worker_cache_limit() -> tuple[int | None, str]:
-    """The worker's workflow cache size (``max_cached_workflows``) and where it comes from."""
-    from temporalio.worker import Worker
-
-    if "max_cached_workflows" in inspect.getsource(worker_module.build_worker):
-        return None, "set in worker.build_worker (not read by this bench)"
-    default = inspect.signature(Worker.__init__).parameters["max_cached_workflows"].default
-    return int(default), "temporalio Worker default; worker.build_worker does not set it"
+    """The worker's workflow cache size and where it comes from: the worker process runs with
+    every ``UNSTUCK_*`` variable removed, so it is the setting's default."""
+    default = Settings.model_fields["max_cached_tickets"].default
+    return int(default), "UNSTUCK_MAX_CACHED_TICKETS default"
 
 
 class WorkerProcess:
@@ -508,6 +505,16 @@ async def open_tickets(
                         f"at {point}: {check['open']} of {point} tickets answer 'open' "
                         f"({check['by_status']}, {check['errors']} query errors)"
                     )
+        # Idle: every ticket open, nothing happening; the worker should do (almost) nothing.
+        bar = progress.add_task(f"[dim]worker idle with {len(opened)} tickets open", total=1)
+        cpu_idle0 = cpu_seconds(proc.pid)
+        await asyncio.sleep(args.idle)
+        idle = {
+            "open_tickets": len(opened),
+            "seconds": args.idle,
+            "cpu_s": round(cpu_seconds(proc.pid) - cpu_idle0, 3),
+        }
+        progress.advance(bar)
         timing["opening_s"] = round(opening_s, 2)
         timing["tickets_per_s"] = round(points[-1] / opening_s, 1) if opening_s else 0.0
         worker_cpu_opening = cpu_seconds(proc.pid) - cpu0
@@ -539,6 +546,7 @@ async def open_tickets(
         "timing": timing,
         "worker_cpu_opening_s": round(worker_cpu_opening, 2),
         "one_ticket": one,
+        "idle": idle,
         "problems": problems,
     }
 
@@ -626,6 +634,13 @@ def build_report(
         }
         for key, v in per_ticket.items()
     }
+    idle = m["idle"]
+    idle_pct = round(100 * idle["cpu_s"] / idle["seconds"], 2)
+    targets[f"idle_cpu_at_{idle['open_tickets']}"] = {
+        "target": f"<= {IDLE_CPU_PCT:g} % of a core",
+        "value": idle_pct,
+        "pass": idle_pct <= IDLE_CPU_PCT,
+    }
     top = str(counts[-1])
     resident = at_counts[top].get("sticky_cache_size")
     return {
@@ -666,6 +681,7 @@ def build_report(
             and not at_counts[top].get("forced_evictions"),
         },
         "one_ticket": m["one_ticket"],
+        "idle": {**idle, "cpu_pct_of_core": idle_pct},
         "tickets": {
             "opened": len(opened),
             "with_errors": sum(1 for o in opened if o.error),
@@ -723,6 +739,19 @@ def summarize(r: dict[str, Any], quick: bool) -> Summary:
             f"cached; {fmt_pct(ratio(v.get('rss_bytes_per_ticket'), 1_000_000))} of the target",
             reasons,
         )
+    idle = r.get("idle", {})
+    s.target(
+        r,
+        f"idle_cpu_at_{idle.get('open_tickets')}",
+        f"Worker CPU while {idle.get('open_tickets')} tickets stay open and quiet",
+        f"{fmt_f(idle.get('cpu_pct_of_core'), 2)} % of a core",
+        f"{fmt_f(idle.get('cpu_s'), 2)} s of CPU in {fmt_f(idle.get('seconds'), 0)} s",
+        lambda: [
+            f"the worker used {fmt_f(idle.get('cpu_s'), 2)} s of CPU in "
+            f"{fmt_f(idle.get('seconds'), 0)} s with every ticket open and no timer due: "
+            "something polls or wakes per open ticket"
+        ],
+    )
     for span, x in marginal.items():
         s.info(
             f"Worker memory, marginal per ticket {span.replace('->', '→')}",
@@ -806,10 +835,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
     option(p, "--settle", 2.0, "pause before sampling RSS, seconds")
     option(p, "--samples", 6, "RSS readings per step")
     option(p, "--otel", "file", "the worker's UNSTUCK_OTEL_EXPORTER", choices=["file", "none"])
+    option(p, "--idle", 30.0, "seconds the worker's CPU is read with every ticket open and quiet")
     option(p, "--timeout", 600.0, "limit per step, seconds")
 
 
 def check(args: argparse.Namespace) -> str | None:
+    if args.idle <= 0:
+        return "--idle must be > 0"
     if not 1 <= args.result_bytes <= 100 * 1024:
         return "--result-bytes must be 1..102400"
     return at_least(args, 1, "workers", "concurrency", "samples") or at_least(
@@ -838,7 +870,7 @@ BENCH = BenchDef.of(
     globals(),
     "memory",
     "Worker memory per open ticket",
-    quick="--counts 20,100 --step 0 --warmup 2",
+    quick="--counts 20,100 --step 0 --warmup 2 --idle 10",
 )
 parse_args, run, main = BENCH.parse_args, BENCH.run, BENCH.main
 
