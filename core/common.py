@@ -194,34 +194,25 @@ def record_failure(task: Task, reason: str) -> None:
 
 def blocked_tasks(state: TicketState) -> set[str]:
     """Pending tasks that can never become eligible: a dependency, directly or through other
-    blocked tasks, failed for good or was cancelled."""
+    blocked tasks, failed for good or was cancelled. A walk from the failed and cancelled
+    tasks to the tasks waiting on them (the index's dependants), not a pass over all tasks."""
+    index = state.index()
     blocked: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for task in state.tasks.values():
-            if task.status != "pending" or task.id in blocked:
-                continue
-            for dep in task.depends_on:
-                other = state.tasks.get(dep)
-                if other is None:
-                    continue
-                if other.status in ("failed", "cancelled") or dep in blocked:
-                    blocked.add(task.id)
-                    changed = True
-                    break
+    frontier = list(index.dead)
+    while frontier:
+        for waiting in index.dependants.get(frontier.pop(), ()):
+            task = state.tasks.get(waiting)
+            if task is not None and task.status == "pending" and waiting not in blocked:
+                blocked.add(waiting)
+                frontier.append(waiting)
     return blocked
 
 
 def moving_tasks(state: TicketState) -> int:
     """Active tasks that are not blocked: work that can still happen without help."""
-    counts = state.index().by_status
-    if not state.healing_v2 or not (counts["failed"] or counts["cancelled"]):
-        return open_tasks(state)  # nothing can be blocked: no fixpoint on the hot path
-    blocked = blocked_tasks(state)
-    return sum(
-        1 for t in state.tasks.values() if t.status in ACTIVE_STATUSES and t.id not in blocked
-    )
+    if not state.healing_v2 or not state.index().dead:
+        return open_tasks(state)  # nothing can be blocked
+    return open_tasks(state) - len(blocked_tasks(state))  # blocked tasks are pending: active
 
 
 def current_phase(state: TicketState) -> str | None:

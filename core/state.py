@@ -68,8 +68,10 @@ class TaskReview(BaseModel):
 
 #: Task fields the ticket's index (TaskIndex) follows.
 INDEXED_FIELDS: frozenset[str] = frozenset(
-    {"status", "phase", "priority", "assigned_agent", "review_requested_at"}
+    {"status", "phase", "priority", "assigned_agent", "review_requested_at", "depends_on"}
 )
+#: A task in one of these can never be done: the tasks that wait on it are blocked.
+DEAD_STATUSES: frozenset[str] = frozenset({"failed", "cancelled"})
 
 REVIEW_STATUSES: frozenset[str] = frozenset({"under_review", "validation_in_progress"})
 
@@ -98,6 +100,10 @@ class TaskIndex:
         self.by_phase_status: Counter[tuple[str, str]] = Counter()
         self.held: dict[str, set[str]] = {}
         self.reviewing: set[str] = set()
+        #: failed or cancelled tasks, where a walk for blocked tasks starts
+        self.dead: set[str] = set()
+        #: task id -> the tasks that depend on it (its id in their depends_on)
+        self.dependants: dict[str, set[str]] = {}
         self.size = 0
         for task in tasks.values():
             self.add(task, attach=attach)
@@ -126,6 +132,8 @@ class TaskIndex:
             sorted(self.reviewing),
             [task_id for _, task_id in self.pending],
             self.size,
+            sorted(self.dead),
+            {dep: sorted(ids) for dep, ids in self.dependants.items()},
         )
 
     def _count(self, task: Task, sign: int) -> None:
@@ -152,6 +160,19 @@ class TaskIndex:
                 self.reviewing.add(task.id)
             else:
                 self.reviewing.discard(task.id)
+        if task.status in DEAD_STATUSES:
+            if sign > 0:
+                self.dead.add(task.id)
+            else:
+                self.dead.discard(task.id)
+        for dep in task.depends_on:
+            waiting = self.dependants.setdefault(dep, set())
+            if sign > 0:
+                waiting.add(task.id)
+            else:
+                waiting.discard(task.id)
+                if not waiting:
+                    del self.dependants[dep]
 
 
 class Task(BaseModel):

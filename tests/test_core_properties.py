@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from core import ticket as core
 from core import views
+from core.common import blocked_tasks
 from core.state import ACTIVE_STATUSES, HELD_STATUSES, TicketState
 from models.ledger import LedgerBatch, TaskResultRecord, ValidationReviewRecord
 from models.ledger import WorkflowResultRecord as VersionRecord
@@ -474,8 +475,28 @@ class TicketMachine(RuleBasedStateMachine):
                 )
             ],
             len(tasks),
+            sorted(t.id for t in tasks if t.status in ("failed", "cancelled")),
+            {
+                dep: sorted(t.id for t in tasks if dep in t.depends_on)
+                for dep in sorted({d for t in tasks for d in t.depends_on})
+            },
         )
         assert self.state.index().snapshot() == counted
+        # Blocked tasks, by the fixpoint over every task that the index's walk replaced.
+        by_id = {t.id: t for t in tasks}
+        blocked: set[str] = set()
+        while grown := {
+            t.id
+            for t in tasks
+            if t.status == "pending"
+            and t.id not in blocked
+            and any(
+                d in blocked or (d in by_id and by_id[d].status in ("failed", "cancelled"))
+                for d in t.depends_on
+            )
+        }:
+            blocked |= grown
+        assert blocked_tasks(self.state) == blocked
 
     @invariant()
     def tasks_are_never_lost_and_ids_are_sequential(self) -> None:
