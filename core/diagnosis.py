@@ -190,9 +190,10 @@ def idle_queue(state: TicketState) -> bool:
     are gone, wedged or filtered to other phases, and nobody else would notice."""
     if not state.behaviour_v1:
         return False
-    if any(t.status in WORKED_STATUSES for t in state.tasks.values()):
+    index = state.index()
+    if any(index.by_status[s] for s in WORKED_STATUSES):
         return False
-    return any(claimable(state, t) for t in state.tasks.values() if t.status == "pending")
+    return any(claimable(state, state.tasks[task_id]) for _, task_id in index.pending)
 
 
 # ---- triggers and guards -----------------------------------------------------------------

@@ -68,7 +68,15 @@ class TaskReview(BaseModel):
 
 #: Task fields the ticket's index (TaskIndex) follows.
 INDEXED_FIELDS: frozenset[str] = frozenset(
-    {"status", "phase", "priority", "assigned_agent", "review_requested_at", "depends_on"}
+    {
+        "status",
+        "phase",
+        "priority",
+        "assigned_agent",
+        "review_requested_at",
+        "depends_on",
+        "iteration",
+    }
 )
 #: A task in one of these can never be done: the tasks that wait on it are blocked.
 DEAD_STATUSES: frozenset[str] = frozenset({"failed", "cancelled"})
@@ -104,6 +112,8 @@ class TaskIndex:
         self.dead: set[str] = set()
         #: task id -> the tasks that depend on it (its id in their depends_on)
         self.dependants: dict[str, set[str]] = {}
+        #: the tasks' iterations summed: results sent to review (a metric, per message)
+        self.iterations = 0
         self.size = 0
         for task in tasks.values():
             self.add(task, attach=attach)
@@ -134,9 +144,11 @@ class TaskIndex:
             self.size,
             sorted(self.dead),
             {dep: sorted(ids) for dep, ids in self.dependants.items()},
+            self.iterations,
         )
 
     def _count(self, task: Task, sign: int) -> None:
+        self.iterations += sign * task.iteration
         self.by_status[task.status] += sign
         self.by_phase_status[task.phase, task.status] += sign
         if task.assigned_agent is not None and task.status in HELD_STATUSES:

@@ -480,6 +480,7 @@ class TicketMachine(RuleBasedStateMachine):
                 dep: sorted(t.id for t in tasks if dep in t.depends_on)
                 for dep in sorted({d for t in tasks for d in t.depends_on})
             },
+            sum(t.iteration for t in tasks),
         )
         assert self.state.index().snapshot() == counted
         # Blocked tasks, by the fixpoint over every task that the index's walk replaced.

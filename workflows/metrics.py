@@ -25,7 +25,7 @@ __all__ = ["TicketMetrics"]
 
 def _validation_iterations(state: TicketState) -> int:
     """Task results sent to review plus final result versions submitted."""
-    return sum(task.iteration for task in state.tasks.values()) + len(state.results)
+    return state.index().iterations + len(state.results)
 
 
 def _quarantines(state: TicketState) -> int:
