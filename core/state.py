@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
@@ -84,6 +85,11 @@ DEAD_STATUSES: frozenset[str] = frozenset({"failed", "cancelled"})
 REVIEW_STATUSES: frozenset[str] = frozenset({"under_review", "validation_in_progress"})
 
 
+def title_key(title: str) -> str:
+    """A task title as compared for duplicates: case, punctuation and spacing aside."""
+    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
+
+
 class TaskIndex:
     """What the hot path asks of the tasks, kept current as tasks change (not serialised).
 
@@ -112,6 +118,8 @@ class TaskIndex:
         self.dead: set[str] = set()
         #: task id -> the tasks that depend on it (its id in their depends_on)
         self.dependants: dict[str, set[str]] = {}
+        #: (phase, title_key) -> the active tasks of that title (one per title and phase)
+        self.active_titles: dict[tuple[str, str], set[str]] = {}
         #: the tasks' iterations summed: results sent to review (a metric, per message)
         self.iterations = 0
         self.size = 0
@@ -145,6 +153,7 @@ class TaskIndex:
             sorted(self.dead),
             {dep: sorted(ids) for dep, ids in self.dependants.items()},
             self.iterations,
+            {key: sorted(ids) for key, ids in self.active_titles.items()},
         )
 
     def _count(self, task: Task, sign: int) -> None:
@@ -172,6 +181,15 @@ class TaskIndex:
                 self.reviewing.add(task.id)
             else:
                 self.reviewing.discard(task.id)
+        if task.status in ACTIVE_STATUSES:
+            key = (task.phase, title_key(task.title))
+            titled = self.active_titles.setdefault(key, set())
+            if sign > 0:
+                titled.add(task.id)
+            else:
+                titled.discard(task.id)
+                if not titled:
+                    del self.active_titles[key]
         if task.status in DEAD_STATUSES:
             if sign > 0:
                 self.dead.add(task.id)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -53,6 +51,7 @@ from core.state import (
     Task,
     TaskReview,
     TicketState,
+    title_key,
 )
 from models.ledger import (
     LedgerBatch,
@@ -476,11 +475,6 @@ def create_task(
     return Step(reply)
 
 
-def _title_key(title: str) -> str:
-    """A task title as compared for duplicates: case, punctuation and spacing aside."""
-    return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
-
-
 def _within_bounds(state: TicketState, agent: Agent, msg: CreateTask, now: datetime) -> None:
     """DESIGN §12's hard bounds on create_task, refused at the door with the rule named."""
     policy = state.spec.policy.tasks
@@ -500,18 +494,14 @@ def _within_bounds(state: TicketState, agent: Agent, msg: CreateTask, now: datet
             f"holds {count} open tasks; the limit is {policy.max_open_tasks} "
             "(policy.tasks.max_open_tasks)",
         )
-    title = _title_key(msg.title)
-    for task in state.tasks.values():
-        if (
-            task.phase == msg.phase
-            and task.status in ACTIVE_STATUSES
-            and _title_key(task.title) == title
-        ):
-            raise Refused(
-                "title",
-                f"duplicates the active task {task.id} {task.title!r} in phase {msg.phase!r} "
-                "(one active task per title and phase)",
-            )
+    same = state.index().active_titles.get((msg.phase, title_key(msg.title)))
+    if same:
+        task = min((state.tasks[t] for t in same), key=lambda t: t.seq)
+        raise Refused(
+            "title",
+            f"duplicates the active task {task.id} {task.title!r} in phase {msg.phase!r} "
+            "(one active task per title and phase)",
+        )
 
 
 def submit_result(
@@ -1130,20 +1120,16 @@ def _waiting_ahead(state: TicketState, agent: Agent, task: Task, now: datetime) 
         waiting.append(other.id)
     if not waiting:  # the usual case: no pass over the tasks
         return 0
-    held = Counter(
-        t.assigned_agent
-        for t in state.tasks.values()
-        if t.assigned_agent in waiting and t.status in HELD_STATUSES
-    )
+    held = state.index().held
     limit = state.spec.policy.tasks.max_tasks_per_agent
-    return sum(1 for other in waiting if held[other] < limit)
+    return sum(1 for other in waiting if len(held.get(other, ())) < limit)
 
 
 def _eligible_count(state: TicketState, phases: list[str] | None, enough: int) -> int:
     """How many tasks a claim could get now, counting no further than ``enough``."""
     count = 0
-    for task in state.tasks.values():
-        if claimable(state, task, phases):
+    for _, task_id in state.index().pending:  # claimable tasks are pending
+        if claimable(state, state.tasks[task_id], phases):
             count += 1
             if count >= enough:
                 break
@@ -1152,7 +1138,8 @@ def _eligible_count(state: TicketState, phases: list[str] | None, enough: int) -
 
 def _claim_review(state: TicketState, agent: Agent, now: datetime, box: AgentInbox) -> ClaimReply:
     """A validator's claim: the oldest task awaiting review, else a result awaiting a verdict."""
-    waiting = [t for t in state.tasks.values() if t.status == "under_review"]
+    reviewing = (state.tasks[t] for t in state.index().reviewing)  # not a pass over all tasks
+    waiting = [t for t in reviewing if t.status == "under_review"]
     if waiting:
         task = min(waiting, key=lambda t: (t.review_requested_at or t.updated_at, t.seq))
         task.status = "validation_in_progress"
@@ -1229,8 +1216,8 @@ def next_eligible(
 def _why_nothing(state: TicketState, phases: list[str] | None = None) -> str:
     pending = [
         t
-        for t in state.tasks.values()
-        if t.status == "pending" and (not phases or t.phase in phases)
+        for t in (state.tasks[task_id] for _, task_id in state.index().pending)
+        if not phases or t.phase in phases
     ]
     if not pending:
         return f"no pending task in phases {phases}" if phases else "no pending task"

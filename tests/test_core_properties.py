@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from core import ticket as core
 from core import views
 from core.common import blocked_tasks
-from core.state import ACTIVE_STATUSES, HELD_STATUSES, TicketState
+from core.state import ACTIVE_STATUSES, HELD_STATUSES, TicketState, title_key
 from models.ledger import LedgerBatch, TaskResultRecord, ValidationReviewRecord
 from models.ledger import WorkflowResultRecord as VersionRecord
 from models.messages import (
@@ -457,6 +457,7 @@ class TicketMachine(RuleBasedStateMachine):
         for t in tasks:
             if t.assigned_agent is not None and t.status in HELD_STATUSES:
                 held.setdefault(t.assigned_agent, []).append(t.id)
+        active = [t for t in tasks if t.status in ACTIVE_STATUSES]
         counted = (
             Counter(t.status for t in tasks),
             Counter((t.phase, t.status) for t in tasks),
@@ -481,6 +482,10 @@ class TicketMachine(RuleBasedStateMachine):
                 for dep in sorted({d for t in tasks for d in t.depends_on})
             },
             sum(t.iteration for t in tasks),
+            {
+                key: sorted(t.id for t in active if (t.phase, title_key(t.title)) == key)
+                for key in {(t.phase, title_key(t.title)) for t in active}
+            },
         )
         assert self.state.index().snapshot() == counted
         # Blocked tasks, by the fixpoint over every task that the index's walk replaced.
