@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 
 from core import behaviour
 from core.diagnosis import display_status
-from core.state import HELD_STATUSES, Agent, ResultVersion, TicketState
+from core.state import Agent, ResultVersion, TicketState
 from core.ticket import current_phase, open_tasks, validated_version
 from models.messages import (
     AgentView,
@@ -52,11 +51,11 @@ def published_anomaly(state: TicketState) -> float:
 
 
 def status_view(state: TicketState, now: datetime | None = None) -> StatusView:
-    by_status = Counter(t.status for t in state.tasks.values())
+    index = state.index()  # counts kept current: no pass over the tasks per query
+    by_status = +index.by_status
     by_phase: dict[str, dict[str, int]] = {p.name: {} for p in state.spec.phases}
-    for task in state.tasks.values():
-        phase = by_phase.setdefault(task.phase, {})
-        phase[task.status] = phase.get(task.status, 0) + 1
+    for (name, status), n in (+index.by_phase_status).items():
+        by_phase.setdefault(name, {})[status] = n
     return StatusView(
         ticket_id=state.ticket_id,
         title=state.spec.title,
@@ -87,11 +86,7 @@ def agent_view(state: TicketState, agent: Agent) -> AgentView:
         registered_at=agent.registered_at.isoformat(),
         last_heartbeat_at=agent.last_heartbeat_at.isoformat() if agent.last_heartbeat_at else None,
         last_seq=agent.last_seq,
-        tasks=[
-            t.id
-            for t in state.tasks.values()
-            if t.assigned_agent == agent.id and t.status in HELD_STATUSES
-        ],
+        tasks=sorted(state.index().held.get(agent.id, ()), key=lambda t: state.tasks[t].seq),
         heartbeats=agent.heartbeats,
         seq_gaps=agent.seq_gaps,
         out_of_order=agent.out_of_order,
