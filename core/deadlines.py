@@ -52,7 +52,8 @@ def tick(state: TicketState, now: datetime) -> list[Effect]:
         return effects
     effects += health.tick(state, now)
     timeout = timedelta(seconds=state.spec.policy.validation.validator_timeout_s)
-    for task in list(state.tasks.values()):
+    # The tasks under review (the index's set), in creation order: not a pass over all tasks.
+    for task in sorted((state.tasks[t] for t in state.index().reviewing), key=lambda t: t.seq):
         if (
             task.review_requested_at is None
             or task.status not in ("under_review", "validation_in_progress")
