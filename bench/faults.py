@@ -205,11 +205,21 @@ FAULTS: tuple[Fault, ...] = (
               agent("ada", *SUBMITTER),
               agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
           ], tasks=tasks(validation=True)), timeout_s=60),
+    # interrupted, restarted, then quarantined (a person told): the other agent heals the rest
+    Fault("loop_beside_failure",
+          "an agent loops in every generation while another's task fails for good", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", "--loop"),
+              agent("linus", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set",
+                    *SUBMITTER),
+              VALIDATOR,
+          ], policy=ONE_RETRY), timeout_s=60),
 )
 #: The short form CI runs (tests/test_faults.py): one of each kind of ending.
 QUICK = (
     "healthy", "missing_result", "dependency_failed", "validator_absent", "validator_on_demand",
     "looping_agent", "stalled_agent", "task_storm", "wedged_worker", "two_faults",
+    "loop_beside_failure",
 )
 # fmt: on
 

@@ -412,7 +412,13 @@ def diagnosis_finished(
                 why = f"{rec.title}: {rec.description}" if rec.description else rec.title
                 to_people.append(why)
                 continue
-            if rec.remedy in ("interrupt_agent", "restart_agent", "reassign_task", "cancel_tasks"):
+            if rec.remedy in (
+                "interrupt_agent",
+                "restart_agent",
+                "quarantine_agent",
+                "reassign_task",
+                "cancel_tasks",
+            ):
                 done = _act(state, rec, run.run_id, now, effects)
                 if done is not None:
                     run.acted.append(done)
@@ -534,6 +540,11 @@ def _act(
     from core import health  # core.health builds on this module
 
     behaviour_reset(agent, now)
+    if rec.remedy == "quarantine_agent":
+        quarantine = health.quarantine_for_behaviour(state, agent, now, f"{run_id}: {rec.title}")
+        if effects is not None:
+            effects.extend(quarantine)
+        return f"quarantined {agent.id}"
     restart = health.restart_agent(state, agent, now, f"restarted by {run_id}: {rec.title}")
     if effects is not None:
         effects.extend(restart)
@@ -548,7 +559,9 @@ def behaviour_reset(agent: Agent, now: datetime) -> None:
 def _take_back(state: TicketState, agent: Agent, now: datetime, why: str) -> list[str]:
     """The agent's held tasks go back to pending (no retry used), its reviews to the queue."""
     taken = []
-    for task in state.tasks.values():
+    index = state.index()  # what it holds or reviews, in creation order: not every task
+    mine = index.held.get(agent.id, set()) | index.reviewing
+    for task in sorted((state.tasks[t] for t in mine), key=lambda t: t.seq):
         if task.reviewer == agent.id and task.status == "validation_in_progress":
             task.status = "under_review"  # any validator may review it again, this one too
             task.reviewer = None

@@ -162,7 +162,7 @@ def resolve_all(state: TicketState, now: datetime, why: str) -> None:
 
 
 def resolve_quarantine(state: TicketState, agent_id: str, now: datetime, by: str) -> None:
-    """A person released a quarantined agent: its restart-storm escalation is dealt with."""
+    """A person released a quarantined agent: its quarantine escalation is dealt with."""
     if not state.escalations_v1:
         return
     released = state.agents.get(agent_id)
@@ -174,7 +174,8 @@ def resolve_quarantine(state: TicketState, agent_id: str, now: datetime, by: str
             and quarantined.lineage != ""
             and quarantined.lineage == released.lineage
         )
-        if escalation.source == "restart_quarantine" and same and not escalation.resolved:
+        quarantine = escalation.source in ("restart_quarantine", "behaviour_quarantine")
+        if quarantine and same and not escalation.resolved:
             mark_resolved(state, escalation, now, by, f"{agent_id} released from quarantine")
 
 

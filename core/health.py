@@ -279,6 +279,44 @@ def _quarantine(
     return effects
 
 
+def quarantine_for_behaviour(
+    state: TicketState, agent: Agent, now: datetime, reason: str
+) -> list[Effect]:
+    """The remedy quarantine_agent: an agent that went on misbehaving after an interrupt and
+    a restart gets no more tasks and its process is stopped; its tasks go back to pending
+    with no retry used (the agent failed, not the tasks), for the agents that can do them.
+    A person is told (``behaviour_quarantine``, which does not stop the ticket's healing)
+    and may release it (``unstuck release``)."""
+    lineage = lineage_of(state, agent)
+    taken = diagnosis.take_back(state, agent, now, f"{agent.id} quarantined")
+    agent.state = "quarantined"
+    lineage.quarantined = True
+    why = f"{agent.id} quarantined, no new tasks: {reason}"
+    log(
+        state,
+        now,
+        "agent_quarantined",
+        why + (f"; {', '.join(taken)} back to pending" if taken else ""),
+        agent_id=agent.id,
+    )
+    diagnosis.escalate(state, now, source="behaviour_quarantine", reason=why, agent_id=agent.id)
+    lineage.events += 1
+    _record(
+        state,
+        agent,
+        lineage,
+        lineage.events,
+        "quarantined",
+        now,
+        reason=reason,
+        finished=True,
+        old_pid=lineage.process.pid if lineage.process else None,
+    )
+    if lineage.process is None:
+        return []
+    return [StopAgentProcesses((lineage.process,), f"{agent.id} quarantined")]
+
+
 def _release_tasks(
     state: TicketState,
     agent: Agent,

@@ -126,7 +126,9 @@ Answer with one JSON object matching the given JSON Schema, nothing else:
   snapshot's on-demand agent named agent (see "spawnable"); reassign_task takes the held
   task task_id from its agent for another one; interrupt_agent makes the agent with id
   agent drop its tasks and gives it the description as feedback; restart_agent restarts
-  the agent with id agent; cancel_tasks cancels the pending tasks task_ids (duplicates, a
+  the agent with id agent; quarantine_agent takes the agent with id agent out of the work
+  (no more tasks, its process stopped, a person told) when other agents can do it;
+  cancel_tasks cancels the pending tasks task_ids (duplicates, a
   storm); escalate hands the ticket to a person when no agent can fix it (e.g. no
   validator can be had). Do not repeat a plan an earlier diagnosis already ran without
   success (its "plan" and "outcome"): take the next rung (interrupt, then restart, then

@@ -1344,6 +1344,22 @@ def agent_anomaly(evidence: Evidence) -> Hypothesis | None:
                 agent=agent.id,
             )
         )
+    elif others:
+        # Interrupted and restarted, and still at it: take it out of the work, so that the
+        # agents that can do it carry the ticket on; a person is told about this agent (and
+        # may release it), and the rest of the ticket keeps healing.
+        recs = [
+            _recommend(
+                f"Quarantine {agent.id}: it {what} after interrupt and restart",
+                f"Diagnoses {', '.join(earlier)} interrupted and restarted this agent's lineage "
+                f"({agent.lineage or agent.id}); it still {what}: {signal}. Its tasks go to "
+                f"{_ids(others)}; a person should look at its prompt, tools or task.",
+                phase,
+                priority="critical",
+                remedy="quarantine_agent",
+                agent=agent.id,
+            )
+        ]
     else:
         recs = [
             _recommend(

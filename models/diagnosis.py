@@ -61,11 +61,17 @@ Remedy = Literal[
     "spawn_agent",
     "restart_agent",
     "interrupt_agent",
+    "quarantine_agent",
     "cancel_tasks",
     "escalate",
 ]
 #: Remedies that create no task: they act on agents, tasks or people.
-AGENT_REMEDIES: tuple[str, ...] = ("spawn_agent", "restart_agent", "interrupt_agent")
+AGENT_REMEDIES: tuple[str, ...] = (
+    "spawn_agent",
+    "restart_agent",
+    "interrupt_agent",
+    "quarantine_agent",
+)
 
 MAX_HYPOTHESES = 5
 MAX_RECOVERY_TASKS = 5
@@ -275,6 +281,9 @@ class Recommendation(BaseModel):
       pending. No task.
     - ``interrupt_agent``: the agent ``agent`` drops its current tasks (back to pending) and
       finds ``description`` in its inbox as feedback. No task.
+    - ``quarantine_agent``: the agent ``agent`` gets no more tasks and its process is
+      stopped; its tasks go back to pending (no retry used), for the other agents. A person
+      is told (``behaviour_quarantine``) and may release it; the ticket goes on. No task.
     - ``cancel_tasks``: cancels the open tasks ``task_ids`` (duplicates, a storm); they stay
       in the ticket and the ledger, cancelled. No task.
     - ``escalate``: hands the ticket to a person (title and description say why and what was
@@ -300,8 +309,8 @@ class Recommendation(BaseModel):
         default=None,
         max_length=63,
         description=(
-            "spawn_agent: the name of a spec agent with spawn: on_demand; restart_agent and "
-            "interrupt_agent: the agent's id"
+            "spawn_agent: the name of a spec agent with spawn: on_demand; restart_agent, "
+            "interrupt_agent and quarantine_agent: the agent's id"
         ),
     )
     task_id: str | None = Field(

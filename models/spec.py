@@ -50,6 +50,7 @@ ESCALATION_SOURCES: dict[str, Severity] = {
     "diagnosis_guard": "SEV-2",  # the diagnosis budget is spent
     "diagnosis_ladder": "SEV-2",  # a diagnosis found no remedy the ticket can apply
     "restart_quarantine": "SEV-2",  # a restart storm: the agent is quarantined
+    "behaviour_quarantine": "SEV-3",  # it misbehaves after interrupt and restart: quarantined
     "restart_failed": "SEV-2",  # an agent could not be restarted
     "spawn_failed": "SEV-2",  # an agent could not be started
     "external_restart": "SEV-3",  # an agent someone else runs died; it was asked to restart
@@ -60,6 +61,7 @@ EscalationSource = Literal[
     "diagnosis_guard",
     "diagnosis_ladder",
     "restart_quarantine",
+    "behaviour_quarantine",
     "restart_failed",
     "spawn_failed",
     "external_restart",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core import behaviour, deadlines, diagnosis, health
 from core import ticket as core
-from core.common import RestartAgentProcess, StartDiagnosis
+from core.common import RestartAgentProcess, StartDiagnosis, StopAgentProcesses
 from core.state import TicketState
 from diagnosis.rules import plan_recovery, rule_hypotheses
 from models.diagnosis import DiagnosisReport, Evidence
@@ -23,10 +23,12 @@ from models.messages import (
     CreateTask,
     FailTask,
     RegisterAgent,
+    ReleaseAgent,
     ReportProgress,
     ReviewResult,
     SubmitResult,
 )
+from models.runtime import AgentProcess
 from models.spec import AgentKind, parse_spec
 from tests.test_core_diagnosis import OPERATOR, s
 
@@ -410,6 +412,48 @@ def test_a_looping_agent_is_interrupted_then_restarted_then_escalated() -> None:
     assert rec.remedy == "escalate"
     assert any(e.source == "diagnosis_ladder" for e in state.escalations)
     assert diagnosis.display_status(state) == "escalated"
+
+
+def test_a_looping_agent_that_others_can_stand_in_for_is_quarantined_not_the_ticket() -> None:
+    """Interrupted, restarted, and still looping, while another worker lives: the agent is
+    taken out of the work (a person told about it), its task goes to the other worker with
+    no retry used, and the ticket keeps healing (not escalated as a whole)."""
+    state, agents = fleet(runtime="local-process")
+    state.escalations_v1 = True  # as every new ticket: escalations reach people, and resolve
+    w = agents["w"]
+    task = claim(state, agents, "w", 0)
+    loop(state, agents, "w", task, 1)
+    report, _ = diagnose(state, deadlines.tick(state, s(1 + WINDOW)), 7)
+    assert [r.remedy for r in report.plan.tasks] == ["reassign_task", "interrupt_agent"]
+    other = claim(state, agents, "w", 8)  # it gets other work (the first task avoids it)
+    loop(state, agents, "w", other, 9)
+    report, _ = diagnose(state, deadlines.tick(state, s(9 + WINDOW)), 15)
+    assert [(r.remedy, r.agent) for r in report.plan.tasks] == [("restart_agent", w)]
+    reply = core.register(state, RegisterAgent(name="w", kind="worker"), s(16), token="w").reply
+    agents["w"] = w2 = reply.agent_id  # the replacement: same lineage, new id
+    task2 = claim(state, agents, "w", 17)
+    failures = state.tasks[task2].failures
+    loop(state, agents, "w", task2, 18)
+    effects = deadlines.tick(state, s(18 + WINDOW))
+    running = AgentProcess(agent_name="w", runtime="local-process", pid=4242, started_at=s(17))
+    state.lineages["w"].process = running  # as the spawn activity recorded it
+    report, applied = diagnose(state, effects, 24)
+    assert [(r.remedy, r.agent) for r in report.plan.tasks] == [("quarantine_agent", w2)]
+    assert state.agents[w2].state == "quarantined" and state.lineages["w"].quarantined
+    assert [e.processes for e in applied if isinstance(e, StopAgentProcesses)] == [(running,)]
+    # Its task is back in the queue, no retry used, for the other worker; it gets no more.
+    assert state.tasks[task2].status == "pending"
+    assert state.tasks[task2].failures == failures
+    refused = core.claim(state, ClaimTask(**auth(agents, "w")), s(25)).reply
+    assert refused.task is None and refused.reason == "agent is quarantined"
+    # A person is told about the agent; the ticket is not escalated and keeps healing.
+    [told] = [e for e in state.escalations if not e.resolved]
+    assert (told.source, told.severity, told.agent_id) == ("behaviour_quarantine", "SEV-3", w2)
+    assert diagnosis.guard_reason(state) is None
+    assert diagnosis.display_status(state) != "escalated"
+    # Released by an operator: the escalation about it is dealt with.
+    health.release(state, ReleaseAgent(agent_id=w2, operator_token=OPERATOR), s(30))
+    assert told.resolved
 
 
 def test_an_interrupted_agent_that_stays_calm_for_the_window_was_healed() -> None:
