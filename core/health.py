@@ -36,6 +36,7 @@ from core.state import HELD_STATUSES, Agent, Lineage, TicketState
 from models.ledger import RestartEventRecord, restart_event_id
 from models.messages import ReleaseAgent, ReleaseReply
 from models.runtime import AgentProcess, RestartOutcome
+from models.spec import EscalationSource
 
 LIVE_STATES = ("spawning", "idle", "running", "degraded")
 HOUR = timedelta(hours=1)
@@ -252,29 +253,11 @@ def _quarantine(
     state: TicketState, agent: Agent, lineage: Lineage, now: datetime, reason: str, recent: int
 ) -> list[Effect]:
     policy = state.spec.policy.health
-    agent.state = "quarantined"
-    lineage.quarantined = True
     why = (
         f"{agent.id} would need restart {recent + 1} within an hour (the limit is "
         f"{policy.max_restarts_per_hour}): quarantined, no new tasks"
     )
-    log(state, now, "agent_quarantined", why, agent_id=agent.id)
-    diagnosis.escalate(state, now, source="restart_quarantine", reason=why, agent_id=agent.id)
-    lineage.events += 1
-    _record(
-        state,
-        agent,
-        lineage,
-        lineage.events,
-        "quarantined",
-        now,
-        reason=reason,
-        finished=True,
-        old_pid=lineage.process.pid if lineage.process else None,
-    )
-    effects: list[Effect] = []
-    if lineage.process is not None:
-        effects.append(StopAgentProcesses((lineage.process,), f"{agent.id} quarantined"))
+    effects = _quarantined(state, agent, lineage, now, reason, why, why, "restart_quarantine")
     effects += diagnosis.request_diagnosis(state, "restart_escalation", now, reason=why)
     return effects
 
@@ -287,19 +270,28 @@ def quarantine_for_behaviour(
     with no retry used (the agent failed, not the tasks), for the agents that can do them.
     A person is told (``behaviour_quarantine``, which does not stop the ticket's healing)
     and may release it (``unstuck release``)."""
-    lineage = lineage_of(state, agent)
     taken = diagnosis.take_back(state, agent, now, f"{agent.id} quarantined")
+    why = f"{agent.id} quarantined, no new tasks: {reason}"
+    logged = why + (f"; {', '.join(taken)} back to pending" if taken else "")
+    lineage = lineage_of(state, agent)
+    return _quarantined(state, agent, lineage, now, reason, why, logged, "behaviour_quarantine")
+
+
+def _quarantined(
+    state: TicketState,
+    agent: Agent,
+    lineage: Lineage,
+    now: datetime,
+    reason: str,
+    why: str,
+    logged: str,
+    source: EscalationSource,
+) -> list[Effect]:
+    """The lineage takes no new tasks, a person is told (``source``), its process stops."""
     agent.state = "quarantined"
     lineage.quarantined = True
-    why = f"{agent.id} quarantined, no new tasks: {reason}"
-    log(
-        state,
-        now,
-        "agent_quarantined",
-        why + (f"; {', '.join(taken)} back to pending" if taken else ""),
-        agent_id=agent.id,
-    )
-    diagnosis.escalate(state, now, source="behaviour_quarantine", reason=why, agent_id=agent.id)
+    log(state, now, "agent_quarantined", logged, agent_id=agent.id)
+    diagnosis.escalate(state, now, source=source, reason=why, agent_id=agent.id)
     lineage.events += 1
     _record(
         state,
