@@ -559,8 +559,7 @@ def behaviour_reset(agent: Agent, now: datetime) -> None:
 def _take_back(state: TicketState, agent: Agent, now: datetime, why: str) -> list[str]:
     """The agent's held tasks go back to pending (no retry used), its reviews to the queue."""
     taken = []
-    index = state.index()  # what it holds or reviews, in creation order: not every task
-    mine = index.held.get(agent.id, set()) | index.reviewing
+    mine = state.index().held_or_reviewing(agent.id)  # not every task; in creation order
     for task in sorted((state.tasks[t] for t in mine), key=lambda t: t.seq):
         if task.reviewer == agent.id and task.status == "validation_in_progress":
             task.status = "under_review"  # any validator may review it again, this one too

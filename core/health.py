@@ -321,9 +321,7 @@ def _release_tasks(
     """The agent's tasks go back to pending; the attempt counts against their retries."""
     effects: list[Effect] = []
     retries = state.spec.policy.tasks.max_retries
-    index = state.index()
-    # What it holds or reviews (the index's sets), in creation order: not every task.
-    mine = index.held.get(agent.id, set()) | index.reviewing
+    mine = state.index().held_or_reviewing(agent.id)  # not every task; in creation order
     for task in sorted((state.tasks[t] for t in mine), key=lambda t: t.seq):
         if task.reviewer == agent.id and task.status == "validation_in_progress":
             task.status = "under_review"  # another validator may take the review

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections import Counter
 from datetime import datetime
@@ -85,6 +86,7 @@ DEAD_STATUSES: frozenset[str] = frozenset({"failed", "cancelled"})
 REVIEW_STATUSES: frozenset[str] = frozenset({"under_review", "validation_in_progress"})
 
 
+@functools.lru_cache(maxsize=4096)
 def title_key(title: str) -> str:
     """A task title as compared for duplicates: case, punctuation and spacing aside."""
     return " ".join(re.sub(r"[^\w\s]", " ", title.lower()).split())
@@ -131,6 +133,10 @@ class TaskIndex:
             task._index = self
         self.size += 1
         self._count(task, +1)
+
+    def held_or_reviewing(self, agent_id: str) -> set[str]:
+        """The tasks ``agent_id`` holds, and every task under review (to find its reviews)."""
+        return self.held.get(agent_id, set()) | self.reviewing
 
     def phase_counts(self, phase: str) -> tuple[int, int]:
         """(unfinished, all) tasks of ``phase``."""

@@ -1214,14 +1214,11 @@ def next_eligible(
 
 
 def _why_nothing(state: TicketState, phases: list[str] | None = None) -> str:
-    pending = [
-        t
-        for t in (state.tasks[task_id] for _, task_id in state.index().pending)
-        if not phases or t.phase in phases
-    ]
+    tasks = state.tasks
+    pending = sum(1 for _, t in state.index().pending if not phases or tasks[t].phase in phases)
     if not pending:
         return f"no pending task in phases {phases}" if phases else "no pending task"
-    return f"{len(pending)} pending task(s) wait for their dependencies"
+    return f"{pending} pending task(s) wait for their dependencies"
 
 
 def _finish(state: TicketState, now: datetime, outcome: str, reason: str) -> list[Effect]:
