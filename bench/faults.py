@@ -205,6 +205,22 @@ FAULTS: tuple[Fault, ...] = (
               agent("ada", *SUBMITTER),
               agent("grace", "--crash-after-claims", "1", "--crash-only-in-generation", "0"),
           ], tasks=tasks(validation=True)), timeout_s=60),
+    # two at once, each healable alone: the stall is interrupted, the validator spawned
+    Fault("stall_beside_on_demand_validator",
+          "an agent stalls on its task, and the reviewed task's validator starts only on demand",
+          "healed",
+          lambda tid: spec(tid, [
+              agent("ada", *SUBMITTER), agent("linus", "--stall"),
+              {**agent("vera", kind="validator"), "spawn": "on_demand"},
+          ], tasks=tasks(validation=True)), timeout_s=60),
+    # two at once: the storm is cut to the bound, the failed task retried by another agent
+    Fault("storm_beside_failure",
+          "an agent storms 300 tasks once while another's task fails for good", "healed",
+          lambda tid: spec(tid, [
+              agent("ada", "--storm", "300", *SUBMITTER),
+              agent("linus", "--fail-tasks", "^T2$", "--fail-reason", "SMTP_HOST is not set"),
+              VALIDATOR,
+          ], policy=ONE_RETRY), timeout_s=60),
     # interrupted, restarted, then quarantined (a person told): the other agent heals the rest
     Fault("loop_beside_failure",
           "an agent loops in every generation while another's task fails for good", "healed",
