@@ -77,17 +77,19 @@ class Receiver:
                     time.sleep(reply[1])
                 elif reply[0] == "status":
                     status, text = reply[1], reply[2].encode()
+                # Recorded before the answer is written: a client that has its answer (and a
+                # test that then reads ok()) must find the request here already.
+                received = Received(self.path, dict(self.headers), body, status, time.time())
+                with receiver._lock:
+                    receiver.requests.append(received)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(text)))
                     self.end_headers()
                     self.wfile.write(text)
-                except OSError:
-                    return  # the client gave up waiting (a slow answer): it did not get it
-                with receiver._lock:
-                    receiver.requests.append(
-                        Received(self.path, dict(self.headers), body, status, time.time())
-                    )
+                except OSError:  # the client gave up waiting (a slow answer): it did not get it
+                    with receiver._lock:
+                        receiver.requests.remove(received)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
